@@ -1,0 +1,198 @@
+"""The ``lockgate`` command: the local environment, pipeline files, runs and the end-to-end demo."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lockgate.localenv import EnvironmentError_, LocalEnvironment, Ports, default_state_dir
+from pipeline.config import ConfigError, json_schema, load_config
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+data_app = typer.Typer(no_args_is_help=True, help="Make the shipped data set, a shifted batch or a bad batch.")
+app.add_typer(data_app, name="data")
+
+StateDir = Annotated[Path | None, typer.Option("--state-dir", help="state directory [default: $LOCKGATE_HOME "
+                                                                  "or ./.lockgate]")]
+MlflowPort = Annotated[int, typer.Option("--mlflow-port", help="MLflow tracking server port")]
+RayPort = Annotated[int, typer.Option("--ray-port", help="Ray GCS port (Ray's other ports follow it)")]
+DashboardPort = Annotated[int, typer.Option("--dashboard-port", help="Ray dashboard / Jobs API port")]
+ConfigFile = Annotated[Path, typer.Option("--config", "-c", help="pipeline definition")]
+DEFAULTS = Ports()
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _environment(state_dir: Path | None, mlflow_port: int = DEFAULTS.mlflow, ray_port: int = DEFAULTS.ray_gcs,
+                 dashboard_port: int = DEFAULTS.ray_dashboard) -> LocalEnvironment:
+    env = LocalEnvironment(state_dir or default_state_dir(), Ports.from_base(mlflow_port, ray_port, dashboard_port))
+    state = env.read_state()
+    if state is not None:
+        env.ports = state.ports
+    return env
+
+
+@app.command()
+def up(state_dir: StateDir = None, mlflow_port: MlflowPort = DEFAULTS.mlflow, ray_port: RayPort = DEFAULTS.ray_gcs,
+       dashboard_port: DashboardPort = DEFAULTS.ray_dashboard,
+       num_cpus: Annotated[int | None, typer.Option(help="logical CPUs for Ray [default: all]")] = None) -> None:
+    """Start (or reuse) the local Ray head and MLflow server on 127.0.0.1."""
+    env = LocalEnvironment(state_dir or default_state_dir(), Ports.from_base(mlflow_port, ray_port, dashboard_port),
+                           num_cpus)
+    try:
+        state, reused = env.up(log=typer.echo)
+    except EnvironmentError_ as error:
+        raise _fail(str(error)) from None
+    typer.echo(f"{'reused' if reused else 'started'}: MLflow {state.mlflow.url} (pid {state.mlflow.pid}), "
+               f"Ray dashboard {state.ray.url} (pid {state.ray.pid}); state in {env.state_dir}")
+
+
+@app.command()
+def down(state_dir: StateDir = None) -> None:
+    """Stop exactly the processes `up` recorded (data, credentials and logs are kept)."""
+    try:
+        _environment(state_dir).down(log=typer.echo)
+    except EnvironmentError_ as error:
+        raise _fail(str(error)) from None
+
+
+@app.command()
+def status(state_dir: StateDir = None,
+           as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False) -> None:
+    """Report each service's PID and health; exit 1 when anything is down."""
+    env = _environment(state_dir)
+    report = env.health()
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+    elif not report:
+        typer.echo(f"no environment recorded in {env.state_dir}: run `lockgate up`")
+    else:
+        for name, service in report.items():
+            state = "healthy" if service["alive"] and service["healthy"] else (
+                "unhealthy (process alive)" if service["alive"] else "down")
+            typer.echo(f"{name:<7} {state:<26} pid={service['pid']:<8} {service['url']}")
+    if not report or not all(s["alive"] and s["healthy"] for s in report.values()):
+        raise typer.Exit(1)
+
+
+@app.command("env")
+def env_command(state_dir: StateDir = None) -> None:
+    """Print shell exports that point `ray job submit` and MLflow clients at the environment (no secrets)."""
+    env = _environment(state_dir)
+    for key, value in env.client_env(include_secrets=False).items():
+        typer.echo(f"export {key}={value}")
+    typer.echo(f"export MLFLOW_TRACKING_USERNAME={env.credentials()['mlflow_username']}")
+    typer.echo(f"# MLflow password: {env.state_dir / 'credentials.json'} (mlflow_password)")
+
+
+@app.command()
+def validate(config: ConfigFile = Path("pipeline.yaml")) -> None:
+    """Validate a pipeline file; print every problem with its field path."""
+    try:
+        parsed = load_config(config)
+    except ConfigError as error:
+        raise _fail(str(error), 2) from None
+    typer.echo(f"{config}: valid (pipeline '{parsed.name}', model '{parsed.registry.model_name}', "
+               f"config hash {parsed.config_hash()})")
+
+
+@app.command()
+def schema() -> None:
+    """Print the pipeline definition's JSON schema."""
+    typer.echo(json.dumps(json_schema(), indent=2))
+
+
+@app.command()
+def run(config: ConfigFile = Path("pipeline.yaml"), state_dir: StateDir = None) -> None:
+    """Submit one pipeline run as a Ray job, stream its logs, exit non-zero unless a version was registered."""
+    from lockgate.jobs import submit_pipeline
+
+    try:
+        outcome = submit_pipeline(_environment(state_dir), config, stream=typer.echo)
+    except ConfigError as error:
+        raise _fail(str(error), 2) from None
+    except EnvironmentError_ as error:
+        raise _fail(str(error)) from None
+    typer.echo(f"job {outcome.submission_id}: {outcome.status}, outcome {outcome.outcome}, MLflow run {outcome.run_id}")
+    raise typer.Exit(outcome.exit_code)
+
+
+@app.command()
+def summary(config: ConfigFile = Path("pipeline.yaml"), state_dir: StateDir = None) -> None:
+    """Show the registered versions of the pipeline's model: aliases, gates, lineage."""
+    from lockgate.jobs import activate
+    from lockgate.summary import format_summary, registry_summary
+
+    try:
+        parsed = load_config(config)
+        env = _environment(state_dir)
+        activate(env)
+    except ConfigError as error:
+        raise _fail(str(error), 2) from None
+    except EnvironmentError_ as error:
+        raise _fail(str(error)) from None
+    typer.echo(format_summary(parsed.registry.model_name, registry_summary(parsed.registry.model_name)))
+
+
+@app.command()
+def demo(config: ConfigFile = Path("pipeline.yaml"), state_dir: StateDir = None,
+         mlflow_port: MlflowPort = DEFAULTS.mlflow, ray_port: RayPort = DEFAULTS.ray_gcs,
+         dashboard_port: DashboardPort = DEFAULTS.ray_dashboard) -> None:
+    """The main job: start the environment, run the pipeline twice (the second gated against the first), summarise."""
+    from lockgate.jobs import submit_pipeline
+    from lockgate.summary import format_summary, registry_summary
+
+    try:
+        parsed = load_config(config)
+    except ConfigError as error:
+        raise _fail(str(error), 2) from None
+    env = LocalEnvironment(state_dir or default_state_dir(), Ports.from_base(mlflow_port, ray_port, dashboard_port))
+    try:
+        env.up(log=typer.echo)
+        env = _environment(state_dir, mlflow_port, ray_port, dashboard_port)
+        outcomes = []
+        for attempt in (1, 2):
+            typer.echo(f"\n=== pipeline run {attempt} of 2 ===")
+            outcomes.append(submit_pipeline(env, config, stream=typer.echo))
+    except EnvironmentError_ as error:
+        raise _fail(str(error)) from None
+    typer.echo("\n=== summary ===")
+    for attempt, outcome in enumerate(outcomes, 1):
+        typer.echo(f"run {attempt}: {outcome.outcome} (job {outcome.submission_id}, MLflow run {outcome.run_id})")
+    typer.echo(format_summary(parsed.registry.model_name, registry_summary(parsed.registry.model_name)))
+    creds = env.state_dir / "credentials.json"
+    typer.echo(f"\nMLflow UI:     {env.mlflow_url}  (user {env.credentials()['mlflow_username']}, password in {creds})")
+    typer.echo(f"Ray dashboard: {env.dashboard_url}  (token in {env.ray_token_path})")
+    typer.echo("The environment keeps running for you to look around; stop it with `lockgate down`.")
+    if any(o.exit_code not in (0, 3) for o in outcomes):
+        raise typer.Exit(1)
+
+
+@data_app.command("generate")
+def data_generate(
+    out: Annotated[Path, typer.Option("--out", "-o", help="target file (.parquet or .csv)")],
+    rows: Annotated[int, typer.Option(help="number of rows")] = 20_000,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    shift: Annotated[float, typer.Option(help="population shift in [0, 1] (drift)")] = 0.0,
+    bad_fraction: Annotated[float, typer.Option(help="share of corrupted rows in [0, 1]")] = 0.0,
+) -> None:
+    """Write a loan-default batch: the shipped set, a shifted batch, or a bad batch."""
+    from pipeline.data import make_loans, write_table
+
+    try:
+        path = write_table(make_loans(rows, seed, shift, bad_fraction), out)
+    except ValueError as error:
+        raise _fail(str(error), 2) from None
+    typer.echo(f"wrote {rows} rows to {path}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    sys.exit(app())

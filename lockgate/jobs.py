@@ -1,0 +1,124 @@
+"""Submit a pipeline run to the running Ray cluster as a Ray job, stream its logs, and read its outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pipeline
+from lockgate.localenv import EnvironmentError_, LocalEnvironment
+from pipeline.config import load_config
+from pipeline.run import (
+    EXIT_BLOCKED,
+    EXIT_FAILED,
+    EXIT_OK,
+    GIT_COMMIT_ENV,
+    OUTCOME_TAG,
+    SUBMISSION_ENV,
+    SUBMISSION_TAG,
+    git_commit,
+)
+
+# Never shipped with a job: the environment's own state, virtualenvs, VCS data, caches.
+UPLOAD_EXCLUDES = [".lockgate", ".venv", "venv", ".git", "**/__pycache__", ".pytest_cache", ".mypy_cache",
+                   ".ruff_cache", "*.egg-info"]
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    """How a submitted run ended."""
+
+    submission_id: str
+    status: str
+    outcome: str
+    run_id: str | None
+    exit_code: int
+    message: str
+
+
+def activate(env: LocalEnvironment) -> None:
+    """Point this process's Ray and MLflow clients at the environment (token auth and credentials)."""
+    if not env.is_healthy():
+        raise EnvironmentError_(
+            f"the local environment in {env.state_dir} is not running or not healthy: run `lockgate up`"
+        )
+    state = env.read_state()
+    if state is not None:
+        env.ports = state.ports
+    os.environ.update(env.client_env(include_secrets=True))
+
+
+def job_runtime_env(config_path: Path, submission_id: str) -> dict[str, Any]:
+    """The pipeline file's directory is the job's working directory; the pipeline code ships as a module."""
+    return {
+        "working_dir": str(config_path.parent),
+        "py_modules": [str(Path(pipeline.__file__).parent)],
+        "excludes": UPLOAD_EXCLUDES,
+        "env_vars": {GIT_COMMIT_ENV: git_commit(config_path.parent), SUBMISSION_ENV: submission_id},
+    }
+
+
+def submit_pipeline(env: LocalEnvironment, config_file: str | Path, stream: Callable[[str], None] = print,
+                    timeout_s: float = 3600.0) -> JobOutcome:
+    """Validate, submit, stream logs until the job ends, then map the run's outcome to an exit code."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    config_path = Path(config_file).resolve()
+    config = load_config(config_path)
+    activate(env)
+    # Explicit header: works even when ray was imported before RAY_AUTH_MODE was set in this process.
+    client = JobSubmissionClient(env.dashboard_url, headers=env.ray_auth_header())
+    submission_id = f"lockgate-{config.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+    client.submit_job(
+        entrypoint=f"python -m pipeline.run --config {config_path.name}",
+        submission_id=submission_id,
+        runtime_env=job_runtime_env(config_path, submission_id),
+        metadata={"lockgate.pipeline": config.name},
+    )
+    stream(f"submitted Ray job {submission_id} to {env.dashboard_url}")
+
+    async def follow() -> None:
+        async for chunk in client.tail_job_logs(submission_id):
+            for line in chunk.rstrip("\n").splitlines():
+                stream(line)
+
+    try:
+        asyncio.run(asyncio.wait_for(follow(), timeout=timeout_s))
+    except TimeoutError:
+        client.stop_job(submission_id)
+        stream(f"job {submission_id} exceeded {timeout_s:.0f}s: stopped")
+    status = client.get_job_status(submission_id)
+    deadline = time.monotonic() + 30
+    while not status.is_terminal() and time.monotonic() < deadline:
+        time.sleep(0.5)
+        status = client.get_job_status(submission_id)
+    info = client.get_job_info(submission_id)
+    run_id, outcome = find_run(config.registry.experiment or config.name, submission_id)
+    if status == JobStatus.SUCCEEDED:
+        code = EXIT_OK
+    elif outcome == "blocked":
+        code = EXIT_BLOCKED
+    else:
+        code = EXIT_FAILED
+    return JobOutcome(submission_id, str(status.value), outcome or "failed", run_id, code, info.message or "")
+
+
+def find_run(experiment: str, submission_id: str) -> tuple[str | None, str | None]:
+    """The MLflow run a submission produced, and its outcome tag."""
+    import mlflow
+
+    runs = mlflow.search_runs(
+        experiment_names=[experiment],
+        filter_string=f"tags.`{SUBMISSION_TAG}` = '{submission_id}'",
+        output_format="list",
+    )
+    if not runs:
+        return None, None
+    run = runs[0]
+    return run.info.run_id, run.data.tags.get(OUTCOME_TAG)

@@ -1,0 +1,458 @@
+"""The embedded local environment: a Ray head and an MLflow server on 127.0.0.1, with auth, owned by PID.
+
+Everything lives in one state directory: ``state.json`` (PIDs, ports, URLs), generated credentials
+(0600), the MLflow database and artefacts, logs, and Ray Train's storage. ``up`` is idempotent,
+``down`` stops exactly the PIDs it recorded, and a failed ``up`` stops whatever it had started.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import requests
+
+HOST = "127.0.0.1"
+STATE_FILE = "state.json"
+CREDENTIALS_FILE = "credentials.json"
+RAY_TOKEN_FILE = "ray_token"
+MLFLOW_AUTH_FILE = "mlflow_auth.ini"
+MLFLOW_ADMIN = "lockgate-admin"
+STATE_DIR_ENV = "LOCKGATE_HOME"
+
+
+class EnvironmentError_(Exception):
+    """The local environment could not be started, reached or stopped; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Ports:
+    """Every port the environment listens on (all on 127.0.0.1)."""
+
+    mlflow: int = 5055
+    ray_gcs: int = 6390
+    ray_dashboard: int = 8275
+    ray_client: int = 6391
+    ray_agent: int = 6392
+    ray_metrics: int = 6393
+
+    @property
+    def worker_range(self) -> tuple[int, int]:
+        """Ray worker ports: a range of this environment's own, so two environments never collide."""
+        return self.ray_gcs + 10, self.ray_gcs + 409
+
+    @classmethod
+    def from_base(cls, mlflow: int, ray_gcs: int, ray_dashboard: int) -> Ports:
+        """The three user-facing ports; Ray's auxiliary ports are derived from the GCS port."""
+        return cls(mlflow=mlflow, ray_gcs=ray_gcs, ray_dashboard=ray_dashboard, ray_client=ray_gcs + 1,
+                   ray_agent=ray_gcs + 2, ray_metrics=ray_gcs + 3)
+
+
+@dataclass(frozen=True)
+class ServiceState:
+    """One running service as recorded in state.json."""
+
+    pid: int
+    url: str
+    log: str
+
+
+@dataclass(frozen=True)
+class EnvState:
+    """What ``up`` recorded."""
+
+    ports: Ports
+    mlflow: ServiceState
+    ray: ServiceState
+    ray_gcs_address: str
+    started_at: float
+
+    def to_json(self) -> str:
+        """Serialise for state.json."""
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> EnvState:
+        """Read state.json."""
+        raw = json.loads(text)
+        return cls(
+            ports=Ports(**raw["ports"]),
+            mlflow=ServiceState(**raw["mlflow"]),
+            ray=ServiceState(**raw["ray"]),
+            ray_gcs_address=raw["ray_gcs_address"],
+            started_at=raw["started_at"],
+        )
+
+
+def default_state_dir() -> Path:
+    """``$LOCKGATE_HOME`` or ``.lockgate`` in the current directory."""
+    return Path(os.environ.get(STATE_DIR_ENV, ".lockgate")).resolve()
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Create or replace a file readable by its owner only (0600 from the first byte)."""
+    path.unlink(missing_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(text)
+
+
+def _tail(path: Path, lines: int = 25) -> str:
+    try:
+        content = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no log)"
+    return "\n".join(content[-lines:]) or "(log is empty)"
+
+
+def port_is_free(port: int) -> bool:
+    """True when nothing listens on 127.0.0.1:port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def pid_alive(pid: int) -> bool:
+    """True when the process exists and is not a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _pid_matches(pid: int, marker: str) -> bool:
+    """Guard against a recycled PID: the recorded process must still be the one we started."""
+    try:
+        return marker in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
+
+
+def stop_pid(pid: int, marker: str, timeout_s: float = 30.0) -> None:
+    """SIGTERM the process we started (and its process group), wait, then SIGKILL what is left."""
+    if not pid_alive(pid) or not _pid_matches(pid, marker):
+        return
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not pid_alive(pid) and not _group_alive(pid):
+            return
+        _reap(pid)
+        time.sleep(0.2)
+    for send in (lambda: os.killpg(pid, signal.SIGKILL), lambda: os.kill(pid, signal.SIGKILL)):
+        try:
+            send()
+        except (ProcessLookupError, PermissionError):
+            pass
+    _reap(pid)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().split(")")[-1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                return True
+    return False
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+class LocalEnvironment:
+    """Start, inspect and stop the local Ray + MLflow environment rooted at one state directory."""
+
+    def __init__(self, state_dir: Path | None = None, ports: Ports | None = None, num_cpus: int | None = None):
+        self.state_dir = (state_dir or default_state_dir()).resolve()
+        self.ports = ports or Ports()
+        self.num_cpus = num_cpus or os.cpu_count() or 2
+        self.bin_dir = Path(sys.executable).parent
+
+    # -- paths and secrets -------------------------------------------------------------------------
+    @property
+    def state_path(self) -> Path:
+        """state.json."""
+        return self.state_dir / STATE_FILE
+
+    @property
+    def ray_token_path(self) -> Path:
+        """Ray's auth token file (0600)."""
+        return self.state_dir / RAY_TOKEN_FILE
+
+    @property
+    def ray_temp_dir(self) -> Path:
+        """A short per-environment Ray temp dir (unix socket paths are limited to 107 bytes)."""
+        digest = hashlib.sha256(str(self.state_dir).encode()).hexdigest()[:10]
+        return Path("/tmp") / f"lockgate-ray-{digest}"
+
+    def credentials(self) -> dict[str, str]:
+        """Generated once per state directory and kept 0600."""
+        path = self.state_dir / CREDENTIALS_FILE
+        if path.exists():
+            return json.loads(path.read_text())
+        creds = {
+            "mlflow_username": MLFLOW_ADMIN,
+            "mlflow_password": secrets.token_urlsafe(24),
+            "mlflow_flask_secret": secrets.token_hex(32),
+        }
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        _write_private(path, json.dumps(creds, indent=2))
+        return creds
+
+    def _ensure_ray_token(self) -> None:
+        if not self.ray_token_path.exists():
+            _write_private(self.ray_token_path, secrets.token_hex(32))
+
+    def _write_mlflow_auth_config(self, creds: dict[str, str]) -> Path:
+        settings = {
+            "default_permission": "NO_PERMISSIONS",
+            "database_uri": f"sqlite:///{self.state_dir / 'mlflow' / 'auth.db'}",
+            "admin_username": creds["mlflow_username"],
+            "admin_password": creds["mlflow_password"],
+            "authorization_function": "mlflow.server.auth:authenticate_request_basic_auth",
+            "auth_cache_ttl_seconds": "60",
+        }
+        path = self.state_dir / MLFLOW_AUTH_FILE
+        text_lines = ["[mlflow]"] + [f"{key} = {value}" for key, value in settings.items()]
+        _write_private(path, "\n".join(text_lines) + "\n")
+        return path
+
+    # -- what clients need -----------------------------------------------------------------------
+    @property
+    def mlflow_url(self) -> str:
+        """The tracking server's URL."""
+        return f"http://{HOST}:{self.ports.mlflow}"
+
+    @property
+    def dashboard_url(self) -> str:
+        """The Ray dashboard / Jobs API URL."""
+        return f"http://{HOST}:{self.ports.ray_dashboard}"
+
+    def client_env(self, include_secrets: bool = True) -> dict[str, str]:
+        """Environment for a process that talks to this environment (the CLI, tests, a Ray job driver)."""
+        env = {
+            "RAY_ADDRESS": self.dashboard_url,
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN_PATH": str(self.ray_token_path),
+            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+            "MLFLOW_TRACKING_URI": self.mlflow_url,
+        }
+        if include_secrets:
+            creds = self.credentials()
+            env["MLFLOW_TRACKING_USERNAME"] = creds["mlflow_username"]
+            env["MLFLOW_TRACKING_PASSWORD"] = creds["mlflow_password"]
+        return env
+
+    def ray_auth_header(self) -> dict[str, str]:
+        """Bearer header for raw HTTP calls to the dashboard."""
+        return {"Authorization": f"Bearer {self.ray_token_path.read_text().strip()}"}
+
+    # -- state ------------------------------------------------------------------------------------
+    def read_state(self) -> EnvState | None:
+        """The recorded state, or None when nothing was started here."""
+        if not self.state_path.exists():
+            return None
+        return EnvState.from_json(self.state_path.read_text())
+
+    def health(self, state: EnvState | None = None) -> dict[str, dict[str, object]]:
+        """Per service: recorded PID alive, and its health endpoint answering."""
+        state = state or self.read_state()
+        if state is None:
+            return {}
+        report: dict[str, dict[str, object]] = {}
+        mlflow_ok = _http_ok(f"{state.mlflow.url}/health")
+        report["mlflow"] = {"pid": state.mlflow.pid, "alive": pid_alive(state.mlflow.pid), "healthy": mlflow_ok,
+                            "url": state.mlflow.url}
+        ray_ok = _http_ok(f"{state.ray.url}/api/gcs_healthz", headers=self._auth_header_or_empty())
+        report["ray"] = {"pid": state.ray.pid, "alive": pid_alive(state.ray.pid), "healthy": ray_ok,
+                         "url": state.ray.url, "gcs_address": state.ray_gcs_address}
+        return report
+
+    def _auth_header_or_empty(self) -> dict[str, str]:
+        return self.ray_auth_header() if self.ray_token_path.exists() else {}
+
+    def is_healthy(self) -> bool:
+        """Both services alive and answering."""
+        report = self.health()
+        return bool(report) and all(s["alive"] and s["healthy"] for s in report.values())
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    def up(self, log: Callable[[str], None] = print) -> tuple[EnvState, bool]:
+        """Start both services, or reuse a healthy environment; returns (state, reused)."""
+        existing = self.read_state()
+        if existing is not None:
+            if self.is_healthy():
+                self.ports = existing.ports
+                log(f"reusing the healthy environment in {self.state_dir}")
+                return existing, True
+            log("a previous environment is recorded but not healthy: stopping what is left of it")
+            self.down(log=lambda _: None)
+        taken = [f"{name} port {port}" for name, port in asdict(self.ports).items() if not port_is_free(port)]
+        if taken:
+            raise EnvironmentError_(
+                f"cannot start: {', '.join(taken)} on {HOST} already in use; pick free ports with "
+                "--mlflow-port / --ray-port / --dashboard-port, or stop what holds them"
+            )
+        for directory in ("logs", "mlflow/artifacts", "ray_results"):
+            (self.state_dir / directory).mkdir(parents=True, exist_ok=True)
+        creds = self.credentials()
+        self._ensure_ray_token()
+        started: list[tuple[int, str]] = []
+        try:
+            mlflow_state = self._start_mlflow(creds, log)
+            started.append((mlflow_state.pid, "mlflow"))
+            ray_state = self._start_ray(log)
+            started.append((ray_state.pid, "ray"))
+        except BaseException:
+            for pid, marker in reversed(started):
+                stop_pid(pid, marker)
+            raise
+        state = EnvState(ports=self.ports, mlflow=mlflow_state, ray=ray_state,
+                         ray_gcs_address=f"{HOST}:{self.ports.ray_gcs}", started_at=time.time())
+        self.state_path.write_text(state.to_json())
+        return state, False
+
+    def _spawn(self, command: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
+        with log_path.open("ab") as handle:
+            return subprocess.Popen(
+                command, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=env, cwd=self.state_dir, start_new_session=True,
+            )
+
+    def _wait_ready(self, name: str, process: subprocess.Popen, probe: Callable[[], bool], log_path: Path,
+                    timeout_s: float, marker: str) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                stop_pid(process.pid, marker)
+                raise EnvironmentError_(
+                    f"{name} exited with code {process.returncode} while starting; last lines of {log_path}:\n"
+                    + _tail(log_path)
+                )
+            if probe():
+                return
+            time.sleep(0.5)
+        stop_pid(process.pid, marker)
+        raise EnvironmentError_(
+            f"{name} did not become healthy within {timeout_s:.0f}s; last lines of {log_path}:\n" + _tail(log_path)
+        )
+
+    def _start_mlflow(self, creds: dict[str, str], log: Callable[[str], None]) -> ServiceState:
+        auth_config = self._write_mlflow_auth_config(creds)
+        env = {
+            **os.environ,
+            "MLFLOW_AUTH_CONFIG_PATH": str(auth_config),
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": creds["mlflow_flask_secret"],
+        }
+        for leaked in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+            env.pop(leaked, None)
+        log_path = self.state_dir / "logs" / "mlflow.log"
+        mlflow_dir = self.state_dir / "mlflow"
+        command = [
+            str(self.bin_dir / "mlflow"), "server", "--app-name", "basic-auth",
+            "--backend-store-uri", f"sqlite:///{mlflow_dir / 'mlflow.db'}",
+            "--artifacts-destination", str(mlflow_dir / "artifacts"),
+            "--host", HOST, "--port", str(self.ports.mlflow), "--workers", "1",
+        ]
+        log(f"starting MLflow on {self.mlflow_url} (log: {log_path})")
+        process = self._spawn(command, env, log_path)
+        self._wait_ready("MLflow", process, lambda: _http_ok(f"{self.mlflow_url}/health"), log_path, 90.0,
+                         "mlflow")
+        return ServiceState(pid=process.pid, url=self.mlflow_url, log=str(log_path))
+
+    def _start_ray(self, log: Callable[[str], None]) -> ServiceState:
+        env = {
+            **os.environ,
+            **self.client_env(include_secrets=True),
+            # The job driver and Train workers inherit this environment: they find MLflow and
+            # Train storage here, as pods would through their env in a cluster.
+            "PATH": f"{self.bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+            "LOCKGATE_TRAIN_STORAGE": str(self.state_dir / "ray_results"),
+            "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "5",
+            "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
+            "RAY_USAGE_STATS_ENABLED": "0",
+        }
+        env.pop("RAY_ADDRESS", None)
+        log_path = self.state_dir / "logs" / "ray.log"
+        command = [
+            str(self.bin_dir / "ray"), "start", "--head", "--block",
+            "--node-ip-address", HOST, "--port", str(self.ports.ray_gcs),
+            "--include-dashboard", "true", "--dashboard-host", HOST,
+            "--dashboard-port", str(self.ports.ray_dashboard),
+            "--ray-client-server-port", str(self.ports.ray_client),
+            "--dashboard-agent-listen-port", str(self.ports.ray_agent),
+            "--metrics-export-port", str(self.ports.ray_metrics),
+            "--num-cpus", str(self.num_cpus), "--temp-dir", str(self.ray_temp_dir),
+            "--min-worker-port", str(self.ports.worker_range[0]),
+            "--max-worker-port", str(self.ports.worker_range[1]),
+            "--disable-usage-stats",
+        ]
+        log(f"starting Ray head, dashboard on {self.dashboard_url} (log: {log_path})")
+        process = self._spawn(command, env, log_path)
+        headers = self.ray_auth_header()
+        self._wait_ready("Ray", process, lambda: _ray_ready(self.dashboard_url, headers), log_path, 120.0, "ray")
+        return ServiceState(pid=process.pid, url=self.dashboard_url, log=str(log_path))
+
+    def down(self, log: Callable[[str], None] = print) -> bool:
+        """Stop exactly the recorded processes; keep data, credentials and logs. Returns whether anything ran."""
+        state = self.read_state()
+        if state is None:
+            log(f"nothing recorded in {self.state_dir}: nothing to stop")
+            return False
+        for name, service, marker in (("Ray", state.ray, "ray"), ("MLflow", state.mlflow, "mlflow")):
+            if pid_alive(service.pid):
+                log(f"stopping {name} (pid {service.pid})")
+            stop_pid(service.pid, marker)
+        self.state_path.unlink(missing_ok=True)
+        still = [p for p in asdict(state.ports).values() if not port_is_free(p)]
+        if still:
+            raise EnvironmentError_(f"stopped the recorded processes but ports {still} still have listeners")
+        return True
+
+
+def _http_ok(url: str, headers: dict[str, str] | None = None) -> bool:
+    try:
+        return requests.get(url, timeout=2, headers=headers or {}).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def _ray_ready(dashboard_url: str, headers: dict[str, str]) -> bool:
+    """Dashboard up and the Jobs API answering (it is what ``lockgate run`` needs)."""
+    return _http_ok(f"{dashboard_url}/api/gcs_healthz", headers) and _http_ok(
+        f"{dashboard_url}/api/jobs/", headers
+    )

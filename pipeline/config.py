@@ -1,0 +1,318 @@
+"""Typed pipeline definition: the validated config *is* the job.
+
+Every model is frozen and forbids unknown keys; defaults live here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class StrictModel(BaseModel):
+    """Base for every config model: immutable, unknown keys refused."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ColumnType(StrEnum):
+    """Logical column types the data validator understands."""
+
+    integer = "integer"
+    float = "float"
+    category = "category"
+    boolean = "boolean"
+
+
+class ColumnSpec(StrictModel):
+    """One declared column: its type, allowed range or categories, and nullability."""
+
+    type: ColumnType
+    min: float | None = None
+    max: float | None = None
+    categories: tuple[str, ...] | None = None
+    nullable: bool = False
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> ColumnSpec:
+        if self.type == ColumnType.category and not self.categories:
+            raise ValueError("a category column needs a non-empty 'categories' list")
+        if self.type != ColumnType.category and self.categories is not None:
+            raise ValueError(f"'categories' is only allowed on category columns, not {self.type.value}")
+        if self.type in (ColumnType.category, ColumnType.boolean) and (
+            self.min is not None or self.max is not None
+        ):
+            raise ValueError(f"'min'/'max' are only allowed on numeric columns, not {self.type.value}")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
+        return self
+
+
+class DataSchema(StrictModel):
+    """The declared shape of the data set; the label is one of the columns."""
+
+    label: str
+    columns: dict[str, ColumnSpec]
+
+    @model_validator(mode="after")
+    def _label_is_declared(self) -> DataSchema:
+        if self.label not in self.columns:
+            raise ValueError(f"label column '{self.label}' is not among the declared columns")
+        label_spec = self.columns[self.label]
+        if label_spec.type not in (ColumnType.integer, ColumnType.boolean):
+            raise ValueError(f"label column '{self.label}' must be integer (0/1) or boolean for a classifier")
+        return self
+
+    @property
+    def feature_columns(self) -> tuple[str, ...]:
+        """All declared columns except the label, in declaration order."""
+        return tuple(name for name in self.columns if name != self.label)
+
+
+class DataSource(StrictModel):
+    """Where the data set is read from: a path (relative to the pipeline file) or a URI."""
+
+    uri: str
+    format: Literal["auto", "csv", "parquet"] = "auto"
+    name: str = "training-data"
+
+
+class SplitConfig(StrictModel):
+    """A deterministic train / held-out split."""
+
+    test_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
+    seed: int = 42
+    stratify: bool = True
+
+
+class ModelConfig(StrictModel):
+    """The classifier: an MLP over standardised numeric and one-hot categorical features."""
+
+    features: tuple[str, ...] | None = None
+    hidden_units: tuple[Annotated[int, Field(gt=0, le=4096)], ...] = (64, 32)
+    dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
+
+
+class ScalingSpec(StrictModel):
+    """Ray Train scaling: how many workers and what each reserves."""
+
+    num_workers: int = Field(default=2, ge=1)
+    cpus_per_worker: float = Field(default=1.0, gt=0.0)
+
+
+class TrainingConfig(StrictModel):
+    """Optimisation settings, scaling and fault tolerance for the Ray Train run."""
+
+    epochs: int = Field(default=6, ge=1, le=1000)
+    batch_size: int = Field(default=256, ge=1)
+    learning_rate: float = Field(default=3e-3, gt=0.0)
+    weight_decay: float = Field(default=1e-4, ge=0.0)
+    seed: int = 0
+    scaling: ScalingSpec = ScalingSpec()
+    max_failures: int = Field(default=1, ge=0)
+    storage_path: str | None = None
+    # Chaos switch for tests and drills: rank 0 raises once, right after checkpointing this epoch.
+    inject_failure_at_epoch: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _failure_epoch_in_range(self) -> TrainingConfig:
+        if self.inject_failure_at_epoch is not None and self.inject_failure_at_epoch >= self.epochs:
+            raise ValueError(
+                f"inject_failure_at_epoch ({self.inject_failure_at_epoch}) must be below epochs ({self.epochs})"
+            )
+        return self
+
+
+class GateMode(StrEnum):
+    """How a gate's decision is applied."""
+
+    enforced = "enforced"
+    dry_run = "dry_run"
+    disabled = "disabled"
+
+
+MetricName = Literal["auc", "accuracy", "f1", "log_loss", "brier"]
+LOWER_IS_BETTER: frozenset[str] = frozenset({"log_loss", "brier"})
+
+
+class ThresholdRule(StrictModel):
+    """An absolute bound on one metric, overall or on every slice of the named columns."""
+
+    metric: MetricName
+    min: float | None = None
+    max: float | None = None
+    slices: tuple[str, ...] = ()
+    min_slice_rows: int = Field(default=30, ge=1)
+
+    @model_validator(mode="after")
+    def _has_bound(self) -> ThresholdRule:
+        if self.min is None and self.max is None:
+            raise ValueError("a threshold rule needs 'min' or 'max'")
+        return self
+
+
+class ThresholdGateConfig(StrictModel):
+    """Absolute thresholds on declared metrics."""
+
+    mode: GateMode = GateMode.enforced
+    rules: tuple[ThresholdRule, ...] = ()
+
+
+class RegressionGateConfig(StrictModel):
+    """No regression against the champion, decided on a paired bootstrap confidence interval."""
+
+    mode: GateMode = GateMode.enforced
+    metric: MetricName = "auc"
+    tolerance: float = Field(default=0.01, ge=0.0)
+    confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
+    bootstrap_samples: int = Field(default=1000, ge=100, le=100_000)
+    seed: int = 0
+
+
+class GatesConfig(StrictModel):
+    """All gates a candidate must pass before it is registered."""
+
+    thresholds: ThresholdGateConfig = ThresholdGateConfig()
+    regression: RegressionGateConfig = RegressionGateConfig()
+
+
+class RegistryConfig(StrictModel):
+    """Where the model is registered and how the first version of a name is aliased."""
+
+    model_name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    experiment: str | None = None
+    first_model_alias: Literal["champion", "candidate"] = "champion"
+
+
+class WebhookSink(StrictModel):
+    """An HTTP endpoint that receives events as JSON; the URL may come from an env var (it is a secret)."""
+
+    url: str | None = None
+    url_env: str | None = None
+    events: tuple[str, ...] = ("pipeline_failed", "gate_blocked")
+    timeout_s: float = Field(default=5.0, gt=0.0)
+
+    @model_validator(mode="after")
+    def _one_url(self) -> WebhookSink:
+        if (self.url is None) == (self.url_env is None):
+            raise ValueError("give exactly one of 'url' or 'url_env'")
+        return self
+
+
+class EventsConfig(StrictModel):
+    """Where pipeline events go: a JSON-lines log file and any webhooks."""
+
+    log_file: str = ".lockgate/events.jsonl"
+    webhooks: tuple[WebhookSink, ...] = ()
+
+
+class PipelineConfig(StrictModel):
+    """The whole pipeline definition."""
+
+    name: str = Field(min_length=1, pattern=r"^[a-z0-9][a-z0-9\-]*$")
+    data: DataSource
+    data_schema: DataSchema = Field(alias="schema")
+    split: SplitConfig = SplitConfig()
+    slices: tuple[str, ...] = ()
+    model: ModelConfig = ModelConfig()
+    training: TrainingConfig = TrainingConfig()
+    gates: GatesConfig = GatesConfig()
+    registry: RegistryConfig
+    events: EventsConfig = EventsConfig()
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    @field_validator("slices")
+    @classmethod
+    def _unique_slices(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(value)) != len(value):
+            raise ValueError("slices must not repeat a column")
+        return value
+
+    @model_validator(mode="after")
+    def _cross_references(self) -> PipelineConfig:
+        columns = self.data_schema.columns
+        problems = []
+        for column in self.slices:
+            if column not in columns:
+                problems.append(f"slices: '{column}' is not a declared column")
+            elif columns[column].type != ColumnType.category:
+                problems.append(f"slices: '{column}' must be a category column")
+        for feature in self.model.features or ():
+            if feature not in columns or feature == self.data_schema.label:
+                problems.append(f"model.features: '{feature}' is not a declared feature column")
+        for index, rule in enumerate(self.gates.thresholds.rules):
+            for column in rule.slices:
+                if column not in self.slices:
+                    problems.append(
+                        f"gates.thresholds.rules.{index}.slices: '{column}' is not in the declared slices"
+                    )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        """The model's input columns: declared features, or every non-label column."""
+        return self.model.features or self.data_schema.feature_columns
+
+    def config_hash(self) -> str:
+        """A stable hash of the validated config (defaults included), for lineage."""
+        canonical = json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+class ConfigError(Exception):
+    """A pipeline file that cannot be read or does not validate; lists every problem with its field path."""
+
+    def __init__(self, path: str, problems: list[str]):
+        self.path = path
+        self.problems = problems
+        super().__init__(f"{path}: {len(problems)} problem(s)\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def format_validation_error(error: ValidationError) -> list[str]:
+    """Turn a pydantic error into one line per problem, each starting with its dotted field path."""
+    lines = []
+    for item in error.errors():
+        path = ".".join(str(part) for part in item["loc"]) or "<root>"
+        message = item["msg"].removeprefix("Value error, ")
+        given = item.get("input")
+        shown = "" if isinstance(given, dict | list) or given is None else f" (got {given!r})"
+        lines.append(f"{path}: {message}{shown}")
+    return lines
+
+
+def parse_config(raw: Any, source: str = "<config>") -> PipelineConfig:
+    """Validate an already-parsed mapping; raise ConfigError with every problem."""
+    if not isinstance(raw, dict):
+        raise ConfigError(source, [f"<root>: expected a mapping, got {type(raw).__name__}"])
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(source, format_validation_error(error)) from None
+
+
+def load_config(path: str | Path) -> PipelineConfig:
+    """Read and validate a pipeline YAML file."""
+    file = Path(path)
+    try:
+        text = file.read_text()
+    except OSError as error:
+        raise ConfigError(str(path), [f"cannot read file: {error.strerror}"]) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(str(path), [f"invalid YAML: {error}"]) from None
+    return parse_config(raw, str(path))
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON schema of the pipeline definition."""
+    return PipelineConfig.model_json_schema(by_alias=True)

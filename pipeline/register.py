@@ -1,0 +1,148 @@
+"""Register stage: package the model, then register a version with lineage and aliases, all or nothing."""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+from importlib.metadata import version as installed_version
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from pipeline.gates import GateDecision
+from pipeline.model import ENCODER_FILE, WEIGHTS_FILE, FeatureEncoder, TabularClassifier
+
+logger = logging.getLogger(__name__)
+
+CHAMPION, CANDIDATE, PREVIOUS = "champion", "candidate", "previous"
+TAG_PREFIX = "lockgate."
+# What a served model needs, pinned to the versions it was trained and tested with.
+MODEL_REQUIREMENTS = ("mlflow", "torch", "numpy", "pandas", "cloudpickle")
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """Where a model version came from."""
+
+    git_commit: str
+    data_fingerprint: str
+    data_uri: str
+    config_hash: str
+    pipeline_run_id: str
+    submission_id: str
+
+    def tags(self) -> dict[str, str]:
+        """Lineage as MLflow tags."""
+        return {f"{TAG_PREFIX}{key}": value for key, value in self.__dict__.items()}
+
+
+@dataclass(frozen=True)
+class Registration:
+    """The version registered and the aliases that now point at it."""
+
+    name: str
+    version: str
+    aliases: tuple[str, ...]
+
+
+def pinned_requirements() -> list[str]:
+    """``name==version`` for what the model needs at load time (local build tags such as +cpu dropped)."""
+    return [f"{name}=={installed_version(name).split('+')[0]}" for name in MODEL_REQUIREMENTS]
+
+
+def gate_tags(decisions: list[GateDecision]) -> dict[str, str]:
+    """Every gate decision as tags: a status per gate, and the full record as JSON."""
+    tags = {f"{TAG_PREFIX}gate.{d.gate}": d.status for d in decisions}
+    for decision in decisions:
+        if "ci_low" in decision.details:
+            tags[f"{TAG_PREFIX}gate.{decision.gate}.ci"] = (
+                f"[{decision.details['ci_low']:+.4f}, {decision.details['ci_high']:+.4f}]"
+            )
+    tags[f"{TAG_PREFIX}gates"] = json.dumps([d.to_dict() for d in decisions], sort_keys=True, default=str)[:7900]
+    return tags
+
+
+def log_model(
+    encoder: FeatureEncoder, state_dict: dict[str, Any], input_example: pd.DataFrame
+) -> Any:
+    """Log the pyfunc model (encoder + weights + the code that reads them) under the active run."""
+    import warnings
+
+    import mlflow
+    import torch
+    from mlflow.models import infer_signature
+
+    # Our integer columns are declared non-nullable, so MLflow's integer-with-missing-values hint does not apply.
+    warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column", category=UserWarning)
+
+    import pipeline
+
+    with tempfile.TemporaryDirectory() as directory:
+        encoder_path = Path(directory) / ENCODER_FILE
+        weights_path = Path(directory) / WEIGHTS_FILE
+        encoder_path.write_text(encoder.to_json())
+        torch.save(state_dict, weights_path)
+        model = TabularClassifier()
+        model.load_context(type("Context", (), {"artifacts": {"encoder": str(encoder_path),
+                                                               "weights": str(weights_path)}})())
+        output = model.predict(None, input_example)
+        return mlflow.pyfunc.log_model(
+            name="model",
+            python_model=TabularClassifier(),
+            artifacts={"encoder": str(encoder_path), "weights": str(weights_path)},
+            code_paths=[str(Path(pipeline.__file__).parent)],
+            signature=infer_signature(input_example, output),
+            input_example=input_example,
+            pip_requirements=pinned_requirements(),
+        )
+
+
+def current_alias_version(client: Any, name: str, alias: str) -> str | None:
+    """The version an alias points at, or None when the model or alias does not exist."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException as error:
+        if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            return None
+        raise
+
+
+def register_version(
+    client: Any,
+    name: str,
+    model_uri: str,
+    tags: dict[str, str],
+    first_model_alias: str,
+    wait_s: float = 120.0,
+) -> Registration:
+    """Register, wait until READY, then set the alias; on any error delete the new version so nothing is half-done.
+
+    The alias is the last step, so no alias ever points at an incomplete version.
+    """
+    import mlflow
+
+    alias = first_model_alias if current_alias_version(client, name, CHAMPION) is None else CANDIDATE
+    version = mlflow.register_model(model_uri, name, tags=tags)
+    try:
+        deadline = time.monotonic() + wait_s
+        current = client.get_model_version(name, version.version)
+        while current.status == "PENDING_REGISTRATION":
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"model version {name}/{version.version} not READY after {wait_s:.0f}s")
+            time.sleep(0.5)
+            current = client.get_model_version(name, version.version)
+        if current.status != "READY":
+            raise RuntimeError(f"model version {name}/{version.version} ended {current.status}: "
+                               f"{current.status_message}")
+        client.set_registered_model_alias(name, alias, version.version)
+    except BaseException:
+        logger.error("registration of %s/%s failed: deleting the version", name, version.version)
+        client.delete_model_version(name, version.version)
+        raise
+    return Registration(name=name, version=str(version.version), aliases=(alias,))
