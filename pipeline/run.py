@@ -117,6 +117,15 @@ class Stages:
             logger.info("stage %s: %.2fs", name, self.durations[name])
 
 
+def score(model: Any, frame: Any) -> Any:
+    """Positive-class probabilities from a pyfunc model, fed exactly the columns its signature declares."""
+    columns = model.metadata.get_input_schema().input_names()
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ValueError(f"model {model.metadata.model_uuid} needs columns {missing} that the data lacks")
+    return model.predict(frame[columns])["probability"].to_numpy()
+
+
 def run_pipeline(config: PipelineConfig, base_dir: Path) -> RunOutcome:
     """Execute every stage under one MLflow run; raise StageFailed (run marked FAILED, event sent) on error."""
     import mlflow
@@ -191,7 +200,7 @@ def run_pipeline(config: PipelineConfig, base_dir: Path) -> RunOutcome:
 
         with stages.stage("evaluate"):
             candidate_model = mlflow.pyfunc.load_model(model_info.model_uri)
-            probability = candidate_model.predict(prepared.test[features])["probability"].to_numpy()
+            probability = score(candidate_model, prepared.test)
             label = config.data_schema.label
             evaluation = evaluate_predictions(prepared.test, label, probability, config.slices)
             mlflow.log_metrics(flatten_metrics(evaluation))
@@ -202,7 +211,7 @@ def run_pipeline(config: PipelineConfig, base_dir: Path) -> RunOutcome:
             champion_probability = None
             if champion_version is not None and config.gates.regression.mode != "disabled":
                 champion_model = mlflow.pyfunc.load_model(f"models:/{name}/{champion_version}")
-                champion_probability = champion_model.predict(prepared.test[features])["probability"].to_numpy()
+                champion_probability = score(champion_model, prepared.test)
             y_test = prepared.test[label].to_numpy(dtype="float64")
             decisions = [
                 evaluate_thresholds(evaluation, config.gates.thresholds),

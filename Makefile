@@ -1,0 +1,33 @@
+# Two commands for a fresh machine (see README): `make demo` runs the main job, `make test` the tests.
+# Both create or reuse the project's virtual environment in .venv; torch (CPU build) is installed first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+PIP := $(PY) -m pip --disable-pip-version-check
+
+.PHONY: demo test lint lock clean-venv
+
+$(STAMP): pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -r requirements.lock
+	$(PIP) install --quiet --no-deps -e .
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/lockgate demo
+
+test: $(STAMP)
+	$(VENV)/bin/pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+# Refresh the lock from the current environment after changing pyproject.toml.
+lock:
+	$(PIP) freeze --exclude-editable | grep -v -E '^(torch|lockgate)==' > requirements.lock
+
+clean-venv:
+	rm -rf $(VENV)

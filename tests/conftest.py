@@ -1,0 +1,108 @@
+"""Shared fixtures: one real local environment (Ray + MLflow) per test session, and pipeline-file builders."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from lockgate.localenv import LocalEnvironment, Ports
+from pipeline.data import make_loans, write_table
+
+ROOT = Path(__file__).resolve().parents[1]
+# Ports apart from the defaults, so a developer's own `lockgate up` is left alone.
+SESSION_PORTS = Ports.from_base(mlflow=17055, ray_gcs=17390, ray_dashboard=17275)
+
+
+def shipped_config() -> dict[str, Any]:
+    """The repository's pipeline.yaml as a mapping."""
+    return yaml.safe_load((ROOT / "pipeline.yaml").read_text())
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Recursively overlay ``override`` on a copy of ``base``."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def write_pipeline(directory: Path, override: dict[str, Any], frame=None) -> Path:
+    """A pipeline file plus its data in ``directory`` (the job's working directory), events logged there too."""
+    directory.mkdir(parents=True, exist_ok=True)
+    write_table(frame if frame is not None else make_loans(rows=8_000, seed=0), directory / "data.parquet")
+    config = deep_merge(shipped_config(), {
+        "data": {"uri": "data.parquet"},
+        "training": {"epochs": 3},
+        # A smaller table and fewer epochs than the shipped run: thresholds scaled to match.
+        "gates": {"thresholds": {"rules": [{"metric": "auc", "min": 0.66},
+                                           {"metric": "auc", "min": 0.55, "slices": ["region", "product"]}]}},
+        "events": {"log_file": str(directory / "events.jsonl")},
+    })
+    config = deep_merge(config, override)
+    path = directory / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="session")
+def local_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalEnvironment]:
+    """A real Ray head and MLflow server for the whole session, stopped by PID at the end."""
+    env = LocalEnvironment(tmp_path_factory.mktemp("lockgate-session") / "state", SESSION_PORTS, num_cpus=2)
+    env.up(log=lambda _: None)
+    saved = {key: os.environ.get(key) for key in env.client_env()}
+    os.environ.update(env.client_env())
+    try:
+        yield env
+    finally:
+        env.down(log=lambda _: None)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+class WebhookReceiver:
+    """A real HTTP server on 127.0.0.1 that records every JSON body it receives."""
+
+    def __init__(self) -> None:
+        received: list[dict[str, Any]] = []
+        self.received = received
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                received.append(json.loads(body))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> WebhookReceiver:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture()
+def webhook() -> Iterator[WebhookReceiver]:
+    """A webhook receiver for one test."""
+    with WebhookReceiver() as receiver:
+        yield receiver

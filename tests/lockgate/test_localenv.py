@@ -1,0 +1,90 @@
+"""The local environment: up → status → down leaves nothing behind; a taken port fails cleanly."""
+
+from __future__ import annotations
+
+import json
+import socket
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from lockgate.localenv import EnvironmentError_, LocalEnvironment, Ports, pid_alive, port_is_free
+
+ENV_PORTS = Ports.from_base(mlflow=18055, ray_gcs=18390, ray_dashboard=18275)
+
+
+def lockgate(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lockgate", *args], capture_output=True, text=True, timeout=300)
+
+
+def public_listeners() -> set[str]:
+    """Listening TCP sockets not bound to loopback (IPv4, or IPv4-mapped IPv6)."""
+    lines = subprocess.run(["ss", "-ltnH"], capture_output=True, text=True, check=True).stdout.splitlines()
+    local = {line.split()[3] for line in lines}
+    return {a for a in local if not a.startswith(("127.0.0.1:", "[::ffff:127.0.0.1]:", "[::1]:"))}
+
+
+def own_ports(ports: Ports) -> list[int]:
+    return [*vars(ports).values()]
+
+
+@pytest.mark.e2e
+def test_up_status_down_leaves_no_process_or_listener(tmp_path) -> None:
+    state = tmp_path / "state"
+    common = ["--state-dir", str(state)]
+    ports = ["--mlflow-port", "18055", "--ray-port", "18390", "--dashboard-port", "18275"]
+    exposed_before = public_listeners()
+    started = lockgate("up", *common, *ports, "--num-cpus", "1")
+    try:
+        assert started.returncode == 0, started.stderr
+        recorded = json.loads((state / "state.json").read_text())
+        pids = [recorded["mlflow"]["pid"], recorded["ray"]["pid"]]
+        assert all(pid_alive(pid) for pid in pids), "both services run"
+        for secret in ("credentials.json", "ray_token", "mlflow_auth.ini"):
+            mode = stat.S_IMODE((state / secret).stat().st_mode)
+            assert mode == 0o600, f"{secret} must be 0600, is {oct(mode)}"
+        status = lockgate("status", *common, "--json")
+        assert status.returncode == 0, status.stdout + status.stderr
+        assert all(s["healthy"] and s["alive"] for s in json.loads(status.stdout).values())
+        again = lockgate("up", *common, *ports)
+        assert again.returncode == 0 and "reused" in again.stdout, "a second up reuses the healthy environment"
+        assert json.loads((state / "state.json").read_text())["ray"]["pid"] == pids[1]
+        exposed = public_listeners() - exposed_before
+        assert not exposed, f"every listener must be on 127.0.0.1, found {exposed}"
+    finally:
+        stopped = lockgate("down", *common)
+    assert stopped.returncode == 0, stopped.stderr
+    assert not any(pid_alive(pid) for pid in pids), "down stops exactly the recorded processes"
+    assert all(port_is_free(port) for port in own_ports(ENV_PORTS)), "no listener is left on our ports"
+    after = lockgate("status", *common)
+    assert after.returncode == 1 and "run `lockgate up`" in after.stdout
+
+
+@pytest.mark.e2e
+def test_taken_port_fails_clearly_and_starts_nothing(tmp_path) -> None:
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 18455))
+    blocker.listen()
+    try:
+        env = LocalEnvironment(tmp_path / "state", Ports.from_base(mlflow=18455, ray_gcs=18490,
+                                                                   ray_dashboard=18475))
+        with pytest.raises(EnvironmentError_, match="mlflow port 18455 on 127.0.0.1 already in use"):
+            env.up(log=lambda _: None)
+        assert env.read_state() is None, "nothing recorded"
+    finally:
+        blocker.close()
+
+
+@pytest.mark.e2e
+def test_service_that_fails_to_start_is_reported_with_its_log_and_cleaned_up(tmp_path) -> None:
+    # Ray refuses a client-server port inside its worker range: a real start-up failure after MLflow is up.
+    bad = Ports(mlflow=18555, ray_gcs=18590, ray_dashboard=18575, ray_client=18605, ray_agent=18592,
+                ray_metrics=18593)
+    env = LocalEnvironment(tmp_path / "state", bad, num_cpus=1)
+    with pytest.raises(EnvironmentError_) as caught:
+        env.up(log=lambda _: None)
+    assert "Ray exited with code" in str(caught.value) and "last lines of" in str(caught.value)
+    assert env.read_state() is None
+    assert port_is_free(18555), "the MLflow server started first was stopped again"
