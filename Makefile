@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PIP := $(PY) -m pip --disable-pip-version-check
 
-.PHONY: demo test lint lock clean-venv
+.PHONY: demo test lock clean-venv
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -19,11 +19,10 @@ demo: $(STAMP)
 	$(VENV)/bin/lockgate demo
 
 test: $(STAMP)
-	$(VENV)/bin/pytest
-
-lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/pytest
 
 # Refresh the lock from the current environment after changing pyproject.toml.
 lock:

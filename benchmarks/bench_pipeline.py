@@ -157,8 +157,9 @@ def bare_baseline(config_file: str) -> dict[str, Any]:
     training = config.training
     torch.manual_seed(training.seed)
     network = build_mlp(data.encoder.width, tuple(config.model.hidden_units), config.model.dropout)
-    optimizer = torch.optim.AdamW(network.parameters(), lr=training.learning_rate,
-                                  weight_decay=training.weight_decay)
+    optimizer = torch.optim.AdamW(
+        network.parameters(), lr=training.learning_rate, weight_decay=training.weight_decay
+    )
     loss_fn = torch.nn.BCEWithLogitsLoss()
     x, y = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
     steps = max(1, len(y) // training.batch_size)
@@ -230,8 +231,10 @@ def bench_up(root: Path, repeats: int) -> list[dict[str, float]]:
                 raise RuntimeError("the second up did not reuse the healthy environment")
         finally:
             sample["down_s"] = stop_env(env)
-        progress(f"up {i + 1}/{repeats}: cold {sample['cold_up_s']:.2f}s, reuse {sample['reuse_up_s']:.2f}s, "
-                 f"down {sample['down_s']:.2f}s")
+        progress(
+            f"up {i + 1}/{repeats}: cold {sample['cold_up_s']:.2f}s, reuse {sample['reuse_up_s']:.2f}s, "
+            f"down {sample['down_s']:.2f}s"
+        )
         samples.append(sample)
     return samples
 
@@ -258,9 +261,14 @@ def run_pipeline_once(env: Any, config_path: Path) -> dict[str, Any]:
     outcome = submit_pipeline(env, config_path, stream=tail.append)
     wall = time.perf_counter() - start
     sample: dict[str, Any] = {
-        "wall_s": wall, "submission_id": outcome.submission_id, "status": outcome.status,
-        "outcome": outcome.outcome, "run_id": outcome.run_id, "exit_code": outcome.exit_code,
-        "message": outcome.message, **job_times(env, outcome.submission_id),
+        "wall_s": wall,
+        "submission_id": outcome.submission_id,
+        "status": outcome.status,
+        "outcome": outcome.outcome,
+        "run_id": outcome.run_id,
+        "exit_code": outcome.exit_code,
+        "message": outcome.message,
+        **job_times(env, outcome.submission_id),
     }
     metrics = MlflowClient().get_run(outcome.run_id).data.metrics if outcome.run_id else {}
     sample["stages_s"] = {s: metrics[f"duration_s.{s}"] for s in STAGES if f"duration_s.{s}" in metrics}
@@ -279,8 +287,10 @@ def bench_pipeline(root: Path, config_path: Path, repeats: int) -> list[dict[str
         env.up(log=log_env)
         for i in range(repeats):
             sample = run_pipeline_once(env, config_path)
-            progress(f"pipeline {i + 1}/{repeats}: {sample['wall_s']:.2f}s, {sample['outcome']} "
-                     f"(exit {sample['exit_code']}), test.auc {sample['test_auc']}")
+            progress(
+                f"pipeline {i + 1}/{repeats}: {sample['wall_s']:.2f}s, {sample['outcome']} "
+                f"(exit {sample['exit_code']}), test.auc {sample['test_auc']}"
+            )
             samples.append(sample)
     finally:
         stop_env(env)
@@ -292,8 +302,9 @@ def summarise(bare: list[dict], ups: list[dict], runs: list[dict]) -> dict[str, 
     """Medians, per-stage medians, the overhead ratio and the AUC check."""
     bare_wall = median([s["wall_s"] for s in bare])
     pipeline_wall = median([s["wall_s"] for s in runs])
-    stage_medians = {stage: median([r["stages_s"][stage] for r in runs if stage in r["stages_s"]])
-                     for stage in STAGES}
+    stage_medians = {
+        stage: median([r["stages_s"][stage] for r in runs if stage in r["stages_s"]]) for stage in STAGES
+    }
     return {
         "bare_wall_s": bare_wall,
         "bare_train_s": median([s["train_s"] for s in bare]),
@@ -316,8 +327,11 @@ def print_table(summary: dict[str, Any], bare: list[dict], ups: list[dict], runs
         ("lockgate up, reusing healthy env", summary["reuse_up_s"], [s["reuse_up_s"] for s in ups]),
         ("lockgate down", summary["down_s"], [s["down_s"] for s in ups]),
         ("pipeline, submit_pipeline end to end", summary["pipeline_wall_s"], [r["wall_s"] for r in runs]),
-        ("pipeline, Ray job start to end", summary["pipeline_job_s"],
-         [r["job_s"] for r in runs if r.get("job_s") is not None]),
+        (
+            "pipeline, Ray job start to end",
+            summary["pipeline_job_s"],
+            [r["job_s"] for r in runs if r.get("job_s") is not None],
+        ),
         ("bare script, process start to end", summary["bare_wall_s"], [s["wall_s"] for s in bare]),
         ("bare script, training loop only", summary["bare_train_s"], [s["train_s"] for s in bare]),
     ]
@@ -343,10 +357,14 @@ def print_table(summary: dict[str, Any], bare: list[dict], ups: list[dict], runs
     bare_auc, pipe_auc = summary["bare_auc"], summary["pipeline_test_auc"]
     bare_aucs = [s["auc"] for s in bare]
     pipe_aucs = [r["test_auc"] for r in runs if r.get("test_auc") is not None]
-    print(f"{'AUC, bare script (median)':<40} {fmt(bare_auc, '', 4):>9}   "
-          f"{', '.join(f'{a:.4f}' for a in bare_aucs)}")
-    print(f"{'AUC, pipeline test.auc (median)':<40} {fmt(pipe_auc, '', 4):>9}   "
-          f"{', '.join(f'{a:.4f}' for a in pipe_aucs)}")
+    print(
+        f"{'AUC, bare script (median)':<40} {fmt(bare_auc, '', 4):>9}   "
+        f"{', '.join(f'{a:.4f}' for a in bare_aucs)}"
+    )
+    print(
+        f"{'AUC, pipeline test.auc (median)':<40} {fmt(pipe_auc, '', 4):>9}   "
+        f"{', '.join(f'{a:.4f}' for a in pipe_aucs)}"
+    )
     if bare_auc is not None and pipe_auc is not None:
         print(f"{'AUC difference (pipeline - bare)':<40} {pipe_auc - bare_auc:>+9.4f}")
     print()
@@ -356,16 +374,29 @@ def write_results(stamp: str, args: argparse.Namespace, payload: dict[str, Any])
     """benchmarks/results/pipeline-<timestamp>.json."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / f"pipeline-{stamp}.json"
-    path.write_text(json.dumps({
-        "timestamp": stamp,
-        "repeats": args.repeats,
-        "bare_threads": args.bare_threads,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "platform": platform.platform()},
-        "ports": {"mlflow": MLFLOW_PORT, "ray_gcs": RAY_GCS_PORT, "ray_dashboard": RAY_DASHBOARD_PORT},
-        "data": {"rows": DATA_ROWS, "seed": DATA_SEED},
-        **payload,
-    }, indent=2, default=str))
+    path.write_text(
+        json.dumps(
+            {
+                "timestamp": stamp,
+                "repeats": args.repeats,
+                "bare_threads": args.bare_threads,
+                "machine": {
+                    "cpus": os.cpu_count(),
+                    "python": platform.python_version(),
+                    "platform": platform.platform(),
+                },
+                "ports": {
+                    "mlflow": MLFLOW_PORT,
+                    "ray_gcs": RAY_GCS_PORT,
+                    "ray_dashboard": RAY_DASHBOARD_PORT,
+                },
+                "data": {"rows": DATA_ROWS, "seed": DATA_SEED},
+                **payload,
+            },
+            indent=2,
+            default=str,
+        )
+    )
     return path
 
 
@@ -375,9 +406,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="samples per measurement (default 3)")
     parser.add_argument("--quick", action="store_true", help="one sample per measurement")
-    parser.add_argument("--bare-threads", type=int, default=1,
-                        help="OMP_NUM_THREADS of the bare script (default 1, as a Ray Train worker; "
-                             "0: torch's default)")
+    parser.add_argument(
+        "--bare-threads",
+        type=int,
+        default=1,
+        help="OMP_NUM_THREADS of the bare script (default 1, as a Ray Train worker; 0: torch's default)",
+    )
     parser.add_argument("--bare-baseline", metavar="PIPELINE_YAML", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
@@ -408,10 +442,17 @@ def main(argv: list[str] | None = None) -> int:
         raise
     summary = summarise(bare, ups, runs)
     print_table(summary, bare, ups, runs)
-    path = write_results(stamp, args, {
-        "load_average": {"before": load_before, "after": os.getloadavg()},
-        "summary": summary, "bare": bare, "up": ups, "pipeline": runs,
-    })
+    path = write_results(
+        stamp,
+        args,
+        {
+            "load_average": {"before": load_before, "after": os.getloadavg()},
+            "summary": summary,
+            "bare": bare,
+            "up": ups,
+            "pipeline": runs,
+        },
+    )
     print(f"results written to {path.relative_to(REPO)}")
     shutil.rmtree(root, ignore_errors=True)
     return 0 if all(r["outcome"] in ("registered", "blocked") for r in runs) else 1

@@ -13,11 +13,14 @@ from lockgate.localenv import EnvironmentError_, LocalEnvironment, Ports, defaul
 from pipeline.config import ConfigError, json_schema, load_config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
-data_app = typer.Typer(no_args_is_help=True, help="Make the shipped data set, a shifted batch or a bad batch.")
+data_app = typer.Typer(
+    no_args_is_help=True, help="Make the shipped data set, a shifted batch or a bad batch."
+)
 app.add_typer(data_app, name="data")
 
-StateDir = Annotated[Path | None, typer.Option("--state-dir", help="state directory [default: $LOCKGATE_HOME "
-                                                                  "or ./.lockgate]")]
+StateDir = Annotated[
+    Path | None, typer.Option("--state-dir", help="state directory [default: $LOCKGATE_HOME or ./.lockgate]")
+]
 MlflowPort = Annotated[int, typer.Option("--mlflow-port", help="MLflow tracking server port")]
 RayPort = Annotated[int, typer.Option("--ray-port", help="Ray GCS port (Ray's other ports follow it)")]
 DashboardPort = Annotated[int, typer.Option("--dashboard-port", help="Ray dashboard / Jobs API port")]
@@ -30,9 +33,15 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _environment(state_dir: Path | None, mlflow_port: int = DEFAULTS.mlflow, ray_port: int = DEFAULTS.ray_gcs,
-                 dashboard_port: int = DEFAULTS.ray_dashboard) -> LocalEnvironment:
-    env = LocalEnvironment(state_dir or default_state_dir(), Ports.from_base(mlflow_port, ray_port, dashboard_port))
+def _environment(
+    state_dir: Path | None,
+    mlflow_port: int = DEFAULTS.mlflow,
+    ray_port: int = DEFAULTS.ray_gcs,
+    dashboard_port: int = DEFAULTS.ray_dashboard,
+) -> LocalEnvironment:
+    env = LocalEnvironment(
+        state_dir or default_state_dir(), Ports.from_base(mlflow_port, ray_port, dashboard_port)
+    )
     state = env.read_state()
     if state is not None:
         env.ports = state.ports
@@ -40,18 +49,25 @@ def _environment(state_dir: Path | None, mlflow_port: int = DEFAULTS.mlflow, ray
 
 
 @app.command()
-def up(state_dir: StateDir = None, mlflow_port: MlflowPort = DEFAULTS.mlflow, ray_port: RayPort = DEFAULTS.ray_gcs,
-       dashboard_port: DashboardPort = DEFAULTS.ray_dashboard,
-       num_cpus: Annotated[int | None, typer.Option(help="logical CPUs for Ray [default: all]")] = None) -> None:
+def up(
+    state_dir: StateDir = None,
+    mlflow_port: MlflowPort = DEFAULTS.mlflow,
+    ray_port: RayPort = DEFAULTS.ray_gcs,
+    dashboard_port: DashboardPort = DEFAULTS.ray_dashboard,
+    num_cpus: Annotated[int | None, typer.Option(help="logical CPUs for Ray [default: all]")] = None,
+) -> None:
     """Start (or reuse) the local Ray head and MLflow server on 127.0.0.1."""
-    env = LocalEnvironment(state_dir or default_state_dir(), Ports.from_base(mlflow_port, ray_port, dashboard_port),
-                           num_cpus)
+    env = LocalEnvironment(
+        state_dir or default_state_dir(), Ports.from_base(mlflow_port, ray_port, dashboard_port), num_cpus
+    )
     try:
         state, reused = env.up(log=typer.echo)
     except EnvironmentError_ as error:
         raise _fail(str(error)) from None
-    typer.echo(f"{'reused' if reused else 'started'}: MLflow {state.mlflow.url} (pid {state.mlflow.pid}), "
-               f"Ray dashboard {state.ray.url} (pid {state.ray.pid}); state in {env.state_dir}")
+    typer.echo(
+        f"{'reused' if reused else 'started'}: MLflow {state.mlflow.url} (pid {state.mlflow.pid}), "
+        f"Ray dashboard {state.ray.url} (pid {state.ray.pid}); state in {env.state_dir}"
+    )
 
 
 @app.command()
@@ -64,8 +80,10 @@ def down(state_dir: StateDir = None) -> None:
 
 
 @app.command()
-def status(state_dir: StateDir = None,
-           as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False) -> None:
+def status(
+    state_dir: StateDir = None,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
     """Report each service's PID and health; exit 1 when anything is down."""
     env = _environment(state_dir)
     report = env.health()
@@ -75,8 +93,11 @@ def status(state_dir: StateDir = None,
         typer.echo(f"no environment recorded in {env.state_dir}: run `lockgate up`")
     else:
         for name, service in report.items():
-            state = "healthy" if service["alive"] and service["healthy"] else (
-                "unhealthy (process alive)" if service["alive"] else "down")
+            state = (
+                "healthy"
+                if service["alive"] and service["healthy"]
+                else ("unhealthy (process alive)" if service["alive"] else "down")
+            )
             typer.echo(f"{name:<7} {state:<26} pid={service['pid']:<8} {service['url']}")
     if not report or not all(s["alive"] and s["healthy"] for s in report.values()):
         raise typer.Exit(1)
@@ -99,8 +120,10 @@ def validate(config: ConfigFile = Path("pipeline.yaml")) -> None:
         parsed = load_config(config)
     except ConfigError as error:
         raise _fail(str(error), 2) from None
-    typer.echo(f"{config}: valid (pipeline '{parsed.name}', model '{parsed.registry.model_name}', "
-               f"config hash {parsed.config_hash()})")
+    typer.echo(
+        f"{config}: valid (pipeline '{parsed.name}', model '{parsed.registry.model_name}', "
+        f"config hash {parsed.config_hash()})"
+    )
 
 
 @app.command()
@@ -120,7 +143,9 @@ def run(config: ConfigFile = Path("pipeline.yaml"), state_dir: StateDir = None) 
         raise _fail(str(error), 2) from None
     except EnvironmentError_ as error:
         raise _fail(str(error)) from None
-    typer.echo(f"job {outcome.submission_id}: {outcome.status}, outcome {outcome.outcome}, MLflow run {outcome.run_id}")
+    typer.echo(
+        f"job {outcome.submission_id}: {outcome.status}, outcome {outcome.outcome}, MLflow run {outcome.run_id}"
+    )
     raise typer.Exit(outcome.exit_code)
 
 
@@ -142,9 +167,13 @@ def summary(config: ConfigFile = Path("pipeline.yaml"), state_dir: StateDir = No
 
 
 @app.command()
-def demo(config: ConfigFile = Path("pipeline.yaml"), state_dir: StateDir = None,
-         mlflow_port: MlflowPort = DEFAULTS.mlflow, ray_port: RayPort = DEFAULTS.ray_gcs,
-         dashboard_port: DashboardPort = DEFAULTS.ray_dashboard) -> None:
+def demo(
+    config: ConfigFile = Path("pipeline.yaml"),
+    state_dir: StateDir = None,
+    mlflow_port: MlflowPort = DEFAULTS.mlflow,
+    ray_port: RayPort = DEFAULTS.ray_gcs,
+    dashboard_port: DashboardPort = DEFAULTS.ray_dashboard,
+) -> None:
     """The main job: start the environment, run the pipeline twice (the second gated against the first), summarise."""
     from lockgate.jobs import submit_pipeline
     from lockgate.summary import format_summary, registry_summary
@@ -153,7 +182,9 @@ def demo(config: ConfigFile = Path("pipeline.yaml"), state_dir: StateDir = None,
         parsed = load_config(config)
     except ConfigError as error:
         raise _fail(str(error), 2) from None
-    env = LocalEnvironment(state_dir or default_state_dir(), Ports.from_base(mlflow_port, ray_port, dashboard_port))
+    env = LocalEnvironment(
+        state_dir or default_state_dir(), Ports.from_base(mlflow_port, ray_port, dashboard_port)
+    )
     try:
         env.up(log=typer.echo)
         env = _environment(state_dir, mlflow_port, ray_port, dashboard_port)
@@ -165,10 +196,14 @@ def demo(config: ConfigFile = Path("pipeline.yaml"), state_dir: StateDir = None,
         raise _fail(str(error)) from None
     typer.echo("\n=== summary ===")
     for attempt, outcome in enumerate(outcomes, 1):
-        typer.echo(f"run {attempt}: {outcome.outcome} (job {outcome.submission_id}, MLflow run {outcome.run_id})")
+        typer.echo(
+            f"run {attempt}: {outcome.outcome} (job {outcome.submission_id}, MLflow run {outcome.run_id})"
+        )
     typer.echo(format_summary(parsed.registry.model_name, registry_summary(parsed.registry.model_name)))
     creds = env.state_dir / "credentials.json"
-    typer.echo(f"\nMLflow UI:     {env.mlflow_url}  (user {env.credentials()['mlflow_username']}, password in {creds})")
+    typer.echo(
+        f"\nMLflow UI:     {env.mlflow_url}  (user {env.credentials()['mlflow_username']}, password in {creds})"
+    )
     typer.echo(f"Ray dashboard: {env.dashboard_url}  (token in {env.ray_token_path})")
     typer.echo("The environment keeps running for you to look around; stop it with `lockgate down`.")
     if any(o.exit_code not in (0, 3) for o in outcomes):

@@ -26,8 +26,17 @@ from pipeline.run import (
 )
 
 # Never shipped with a job: the environment's own state, virtualenvs, VCS data, caches.
-UPLOAD_EXCLUDES = [".lockgate", ".venv", "venv", ".git", "**/__pycache__", ".pytest_cache", ".mypy_cache",
-                   ".ruff_cache", "*.egg-info"]
+UPLOAD_EXCLUDES = [
+    ".lockgate",
+    ".venv",
+    "venv",
+    ".git",
+    "**/__pycache__",
+    ".pytest_cache",
+    ".mypy_cache",
+    ".ruff_cache",
+    "*.egg-info",
+]
 
 
 @dataclass(frozen=True)
@@ -64,8 +73,12 @@ def job_runtime_env(config_path: Path, submission_id: str) -> dict[str, Any]:
     }
 
 
-def submit_pipeline(env: LocalEnvironment, config_file: str | Path, stream: Callable[[str], None] = print,
-                    timeout_s: float = 3600.0) -> JobOutcome:
+def submit_pipeline(
+    env: LocalEnvironment,
+    config_file: str | Path,
+    stream: Callable[[str], None] = print,
+    timeout_s: float = 3600.0,
+) -> JobOutcome:
     """Validate, submit, stream logs until the job ends, then map the run's outcome to an exit code."""
     from ray.job_submission import JobStatus, JobSubmissionClient
 

@@ -54,8 +54,14 @@ class Ports:
     @classmethod
     def from_base(cls, mlflow: int, ray_gcs: int, ray_dashboard: int) -> Ports:
         """The three user-facing ports; Ray's auxiliary ports are derived from the GCS port."""
-        return cls(mlflow=mlflow, ray_gcs=ray_gcs, ray_dashboard=ray_dashboard, ray_client=ray_gcs + 1,
-                   ray_agent=ray_gcs + 2, ray_metrics=ray_gcs + 3)
+        return cls(
+            mlflow=mlflow,
+            ray_gcs=ray_gcs,
+            ray_dashboard=ray_dashboard,
+            ray_client=ray_gcs + 1,
+            ray_agent=ray_gcs + 2,
+            ray_metrics=ray_gcs + 3,
+        )
 
 
 @dataclass(frozen=True)
@@ -196,7 +202,9 @@ def _reap(pid: int) -> None:
 class LocalEnvironment:
     """Start, inspect and stop the local Ray + MLflow environment rooted at one state directory."""
 
-    def __init__(self, state_dir: Path | None = None, ports: Ports | None = None, num_cpus: int | None = None):
+    def __init__(
+        self, state_dir: Path | None = None, ports: Ports | None = None, num_cpus: int | None = None
+    ):
         self.state_dir = (state_dir or default_state_dir()).resolve()
         self.ports = ports or Ports()
         self.num_cpus = num_cpus or os.cpu_count() or 2
@@ -295,11 +303,20 @@ class LocalEnvironment:
             return {}
         report: dict[str, dict[str, object]] = {}
         mlflow_ok = _http_ok(f"{state.mlflow.url}/health")
-        report["mlflow"] = {"pid": state.mlflow.pid, "alive": pid_alive(state.mlflow.pid), "healthy": mlflow_ok,
-                            "url": state.mlflow.url}
+        report["mlflow"] = {
+            "pid": state.mlflow.pid,
+            "alive": pid_alive(state.mlflow.pid),
+            "healthy": mlflow_ok,
+            "url": state.mlflow.url,
+        }
         ray_ok = _http_ok(f"{state.ray.url}/api/gcs_healthz", headers=self._auth_header_or_empty())
-        report["ray"] = {"pid": state.ray.pid, "alive": pid_alive(state.ray.pid), "healthy": ray_ok,
-                         "url": state.ray.url, "gcs_address": state.ray_gcs_address}
+        report["ray"] = {
+            "pid": state.ray.pid,
+            "alive": pid_alive(state.ray.pid),
+            "healthy": ray_ok,
+            "url": state.ray.url,
+            "gcs_address": state.ray_gcs_address,
+        }
         return report
 
     def _auth_header_or_empty(self) -> dict[str, str]:
@@ -341,20 +358,37 @@ class LocalEnvironment:
             for pid, marker in reversed(started):
                 stop_pid(pid, marker)
             raise
-        state = EnvState(ports=self.ports, mlflow=mlflow_state, ray=ray_state,
-                         ray_gcs_address=f"{HOST}:{self.ports.ray_gcs}", started_at=time.time())
+        state = EnvState(
+            ports=self.ports,
+            mlflow=mlflow_state,
+            ray=ray_state,
+            ray_gcs_address=f"{HOST}:{self.ports.ray_gcs}",
+            started_at=time.time(),
+        )
         self.state_path.write_text(state.to_json())
         return state, False
 
     def _spawn(self, command: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
         with log_path.open("ab") as handle:
             return subprocess.Popen(
-                command, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=env, cwd=self.state_dir, start_new_session=True,
+                command,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                cwd=self.state_dir,
+                start_new_session=True,
             )
 
-    def _wait_ready(self, name: str, process: subprocess.Popen, probe: Callable[[], bool], log_path: Path,
-                    timeout_s: float, marker: str) -> None:
+    def _wait_ready(
+        self,
+        name: str,
+        process: subprocess.Popen,
+        probe: Callable[[], bool],
+        log_path: Path,
+        timeout_s: float,
+        marker: str,
+    ) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if process.poll() is not None:
@@ -368,7 +402,8 @@ class LocalEnvironment:
             time.sleep(0.5)
         stop_pid(process.pid, marker)
         raise EnvironmentError_(
-            f"{name} did not become healthy within {timeout_s:.0f}s; last lines of {log_path}:\n" + _tail(log_path)
+            f"{name} did not become healthy within {timeout_s:.0f}s; last lines of {log_path}:\n"
+            + _tail(log_path)
         )
 
     def _start_mlflow(self, creds: dict[str, str], log: Callable[[str], None]) -> ServiceState:
@@ -383,15 +418,26 @@ class LocalEnvironment:
         log_path = self.state_dir / "logs" / "mlflow.log"
         mlflow_dir = self.state_dir / "mlflow"
         command = [
-            str(self.bin_dir / "mlflow"), "server", "--app-name", "basic-auth",
-            "--backend-store-uri", f"sqlite:///{mlflow_dir / 'mlflow.db'}",
-            "--artifacts-destination", str(mlflow_dir / "artifacts"),
-            "--host", HOST, "--port", str(self.ports.mlflow), "--workers", "1",
+            str(self.bin_dir / "mlflow"),
+            "server",
+            "--app-name",
+            "basic-auth",
+            "--backend-store-uri",
+            f"sqlite:///{mlflow_dir / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(mlflow_dir / "artifacts"),
+            "--host",
+            HOST,
+            "--port",
+            str(self.ports.mlflow),
+            "--workers",
+            "1",
         ]
         log(f"starting MLflow on {self.mlflow_url} (log: {log_path})")
         process = self._spawn(command, env, log_path)
-        self._wait_ready("MLflow", process, lambda: _http_ok(f"{self.mlflow_url}/health"), log_path, 90.0,
-                         "mlflow")
+        self._wait_ready(
+            "MLflow", process, lambda: _http_ok(f"{self.mlflow_url}/health"), log_path, 90.0, "mlflow"
+        )
         return ServiceState(pid=process.pid, url=self.mlflow_url, log=str(log_path))
 
     def _start_ray(self, log: Callable[[str], None]) -> ServiceState:
@@ -409,22 +455,42 @@ class LocalEnvironment:
         env.pop("RAY_ADDRESS", None)
         log_path = self.state_dir / "logs" / "ray.log"
         command = [
-            str(self.bin_dir / "ray"), "start", "--head", "--block",
-            "--node-ip-address", HOST, "--port", str(self.ports.ray_gcs),
-            "--include-dashboard", "true", "--dashboard-host", HOST,
-            "--dashboard-port", str(self.ports.ray_dashboard),
-            "--ray-client-server-port", str(self.ports.ray_client),
-            "--dashboard-agent-listen-port", str(self.ports.ray_agent),
-            "--metrics-export-port", str(self.ports.ray_metrics),
-            "--num-cpus", str(self.num_cpus), "--temp-dir", str(self.ray_temp_dir),
-            "--min-worker-port", str(self.ports.worker_range[0]),
-            "--max-worker-port", str(self.ports.worker_range[1]),
+            str(self.bin_dir / "ray"),
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address",
+            HOST,
+            "--port",
+            str(self.ports.ray_gcs),
+            "--include-dashboard",
+            "true",
+            "--dashboard-host",
+            HOST,
+            "--dashboard-port",
+            str(self.ports.ray_dashboard),
+            "--ray-client-server-port",
+            str(self.ports.ray_client),
+            "--dashboard-agent-listen-port",
+            str(self.ports.ray_agent),
+            "--metrics-export-port",
+            str(self.ports.ray_metrics),
+            "--num-cpus",
+            str(self.num_cpus),
+            "--temp-dir",
+            str(self.ray_temp_dir),
+            "--min-worker-port",
+            str(self.ports.worker_range[0]),
+            "--max-worker-port",
+            str(self.ports.worker_range[1]),
             "--disable-usage-stats",
         ]
         log(f"starting Ray head, dashboard on {self.dashboard_url} (log: {log_path})")
         process = self._spawn(command, env, log_path)
         headers = self.ray_auth_header()
-        self._wait_ready("Ray", process, lambda: _ray_ready(self.dashboard_url, headers), log_path, 120.0, "ray")
+        self._wait_ready(
+            "Ray", process, lambda: _ray_ready(self.dashboard_url, headers), log_path, 120.0, "ray"
+        )
         return ServiceState(pid=process.pid, url=self.dashboard_url, log=str(log_path))
 
     def down(self, log: Callable[[str], None] = print) -> bool:

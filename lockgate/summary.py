@@ -38,16 +38,21 @@ def registry_summary(model_name: str) -> list[VersionSummary]:
     out = []
     for mv in sorted(versions, key=lambda v: int(v.version)):
         tags = dict(mv.tags or {})
-        gates = {key.removeprefix(f"{TAG_PREFIX}gate."): value for key, value in tags.items()
-                 if key.startswith(f"{TAG_PREFIX}gate.") and key.count(".") == 2}
-        out.append(VersionSummary(
-            version=str(mv.version),
-            aliases=tuple(sorted(aliases.get(str(mv.version), []))),
-            run_id=mv.run_id or "",
-            gates=gates,
-            regression=_regression_text(tags.get(f"{TAG_PREFIX}gates", "[]")),
-            tags=tags,
-        ))
+        gates = {
+            key.removeprefix(f"{TAG_PREFIX}gate."): value
+            for key, value in tags.items()
+            if key.startswith(f"{TAG_PREFIX}gate.") and key.count(".") == 2
+        }
+        out.append(
+            VersionSummary(
+                version=str(mv.version),
+                aliases=tuple(sorted(aliases.get(str(mv.version), []))),
+                run_id=mv.run_id or "",
+                gates=gates,
+                regression=_regression_text(tags.get(f"{TAG_PREFIX}gates", "[]")),
+                tags=tags,
+            )
+        )
     return out
 
 
@@ -59,8 +64,10 @@ def _regression_text(gates_json: str) -> str:
     for record in records:
         details = record.get("details", {})
         if record.get("gate") == "regression" and "delta" in details:
-            return (f"{details.get('champion_version') and 'vs v' + str(details['champion_version'])} "
-                    f"Δ{details['delta']:+.4f} CI [{details['ci_low']:+.4f}, {details['ci_high']:+.4f}]")
+            return (
+                f"{details.get('champion_version') and 'vs v' + str(details['champion_version'])} "
+                f"Δ{details['delta']:+.4f} CI [{details['ci_low']:+.4f}, {details['ci_high']:+.4f}]"
+            )
     return ""
 
 
@@ -74,7 +81,9 @@ def format_summary(model_name: str, versions: list[VersionSummary]) -> str:
         aliases = ",".join(item.aliases) or "-"
         extra = f"  [{item.regression}]" if item.regression else ""
         lines.append(f"  v{item.version:<3} aliases={aliases:<20} {gates}{extra}")
-        lines.append(f"       lineage: commit={item.tags.get(TAG_PREFIX + 'git_commit', '?')[:12]} "
-                     f"data={item.tags.get(TAG_PREFIX + 'data_fingerprint', '?')} "
-                     f"config={item.tags.get(TAG_PREFIX + 'config_hash', '?')} run={item.run_id}")
+        lines.append(
+            f"       lineage: commit={item.tags.get(TAG_PREFIX + 'git_commit', '?')[:12]} "
+            f"data={item.tags.get(TAG_PREFIX + 'data_fingerprint', '?')} "
+            f"config={item.tags.get(TAG_PREFIX + 'config_hash', '?')} run={item.run_id}"
+        )
     return "\n".join(lines)

@@ -11,7 +11,9 @@ REGIONS = ("north", "south", "east", "west")
 PRODUCTS = ("personal", "auto", "mortgage", "student")
 
 
-def make_loans(rows: int = 20_000, seed: int = 0, shift: float = 0.0, bad_fraction: float = 0.0) -> pd.DataFrame:
+def make_loans(
+    rows: int = 20_000, seed: int = 0, shift: float = 0.0, bad_fraction: float = 0.0
+) -> pd.DataFrame:
     """Generate a loan-default table.
 
     ``shift`` in [0, 1] moves the population (lower incomes and credit scores, more borrowing, a

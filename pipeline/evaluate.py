@@ -88,7 +88,11 @@ def flatten_metrics(evaluation: dict[str, dict[str, float]]) -> dict[str, float]
     """MLflow metric names: ``test.auc`` overall, ``test.region.north.auc`` per slice; NaN dropped."""
     flat = {}
     for scope, metrics in evaluation.items():
-        prefix = "test" if scope == OVERALL else "test." + re.sub(r"[^A-Za-z0-9_\-.]", "_", scope.replace("=", "."))
+        prefix = (
+            "test"
+            if scope == OVERALL
+            else "test." + re.sub(r"[^A-Za-z0-9_\-.]", "_", scope.replace("=", "."))
+        )
         for name, value in metrics.items():
             if not np.isnan(value):
                 flat[f"{prefix}.{name}"] = value

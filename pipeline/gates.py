@@ -72,10 +72,15 @@ def evaluate_thresholds(evaluation: dict[str, dict[str, float]], config: Thresho
         return GateDecision("thresholds", config.mode, True, "gate disabled")
     checks: list[Check] = []
     for rule in config.rules:
-        scopes = [OVERALL] if not rule.slices else [
-            scope for scope in evaluation
-            if scope.split("=", 1)[0] in rule.slices and evaluation[scope]["rows"] >= rule.min_slice_rows
-        ]
+        scopes = (
+            [OVERALL]
+            if not rule.slices
+            else [
+                scope
+                for scope in evaluation
+                if scope.split("=", 1)[0] in rule.slices and evaluation[scope]["rows"] >= rule.min_slice_rows
+            ]
+        )
         for scope in scopes:
             value = evaluation[scope][rule.metric]
             ok = not math.isnan(value)
@@ -89,7 +94,8 @@ def evaluate_thresholds(evaluation: dict[str, dict[str, float]], config: Thresho
             checks.append(Check(scope, rule.metric, value, " and ".join(bounds), ok))
     failed = [c for c in checks if not c.passed]
     reason = (
-        f"all {len(checks)} threshold check(s) passed" if not failed
+        f"all {len(checks)} threshold check(s) passed"
+        if not failed
         else "; ".join(f"{c.scope} {c.metric}={c.value:.4f} not {c.bound}" for c in failed)
     )
     return GateDecision("thresholds", config.mode, not failed, reason, tuple(checks))
@@ -136,10 +142,16 @@ def evaluate_regression(
     if config.mode == GateMode.disabled:
         return GateDecision("regression", config.mode, True, "gate disabled")
     if champion is None:
-        return GateDecision("regression", config.mode, True, "no champion yet: nothing to regress against",
-                            details={"skipped": True})
-    stats = paired_bootstrap(y, candidate, champion, config.metric, config.bootstrap_samples,
-                             config.confidence, config.seed)
+        return GateDecision(
+            "regression",
+            config.mode,
+            True,
+            "no champion yet: nothing to regress against",
+            details={"skipped": True},
+        )
+    stats = paired_bootstrap(
+        y, candidate, champion, config.metric, config.bootstrap_samples, config.confidence, config.seed
+    )
     passed = stats["ci_low"] >= -config.tolerance
     level = f"{config.confidence:.0%}"
     reason = (
@@ -148,6 +160,10 @@ def evaluate_regression(
         f"{stats['ci_high']:+.4f}]) {'within' if passed else 'exceeds'} tolerance {config.tolerance:g}"
     )
     check = Check(OVERALL, config.metric, stats["delta"], f"CI low >= {-config.tolerance:g}", passed)
-    details = {**stats, "champion_version": champion_version, "tolerance": config.tolerance,
-               "confidence": config.confidence}
+    details = {
+        **stats,
+        "champion_version": champion_version,
+        "tolerance": config.tolerance,
+        "confidence": config.confidence,
+    }
     return GateDecision("regression", config.mode, passed, reason, (check,), details)

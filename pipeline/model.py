@@ -11,9 +11,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import mlflow.pyfunc
 import numpy as np
 import pandas as pd
+from mlflow.pyfunc import PythonModel
 
 ENCODER_FILE = "encoder.json"
 WEIGHTS_FILE = "weights.pt"
@@ -70,7 +70,9 @@ class FeatureEncoder:
         for name, cats in self.categorical:
             column = frame[name].astype(str).to_numpy()
             parts.append(np.stack([column == cat for cat in cats], axis=1).astype("float64"))
-        return np.concatenate(parts, axis=1).astype("float32") if parts else np.zeros((len(frame), 0), "float32")
+        return (
+            np.concatenate(parts, axis=1).astype("float32") if parts else np.zeros((len(frame), 0), "float32")
+        )
 
     def to_json(self) -> str:
         """Serialise for the model artefact."""
@@ -113,7 +115,7 @@ def predict_proba(network: Any, matrix: np.ndarray) -> np.ndarray:
         return torch.sigmoid(logits).numpy().astype("float64")
 
 
-class TabularClassifier(mlflow.pyfunc.PythonModel):
+class TabularClassifier(PythonModel):
     """MLflow pyfunc: raw rows in, default probability and 0/1 prediction out."""
 
     def load_context(self, context: Any) -> None:

@@ -9,7 +9,6 @@ from urllib.parse import urlparse
 
 import numpy as np
 import pandas as pd
-from pandas.api import types as ptypes
 
 from pipeline.config import ColumnType, DataSchema, DataSource, SplitConfig
 
@@ -108,35 +107,49 @@ def validate_frame(frame: pd.DataFrame, schema: DataSchema) -> ValidationReport:
             not_numeric = numeric.isna()
             if not_numeric.any():
                 problems.append(
-                    ColumnProblem(name, f"not a {spec.type.value}", int(not_numeric.sum()),
-                                  _examples(present[not_numeric]))
+                    ColumnProblem(
+                        name,
+                        f"not a {spec.type.value}",
+                        int(not_numeric.sum()),
+                        _examples(present[not_numeric]),
+                    )
                 )
             numeric = numeric[~not_numeric]
             if spec.type == ColumnType.integer:
                 fractional = numeric != np.floor(numeric)
                 if fractional.any():
                     problems.append(
-                        ColumnProblem(name, "not an integer", int(fractional.sum()), _examples(numeric[fractional]))
+                        ColumnProblem(
+                            name, "not an integer", int(fractional.sum()), _examples(numeric[fractional])
+                        )
                     )
             if spec.min is not None:
                 low = numeric < spec.min
                 if low.any():
                     problems.append(
-                        ColumnProblem(name, f"below minimum {spec.min:g}", int(low.sum()), _examples(numeric[low]))
+                        ColumnProblem(
+                            name, f"below minimum {spec.min:g}", int(low.sum()), _examples(numeric[low])
+                        )
                     )
             if spec.max is not None:
                 high = numeric > spec.max
                 if high.any():
                     problems.append(
-                        ColumnProblem(name, f"above maximum {spec.max:g}", int(high.sum()), _examples(numeric[high]))
+                        ColumnProblem(
+                            name, f"above maximum {spec.max:g}", int(high.sum()), _examples(numeric[high])
+                        )
                     )
         elif spec.type == ColumnType.category:
             allowed = set(spec.categories or ())
             unknown = ~present.astype(str).isin(allowed)
             if unknown.any():
                 problems.append(
-                    ColumnProblem(name, f"category not in {sorted(allowed)}", int(unknown.sum()),
-                                  _examples(present[unknown]))
+                    ColumnProblem(
+                        name,
+                        f"category not in {sorted(allowed)}",
+                        int(unknown.sum()),
+                        _examples(present[unknown]),
+                    )
                 )
         elif spec.type == ColumnType.boolean:
             not_bool = ~present.isin([True, False, 0, 1])
@@ -146,7 +159,7 @@ def validate_frame(frame: pd.DataFrame, schema: DataSchema) -> ValidationReport:
                 )
     if schema.label in frame.columns and not frame[schema.label].isna().any():
         label_values = set(pd.unique(frame[schema.label]).tolist())
-        if not label_values <= {0, 1, True, False}:
+        if not label_values <= {0, 1}:
             problems.append(ColumnProblem(schema.label, "label is not binary 0/1", len(frame)))
         elif len(label_values) < 2:
             problems.append(ColumnProblem(schema.label, "label has a single class", len(frame)))
@@ -183,9 +196,11 @@ def split_frame(frame: pd.DataFrame, label: str, config: SplitConfig) -> tuple[p
     """Deterministic split: a seeded permutation, stratified on the label when asked."""
     rng = np.random.default_rng(config.seed)
     test_index: list[np.ndarray] = []
-    groups = [frame.index.to_numpy()] if not config.stratify else [
-        frame.index[frame[label] == value].to_numpy() for value in sorted(pd.unique(frame[label]))
-    ]
+    groups = (
+        [frame.index.to_numpy()]
+        if not config.stratify
+        else [frame.index[frame[label] == value].to_numpy() for value in sorted(pd.unique(frame[label]))]
+    )
     for group in groups:
         shuffled = rng.permutation(group)
         test_index.append(shuffled[: max(1, round(len(group) * config.test_fraction))])
@@ -210,7 +225,9 @@ def load_table(source: DataSource, base_dir: Path) -> tuple[pd.DataFrame, str]:
         suffix = Path(urlparse(location).path).suffix.lower()
         fmt = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}.get(suffix, "")  # type: ignore[assignment]
         if not fmt:
-            raise DataError(f"data.uri: cannot tell the format of '{source.uri}'; set data.format to csv or parquet")
+            raise DataError(
+                f"data.uri: cannot tell the format of '{source.uri}'; set data.format to csv or parquet"
+            )
     try:
         frame = pd.read_csv(location) if fmt == "csv" else pd.read_parquet(location)
     except FileNotFoundError:
@@ -218,7 +235,9 @@ def load_table(source: DataSource, base_dir: Path) -> tuple[pd.DataFrame, str]:
     except ImportError as error:
         raise DataError(f"data.uri: cannot open '{location}': {error}") from None
     except Exception as error:  # the readers raise many types for unreadable input
-        raise DataError(f"data.uri: cannot read '{location}' as {fmt}: {type(error).__name__}: {error}") from None
+        raise DataError(
+            f"data.uri: cannot read '{location}' as {fmt}: {type(error).__name__}: {error}"
+        ) from None
     return frame, location
 
 

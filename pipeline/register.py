@@ -62,13 +62,13 @@ def gate_tags(decisions: list[GateDecision]) -> dict[str, str]:
             tags[f"{TAG_PREFIX}gate.{decision.gate}.ci"] = (
                 f"[{decision.details['ci_low']:+.4f}, {decision.details['ci_high']:+.4f}]"
             )
-    tags[f"{TAG_PREFIX}gates"] = json.dumps([d.to_dict() for d in decisions], sort_keys=True, default=str)[:7900]
+    tags[f"{TAG_PREFIX}gates"] = json.dumps([d.to_dict() for d in decisions], sort_keys=True, default=str)[
+        :7900
+    ]
     return tags
 
 
-def log_model(
-    encoder: FeatureEncoder, state_dict: dict[str, Any], input_example: pd.DataFrame
-) -> Any:
+def log_model(encoder: FeatureEncoder, state_dict: dict[str, Any], input_example: pd.DataFrame) -> Any:
     """Log the pyfunc model (encoder + weights + the code that reads them) under the active run."""
     import warnings
 
@@ -77,7 +77,9 @@ def log_model(
     from mlflow.models import infer_signature
 
     # Our integer columns are declared non-nullable, so MLflow's integer-with-missing-values hint does not apply.
-    warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column", category=UserWarning)
+    warnings.filterwarnings(
+        "ignore", message="Hint: Inferred schema contains integer column", category=UserWarning
+    )
 
     import pipeline
 
@@ -87,8 +89,9 @@ def log_model(
         encoder_path.write_text(encoder.to_json())
         torch.save(state_dict, weights_path)
         model = TabularClassifier()
-        model.load_context(type("Context", (), {"artifacts": {"encoder": str(encoder_path),
-                                                               "weights": str(weights_path)}})())
+        model.load_context(
+            type("Context", (), {"artifacts": {"encoder": str(encoder_path), "weights": str(weights_path)}})()
+        )
         output = model.predict(None, input_example)
         return mlflow.pyfunc.log_model(
             name="model",
@@ -138,8 +141,9 @@ def register_version(
             time.sleep(0.5)
             current = client.get_model_version(name, version.version)
         if current.status != "READY":
-            raise RuntimeError(f"model version {name}/{version.version} ended {current.status}: "
-                               f"{current.status_message}")
+            raise RuntimeError(
+                f"model version {name}/{version.version} ended {current.status}: {current.status_message}"
+            )
         client.set_registered_model_alias(name, alias, version.version)
     except BaseException:
         logger.error("registration of %s/%s failed: deleting the version", name, version.version)

@@ -85,10 +85,22 @@ def git_commit(directory: Path) -> str:
     if os.environ.get(GIT_COMMIT_ENV):
         return os.environ[GIT_COMMIT_ENV]
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=directory, capture_output=True, text=True,
-                             timeout=10, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=directory, capture_output=True, text=True,
-                               timeout=10, check=True).stdout.strip()
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=directory,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain"],
+            cwd=directory,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
         return out.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -154,13 +166,15 @@ def run_pipeline(config: PipelineConfig, base_dir: Path) -> RunOutcome:
     run = mlflow.start_run(run_name=f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     run_id = run.info.run_id
     event_base = {"pipeline": config.name, "run_id": run_id, "model_name": name}
-    mlflow.set_tags({
-        "lockgate.pipeline": config.name,
-        "lockgate.config_hash": config.config_hash(),
-        "lockgate.git_commit": git_commit(base_dir),
-        SUBMISSION_TAG: submission_id,
-        OUTCOME_TAG: "running",
-    })
+    mlflow.set_tags(
+        {
+            "lockgate.pipeline": config.name,
+            "lockgate.config_hash": config.config_hash(),
+            "lockgate.git_commit": git_commit(base_dir),
+            SUBMISSION_TAG: submission_id,
+            OUTCOME_TAG: "running",
+        }
+    )
     mlflow.log_dict(config.model_dump(mode="json", by_alias=True), "pipeline_config.json")
     emit(Event(type=EventType.pipeline_started, **event_base), config.events, base_dir)
     try:
@@ -173,23 +187,37 @@ def run_pipeline(config: PipelineConfig, base_dir: Path) -> RunOutcome:
                     mlflow.log_dict(error.report.to_dict(), "data_validation.json")
                 raise
             mlflow.log_dict(prepared.report.to_dict(), "data_validation.json")
-            dataset = mlflow.data.from_pandas(frame, source=location, name=config.data.name,
-                                              targets=config.data_schema.label, digest=prepared.fingerprint)
+            dataset = mlflow.data.from_pandas(  # type: ignore[attr-defined]
+                frame,
+                source=location,
+                name=config.data.name,
+                targets=config.data_schema.label,
+                digest=prepared.fingerprint,
+            )
             mlflow.log_input(dataset, context="training")
             mlflow.set_tag("lockgate.data_fingerprint", prepared.fingerprint)
-            mlflow.log_params({"data.rows": len(frame), "data.train_rows": len(prepared.train),
-                               "data.test_rows": len(prepared.test), "data.uri": location})
+            mlflow.log_params(
+                {
+                    "data.rows": len(frame),
+                    "data.train_rows": len(prepared.train),
+                    "data.test_rows": len(prepared.test),
+                    "data.uri": location,
+                }
+            )
 
         with stages.stage("train"):
             data = encode_training_data(prepared.train, config)
             if not ray.is_initialized():
                 ray.init(address=os.environ.get("RAY_ADDRESS", "auto"), log_to_driver=True)
-            mlflow.log_params({
-                "train.epochs": config.training.epochs, "train.batch_size": config.training.batch_size,
-                "train.learning_rate": config.training.learning_rate,
-                "train.num_workers": config.training.scaling.num_workers,
-                "model.hidden_units": list(config.model.hidden_units),
-            })
+            mlflow.log_params(
+                {
+                    "train.epochs": config.training.epochs,
+                    "train.batch_size": config.training.batch_size,
+                    "train.learning_rate": config.training.learning_rate,
+                    "train.num_workers": config.training.scaling.num_workers,
+                    "model.hidden_units": list(config.model.hidden_units),
+                }
+            )
             trained = run_training(data, config, run_name=f"{config.name}-{run_id}", mlflow_run_id=run_id)
             mlflow.log_metric("train.resumed_from_epoch_final", trained.resumed_from_epoch)
             mlflow.set_tag("lockgate.train_checkpoint", trained.checkpoint_path)
@@ -215,51 +243,117 @@ def run_pipeline(config: PipelineConfig, base_dir: Path) -> RunOutcome:
             y_test = prepared.test[label].to_numpy(dtype="float64")
             decisions = [
                 evaluate_thresholds(evaluation, config.gates.thresholds),
-                evaluate_regression(y_test, probability, champion_probability, champion_version,
-                                    config.gates.regression),
+                evaluate_regression(
+                    y_test, probability, champion_probability, champion_version, config.gates.regression
+                ),
             ]
-            mlflow.log_dict([d.to_dict() for d in decisions], "gates.json")
+            mlflow.log_dict({"gates": [d.to_dict() for d in decisions]}, "gates.json")
             tags = gate_tags(decisions)
             mlflow.set_tags(tags)
             for decision in decisions:
                 if "delta" in decision.details:
-                    mlflow.log_metrics({f"gate.{decision.gate}.delta": decision.details["delta"],
-                                        f"gate.{decision.gate}.ci_low": decision.details["ci_low"],
-                                        f"gate.{decision.gate}.ci_high": decision.details["ci_high"]})
+                    mlflow.log_metrics(
+                        {
+                            f"gate.{decision.gate}.delta": decision.details["delta"],
+                            f"gate.{decision.gate}.ci_low": decision.details["ci_low"],
+                            f"gate.{decision.gate}.ci_high": decision.details["ci_high"],
+                        }
+                    )
             blocking = [d for d in decisions if d.blocks]
             gate_records = [d.to_dict() for d in decisions]
             if blocking:
                 reason = "; ".join(f"{d.gate}: {d.reason}" for d in blocking)
                 mlflow.set_tag(OUTCOME_TAG, "blocked")
-                emit(Event(type=EventType.gate_blocked, stage="gate", message=reason,
-                           details={"gates": gate_records}, **event_base), config.events, base_dir)
+                emit(
+                    Event(
+                        type=EventType.gate_blocked,
+                        stage="gate",
+                        message=reason,
+                        details={"gates": gate_records},
+                        **event_base,
+                    ),
+                    config.events,
+                    base_dir,
+                )
                 logger.warning("gate blocked the candidate: %s", reason)
                 return RunOutcome(run_id, "blocked", name, gates=gate_records, durations=stages.durations)
-            emit(Event(type=EventType.gate_passed, stage="gate", details={"gates": gate_records}, **event_base),
-                 config.events, base_dir)
+            emit(
+                Event(
+                    type=EventType.gate_passed, stage="gate", details={"gates": gate_records}, **event_base
+                ),
+                config.events,
+                base_dir,
+            )
 
         with stages.stage("register"):
             lineage = Lineage(
-                git_commit=git_commit(base_dir), data_fingerprint=prepared.fingerprint, data_uri=location,
-                config_hash=config.config_hash(), pipeline_run_id=run_id, submission_id=submission_id,
+                git_commit=git_commit(base_dir),
+                data_fingerprint=prepared.fingerprint,
+                data_uri=location,
+                config_hash=config.config_hash(),
+                pipeline_run_id=run_id,
+                submission_id=submission_id,
             )
-            registration = register_version(client, name, model_info.model_uri, {**lineage.tags(), **tags},
-                                            config.registry.first_model_alias)
-            mlflow.set_tags({"lockgate.registered_version": registration.version,
-                             "lockgate.registered_aliases": ",".join(registration.aliases)})
+            registration = register_version(
+                client,
+                name,
+                model_info.model_uri,
+                {**lineage.tags(), **tags},
+                config.registry.first_model_alias,
+            )
+            mlflow.set_tags(
+                {
+                    "lockgate.registered_version": registration.version,
+                    "lockgate.registered_aliases": ",".join(registration.aliases),
+                }
+            )
         mlflow.set_tag(OUTCOME_TAG, "registered")
-        emit(Event(type=EventType.model_registered, stage="register", model_version=registration.version,
-                   details={"aliases": list(registration.aliases)}, **event_base), config.events, base_dir)
-        emit(Event(type=EventType.pipeline_succeeded, model_version=registration.version,
-                   details={"durations_s": stages.durations}, **event_base), config.events, base_dir)
-        return RunOutcome(run_id, "registered", name, registration.version, registration.aliases,
-                          gate_records, stages.durations)
+        emit(
+            Event(
+                type=EventType.model_registered,
+                stage="register",
+                model_version=registration.version,
+                details={"aliases": list(registration.aliases)},
+                **event_base,
+            ),
+            config.events,
+            base_dir,
+        )
+        emit(
+            Event(
+                type=EventType.pipeline_succeeded,
+                model_version=registration.version,
+                details={"durations_s": stages.durations},
+                **event_base,
+            ),
+            config.events,
+            base_dir,
+        )
+        return RunOutcome(
+            run_id,
+            "registered",
+            name,
+            registration.version,
+            registration.aliases,
+            gate_records,
+            stages.durations,
+        )
     except BaseException as error:
         message = f"{type(error).__name__}: {error}"
-        mlflow.set_tags({OUTCOME_TAG: "failed", "lockgate.failed_stage": stages.current,
-                         "lockgate.error": message[:4000]})
-        emit(Event(type=EventType.pipeline_failed, stage=stages.current, error=message[:4000],
-                   message=f"stage '{stages.current}' failed", **event_base), config.events, base_dir)
+        mlflow.set_tags(
+            {OUTCOME_TAG: "failed", "lockgate.failed_stage": stages.current, "lockgate.error": message[:4000]}
+        )
+        emit(
+            Event(
+                type=EventType.pipeline_failed,
+                stage=stages.current,
+                error=message[:4000],
+                message=f"stage '{stages.current}' failed",
+                **event_base,
+            ),
+            config.events,
+            base_dir,
+        )
         mlflow.end_run("FAILED")
         raise StageFailed(stages.current, run_id, error) from error
     finally:
@@ -281,9 +375,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         outcome = run_pipeline(config, Path(args.config).resolve().parent)
     except ServiceUnavailable as error:
-        emit(Event(type=EventType.pipeline_failed, pipeline=config.name, stage="setup", error=str(error),
-                   model_name=config.registry.model_name, message="a required service is not reachable"),
-             config.events, Path(args.config).resolve().parent)
+        emit(
+            Event(
+                type=EventType.pipeline_failed,
+                pipeline=config.name,
+                stage="setup",
+                error=str(error),
+                model_name=config.registry.model_name,
+                message="a required service is not reachable",
+            ),
+            config.events,
+            Path(args.config).resolve().parent,
+        )
         print(f"error: {error}", file=sys.stderr)
         return EXIT_FAILED
     except StageFailed as error:

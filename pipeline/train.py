@@ -46,14 +46,19 @@ def encode_training_data(train: pd.DataFrame, config: PipelineConfig) -> Trainin
     """Fit the encoder on training rows and hold out a seeded validation share for per-epoch metrics."""
     columns = config.data_schema.columns
     features = config.features
-    numeric = tuple(f for f in features if columns[f].type in (ColumnType.integer, ColumnType.float,
-                                                                 ColumnType.boolean))
-    categorical = {f: tuple(columns[f].categories or ()) for f in features if columns[f].type == ColumnType.category}
+    numeric = tuple(
+        f for f in features if columns[f].type in (ColumnType.integer, ColumnType.float, ColumnType.boolean)
+    )
+    categorical = {
+        f: tuple(columns[f].categories or ()) for f in features if columns[f].type == ColumnType.category
+    }
     rng = np.random.default_rng(config.training.seed)
     order = rng.permutation(len(train))
     cut = max(1, int(len(train) * VALIDATION_FRACTION))
     val_rows, fit_rows = train.iloc[order[:cut]], train.iloc[order[cut:]]
-    encoder = FeatureEncoder.fit(fit_rows, numeric, categorical, config.model.hidden_units, config.model.dropout)
+    encoder = FeatureEncoder.fit(
+        fit_rows, numeric, categorical, config.model.hidden_units, config.model.dropout
+    )
     label = config.data_schema.label
     return TrainingData(
         encoder=encoder,
@@ -129,8 +134,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as directory:
             report_checkpoint = None
             if rank == 0:
-                torch.save({"model": base.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1},
-                           Path(directory) / "state.pt")
+                torch.save(
+                    {"model": base.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1},
+                    Path(directory) / "state.pt",
+                )
                 torch.save(base.state_dict(), Path(directory) / WEIGHTS_FILE)
                 report_checkpoint = ray.train.Checkpoint.from_directory(directory)
             ray.train.report(metrics, checkpoint=report_checkpoint)
@@ -138,7 +145,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             _log_epoch(mlflow_client, loop_config["mlflow_run_id"], metrics)
         failure_epoch = loop_config.get("inject_failure_at_epoch")
         if rank == 0 and failure_epoch == epoch + 1 and resumed_from < failure_epoch:
-            raise RuntimeError(f"injected training failure after epoch {failure_epoch} (training.inject_failure_at_epoch)")
+            raise RuntimeError(
+                f"injected training failure after epoch {failure_epoch} (training.inject_failure_at_epoch)"
+            )
 
 
 def _mlflow_client(run_id: str | None) -> Any:
@@ -161,7 +170,9 @@ def _log_epoch(client: Any, run_id: str, metrics: dict[str, float]) -> None:
         logger.warning("could not log epoch %s metrics to MLflow: %s", step, error)
 
 
-def run_training(data: TrainingData, config: PipelineConfig, run_name: str, mlflow_run_id: str | None) -> TrainingResult:
+def run_training(
+    data: TrainingData, config: PipelineConfig, run_name: str, mlflow_run_id: str | None
+) -> TrainingResult:
     """The edge: fit a TorchTrainer on the running Ray cluster and return the final weights."""
     import ray.train
     import torch

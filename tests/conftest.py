@@ -31,7 +31,11 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
     """Recursively overlay ``override`` on a copy of ``base``."""
     out = copy.deepcopy(base)
     for key, value in override.items():
-        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        out[key] = (
+            deep_merge(out[key], value)
+            if isinstance(value, dict) and isinstance(out.get(key), dict)
+            else value
+        )
     return out
 
 
@@ -39,14 +43,23 @@ def write_pipeline(directory: Path, override: dict[str, Any], frame=None) -> Pat
     """A pipeline file plus its data in ``directory`` (the job's working directory), events logged there too."""
     directory.mkdir(parents=True, exist_ok=True)
     write_table(frame if frame is not None else make_loans(rows=8_000, seed=0), directory / "data.parquet")
-    config = deep_merge(shipped_config(), {
-        "data": {"uri": "data.parquet"},
-        "training": {"epochs": 3},
-        # A smaller table and fewer epochs than the shipped run: thresholds scaled to match.
-        "gates": {"thresholds": {"rules": [{"metric": "auc", "min": 0.66},
-                                           {"metric": "auc", "min": 0.55, "slices": ["region", "product"]}]}},
-        "events": {"log_file": str(directory / "events.jsonl")},
-    })
+    config = deep_merge(
+        shipped_config(),
+        {
+            "data": {"uri": "data.parquet"},
+            "training": {"epochs": 3},
+            # A smaller table and fewer epochs than the shipped run: thresholds scaled to match.
+            "gates": {
+                "thresholds": {
+                    "rules": [
+                        {"metric": "auc", "min": 0.66},
+                        {"metric": "auc", "min": 0.55, "slices": ["region", "product"]},
+                    ]
+                }
+            },
+            "events": {"log_file": str(directory / "events.jsonl")},
+        },
+    )
     config = deep_merge(config, override)
     path = directory / "pipeline.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))

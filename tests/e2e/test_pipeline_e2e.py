@@ -52,7 +52,9 @@ def test_two_runs_register_champion_then_candidate_with_lineage(two_runs) -> Non
     gates = json.loads(second.tags["lockgate.gates"])
     regression = next(g for g in gates if g["gate"] == "regression")
     assert regression["details"]["champion_version"] == "1"
-    assert regression["details"]["ci_low"] <= regression["details"]["delta"] <= regression["details"]["ci_high"]
+    assert (
+        regression["details"]["ci_low"] <= regression["details"]["delta"] <= regression["details"]["ci_high"]
+    )
     assert client.get_model_version(name, "1").tags["lockgate.gate.regression"] == "skipped"
     run = client.get_run(outcomes[1].run_id)
     for stage in ("prepare", "train", "package", "evaluate", "gate", "register"):
@@ -61,35 +63,59 @@ def test_two_runs_register_champion_then_candidate_with_lineage(two_runs) -> Non
     assert len(client.get_metric_history(run.info.run_id, "train.val_auc")) == 3, "one point per epoch"
     assert run.inputs.dataset_inputs, "the data set is logged as the run's input"
     model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
-    assert model.metadata.signature is not None and model.metadata.get_input_schema().input_names()[0] == "age"
-    requirements = (mlflow.artifacts.download_artifacts(f"models:/{name}/2") + "/requirements.txt")
+    assert (
+        model.metadata.signature is not None and model.metadata.get_input_schema().input_names()[0] == "age"
+    )
+    requirements = mlflow.artifacts.download_artifacts(f"models:/{name}/2") + "/requirements.txt"
     assert "torch==2.13.0" in open(requirements).read(), "requirements are pinned"
 
 
 def test_worse_model_is_blocked_and_champion_stays(two_runs, local_env, tmp_path) -> None:
     """Submitted with plain `ray job submit`, as the README shows."""
     name, _, _ = two_runs
-    worse = write_pipeline(tmp_path, {
-        "registry": {"model_name": name},
-        "model": {"features": ["age", "region", "product"]},  # drops the informative columns
-        "gates": {"thresholds": {"mode": "dry_run"}},
-    })
+    worse = write_pipeline(
+        tmp_path,
+        {
+            "registry": {"model_name": name},
+            "model": {"features": ["age", "region", "product"]},  # drops the informative columns
+            "gates": {"thresholds": {"mode": "dry_run"}},
+        },
+    )
     env = {**os.environ, **local_env.client_env(include_secrets=False)}
     env.pop("MLFLOW_TRACKING_PASSWORD", None)
     runtime_env = json.dumps({"py_modules": [str(ROOT / "pipeline")]})
     submitted = subprocess.run(
-        [os.path.join(os.path.dirname(sys.executable), "ray"), "job", "submit", "--working-dir", str(tmp_path),
-         "--runtime-env-json", runtime_env, "--", "python", "-m", "pipeline.run", "--config", "pipeline.yaml"],
-        capture_output=True, text=True, timeout=600, env=env,
+        [
+            os.path.join(os.path.dirname(sys.executable), "ray"),
+            "job",
+            "submit",
+            "--working-dir",
+            str(tmp_path),
+            "--runtime-env-json",
+            runtime_env,
+            "--",
+            "python",
+            "-m",
+            "pipeline.run",
+            "--config",
+            "pipeline.yaml",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
     )
     assert submitted.returncode != 0, "a blocked candidate fails the job"
     runs = MlflowClient().search_runs(
         [MlflowClient().get_experiment_by_name("loan-default").experiment_id],
-        filter_string=f"tags.`lockgate.config_hash` = '{load_config(worse).config_hash()}'")
+        filter_string=f"tags.`lockgate.config_hash` = '{load_config(worse).config_hash()}'",
+    )
     assert [r.data.tags["lockgate.outcome"] for r in runs] == ["blocked"], "one run, and the gate blocked it"
     assert runs[0].data.tags["lockgate.gate.regression"] == "blocked"
     versions, aliases = model_state(name)
-    assert versions == ["1", "2"] and aliases == {"champion": "1", "candidate": "2"}, "nothing registered or moved"
+    assert versions == ["1", "2"] and aliases == {"champion": "1", "candidate": "2"}, (
+        "nothing registered or moved"
+    )
     events = read_events(tmp_path / "events.jsonl")
     blocked = [e for e in events if e.type == "gate_blocked"]
     assert len(blocked) == 1 and "regression" in blocked[0].message
@@ -97,9 +123,11 @@ def test_worse_model_is_blocked_and_champion_stays(two_runs, local_env, tmp_path
 
 def test_bad_data_is_refused_with_its_report(local_env, tmp_path, webhook) -> None:
     name = f"bad-{uuid.uuid4().hex[:6]}"
-    config = write_pipeline(tmp_path, {"registry": {"model_name": name},
-                                       "events": {"webhooks": [{"url": webhook.url}]}},
-                            frame=make_loans(3_000, seed=4, bad_fraction=0.02))
+    config = write_pipeline(
+        tmp_path,
+        {"registry": {"model_name": name}, "events": {"webhooks": [{"url": webhook.url}]}},
+        frame=make_loans(3_000, seed=4, bad_fraction=0.02),
+    )
     outcome = submit_pipeline(local_env, config, stream=lambda _: None)
     assert outcome.exit_code == EXIT_FAILED and outcome.outcome == "failed"
     run = MlflowClient().get_run(outcome.run_id)
@@ -115,8 +143,10 @@ def test_bad_data_is_refused_with_its_report(local_env, tmp_path, webhook) -> No
 
 def test_worker_failure_resumes_from_checkpoint(local_env, tmp_path) -> None:
     name = f"fault-{uuid.uuid4().hex[:6]}"
-    config = write_pipeline(tmp_path, {"registry": {"model_name": name},
-                                       "training": {"inject_failure_at_epoch": 1, "max_failures": 1}})
+    config = write_pipeline(
+        tmp_path,
+        {"registry": {"model_name": name}, "training": {"inject_failure_at_epoch": 1, "max_failures": 1}},
+    )
     outcome = submit_pipeline(local_env, config, stream=lambda _: None)
     assert outcome.exit_code == EXIT_OK, outcome.message
     versions, aliases = model_state(name)
@@ -135,10 +165,19 @@ def test_invalid_file_and_missing_services_give_clear_errors(tmp_path) -> None:
         assert path in result.stderr, result.stderr
     good = write_pipeline(tmp_path / "ok", {})
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "RAY_"))}
-    direct = subprocess.run([sys.executable, "-m", "pipeline.run", "--config", str(good)], capture_output=True,
-                            text=True, env={**env, "MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}, timeout=120)
+    direct = subprocess.run(
+        [sys.executable, "-m", "pipeline.run", "--config", str(good)],
+        capture_output=True,
+        text=True,
+        env={**env, "MLFLOW_TRACKING_URI": "http://127.0.0.1:9"},
+        timeout=120,
+    )
     assert direct.returncode == EXIT_FAILED and "run `lockgate up`" in direct.stderr, direct.stderr
-    down = subprocess.run([*cli, "run", "--config", str(good), "--state-dir", str(tmp_path / "none")],
-                          capture_output=True, text=True, timeout=120)
+    down = subprocess.run(
+        [*cli, "run", "--config", str(good), "--state-dir", str(tmp_path / "none")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert down.returncode == 1 and "run `lockgate up`" in down.stderr, down.stderr
     assert EXIT_BLOCKED == 3

@@ -16,7 +16,9 @@ ENV_PORTS = Ports.from_base(mlflow=18055, ray_gcs=18390, ray_dashboard=18275)
 
 
 def lockgate(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lockgate", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "lockgate", *args], capture_output=True, text=True, timeout=300
+    )
 
 
 def public_listeners() -> set[str]:
@@ -49,7 +51,9 @@ def test_up_status_down_leaves_no_process_or_listener(tmp_path) -> None:
         assert status.returncode == 0, status.stdout + status.stderr
         assert all(s["healthy"] and s["alive"] for s in json.loads(status.stdout).values())
         again = lockgate("up", *common, *ports)
-        assert again.returncode == 0 and "reused" in again.stdout, "a second up reuses the healthy environment"
+        assert again.returncode == 0 and "reused" in again.stdout, (
+            "a second up reuses the healthy environment"
+        )
         assert json.loads((state / "state.json").read_text())["ray"]["pid"] == pids[1]
         exposed = public_listeners() - exposed_before
         assert not exposed, f"every listener must be on 127.0.0.1, found {exposed}"
@@ -68,8 +72,9 @@ def test_taken_port_fails_clearly_and_starts_nothing(tmp_path) -> None:
     blocker.bind(("127.0.0.1", 18455))
     blocker.listen()
     try:
-        env = LocalEnvironment(tmp_path / "state", Ports.from_base(mlflow=18455, ray_gcs=18490,
-                                                                   ray_dashboard=18475))
+        env = LocalEnvironment(
+            tmp_path / "state", Ports.from_base(mlflow=18455, ray_gcs=18490, ray_dashboard=18475)
+        )
         with pytest.raises(EnvironmentError_, match="mlflow port 18455 on 127.0.0.1 already in use"):
             env.up(log=lambda _: None)
         assert env.read_state() is None, "nothing recorded"
@@ -80,8 +85,9 @@ def test_taken_port_fails_clearly_and_starts_nothing(tmp_path) -> None:
 @pytest.mark.e2e
 def test_service_that_fails_to_start_is_reported_with_its_log_and_cleaned_up(tmp_path) -> None:
     # Ray refuses a client-server port inside its worker range: a real start-up failure after MLflow is up.
-    bad = Ports(mlflow=18555, ray_gcs=18590, ray_dashboard=18575, ray_client=18605, ray_agent=18592,
-                ray_metrics=18593)
+    bad = Ports(
+        mlflow=18555, ray_gcs=18590, ray_dashboard=18575, ray_client=18605, ray_agent=18592, ray_metrics=18593
+    )
     env = LocalEnvironment(tmp_path / "state", bad, num_cpus=1)
     with pytest.raises(EnvironmentError_) as caught:
         env.up(log=lambda _: None)

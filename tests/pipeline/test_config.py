@@ -6,6 +6,7 @@ import json
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from pipeline.config import ConfigError, PipelineConfig, json_schema, load_config, parse_config
 from tests.conftest import ROOT, deep_merge, shipped_config
@@ -19,17 +20,25 @@ def test_shipped_pipeline_file_validates() -> None:
 
 
 def test_every_problem_is_reported_with_its_field_path() -> None:
-    raw = deep_merge(shipped_config(), {
-        "training": {"epochs": 0, "scaling": {"num_workers": 0}},
-        "split": {"test_fraction": 1.5},
-        "gates": {"regression": {"mode": "sometimes"}},
-    })
+    raw = deep_merge(
+        shipped_config(),
+        {
+            "training": {"epochs": 0, "scaling": {"num_workers": 0}},
+            "split": {"test_fraction": 1.5},
+            "gates": {"regression": {"mode": "sometimes"}},
+        },
+    )
     raw["unexpected"] = True
     with pytest.raises(ConfigError) as caught:
         parse_config(raw, "bad.yaml")
     paths = [problem.split(":")[0] for problem in caught.value.problems]
-    for expected in ("training.epochs", "training.scaling.num_workers", "split.test_fraction",
-                     "gates.regression.mode", "unexpected"):
+    for expected in (
+        "training.epochs",
+        "training.scaling.num_workers",
+        "split.test_fraction",
+        "gates.regression.mode",
+        "unexpected",
+    ):
         assert expected in paths, f"expected a problem at {expected}, got {paths}"
 
 
@@ -43,8 +52,9 @@ def test_cross_field_rules_name_the_field() -> None:
 
 
 def test_category_column_without_categories_is_refused() -> None:
-    raw = deep_merge(shipped_config(), {"schema": {"columns": {"region": {"type": "category",
-                                                                           "categories": None}}}})
+    raw = deep_merge(
+        shipped_config(), {"schema": {"columns": {"region": {"type": "category", "categories": None}}}}
+    )
     with pytest.raises(ConfigError) as caught:
         parse_config(raw)
     assert any(p.startswith("schema.columns.region") for p in caught.value.problems), caught.value.problems
@@ -65,7 +75,7 @@ def test_unreadable_and_malformed_files(tmp_path) -> None:
 
 def test_config_is_frozen_and_hash_tracks_content() -> None:
     config = load_config(ROOT / "pipeline.yaml")
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         config.name = "other"  # type: ignore[misc]
     changed = parse_config(deep_merge(shipped_config(), {"training": {"epochs": 7}}))
     assert config.config_hash() == load_config(ROOT / "pipeline.yaml").config_hash(), "hash must be stable"

@@ -26,8 +26,9 @@ def test_shift_moves_the_population() -> None:
 
 
 def test_bad_batch_breaks_rows_three_ways() -> None:
-    report = validate_frame(make_loans(3_000, seed=2, bad_fraction=0.03),
-                            load_config(ROOT / "pipeline.yaml").data_schema)
+    report = validate_frame(
+        make_loans(3_000, seed=2, bad_fraction=0.03), load_config(ROOT / "pipeline.yaml").data_schema
+    )
     problems = {(p.column, p.problem.split(" ")[0]) for p in report.problems}
     assert ("credit_score", "missing") in problems, problems
     assert ("age", "below") in problems, problems

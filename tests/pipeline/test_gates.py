@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from pipeline.config import GateMode, RegressionGateConfig, ThresholdGateConfig, ThresholdRule
 from pipeline.evaluate import evaluate_predictions
 from pipeline.gates import evaluate_regression, evaluate_thresholds, paired_bootstrap
-
-import pandas as pd
 
 RNG = np.random.default_rng(11)
 N = 4_000
@@ -28,10 +27,13 @@ def test_threshold_rules_overall_and_per_slice() -> None:
     p = scores(1.0, 1)
     p_bad_b = np.where(frame["region"] == "b", 0.5, p)
     rules = (ThresholdRule(metric="auc", min=0.6), ThresholdRule(metric="auc", min=0.6, slices=("region",)))
-    good = evaluate_thresholds(evaluate_predictions(frame, "y", p, ("region",)), ThresholdGateConfig(rules=rules))
+    good = evaluate_thresholds(
+        evaluate_predictions(frame, "y", p, ("region",)), ThresholdGateConfig(rules=rules)
+    )
     assert good.passed and len(good.checks) == 3, good.reason
-    bad = evaluate_thresholds(evaluate_predictions(frame, "y", p_bad_b, ("region",)),
-                              ThresholdGateConfig(rules=rules))
+    bad = evaluate_thresholds(
+        evaluate_predictions(frame, "y", p_bad_b, ("region",)), ThresholdGateConfig(rules=rules)
+    )
     assert not bad.passed and bad.blocks, bad.reason
     assert [c.scope for c in bad.checks if not c.passed] == ["region=b"], bad.checks
     assert "region=b auc=0.5000 not >= 0.6" in bad.reason
