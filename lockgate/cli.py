@@ -133,12 +133,16 @@ def schema() -> None:
 
 
 @app.command()
-def run(config: ConfigFile = Path("pipeline.yaml"), state_dir: StateDir = None) -> None:
+def run(
+    config: ConfigFile = Path("pipeline.yaml"),
+    state_dir: StateDir = None,
+    data: Annotated[str | None, typer.Option(help="a new batch (path or URI) instead of data.uri")] = None,
+) -> None:
     """Submit one pipeline run as a Ray job, stream its logs, exit non-zero unless a version was registered."""
     from lockgate.jobs import submit_pipeline
 
     try:
-        outcome = submit_pipeline(_environment(state_dir), config, stream=typer.echo)
+        outcome = submit_pipeline(_environment(state_dir), config, stream=typer.echo, data=data)
     except ConfigError as error:
         raise _fail(str(error), 2) from None
     except EnvironmentError_ as error:
@@ -177,6 +181,7 @@ def demo(
     """The main job: start the environment, run the pipeline twice (the second gated against the first), summarise."""
     from lockgate.jobs import submit_pipeline
     from lockgate.summary import format_summary, registry_summary
+    from pipeline.data import make_loans, write_table
 
     try:
         parsed = load_config(config)
@@ -188,10 +193,12 @@ def demo(
     try:
         env.up(log=typer.echo)
         env = _environment(state_dir, mlflow_port, ray_port, dashboard_port)
+        # The second run trains on next month's batch (same population, new rows), as a scheduled retrain would.
+        batch = write_table(make_loans(rows=20_000, seed=1), env.state_dir / "data" / "loans-batch-2.parquet")
         outcomes = []
-        for attempt in (1, 2):
-            typer.echo(f"\n=== pipeline run {attempt} of 2 ===")
-            outcomes.append(submit_pipeline(env, config, stream=typer.echo))
+        for attempt, data in ((1, None), (2, str(batch))):
+            typer.echo(f"\n=== pipeline run {attempt} of 2 on {data or 'the data in ' + str(config)} ===")
+            outcomes.append(submit_pipeline(env, config, stream=typer.echo, data=data))
     except EnvironmentError_ as error:
         raise _fail(str(error)) from None
     typer.echo("\n=== summary ===")

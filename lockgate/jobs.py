@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from pipeline.run import (
     SUBMISSION_ENV,
     SUBMISSION_TAG,
     git_commit,
+    with_data,
 )
 
 # Never shipped with a job: the environment's own state, virtualenvs, VCS data, caches.
@@ -78,18 +80,23 @@ def submit_pipeline(
     config_file: str | Path,
     stream: Callable[[str], None] = print,
     timeout_s: float = 3600.0,
+    data: str | None = None,
 ) -> JobOutcome:
     """Validate, submit, stream logs until the job ends, then map the run's outcome to an exit code."""
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     config_path = Path(config_file).resolve()
     config = load_config(config_path)
+    entrypoint = f"python -m pipeline.run --config {shlex.quote(config_path.name)}"
+    if data:
+        config = with_data(config, data)
+        entrypoint += f" --data {shlex.quote(data)}"
     activate(env)
     # Explicit header: works even when ray was imported before RAY_AUTH_MODE was set in this process.
     client = JobSubmissionClient(env.dashboard_url, headers=env.ray_auth_header())
     submission_id = f"lockgate-{config.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
     client.submit_job(
-        entrypoint=f"python -m pipeline.run --config {config_path.name}",
+        entrypoint=entrypoint,
         submission_id=submission_id,
         runtime_env=job_runtime_env(config_path, submission_id),
         metadata={"lockgate.pipeline": config.name},

@@ -155,25 +155,30 @@ def _pid_matches(pid: int, marker: str) -> bool:
 
 
 def stop_pid(pid: int, marker: str, timeout_s: float = 30.0) -> None:
-    """SIGTERM the process we started (and its process group), wait, then SIGKILL what is left."""
-    if not pid_alive(pid) or not _pid_matches(pid, marker):
-        return
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except (ProcessLookupError, PermissionError):
+    """Stop a process we started: SIGTERM to it, then to what is left of its group, then SIGKILL.
+
+    The leader goes first and alone: `ray start --block` drains its children itself on SIGTERM, and a
+    group-wide signal would kill them under it and leave it waiting out its own timeout.
+    """
+    if pid_alive(pid) and _pid_matches(pid, marker):
         os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if not pid_alive(pid) and not _group_alive(pid):
-            return
-        _reap(pid)
-        time.sleep(0.2)
-    for send in (lambda: os.killpg(pid, signal.SIGKILL), lambda: os.kill(pid, signal.SIGKILL)):
+        _wait_gone(lambda: pid_alive(pid), pid, timeout_s * 2 / 3)
+    for sig, wait_s in ((signal.SIGTERM, timeout_s / 3), (signal.SIGKILL, 5.0)):
+        if not _group_alive(pid):
+            break
         try:
-            send()
+            os.killpg(pid, sig)
         except (ProcessLookupError, PermissionError):
-            pass
+            break
+        _wait_gone(lambda: _group_alive(pid), pid, wait_s)
     _reap(pid)
+
+
+def _wait_gone(alive: Callable[[], bool], pid: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while alive() and time.monotonic() < deadline:
+        _reap(pid)
+        time.sleep(0.1)
 
 
 def _group_alive(pgid: int) -> bool:
@@ -412,6 +417,8 @@ class LocalEnvironment:
             **os.environ,
             "MLFLOW_AUTH_CONFIG_PATH": str(auth_config),
             "MLFLOW_FLASK_SERVER_SECRET_KEY": creds["mlflow_flask_secret"],
+            # The server's background job runner (7 worker processes) serves features we do not use.
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
         }
         for leaked in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
             env.pop(leaked, None)
@@ -452,7 +459,9 @@ class LocalEnvironment:
             "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
             "RAY_USAGE_STATS_ENABLED": "0",
         }
-        env.pop("RAY_ADDRESS", None)
+        # Every Ray process started under this head (Train's helper actors included) must find this cluster,
+        # not "the" cluster: another environment may run on the same machine.
+        env["RAY_ADDRESS"] = f"{HOST}:{self.ports.ray_gcs}"
         log_path = self.state_dir / "logs" / "ray.log"
         command = [
             str(self.bin_dir / "ray"),

@@ -71,6 +71,10 @@ def _regression_text(gates_json: str) -> str:
     return ""
 
 
+def _short_commit(commit: str) -> str:
+    return commit[:12] + ("-dirty" if commit.endswith("-dirty") else "")
+
+
 def format_summary(model_name: str, versions: list[VersionSummary]) -> str:
     """A readable table of the registry state."""
     if not versions:
@@ -82,7 +86,7 @@ def format_summary(model_name: str, versions: list[VersionSummary]) -> str:
         extra = f"  [{item.regression}]" if item.regression else ""
         lines.append(f"  v{item.version:<3} aliases={aliases:<20} {gates}{extra}")
         lines.append(
-            f"       lineage: commit={item.tags.get(TAG_PREFIX + 'git_commit', '?')[:12]} "
+            f"       lineage: commit={_short_commit(item.tags.get(TAG_PREFIX + 'git_commit', '?'))} "
             f"data={item.tags.get(TAG_PREFIX + 'data_fingerprint', '?')} "
             f"config={item.tags.get(TAG_PREFIX + 'config_hash', '?')} run={item.run_id}"
         )

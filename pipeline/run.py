@@ -22,7 +22,7 @@ from typing import Any
 
 import requests
 
-from pipeline.config import ConfigError, PipelineConfig, load_config
+from pipeline.config import ConfigError, PipelineConfig, load_config, parse_config
 from pipeline.events import Event, EventType, emit
 
 logger = logging.getLogger("lockgate.pipeline")
@@ -361,14 +361,24 @@ def run_pipeline(config: PipelineConfig, base_dir: Path) -> RunOutcome:
             mlflow.end_run("FINISHED")
 
 
+def with_data(config: PipelineConfig, uri: str) -> PipelineConfig:
+    """The same pipeline on another data set (a new batch): only ``data.uri`` changes, and is re-validated."""
+    raw = config.model_dump(mode="json", by_alias=True)
+    raw["data"]["uri"] = uri
+    return parse_config(raw, "--data")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entrypoint: validate the file, run, print one JSON result line, map the outcome to an exit code."""
     parser = argparse.ArgumentParser(prog="python -m pipeline.run", description=__doc__)
     parser.add_argument("--config", default="pipeline.yaml", help="pipeline definition (YAML)")
+    parser.add_argument("--data", help="run on this data set (path or URI) instead of the file's data.uri")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = load_config(args.config)
+        if args.data:
+            config = with_data(config, args.data)
     except ConfigError as error:
         print(f"invalid pipeline definition: {error}", file=sys.stderr)
         return EXIT_CONFIG

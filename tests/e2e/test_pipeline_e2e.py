@@ -16,6 +16,7 @@ from lockgate.jobs import submit_pipeline
 from pipeline.config import load_config
 from pipeline.data import make_loans
 from pipeline.events import read_events
+from pipeline.register import register_version
 from pipeline.run import EXIT_BLOCKED, EXIT_FAILED, EXIT_OK
 from tests.conftest import ROOT, write_pipeline
 
@@ -181,3 +182,20 @@ def test_invalid_file_and_missing_services_give_clear_errors(tmp_path) -> None:
     )
     assert down.returncode == 1 and "run `lockgate up`" in down.stderr, down.stderr
     assert EXIT_BLOCKED == 3
+
+
+def test_registration_failure_leaves_no_version_and_no_alias(two_runs) -> None:
+    """An error after the version exists (here: setting the alias) deletes it again: all or nothing."""
+    name, _, _ = two_runs
+    client = MlflowClient()
+    source = client.get_model_version(name, "1").source
+    target = f"atomic-{uuid.uuid4().hex[:6]}"
+
+    class AliasFails(MlflowClient):
+        def set_registered_model_alias(self, *args, **kwargs):
+            raise RuntimeError("registry went away")
+
+    with pytest.raises(RuntimeError, match="registry went away"):
+        register_version(AliasFails(), target, source, {"lockgate.test": "1"}, "champion")
+    assert client.search_model_versions(f"name = '{target}'") == [], "the half-made version was deleted"
+    assert client.get_registered_model(target).aliases == {}, "no alias was set"

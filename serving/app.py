@@ -1,0 +1,206 @@
+"""The Ray Serve application: one ingress replica holds champion and candidate and splits traffic in-process.
+
+One hop by design: each extra deployment hop costs about as much CPU as the HTTP proxy (RUNTIME_NOTES),
+so the router scores with whichever version it picks instead of forwarding to a model deployment. The
+split lives in ``user_config``; ``reconfigure()`` applies it in place and swaps models only after the new
+ones have loaded, so requests never see a half-applied change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+import uuid
+from typing import Any
+
+import pandas as pd
+from ray import serve
+from ray.serve.metrics import Counter, Histogram
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from serving.routing import (
+    CANDIDATE,
+    CHAMPION,
+    ColumnRule,
+    RequestError,
+    choose_version,
+    parse_rows,
+    rules_from_signature,
+    should_shadow,
+)
+from serving.spec import ModelRef, RouterConfig
+
+logger = logging.getLogger("ray.serve")
+VERSION_HEADER = "x-lockgate-version"
+REQUEST_ID_HEADER = "x-request-id"
+SPLIT_HEADER = "x-lockgate-split"  # the split in force when this request was routed, e.g. "weighted:10"
+LATENCY_BOUNDARIES = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]
+PREDICTION_BOUNDARIES = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+
+
+class LoadedModel:
+    """A registered version, loaded, with the column rules its signature declares."""
+
+    def __init__(self, ref: ModelRef):
+        import mlflow.pyfunc
+
+        self.ref = ref
+        self.model = mlflow.pyfunc.load_model(ref.uri)
+        self.rules: tuple[ColumnRule, ...] = rules_from_signature(self.model.metadata.get_input_schema())
+        self.columns = [rule.name for rule in self.rules]
+
+    def predict(self, rows: list[dict]) -> pd.DataFrame:
+        """Score validated rows."""
+        return self.model.predict(pd.DataFrame.from_records(rows, columns=self.columns))
+
+
+@serve.deployment(name="Router")
+class Router:
+    """The ingress: validates, routes, scores, and measures per version and mode."""
+
+    def __init__(self) -> None:
+        import torch
+
+        torch.set_num_threads(1)  # replicas share few cores; intra-op threads only contend
+        self.config: RouterConfig | None = None
+        self.models: dict[str, LoadedModel] = {}
+        # Ray annotates tag_keys as tuple[str] though it takes any number of keys.
+        tags: Any = ("version", "role", "mode")
+        self.requests = Counter(
+            "lockgate_requests",
+            "Requests answered, by version",
+            tag_keys=(*tags, "status"),  # type: ignore[arg-type]
+        )
+        self.latency = Histogram(
+            "lockgate_request_latency_seconds",
+            "Time to answer, by version",
+            boundaries=LATENCY_BOUNDARIES,
+            tag_keys=tags,
+        )
+        self.predictions = Histogram(
+            "lockgate_prediction",
+            "Predicted probabilities, by version",
+            boundaries=PREDICTION_BOUNDARIES,
+            tag_keys=tags,
+        )
+        self.shadow_divergence = Histogram(
+            "lockgate_shadow_divergence",
+            "|candidate - champion| in shadow",
+            boundaries=[0.01, 0.02, 0.05, 0.1, 0.2, 0.5],
+            tag_keys=("version",),
+        )
+        self.rejected = Counter(
+            "lockgate_rejected_requests", "Client errors, by status", tag_keys=("status",)
+        )
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Apply a new split and model set; load new versions first, then swap everything at once."""
+        config = RouterConfig.model_validate(user_config)
+        wanted = {CHAMPION: config.champion, CANDIDATE: config.candidate}
+        loaded: dict[str, LoadedModel] = {}
+        for role, ref in wanted.items():
+            if ref is None:
+                continue
+            reuse = [m for m in self.models.values() if m.ref == ref]
+            loaded[role] = reuse[0] if reuse else await asyncio.to_thread(LoadedModel, ref)
+        self.models, self.config = loaded, config
+        logger.info(
+            "router config applied: champion=%s candidate=%s traffic=%s",
+            config.champion.uri,
+            config.candidate.uri if config.candidate else None,
+            config.traffic.model_dump(),
+        )
+
+    async def __call__(self, request: Request) -> JSONResponse:
+        """Answer one scoring request."""
+        request_id = request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
+        config, models = self.config, self.models
+        if config is None or CHAMPION not in models:
+            return _error(503, "router has no model configured yet", request_id)
+        if request.method != "POST":
+            return _error(405, "use POST with a JSON body", request_id)
+        champion = models[CHAMPION]
+        try:
+            declared = int(request.headers.get("content-length") or 0)
+            if declared > config.max_body_bytes:
+                raise RequestError(
+                    413, f"body is {declared} bytes, more than the limit of {config.max_body_bytes}"
+                )
+            rows = parse_rows(await request.body(), champion.rules, config.max_rows, config.max_body_bytes)
+        except RequestError as error:
+            self.rejected.inc(tags={"status": str(error.status)})
+            return _error(error.status, error.message, request_id)
+        traffic = config.traffic
+        has_candidate = CANDIDATE in models
+        role = choose_version(
+            traffic, has_candidate, request.headers.get(traffic.sticky_header), random.random() * 100
+        )
+        chosen = models[role]
+        tags = {"version": chosen.ref.version, "role": role, "mode": traffic.mode.value}
+        start = time.perf_counter()
+        try:
+            scored = chosen.predict(rows)
+        except Exception:
+            logger.exception("model %s failed on request %s", chosen.ref.uri, request_id)
+            self.requests.inc(tags={**tags, "status": "error"})
+            return _error(
+                500,
+                f"model {chosen.ref.uri} failed; see server logs for request {request_id}",
+                request_id,
+                chosen.ref.version,
+            )
+        self.latency.observe(time.perf_counter() - start, tags=tags)
+        self.requests.inc(tags={**tags, "status": "ok"})
+        for value in scored["probability"].tolist():
+            self.predictions.observe(value, tags=tags)
+        if should_shadow(traffic, has_candidate, random.random() * 100):
+            asyncio.get_running_loop().create_task(
+                self._shadow(models[CANDIDATE], rows, scored, traffic.mode.value)
+            )
+        body = {
+            "request_id": request_id,
+            "model": chosen.ref.name,
+            "version": chosen.ref.version,
+            "role": role,
+            "predictions": scored.to_dict("records"),
+        }
+        headers = {VERSION_HEADER: chosen.ref.version, REQUEST_ID_HEADER: request_id, SPLIT_HEADER: split_label(config)}
+        return JSONResponse(body, headers=headers)
+
+    async def _shadow(
+        self, candidate: LoadedModel, rows: list[dict], answered: pd.DataFrame, mode: str
+    ) -> None:
+        """Score the mirrored request with the candidate; record, never return."""
+        tags = {"version": candidate.ref.version, "role": "shadow", "mode": mode}
+        start = time.perf_counter()
+        try:
+            shadow = await asyncio.to_thread(candidate.predict, rows)
+        except Exception:
+            logger.exception("shadow model %s failed", candidate.ref.uri)
+            self.requests.inc(tags={**tags, "status": "error"})
+            return
+        self.latency.observe(time.perf_counter() - start, tags=tags)
+        self.requests.inc(tags={**tags, "status": "ok"})
+        gap = (shadow["probability"] - answered["probability"]).abs()
+        for value in gap.tolist():
+            self.shadow_divergence.observe(value, tags={"version": candidate.ref.version})
+
+
+def split_label(config: RouterConfig) -> str:
+    """A short name for the split in force: mode and candidate share."""
+    traffic = config.traffic
+    share = traffic.shadow_percent if traffic.mode.value == "shadow" else traffic.candidate_weight
+    return f"{traffic.mode.value}:{share:g}"
+
+
+def _error(status: int, message: str, request_id: str, version: str | None = None) -> JSONResponse:
+    headers = {REQUEST_ID_HEADER: request_id}
+    if version:
+        headers[VERSION_HEADER] = version
+    return JSONResponse({"error": message, "request_id": request_id}, status_code=status, headers=headers)
+
+
+app = Router.bind()  # type: ignore[attr-defined]  # added by @serve.deployment

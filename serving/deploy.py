@@ -1,0 +1,53 @@
+"""Deploy a rendered serve config declaratively (Serve REST API) and wait for it to run.
+
+Declarative deploys matter: a changed ``user_config`` alone reaches running replicas through
+``reconfigure()`` without a restart, whereas a Python ``serve.run`` restarts every replica.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import requests
+
+APPLICATIONS_PATH = "/api/serve/applications/"
+
+
+class DeployError(Exception):
+    """The Serve API refused the config, or the application did not reach RUNNING in time."""
+
+
+def deploy_config(
+    dashboard_url: str, headers: dict[str, str], config: dict[str, Any], timeout_s: float = 30
+) -> None:
+    """PUT the whole config; Serve diffs it against what runs and changes only what differs."""
+    response = requests.put(
+        f"{dashboard_url}{APPLICATIONS_PATH}", json=config, headers=headers, timeout=timeout_s
+    )
+    if response.status_code != 200:
+        raise DeployError(f"Serve refused the config ({response.status_code}): {response.text[:2000]}")
+
+
+def application_status(dashboard_url: str, headers: dict[str, str], app_name: str) -> dict[str, Any]:
+    """The application's status block, or an empty dict when it is not deployed."""
+    response = requests.get(f"{dashboard_url}{APPLICATIONS_PATH}", headers=headers, timeout=10)
+    response.raise_for_status()
+    return dict(response.json().get("applications", {}).get(app_name, {}))
+
+
+def wait_running(dashboard_url: str, headers: dict[str, str], app_name: str, timeout_s: float = 180) -> None:
+    """Poll until the application is RUNNING; fail with Serve's own message when it is DEPLOY_FAILED."""
+    deadline = time.monotonic() + timeout_s
+    status: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        status = application_status(dashboard_url, headers, app_name)
+        state = status.get("status")
+        if state == "RUNNING":
+            return
+        if state in ("DEPLOY_FAILED", "UNHEALTHY"):
+            raise DeployError(f"application {app_name} is {state}: {status.get('message', '')[:2000]}")
+        time.sleep(0.25)
+    raise DeployError(
+        f"application {app_name} not RUNNING after {timeout_s:.0f}s (last: {status.get('status')})"
+    )

@@ -1,0 +1,170 @@
+"""Typed rollout and serving spec: what the router receives as ``user_config`` and how the app is deployed."""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# Registered-model names end up inside a ``models:/<name>/<version>`` URI, so a slash or a leading dot
+# would change which model the URI points at.
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
+# A registry version is a positive integer; leading zeros are refused so "01" and "1" cannot both name
+# the same version and slip past the champion != candidate check.
+MODEL_VERSION_PATTERN = r"^[1-9][0-9]*$"
+# RFC 9110 token characters, lowercase only: HTTP/2 and ASGI servers hand headers over lowercased.
+HEADER_TOKEN_PATTERN = r"^[a-z0-9!#$%&'*+.^_`|~\-]+$"
+ENV_VAR_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+# The rendered serve config is committed and shown in cluster state; a secret must travel another way.
+SECRET_NAME_MARKERS: tuple[str, ...] = ("PASSWORD", "TOKEN", "SECRET")
+
+
+class StrictModel(BaseModel):
+    """Base for every spec model: immutable, unknown keys refused."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ModelRef(StrictModel):
+    """One registered model version."""
+
+    name: str = Field(min_length=1, max_length=200, pattern=MODEL_NAME_PATTERN)
+    version: str = Field(pattern=MODEL_VERSION_PATTERN)
+
+    @property
+    def uri(self) -> str:
+        """The MLflow model URI of this version."""
+        return f"models:/{self.name}/{self.version}"
+
+
+class TrafficMode(StrEnum):
+    """How the router shares requests between champion and candidate."""
+
+    weighted = "weighted"
+    sticky = "sticky"
+    shadow = "shadow"
+
+
+class TrafficSpec(StrictModel):
+    """The traffic split the router applies; changed in place through ``reconfigure()``."""
+
+    mode: TrafficMode = TrafficMode.weighted
+    candidate_weight: float = Field(default=0.0, ge=0.0, le=100.0)
+    sticky_header: str = Field(default="x-lockgate-key", pattern=HEADER_TOKEN_PATTERN)
+    shadow_percent: float = Field(default=0.0, ge=0.0, le=100.0)
+
+    @model_validator(mode="after")
+    def _shadow_candidate_never_answers(self) -> TrafficSpec:
+        if self.mode == TrafficMode.shadow and self.candidate_weight != 0:
+            raise ValueError(
+                f"candidate_weight must be 0 in shadow mode (the candidate never answers), "
+                f"got {self.candidate_weight}"
+            )
+        return self
+
+
+class RouterConfig(StrictModel):
+    """Exactly what the router ingress receives as its Ray Serve ``user_config``."""
+
+    champion: ModelRef
+    candidate: ModelRef | None = None
+    traffic: TrafficSpec = TrafficSpec()
+    max_rows: int = Field(default=1000, ge=1, le=100_000)
+    max_body_bytes: int = Field(default=1_000_000, ge=1)
+
+    @model_validator(mode="after")
+    def _candidate_consistent(self) -> RouterConfig:
+        if self.candidate is None:
+            problems = [
+                f"traffic.{field} must be 0 when there is no candidate, got {value}"
+                for field, value in (
+                    ("candidate_weight", self.traffic.candidate_weight),
+                    ("shadow_percent", self.traffic.shadow_percent),
+                )
+                if value != 0
+            ]
+            if problems:
+                raise ValueError("; ".join(problems))
+        elif self.candidate == self.champion:
+            raise ValueError(f"candidate must differ from champion, both are {self.champion.uri}")
+        return self
+
+
+RuntimeEnvValue = str | list[str] | dict[str, str]
+
+
+class ServingSpec(StrictModel):
+    """Deployment-level settings of the Serve application."""
+
+    app_name: str = Field(default="lockgate", min_length=1)
+    route_prefix: str = "/"
+    import_path: str = Field(default="serving.app:app", pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    num_replicas: int = Field(default=1, ge=1)
+    replica_num_cpus: float = Field(default=0.5, gt=0.0)
+    max_ongoing_requests: int = Field(default=64, ge=1)
+    http_host: str = Field(default="127.0.0.1", min_length=1)
+    http_port: int = Field(default=8000, ge=1, le=65535)
+    runtime_env: dict[str, RuntimeEnvValue] = {}
+    env_vars: dict[str, str] = {}
+
+    @field_validator("route_prefix")
+    @classmethod
+    def _route_prefix_valid(cls, value: str) -> str:
+        # Ray checks these only when the application is deployed; refusing them here fails at config time.
+        if not value.startswith("/"):
+            raise ValueError(f"route_prefix must start with '/', got {value!r}")
+        if value != "/" and value.endswith("/"):
+            raise ValueError(f"route_prefix must not end with '/', got {value!r}")
+        if "{" in value or "}" in value:
+            raise ValueError(f"route_prefix must not contain wildcards, got {value!r}")
+        return value
+
+    @field_validator("env_vars")
+    @classmethod
+    def _env_vars_not_secret(cls, value: dict[str, str]) -> dict[str, str]:
+        check_env_var_names(value, "env_vars")
+        return value
+
+    @field_validator("runtime_env")
+    @classmethod
+    def _runtime_env_vars_not_secret(cls, value: dict[str, RuntimeEnvValue]) -> dict[str, RuntimeEnvValue]:
+        # runtime_env.env_vars lands in the same rendered config as env_vars, so the same rule applies.
+        nested = value.get("env_vars")
+        if nested is not None:
+            if not isinstance(nested, dict):
+                raise ValueError("runtime_env.env_vars must be a mapping of names to strings")
+            check_env_var_names(nested, "runtime_env.env_vars")
+        return value
+
+    @model_validator(mode="after")
+    def _env_vars_given_once(self) -> ServingSpec:
+        nested = self.runtime_env.get("env_vars")
+        if isinstance(nested, dict):
+            twice = sorted(set(nested) & set(self.env_vars))
+            if twice:
+                raise ValueError(
+                    f"env_vars: {', '.join(twice)} also set in runtime_env.env_vars; set each once"
+                )
+        return self
+
+    def merged_env_vars(self) -> dict[str, str]:
+        """``runtime_env.env_vars`` plus ``env_vars``, sorted by name."""
+        nested = self.runtime_env.get("env_vars")
+        merged = dict(nested) if isinstance(nested, dict) else {}
+        merged.update(self.env_vars)
+        return dict(sorted(merged.items()))
+
+
+def check_env_var_names(env_vars: dict[str, str], field: str) -> None:
+    """Raise ValueError naming the key if an env var name is malformed or looks like a secret."""
+    for key in env_vars:
+        if re.fullmatch(ENV_VAR_NAME_PATTERN, key) is None:
+            raise ValueError(f"{field}: {key!r} is not a valid environment variable name")
+        upper = key.upper()
+        for marker in SECRET_NAME_MARKERS:
+            if marker in upper:
+                raise ValueError(
+                    f"{field}: {key!r} looks like a secret ({marker}); the rendered serve config is visible, "
+                    "so pass secrets through a Kubernetes Secret or the local environment instead"
+                )
