@@ -17,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 from ray import serve
+from ray.serve.context import _get_serve_request_context
 from ray.serve.metrics import Counter, Histogram
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -35,7 +36,6 @@ from serving.spec import ModelRef, RouterConfig
 
 logger = logging.getLogger("ray.serve")
 VERSION_HEADER = "x-lockgate-version"
-REQUEST_ID_HEADER = "x-request-id"
 SPLIT_HEADER = "x-lockgate-split"  # the split in force when this request was routed, e.g. "weighted:10"
 LATENCY_BOUNDARIES = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]
 PREDICTION_BOUNDARIES = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
@@ -116,7 +116,8 @@ class Router:
 
     async def __call__(self, request: Request) -> JSONResponse:
         """Answer one scoring request."""
-        request_id = request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
+        # Serve's proxy owns x-request-id: it takes the client's or makes one, and echoes it on the response.
+        request_id = _get_serve_request_context().request_id or uuid.uuid4().hex
         config, models = self.config, self.models
         if config is None or CHAMPION not in models:
             return _error(503, "router has no model configured yet", request_id)
@@ -167,7 +168,7 @@ class Router:
             "role": role,
             "predictions": scored.to_dict("records"),
         }
-        headers = {VERSION_HEADER: chosen.ref.version, REQUEST_ID_HEADER: request_id, SPLIT_HEADER: split_label(config)}
+        headers = {VERSION_HEADER: chosen.ref.version, SPLIT_HEADER: split_label(config)}
         return JSONResponse(body, headers=headers)
 
     async def _shadow(
@@ -197,7 +198,7 @@ def split_label(config: RouterConfig) -> str:
 
 
 def _error(status: int, message: str, request_id: str, version: str | None = None) -> JSONResponse:
-    headers = {REQUEST_ID_HEADER: request_id}
+    headers = {}
     if version:
         headers[VERSION_HEADER] = version
     return JSONResponse({"error": message, "request_id": request_id}, status_code=status, headers=headers)

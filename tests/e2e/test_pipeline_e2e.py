@@ -84,10 +84,12 @@ def test_worse_model_is_blocked_and_champion_stays(two_runs, local_env, tmp_path
     )
     env = {**os.environ, **local_env.client_env(include_secrets=False)}
     env.pop("MLFLOW_TRACKING_PASSWORD", None)
-    runtime_env = json.dumps({"py_modules": [str(ROOT / "pipeline")]})
+    # The README's command, from the repository root: the pipeline package ships as a module.
+    runtime_env = json.dumps({"py_modules": ["pipeline"], "excludes": [".venv", ".lockgate", ".git"]})
+    ray = os.path.join(os.path.dirname(sys.executable), "ray")
     submitted = subprocess.run(
         [
-            os.path.join(os.path.dirname(sys.executable), "ray"),
+            ray,
             "job",
             "submit",
             "--working-dir",
@@ -105,6 +107,7 @@ def test_worse_model_is_blocked_and_champion_stays(two_runs, local_env, tmp_path
         text=True,
         timeout=600,
         env=env,
+        cwd=ROOT,
     )
     assert submitted.returncode != 0, "a blocked candidate fails the job"
     runs = MlflowClient().search_runs(

@@ -1,0 +1,65 @@
+"""Read the router's per-version metrics back from Prometheus text, as dashboards and rollout analysis do."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+REQUESTS_METRIC = "ray_lockgate_requests"
+LATENCY_METRIC = "ray_lockgate_request_latency_seconds"
+
+
+@dataclass
+class VersionStats:
+    """Counts and latency histogram for one (version, role) pair."""
+
+    ok: float = 0.0
+    errors: float = 0.0
+    latency_buckets: dict[float, float] = field(default_factory=dict)
+
+    @property
+    def total(self) -> float:
+        """All answered requests."""
+        return self.ok + self.errors
+
+    @property
+    def error_rate(self) -> float:
+        """Errors over all requests (0 when there were none)."""
+        return self.errors / self.total if self.total else 0.0
+
+    def latency_quantile(self, q: float) -> float:
+        """Upper bound of the histogram bucket holding quantile ``q`` (inf when beyond the last bucket)."""
+        ordered = sorted(self.latency_buckets.items())
+        if not ordered or ordered[-1][1] == 0:
+            return float("nan")
+        target = q * ordered[-1][1]
+        return next(bound for bound, count in ordered if count >= target)
+
+
+def parse_version_stats(text: str) -> dict[tuple[str, str], VersionStats]:
+    """Sum the router's counters and latency buckets over replicas, keyed by (version, role)."""
+    stats: dict[tuple[str, str], VersionStats] = defaultdict(VersionStats)
+    for family in text_string_to_metric_families(text):
+        if family.name not in (REQUESTS_METRIC, LATENCY_METRIC):
+            continue
+        for sample in family.samples:
+            key = (sample.labels.get("version", ""), sample.labels.get("role", ""))
+            if family.name == REQUESTS_METRIC and sample.name.endswith("_total"):
+                if sample.labels.get("status") == "ok":
+                    stats[key].ok += sample.value
+                else:
+                    stats[key].errors += sample.value
+            elif family.name == LATENCY_METRIC and sample.name.endswith("_bucket"):
+                bound = float(sample.labels["le"])
+                stats[key].latency_buckets[bound] = stats[key].latency_buckets.get(bound, 0.0) + sample.value
+    return dict(stats)
+
+
+def scrape_version_stats(metrics_url: str, timeout_s: float = 5.0) -> dict[tuple[str, str], VersionStats]:
+    """Scrape a Prometheus endpoint (Ray's metrics export port) and parse the router's metrics."""
+    response = requests.get(metrics_url, timeout=timeout_s)
+    response.raise_for_status()
+    return parse_version_stats(response.text)

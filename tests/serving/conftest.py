@@ -1,0 +1,74 @@
+"""Serving fixtures: registered model versions (no training needed) and a deployed router on the session env."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import mlflow
+import pytest
+import requests
+import torch
+
+from lockgate.localenv import LocalEnvironment
+from pipeline.config import load_config
+from pipeline.data import make_loans
+from pipeline.model import build_mlp
+from pipeline.register import log_model
+from pipeline.train import encode_training_data
+from serving.deploy import APPLICATIONS_PATH, deploy_config, wait_running
+from serving.render import render_serve_config
+from serving.spec import ModelRef, RouterConfig, ServingSpec, TrafficSpec
+from tests.conftest import ROOT
+
+SERVE_PORT = 17800
+
+
+def register_version(name: str, seed: int) -> ModelRef:
+    """Log and register a model with seeded weights: a real pyfunc with signature, in seconds."""
+    config = load_config(ROOT / "pipeline.yaml")
+    frame = make_loans(2_000, seed=seed)
+    data = encode_training_data(frame, config)
+    torch.manual_seed(seed)
+    network = build_mlp(data.encoder.width, config.model.hidden_units, config.model.dropout)
+    mlflow.set_experiment("serving-tests")
+    with mlflow.start_run():
+        info = log_model(data.encoder, network.state_dict(), frame[list(config.features)].head(5))
+    version = mlflow.register_model(info.model_uri, name)
+    return ModelRef(name=name, version=str(version.version))
+
+
+@dataclass
+class Deployed:
+    """A running router and how to change it."""
+
+    env: LocalEnvironment
+    spec: ServingSpec
+    champion: ModelRef
+    candidate: ModelRef
+    url: str
+
+    def apply(self, traffic: TrafficSpec) -> None:
+        """Render and deploy a new split declaratively, as `lockgate apply` does."""
+        router = RouterConfig(champion=self.champion, candidate=self.candidate, traffic=traffic)
+        headers = self.env.ray_auth_header()
+        deploy_config(self.env.dashboard_url, headers, render_serve_config(self.spec, router))
+        wait_running(self.env.dashboard_url, headers, self.spec.app_name)
+
+
+@pytest.fixture(scope="module")
+def deployed(local_env: LocalEnvironment) -> Iterator[Deployed]:
+    name = f"serve-{uuid.uuid4().hex[:6]}"
+    champion, candidate = register_version(name, 1), register_version(name, 2)
+    spec = ServingSpec(
+        app_name="lockgate-test", http_port=SERVE_PORT, replica_num_cpus=0.25, max_ongoing_requests=64
+    )
+    target = Deployed(local_env, spec, champion, candidate, f"http://127.0.0.1:{SERVE_PORT}/")
+    target.apply(TrafficSpec())
+    try:
+        yield target
+    finally:
+        requests.delete(
+            f"{local_env.dashboard_url}{APPLICATIONS_PATH}", headers=local_env.ray_auth_header(), timeout=30
+        )

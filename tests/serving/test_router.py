@@ -1,0 +1,200 @@
+"""The router on real Ray Serve, over real HTTP: split under load while weights move, sticky keys, bad input."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter, defaultdict
+
+import pytest
+import requests
+
+from pipeline.data import make_loans
+from serving.app import SPLIT_HEADER, VERSION_HEADER
+from serving.metrics import VersionStats, scrape_version_stats
+from serving.spec import TrafficMode, TrafficSpec
+
+pytestmark = pytest.mark.e2e
+
+ROW = {
+    k: (v.item() if hasattr(v, "item") else v)
+    for k, v in make_loans(1, seed=9).drop(columns="default").iloc[0].items()
+}
+
+
+def body(**changes) -> dict:
+    return {"rows": [{**ROW, **changes}]}
+
+
+class Load:
+    """Closed-loop HTTP clients posting single rows; every outcome recorded with the split that routed it."""
+
+    def __init__(self, url: str, clients: int):
+        self.url, self.clients = url, clients
+        self.by_split: dict[str, Counter] = defaultdict(Counter)
+        self.failures: list[str] = []
+        self.total = 0
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._client, daemon=True) for _ in range(clients)]
+
+    def _client(self) -> None:
+        session = requests.Session()
+        while not self.stop.is_set():
+            try:
+                response = session.post(self.url, json=body(), timeout=2)
+            except requests.RequestException as error:
+                with self.lock:
+                    self.failures.append(type(error).__name__)
+                continue
+            with self.lock:
+                self.total += 1
+                if response.status_code != 200:
+                    self.failures.append(f"{response.status_code} {response.text[:200]}")
+                else:
+                    self.by_split[response.headers[SPLIT_HEADER]][response.headers[VERSION_HEADER]] += 1
+
+    def count(self, split: str) -> int:
+        with self.lock:
+            return sum(self.by_split[split].values())
+
+    def __enter__(self) -> Load:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=10)
+
+
+def test_split_follows_weight_changes_under_load_without_failures(deployed) -> None:
+    settings = [(0, 400), (10, 1000), (50, 1000), (100, 400), (0, 0)]
+    candidate = deployed.candidate.version
+    with Load(deployed.url, clients=10) as load:
+        for weight, needed in settings:
+            deployed.apply(TrafficSpec(candidate_weight=weight))
+            split = f"weighted:{weight}"
+            deadline = time.monotonic() + 240
+            while load.count(split) < max(needed, 1) and time.monotonic() < deadline:
+                time.sleep(0.1)
+        settle = load.total + 300
+        while load.total < settle:
+            time.sleep(0.1)
+    assert load.failures == [], f"{len(load.failures)} failed of {load.total}: {load.failures[:5]}"
+    assert load.total >= 1500, f"at least 1,500 requests under load, got {load.total}"
+    for weight, needed in settings[1:4]:
+        seen = load.by_split[f"weighted:{weight}"]
+        share = 100 * seen[candidate] / sum(seen.values())
+        assert sum(seen.values()) >= needed, f"weight {weight}: {sum(seen.values())} answers"
+        assert abs(share - weight) <= 5, f"weight {weight}: candidate answered {share:.1f}% of {seen}"
+    assert load.by_split["weighted:0"][candidate] == 0, "weight 0 sends nothing to the candidate"
+
+
+def test_sticky_keys_keep_their_version_and_only_move_to_the_candidate(deployed) -> None:
+    keys = [f"user-{i}" for i in range(100)]
+
+    def assignment(weight: float) -> dict[str, str]:
+        deployed.apply(TrafficSpec(mode=TrafficMode.sticky, candidate_weight=weight))
+        seen: dict[str, set[str]] = defaultdict(set)
+        with requests.Session() as session:
+            for _ in range(3):
+                for key in keys:
+                    response = session.post(
+                        deployed.url, json=body(), headers={"x-lockgate-key": key}, timeout=5
+                    )
+                    assert response.status_code == 200, response.text
+                    seen[key].add(response.headers[VERSION_HEADER])
+        assert all(len(v) == 1 for v in seen.values()), "every key is answered by one version, every time"
+        return {key: next(iter(v)) for key, v in seen.items()}
+
+    at_20, at_60 = assignment(20), assignment(60)
+    candidate = deployed.candidate.version
+    moved_back = [k for k in keys if at_20[k] == candidate and at_60[k] != candidate]
+    assert moved_back == [], f"raising the weight moved keys back to the champion: {moved_back}"
+    assert 5 <= sum(v == candidate for v in at_20.values()) <= 40, "about a fifth of keys on the candidate"
+    assert sum(v == candidate for v in at_60.values()) > sum(v == candidate for v in at_20.values())
+
+
+MALFORMED = [
+    (b"{not json", 400, "malformed JSON"),
+    (b"NaN", 400, "malformed JSON"),
+    (b"[]", 422, '"rows"'),
+    (b'{"rows": []}', 422, "non-empty"),
+    (b'{"rows": {}}', 422, "non-empty list"),
+    (b'{"rows": [1]}', 422, "rows[0] must be an object"),
+    (b'{"rows": [{}]}', 422, "missing column"),
+    (b'{"rows": [], "extra": 1}', 422, '"rows"'),
+]
+
+
+def _bad_row_cases() -> list[tuple[dict, int, str]]:
+    cases = [
+        (body(age="forty"), 422, "rows[0].age must be an integer"),
+        (body(age=41.5), 422, "rows[0].age must be an integer"),
+        (body(age=True), 422, "rows[0].age must be an integer"),
+        (body(income="high"), 422, "rows[0].income must be a number"),
+        (body(income=None), 422, "rows[0].income is null"),
+        (body(region=7), 422, "rows[0].region must be a string"),
+        (body(surprise=1), 422, "unknown column(s) ['surprise']"),
+        ({"rows": [{k: v for k, v in ROW.items() if k != "credit_score"}]}, 422, "['credit_score']"),
+        ({"rows": [ROW] * 1001}, 413, "more than the limit of 1000"),
+    ]
+    return cases
+
+
+def test_malformed_requests_get_clear_client_errors_and_service_keeps_serving(deployed) -> None:
+    deployed.apply(TrafficSpec())
+    with requests.Session() as session:
+        for raw, status, fragment in MALFORMED:
+            response = session.post(
+                deployed.url, data=raw, headers={"content-type": "application/json"}, timeout=5
+            )
+            assert response.status_code == status, f"{raw!r}: {response.status_code} {response.text}"
+            assert fragment in response.json()["error"], f"{raw!r}: {response.json()}"
+        for payload, status, fragment in _bad_row_cases():
+            response = session.post(deployed.url, json=payload, timeout=5)
+            assert response.status_code == status, f"{fragment}: {response.status_code} {response.text}"
+            assert fragment in response.json()["error"], response.json()
+        nan_row = b'{"rows": [{"income": NaN}]}'
+        response = session.post(deployed.url, data=nan_row, timeout=5)
+        assert response.status_code == 400 and "NaN" in response.json()["error"], response.text
+        huge = b'{"rows": [' + b" " * 1_100_000 + b"]}"
+        response = session.post(deployed.url, data=huge, timeout=10)
+        assert response.status_code == 413, response.status_code
+        assert session.get(deployed.url, timeout=5).status_code == 405
+        ok = session.post(deployed.url, json=body(), timeout=5)
+    assert ok.status_code == 200, "the service keeps serving after bad input"
+    answer = ok.json()
+    assert answer["version"] == ok.headers[VERSION_HEADER] == deployed.champion.version
+    assert answer["request_id"] == ok.headers["x-request-id"] and len(answer["predictions"]) == 1
+    assert 0 < answer["predictions"][0]["probability"] < 1
+
+
+def test_shadow_answers_from_champion_and_mirrors_to_candidate(deployed, local_env) -> None:
+    before = scrape_version_stats(local_env.metrics_url).get(
+        (deployed.candidate.version, "shadow"), VersionStats()
+    )
+    deployed.apply(TrafficSpec(mode=TrafficMode.shadow, shadow_percent=50))
+    with requests.Session() as session:
+        versions = Counter(
+            session.post(deployed.url, json=body(), timeout=5).headers[VERSION_HEADER] for _ in range(400)
+        )
+    assert versions == {deployed.champion.version: 400}, f"every answer comes from the champion: {versions}"
+    mirrored = 0.0
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        stats = scrape_version_stats(local_env.metrics_url).get((deployed.candidate.version, "shadow"))
+        mirrored = (stats.total if stats else 0.0) - before.total
+        if mirrored >= 140:
+            break
+        time.sleep(1)
+    assert 140 <= mirrored <= 260, f"about half of 400 requests mirrored to the candidate, saw {mirrored}"
+
+
+def test_request_id_is_echoed(deployed) -> None:
+    deployed.apply(TrafficSpec())
+    response = requests.post(deployed.url, data=b"{oops", headers={"x-request-id": "trace-42"}, timeout=5)
+    assert response.status_code == 400
+    assert response.json()["request_id"] == "trace-42" == response.headers["x-request-id"]
