@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -17,6 +18,8 @@ data_app = typer.Typer(
     no_args_is_help=True, help="Make the shipped data set, a shifted batch or a bad batch."
 )
 app.add_typer(data_app, name="data")
+rollout_app = typer.Typer(no_args_is_help=True, help="Inspect and steer the candidate's traffic share.")
+app.add_typer(rollout_app, name="rollout")
 
 StateDir = Annotated[
     Path | None, typer.Option("--state-dir", help="state directory [default: $LOCKGATE_HOME or ./.lockgate]")
@@ -215,6 +218,213 @@ def demo(
     typer.echo("The environment keeps running for you to look around; stop it with `lockgate down`.")
     if any(o.exit_code not in (0, 3) for o in outcomes):
         raise typer.Exit(1)
+
+
+ServingFileOption = Annotated[Path, typer.Option("--file", "-f", help="serving file")]
+
+
+def _apply(env: LocalEnvironment, serving_file: Path) -> str:
+    """Deploy the desired serving state in place; returns what is now served."""
+    from lockgate.jobs import activate
+    from serving.desired import apply_desired, describe, load_serving_file
+
+    file = load_serving_file(serving_file)
+    activate(env)
+    router = apply_desired(
+        env.dashboard_url, env.ray_auth_header(), file, _rollout_path(env, file.model_name)
+    )
+    return describe(file, router)
+
+
+def _rollout_state_default() -> Any:
+    from serving.desired import RolloutState
+
+    return RolloutState()
+
+
+def _rollout_path(env: LocalEnvironment, model_name: str) -> Path:
+    return env.state_dir / "rollout" / f"{model_name}.json"
+
+
+def _serving_errors() -> tuple[type[Exception], ...]:
+    from serving.deploy import DeployError
+    from serving.desired import ServingFileError
+
+    return (ServingFileError, DeployError, EnvironmentError_)
+
+
+@app.command()
+def apply(serving_file: ServingFileOption = Path("serving.yaml"), state_dir: StateDir = None) -> None:
+    """Render the desired serving state (file + rollout state + registry aliases) and deploy it in place."""
+    try:
+        typer.echo(_apply(_environment(state_dir), serving_file))
+    except _serving_errors() as error:
+        raise _fail(str(error)) from None
+
+
+@rollout_app.command("status")
+def rollout_status(
+    serving_file: ServingFileOption = Path("serving.yaml"), state_dir: StateDir = None
+) -> None:
+    """Show the rollout state and whether the serving file pins the weight."""
+    from serving.desired import load_serving_file, read_rollout_state
+
+    try:
+        file = load_serving_file(serving_file)
+    except _serving_errors() as error:
+        raise _fail(str(error)) from None
+    env = _environment(state_dir)
+    state = read_rollout_state(_rollout_path(env, file.model_name))
+    pinned = file.traffic.candidate_weight
+    typer.echo(
+        f"model {file.model_name}: rollout weight {state.candidate_weight:g}%"
+        f"{' (paused)' if state.paused else ''}; "
+        + (f"pinned to {pinned:g}% by {serving_file}" if pinned is not None else "not pinned")
+    )
+
+
+@rollout_app.command("set-weight")
+def rollout_set_weight(
+    weight: Annotated[float, typer.Argument(min=0, max=100, help="candidate share in percent")],
+    serving_file: ServingFileOption = Path("serving.yaml"),
+    state_dir: StateDir = None,
+) -> None:
+    """Write the candidate's share to the rollout state and apply it (a pin in the serving file still wins)."""
+    from serving.desired import load_serving_file, read_rollout_state, write_rollout_state
+
+    env = _environment(state_dir)
+    try:
+        file = load_serving_file(serving_file)
+        path = _rollout_path(env, file.model_name)
+        write_rollout_state(path, read_rollout_state(path).model_copy(update={"candidate_weight": weight}))
+        typer.echo(_apply(env, serving_file))
+    except _serving_errors() as error:
+        raise _fail(str(error)) from None
+
+
+def _rollout_context(config: Path, state_dir: Path | None) -> tuple[Any, Path, LocalEnvironment, Any]:
+    """Pipeline config, serving file path, the active environment, and the parsed serving file."""
+    from lockgate.jobs import activate
+    from serving.desired import load_serving_file
+
+    parsed = load_config(config)
+    serving_file = config.resolve().parent / parsed.rollout.serving_file
+    env = _environment(state_dir)
+    activate(env)
+    return parsed, serving_file, env, load_serving_file(serving_file)
+
+
+def _connect_ray(env: LocalEnvironment) -> None:
+    import ray  # imported only now: activate() has set the token and loopback settings it reads
+
+    ray.init(address=f"127.0.0.1:{env.ports.ray_gcs}", logging_level=logging.ERROR, log_to_driver=False)
+
+
+@rollout_app.command("run")
+def rollout_run(config: ConfigFile = Path("pipeline.yaml"), state_dir: StateDir = None) -> None:
+    """Roll the current candidate out step by step: promote at 100%, roll back on the first breach."""
+    from pipeline.events import Event, EventType, emit
+    from serving.desired import registry_aliases
+    from serving.live import live_effects
+    from serving.rollout import RolloutController
+
+    try:
+        parsed, serving_file, env, file = _rollout_context(config, state_dir)
+        aliases = registry_aliases(file.model_name)
+    except ConfigError as error:
+        raise _fail(str(error), 2) from None
+    except _serving_errors() as error:
+        raise _fail(str(error)) from None
+    if "candidate" not in aliases or "champion" not in aliases:
+        raise _fail(f"model {file.model_name} needs a champion and a candidate to roll out, has {aliases}")
+    champion, candidate = aliases["champion"], aliases["candidate"]
+    base_dir = config.resolve().parent
+
+    def send(kind: str, message: str, details: dict[str, Any]) -> None:
+        typer.echo(f"[{kind}] {message}")
+        event = Event(
+            type=EventType(kind),
+            pipeline=parsed.name,
+            model_name=file.model_name,
+            model_version=candidate,
+            message=message,
+            details=details,
+        )
+        emit(event, parsed.events, base_dir)
+
+    _connect_ray(env)
+    effects = live_effects(
+        env.dashboard_url,
+        env.ray_auth_header(),
+        env.metrics_url,
+        serving_file,
+        _rollout_path(env, file.model_name),
+        (champion, candidate),
+        send,
+    )
+    result = RolloutController(parsed.rollout, champion, candidate, effects).run()
+    typer.echo(
+        "ROLLOUT_RESULT "
+        + json.dumps({"outcome": result.outcome, "reason": result.reason, "steps": result.steps}, default=str)
+    )
+    raise typer.Exit(0 if result.outcome in ("promoted", "pinned", "paused") else 3)
+
+
+@rollout_app.command("promote")
+def rollout_promote(config: ConfigFile = Path("pipeline.yaml"), state_dir: StateDir = None) -> None:
+    """Promote the candidate now (compare-and-set on the aliases), then serve it as champion."""
+    from serving import promotion
+    from serving.desired import registry_aliases, write_rollout_state
+
+    parsed, serving_file, env, file = _rollout_context(config, state_dir)
+    aliases = registry_aliases(file.model_name)
+    if "candidate" not in aliases:
+        raise _fail(f"model {file.model_name} has no candidate to promote")
+    _connect_ray(env)
+    outcome = promotion.promote(file.model_name, aliases["candidate"], aliases.get("champion"))
+    if not outcome["ok"]:
+        raise _fail(f"promotion refused: {outcome['reason']}")
+    write_rollout_state(_rollout_path(env, file.model_name), _rollout_state_default())
+    typer.echo(_apply(env, serving_file))
+
+
+@rollout_app.command("rollback")
+def rollout_rollback(config: ConfigFile = Path("pipeline.yaml"), state_dir: StateDir = None) -> None:
+    """Restore the previous champion (compare-and-set), then serve it."""
+    from serving import promotion
+
+    parsed, serving_file, env, file = _rollout_context(config, state_dir)
+    _connect_ray(env)
+    outcome = promotion.restore_previous(file.model_name)
+    if not outcome["ok"]:
+        raise _fail(f"rollback refused: {outcome['reason']}")
+    typer.echo(_apply(env, serving_file))
+
+
+@rollout_app.command("pause")
+def rollout_pause(serving_file: ServingFileOption = Path("serving.yaml"), state_dir: StateDir = None) -> None:
+    """Stop automation at its next step; the current weight stays."""
+    _set_paused(serving_file, state_dir, True)
+
+
+@rollout_app.command("resume")
+def rollout_resume(
+    serving_file: ServingFileOption = Path("serving.yaml"), state_dir: StateDir = None
+) -> None:
+    """Allow automation again (start it with `lockgate rollout run`)."""
+    _set_paused(serving_file, state_dir, False)
+
+
+def _set_paused(serving_file: Path, state_dir: Path | None, paused: bool) -> None:
+    from serving.desired import load_serving_file, read_rollout_state, write_rollout_state
+
+    try:
+        file = load_serving_file(serving_file)
+    except _serving_errors() as error:
+        raise _fail(str(error)) from None
+    path = _rollout_path(_environment(state_dir), file.model_name)
+    write_rollout_state(path, read_rollout_state(path).model_copy(update={"paused": paused}))
+    typer.echo(f"rollout of {file.model_name} {'paused' if paused else 'resumed'}")
 
 
 @data_app.command("generate")

@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from serving.spec import RolloutPolicy
+
 
 class StrictModel(BaseModel):
     """Base for every config model: immutable, unknown keys refused."""
@@ -195,7 +197,7 @@ class WebhookSink(StrictModel):
 
     url: str | None = None
     url_env: str | None = None
-    events: tuple[str, ...] = ("pipeline_failed", "gate_blocked")
+    events: tuple[str, ...] = ("pipeline_failed", "gate_blocked", "rollback")
     timeout_s: float = Field(default=5.0, gt=0.0)
 
     @model_validator(mode="after")
@@ -224,6 +226,7 @@ class PipelineConfig(StrictModel):
     training: TrainingConfig = TrainingConfig()
     gates: GatesConfig = GatesConfig()
     registry: RegistryConfig
+    rollout: RolloutPolicy = RolloutPolicy()
     events: EventsConfig = EventsConfig()
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)

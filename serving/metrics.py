@@ -10,6 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 REQUESTS_METRIC = "ray_lockgate_requests"
 LATENCY_METRIC = "ray_lockgate_request_latency_seconds"
+PREDICTION_METRIC = "ray_lockgate_prediction"
 
 
 @dataclass
@@ -19,6 +20,25 @@ class VersionStats:
     ok: float = 0.0
     errors: float = 0.0
     latency_buckets: dict[float, float] = field(default_factory=dict)
+    prediction_sum: float = 0.0
+    prediction_count: float = 0.0
+
+    @property
+    def mean_prediction(self) -> float:
+        """Mean predicted probability (NaN before any prediction)."""
+        return self.prediction_sum / self.prediction_count if self.prediction_count else float("nan")
+
+    def minus(self, earlier: VersionStats) -> VersionStats:
+        """What happened between an earlier scrape and this one (the counters are cumulative)."""
+        return VersionStats(
+            ok=self.ok - earlier.ok,
+            errors=self.errors - earlier.errors,
+            latency_buckets={
+                b: c - earlier.latency_buckets.get(b, 0.0) for b, c in self.latency_buckets.items()
+            },
+            prediction_sum=self.prediction_sum - earlier.prediction_sum,
+            prediction_count=self.prediction_count - earlier.prediction_count,
+        )
 
     @property
     def total(self) -> float:
@@ -43,7 +63,7 @@ def parse_version_stats(text: str) -> dict[tuple[str, str], VersionStats]:
     """Sum the router's counters and latency buckets over replicas, keyed by (version, role)."""
     stats: dict[tuple[str, str], VersionStats] = defaultdict(VersionStats)
     for family in text_string_to_metric_families(text):
-        if family.name not in (REQUESTS_METRIC, LATENCY_METRIC):
+        if family.name not in (REQUESTS_METRIC, LATENCY_METRIC, PREDICTION_METRIC):
             continue
         for sample in family.samples:
             key = (sample.labels.get("version", ""), sample.labels.get("role", ""))
@@ -55,6 +75,10 @@ def parse_version_stats(text: str) -> dict[tuple[str, str], VersionStats]:
             elif family.name == LATENCY_METRIC and sample.name.endswith("_bucket"):
                 bound = float(sample.labels["le"])
                 stats[key].latency_buckets[bound] = stats[key].latency_buckets.get(bound, 0.0) + sample.value
+            elif family.name == PREDICTION_METRIC and sample.name.endswith("_sum"):
+                stats[key].prediction_sum += sample.value
+            elif family.name == PREDICTION_METRIC and sample.name.endswith("_count"):
+                stats[key].prediction_count += sample.value
     return dict(stats)
 
 

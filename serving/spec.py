@@ -168,3 +168,32 @@ def check_env_var_names(env_vars: dict[str, str], field: str) -> None:
                     f"{field}: {key!r} looks like a secret ({marker}); the rendered serve config is visible, "
                     "so pass secrets through a Kubernetes Secret or the local environment instead"
                 )
+
+
+class AnalysisSpec(StrictModel):
+    """Bounds the candidate must stay within at every step, judged on that step's own traffic."""
+
+    min_requests: int = Field(default=100, ge=1)
+    max_error_rate_increase: float = Field(default=0.01, ge=0.0, le=1.0)
+    max_p99_latency_ratio: float = Field(default=3.0, gt=1.0)
+    max_prediction_divergence: float = Field(default=0.1, ge=0.0, le=1.0)
+
+
+class RolloutPolicy(StrictModel):
+    """A progressive rollout: candidate weights in order, how long each must hold, and the analysis."""
+
+    enabled: bool = True
+    steps: tuple[float, ...] = (10.0, 50.0, 100.0)
+    interval_s: float = Field(default=20.0, gt=0.0)
+    max_step_wait_s: float = Field(default=300.0, gt=0.0)
+    analysis: AnalysisSpec = AnalysisSpec()
+    serving_file: str = "serving.yaml"
+
+    @field_validator("steps")
+    @classmethod
+    def _steps_rise_to_100(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if not value or any(not 0 < step <= 100 for step in value):
+            raise ValueError(f"steps must be percentages in (0, 100], got {list(value)}")
+        if list(value) != sorted(set(value)) or value[-1] != 100:
+            raise ValueError(f"steps must rise strictly and end at 100, got {list(value)}")
+        return value

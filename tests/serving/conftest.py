@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -25,17 +26,35 @@ from tests.conftest import ROOT
 SERVE_PORT = 17800
 
 
-def register_version(name: str, seed: int) -> ModelRef:
-    """Log and register a model with seeded weights: a real pyfunc with signature, in seconds."""
+def register_version(
+    name: str, seed: int, fail_rate: float = 0.0, delay_s: float = 0.0, tags: dict[str, str] | None = None
+) -> ModelRef:
+    """Log and register a model with seeded weights: a real pyfunc with signature, in seconds.
+
+    A ``fail_rate`` or ``delay_s`` logs the same classifier through tests/serving/faulty_model.py.
+    """
     config = load_config(ROOT / "pipeline.yaml")
     frame = make_loans(2_000, seed=seed)
     data = encode_training_data(frame, config)
     torch.manual_seed(seed)
     network = build_mlp(data.encoder.width, config.model.hidden_units, config.model.dropout)
     mlflow.set_experiment("serving-tests")
+    example = frame[list(config.features)].head(5)
     with mlflow.start_run():
-        info = log_model(data.encoder, network.state_dict(), frame[list(config.features)].head(5))
-    version = mlflow.register_model(info.model_uri, name)
+        info = log_model(data.encoder, network.state_dict(), example)
+        if fail_rate or delay_s:
+            local = mlflow.artifacts.download_artifacts(info.model_uri)
+            info = mlflow.pyfunc.log_model(
+                name="faulty",
+                python_model=str(Path(__file__).with_name("faulty_model.py")),
+                artifacts={
+                    "encoder": f"{local}/artifacts/encoder.json",
+                    "weights": f"{local}/artifacts/weights.pt",
+                },
+                model_config={"fail_rate": fail_rate, "delay_s": delay_s},
+                signature=mlflow.models.get_model_info(info.model_uri).signature,
+            )
+    version = mlflow.register_model(info.model_uri, name, tags=tags or {})
     return ModelRef(name=name, version=str(version.version))
 
 

@@ -29,6 +29,16 @@ def body(**changes) -> dict:
 class Load:
     """Closed-loop HTTP clients posting single rows; every outcome recorded with the split that routed it."""
 
+    ROW = ROW
+
+    @staticmethod
+    def tally(url: str, count: int) -> Counter:
+        """Versions answering ``count`` sequential requests."""
+        with requests.Session() as session:
+            return Counter(
+                session.post(url, json=body(), timeout=5).headers[VERSION_HEADER] for _ in range(count)
+            )
+
     def __init__(self, url: str, clients: int):
         self.url, self.clients = url, clients
         self.by_split: dict[str, Counter] = defaultdict(Counter)

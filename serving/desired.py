@@ -1,0 +1,124 @@
+"""Desired serving state: the version-controlled serving file plus the rollout state, resolved to a RouterConfig.
+
+A weight written in the serving file is a pin and always wins; without one, the rollout state (what
+`lockgate rollout set-weight` and, later, the rollout controller write) decides the candidate's share.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, ValidationError
+
+from serving.spec import ModelRef, RouterConfig, ServingSpec, StrictModel, TrafficMode, TrafficSpec
+
+CHAMPION_ALIAS, CANDIDATE_ALIAS = "champion", "candidate"
+
+
+class TrafficIntent(StrictModel):
+    """Traffic as the serving file states it; ``candidate_weight`` set means pinned."""
+
+    mode: TrafficMode = TrafficMode.weighted
+    candidate_weight: float | None = Field(default=None, ge=0.0, le=100.0)
+    sticky_header: str = "x-lockgate-key"
+    shadow_percent: float = Field(default=0.0, ge=0.0, le=100.0)
+
+
+class ServingFile(StrictModel):
+    """The local serving file (serving.yaml): which registered model, how it is deployed, its traffic."""
+
+    model_name: str = Field(min_length=1)
+    serving: ServingSpec = ServingSpec()
+    traffic: TrafficIntent = TrafficIntent()
+
+
+class RolloutState(StrictModel):
+    """What automation and `lockgate rollout` commands last decided."""
+
+    candidate_weight: float = Field(default=0.0, ge=0.0, le=100.0)
+    paused: bool = False
+
+
+class ServingFileError(ValueError):
+    """A serving file that cannot be read or does not validate; every problem with its field path."""
+
+
+def load_serving_file(path: str | Path) -> ServingFile:
+    """Read and validate the serving file."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+        return ServingFile.model_validate(raw)
+    except OSError as error:
+        raise ServingFileError(f"{path}: cannot read file: {error.strerror}") from None
+    except yaml.YAMLError as error:
+        raise ServingFileError(f"{path}: invalid YAML: {error}") from None
+    except ValidationError as error:
+        lines = [f"{'.'.join(map(str, e['loc'])) or '<root>'}: {e['msg']}" for e in error.errors()]
+        raise ServingFileError(f"{path}: " + "; ".join(lines)) from None
+
+
+def read_rollout_state(path: Path) -> RolloutState:
+    """The last decided rollout state (defaults when none was written yet)."""
+    return RolloutState.model_validate_json(path.read_text()) if path.exists() else RolloutState()
+
+
+def write_rollout_state(path: Path, state: RolloutState) -> None:
+    """Replace the rollout state atomically (write a sibling, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_suffix(".tmp")
+    staging.write_text(json.dumps(state.model_dump(mode="json"), indent=2, sort_keys=True))
+    staging.replace(path)
+
+
+def resolve_router_config(file: ServingFile, state: RolloutState, aliases: dict[str, str]) -> RouterConfig:
+    """The router's user_config from the file, the rollout state and the registry's aliases."""
+    if CHAMPION_ALIAS not in aliases:
+        raise ServingFileError(
+            f"model '{file.model_name}' has no '{CHAMPION_ALIAS}' alias: nothing to serve yet"
+        )
+    champion = ModelRef(name=file.model_name, version=aliases[CHAMPION_ALIAS])
+    candidate_version = aliases.get(CANDIDATE_ALIAS)
+    candidate = None
+    if candidate_version is not None and candidate_version != champion.version:
+        candidate = ModelRef(name=file.model_name, version=candidate_version)
+    intent = file.traffic
+    weight = intent.candidate_weight if intent.candidate_weight is not None else state.candidate_weight
+    traffic: dict[str, Any] = {"mode": intent.mode, "sticky_header": intent.sticky_header}
+    if candidate is not None:
+        traffic["shadow_percent"] = intent.shadow_percent if intent.mode == TrafficMode.shadow else 0.0
+        traffic["candidate_weight"] = 0.0 if intent.mode == TrafficMode.shadow else weight
+    return RouterConfig(champion=champion, candidate=candidate, traffic=TrafficSpec.model_validate(traffic))
+
+
+def registry_aliases(model_name: str) -> dict[str, str]:
+    """The registered model's aliases as alias → version."""
+    from mlflow.tracking import MlflowClient
+
+    return {alias: str(v) for alias, v in MlflowClient().get_registered_model(model_name).aliases.items()}
+
+
+def apply_desired(
+    dashboard_url: str, headers: dict[str, str], file: ServingFile, state_path: Path
+) -> RouterConfig:
+    """Resolve file + rollout state + aliases, render, deploy declaratively, wait until RUNNING."""
+    from serving.deploy import deploy_config, wait_running
+    from serving.render import render_serve_config
+
+    router = resolve_router_config(file, read_rollout_state(state_path), registry_aliases(file.model_name))
+    deploy_config(dashboard_url, headers, render_serve_config(file.serving, router))
+    wait_running(dashboard_url, headers, file.serving.app_name)
+    return router
+
+
+def describe(file: ServingFile, router: RouterConfig) -> str:
+    """One line saying what is served, how, and where."""
+    candidate = router.candidate.uri if router.candidate else "none"
+    spec = file.serving
+    return (
+        f"serving {router.champion.uri} (champion) and {candidate} (candidate), {router.traffic.mode.value} "
+        f"split, candidate weight {router.traffic.candidate_weight:g}% at "
+        f"http://{spec.http_host}:{spec.http_port}{spec.route_prefix}"
+    )

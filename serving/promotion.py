@@ -1,0 +1,130 @@
+"""Alias moves as compare-and-set: MLflow aliases are last-writer-wins, so every move goes through one writer.
+
+The writer is a named, detached Ray actor with ``max_concurrency=1``: calls are serialised cluster-wide,
+each checks that the aliases are still what the caller saw before it moves anything, and a version that a
+gate blocked or a rollout rejected is never made champion.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+
+WRITER_NAME, WRITER_NAMESPACE = "lockgate-alias-writer", "lockgate"
+CHAMPION, CANDIDATE, PREVIOUS = "champion", "candidate", "previous"
+ROLLOUT_TAG = "lockgate.rollout"
+BLOCKING_GATE_STATES = frozenset({"blocked"})
+
+
+@dataclass(frozen=True)
+class AliasMove:
+    """Set ``alias`` to ``version`` (None deletes it), provided it currently points at ``expected``.
+
+    A move that is not ``required`` is skipped, instead of failing the whole call, when its expectation fails.
+    """
+
+    alias: str
+    expected: str | None
+    version: str | None
+    required: bool = True
+
+
+def eligible_for_champion(tags: dict[str, str]) -> str | None:
+    """Why a version may not become champion, or None when it may."""
+    if tags.get(ROLLOUT_TAG) in ("rejected", "rolled_back"):
+        return f"it was {tags[ROLLOUT_TAG]} by a rollout"
+    blocked = [k for k, v in tags.items() if k.startswith("lockgate.gate.") and v in BLOCKING_GATE_STATES]
+    if blocked:
+        return f"gates blocked it: {blocked}"
+    if not any(k.startswith("lockgate.gate.") for k in tags):
+        return "it carries no gate results"
+    return None
+
+
+class AliasWriter:
+    """The single writer of a registry's aliases."""
+
+    def apply(self, name: str, moves: list[AliasMove], tags: dict[str, dict[str, str]]) -> dict[str, Any]:
+        """All moves if every expectation holds, else none; then the version tags. Returns the outcome."""
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient()
+        current = {alias: str(v) for alias, v in client.get_registered_model(name).aliases.items()}
+        stale = [m.alias for m in moves if m.required and current.get(m.alias) != m.expected]
+        if stale:
+            return {"ok": False, "reason": f"aliases changed meanwhile: {stale}", "aliases": current}
+        for move in moves:
+            if move.alias == CHAMPION and move.version is not None:
+                why_not = eligible_for_champion(dict(client.get_model_version(name, move.version).tags))
+                if why_not:
+                    return {
+                        "ok": False,
+                        "reason": f"v{move.version} cannot be champion: {why_not}",
+                        "aliases": current,
+                    }
+        for move in moves:
+            if current.get(move.alias) != move.expected:
+                continue  # an optional move whose expectation no longer holds
+            if move.version is None:
+                client.delete_registered_model_alias(name, move.alias)
+            else:
+                client.set_registered_model_alias(name, move.alias, move.version)
+        for version, version_tags in tags.items():
+            for key, value in version_tags.items():
+                client.set_model_version_tag(name, version, key, value)
+        aliases = {alias: str(v) for alias, v in client.get_registered_model(name).aliases.items()}
+        return {"ok": True, "reason": "", "aliases": aliases}
+
+
+def alias_writer() -> Any:
+    """The cluster's one writer, created on first use."""
+    actor_class: Any = ray.remote(AliasWriter)
+    # max_concurrency=1 is the compare-and-set: one call at a time, cluster-wide.
+    return actor_class.options(
+        name=WRITER_NAME,
+        namespace=WRITER_NAMESPACE,
+        lifetime="detached",
+        get_if_exists=True,
+        num_cpus=0,
+        max_concurrency=1,
+    ).remote()
+
+
+def promote(name: str, candidate: str, expected_champion: str | None) -> dict[str, Any]:
+    """Candidate → champion, old champion → previous, candidate alias removed; only if nothing moved meanwhile."""
+    moves = [
+        AliasMove(CHAMPION, expected_champion, candidate),
+        AliasMove(CANDIDATE, candidate, None, required=False),  # a version may be promoted without a rollout
+    ]
+    if expected_champion is not None:
+        moves.append(AliasMove(PREVIOUS, _current(name, PREVIOUS), expected_champion))
+    return ray.get(alias_writer().apply.remote(name, moves, {candidate: {ROLLOUT_TAG: "promoted"}}))
+
+
+def reject(name: str, candidate: str, reason: str) -> dict[str, Any]:
+    """Take the candidate out of rollout: remove its alias (if still its own) and tag it rejected."""
+    moves = [AliasMove(CANDIDATE, candidate, None)]
+    tags = {candidate: {ROLLOUT_TAG: "rejected", "lockgate.rollout.reason": reason[:4000]}}
+    return ray.get(alias_writer().apply.remote(name, moves, tags))
+
+
+def restore_previous(name: str) -> dict[str, Any]:
+    """Previous → champion; the demoted champion is tagged rolled_back and keeps no alias."""
+    champion, previous = _current(name, CHAMPION), _current(name, PREVIOUS)
+    if previous is None:
+        return {"ok": False, "reason": f"model {name} has no '{PREVIOUS}' version to restore", "aliases": {}}
+    moves = [AliasMove(CHAMPION, champion, previous), AliasMove(PREVIOUS, previous, None)]
+    tags = {champion: {ROLLOUT_TAG: "rolled_back"}} if champion else {}
+    return ray.get(alias_writer().apply.remote(name, moves, tags))
+
+
+def _current(name: str, alias: str) -> str | None:
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        return str(MlflowClient().get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None

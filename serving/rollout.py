@@ -1,0 +1,174 @@
+"""Progressive rollout: advance the candidate's weight step by step while live evidence stays within bounds.
+
+The analysis is a pure function of two metric deltas (champion and candidate over the current step).
+The controller is a loop around it whose effects (apply a weight, read metrics, move aliases, emit events)
+are injected, so the same controller runs in a pipeline job, from the CLI and in tests.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from serving.metrics import VersionStats
+from serving.spec import AnalysisSpec, RolloutPolicy
+
+CHAMPION_ROLE, CANDIDATE_ROLE = "champion", "candidate"
+POLL_S = 1.0
+
+
+@dataclass(frozen=True)
+class StepVerdict:
+    """``pass`` (enough evidence, within bounds), ``breach`` (out of bounds) or ``wait`` (too few requests)."""
+
+    status: str
+    reasons: tuple[str, ...]
+    numbers: dict[str, float]
+
+
+def analyse_step(champion: VersionStats, candidate: VersionStats, analysis: AnalysisSpec) -> StepVerdict:
+    """Judge the candidate against the champion on the traffic both answered during this step."""
+    numbers = {
+        "candidate_requests": candidate.total,
+        "champion_requests": champion.total,
+        "candidate_error_rate": candidate.error_rate,
+        "champion_error_rate": champion.error_rate,
+        "candidate_p99_s": candidate.latency_quantile(0.99),
+        "champion_p99_s": champion.latency_quantile(0.99),
+        "prediction_divergence": abs(candidate.mean_prediction - champion.mean_prediction),
+    }
+    reasons = []
+    # Errors breach as soon as they exceed what the minimum sample could excuse; waiting only adds victims.
+    error_increase = candidate.error_rate - champion.error_rate
+    if candidate.errors > analysis.max_error_rate_increase * max(candidate.total, analysis.min_requests):
+        reasons.append(
+            f"error rate {candidate.error_rate:.2%} vs champion {champion.error_rate:.2%} "
+            f"(+{error_increase:.2%} > +{analysis.max_error_rate_increase:.2%})"
+        )
+    if candidate.total < analysis.min_requests:
+        return StepVerdict("breach" if reasons else "wait", tuple(reasons), numbers)
+    champion_p99, candidate_p99 = numbers["champion_p99_s"], numbers["candidate_p99_s"]
+    if champion.total >= analysis.min_requests and not math.isnan(champion_p99) and champion_p99 > 0:
+        ratio = candidate_p99 / champion_p99
+        numbers["p99_ratio"] = ratio
+        if ratio > analysis.max_p99_latency_ratio:
+            reasons.append(
+                f"p99 latency {candidate_p99:.3f}s is {ratio:.1f}x the champion's {champion_p99:.3f}s "
+                f"(> {analysis.max_p99_latency_ratio:g}x)"
+            )
+    divergence = numbers["prediction_divergence"]
+    if not math.isnan(divergence) and divergence > analysis.max_prediction_divergence:
+        reasons.append(
+            f"mean prediction differs from the champion's by {divergence:.3f} "
+            f"(> {analysis.max_prediction_divergence:g})"
+        )
+    return StepVerdict("breach" if reasons else "pass", tuple(reasons), numbers)
+
+
+@dataclass
+class RolloutResult:
+    """How a rollout ended: promoted, rolled_back, stalled or pinned; with every step's verdict."""
+
+    outcome: str
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    reason: str = ""
+
+
+@dataclass
+class RolloutEffects:
+    """What the controller does to the world, injected."""
+
+    apply_weight: Callable[[float], None]
+    scrape: Callable[[], dict[tuple[str, str], VersionStats]]
+    promote: Callable[[], None]
+    reject: Callable[[str], None]
+    emit: Callable[[str, str, dict[str, Any]], None]
+    is_pinned: Callable[[], bool]
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
+
+
+class RolloutController:
+    """Walks the policy's steps for one candidate; promotes at the end, rolls back on the first breach."""
+
+    def __init__(
+        self, policy: RolloutPolicy, champion_version: str, candidate_version: str, effects: RolloutEffects
+    ):
+        self.policy, self.effects = policy, effects
+        self.champion_key = (champion_version, CHAMPION_ROLE)
+        self.candidate_key = (candidate_version, CANDIDATE_ROLE)
+        self.candidate_version = candidate_version
+
+    def _delta(self, baseline: dict, key: tuple[str, str]) -> VersionStats:
+        now = self.effects.scrape().get(key, VersionStats())
+        return now.minus(baseline.get(key, VersionStats()))
+
+    def run(self) -> RolloutResult:
+        """Run to the end; every exit leaves traffic and aliases consistent."""
+        result = RolloutResult("running")
+        for weight in self.policy.steps:
+            if self.effects.is_pinned():
+                result.outcome, result.reason = (
+                    "pinned",
+                    "the serving config pins the weight; automation yields",
+                )
+                self.effects.emit("rollout_step", result.reason, {"weight": None})
+                return result
+            self.effects.apply_weight(weight)
+            self.effects.emit(
+                "rollout_step", f"candidate v{self.candidate_version} at {weight:g}%", {"weight": weight}
+            )
+            verdict = self._hold(weight)
+            result.steps.append(
+                {
+                    "weight": weight,
+                    "status": verdict.status,
+                    "reasons": list(verdict.reasons),
+                    **verdict.numbers,
+                }
+            )
+            if verdict.status != "pass":
+                stalled = verdict.status == "wait"
+                reason = (
+                    f"too few requests at {weight:g}% within {self.policy.max_step_wait_s:g}s"
+                    if stalled
+                    else "; ".join(verdict.reasons)
+                )
+                self.effects.apply_weight(0.0)
+                self.effects.reject(reason)
+                self.effects.emit(
+                    "rollback",
+                    f"candidate v{self.candidate_version} rolled back at {weight:g}%: {reason}",
+                    {"weight": weight, "verdict": verdict.numbers},
+                )
+                result.outcome, result.reason = ("stalled" if stalled else "rolled_back"), reason
+                return result
+        self.effects.promote()
+        self.effects.emit(
+            "promotion", f"candidate v{self.candidate_version} promoted to champion", {"steps": result.steps}
+        )
+        result.outcome = "promoted"
+        return result
+
+    def _hold(self, weight: float) -> StepVerdict:
+        """Hold a weight for the interval (longer if evidence is short); stop early on a breach."""
+        baseline = self.effects.scrape()
+        started = self.effects.clock()
+        verdict = StepVerdict("wait", (), {})
+        while True:
+            self.effects.sleep(POLL_S)
+            elapsed = self.effects.clock() - started
+            verdict = analyse_step(
+                self._delta(baseline, self.champion_key),
+                self._delta(baseline, self.candidate_key),
+                self.policy.analysis,
+            )
+            if verdict.status == "breach":
+                return verdict
+            if verdict.status == "pass" and elapsed >= self.policy.interval_s:
+                return verdict
+            if elapsed >= self.policy.max_step_wait_s:
+                return verdict
