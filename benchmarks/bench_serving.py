@@ -40,6 +40,10 @@ direct-ingress listeners 37811-37859), in a fresh state directory under /tmp:
    change, the time from the PUT to the first response carrying the new ``x-lockgate-split`` label, to the
    last response still carrying the old one, and the failed requests.
 
+The router's code (serving/) is copied at start, checked to import and render, and put first on
+``PYTHONPATH`` for this process and the Ray head, so every replica started during the run runs the same
+code even while the working tree is being edited (``--no-snapshot`` imports the live tree instead).
+
 A table is printed (with Lockgate-best vs mlflow-best ratios against the target of >= 2.0x throughput and
 <= 0.5x p99), and everything, raw wrk output included, is written to
 ``benchmarks/results/serving-<timestamp>.json``. Every process is started here, recorded by PID and stopped
@@ -865,6 +869,22 @@ def non_loopback_listeners() -> list[str]:
     return sorted(set(found))
 
 
+def replica_code_paths(router: RouterUnderTest) -> list[str]:
+    """Where each running replica imports ``serving`` from: the first PYTHONPATH entry in its environment."""
+    app = router.details().get("applications", {}).get(APP_NAME, {})
+    found = []
+    for replica in app.get("deployments", {}).get("Router", {}).get("replicas", []):
+        pid = replica.get("pid")
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except (OSError, TypeError):
+            found.append(f"pid {pid}: unreadable")
+            continue
+        paths = [e[len(b"PYTHONPATH=") :].decode() for e in environ if e.startswith(b"PYTHONPATH=")]
+        found.append(f"pid {pid}: PYTHONPATH={paths[0] if paths else '(unset)'}")
+    return found
+
+
 def bench_phase(
     phase: str,
     env: LocalEnvironment,
@@ -917,6 +937,7 @@ def bench_phase(
             progress(f"[{phase}] weight changes under load: {name}")
             result = weight_change_test(router, spec, router.proxy_url)
             changes.append({"phase": phase, "config": name, **result})
+    info["replica_code"] = replica_code_paths(router)
     info["non_loopback_listeners"] = non_loopback_listeners()
     if info["non_loopback_listeners"]:
         progress(f"[{phase}] listeners not on 127.0.0.1: {info['non_loopback_listeners']}")
@@ -1093,6 +1114,63 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+# -- a consistent snapshot of the serving package ---------------------------------------------------------
+SNAPSHOT_CHECK = """
+from serving.render import render_serve_config
+from serving.spec import ModelRef, RouterConfig, ServingSpec, TrafficSpec
+import serving.app, serving.deploy
+ref = lambda v: ModelRef(name="m", version=v)
+router = RouterConfig(champion=ref("1"), candidate=ref("2"), traffic=TrafficSpec(candidate_weight=10))
+render_serve_config(ServingSpec(), router)
+print(serving.app.__file__)
+"""
+
+
+def snapshot_serving(destination: Path, attempts: int = 6) -> dict[str, Any]:
+    """Copy serving/ as it is now and check it imports and renders (the tree may be mid-edit); retried."""
+    import hashlib
+
+    last = ""
+    for _ in range(attempts):
+        target = destination / "serving"
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(REPO / "serving", target, ignore=shutil.ignore_patterns("__pycache__"))
+        check = subprocess.run(
+            [sys.executable, "-c", SNAPSHOT_CHECK],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=destination,
+            env={**os.environ, "PYTHONPATH": str(destination)},
+        )
+        if check.returncode == 0 and check.stdout.strip().startswith(str(destination)):
+            digest = hashlib.sha256()
+            for path in sorted(target.rglob("*.py")):
+                digest.update(path.relative_to(target).as_posix().encode() + b"\0" + path.read_bytes())
+            return {
+                "path": str(target),
+                "sha256": digest.hexdigest(),
+                "files": len(list(target.rglob("*.py"))),
+            }
+        last = (check.stderr or check.stdout)[-1500:]
+        progress("serving/ does not import or render as it stands (being edited?): retrying in 10 s")
+        time.sleep(10)
+    raise RuntimeError(f"no consistent snapshot of serving/ after {attempts} tries:\n{last}")
+
+
+def git_state() -> dict[str, Any]:
+    def git(*argv: str) -> str:
+        try:
+            return subprocess.run(["git", *argv], capture_output=True, text=True, timeout=10, cwd=REPO).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+
+    return {
+        "head": git("rev-parse", "HEAD").strip(),
+        "dirty": git("status", "--short", "serving").splitlines(),
+    }
+
+
 # -- main ----------------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
@@ -1132,6 +1210,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--keep-state", action="store_true", help="keep the state directory (logs) afterwards"
+    )
+    parser.add_argument(
+        "--no-snapshot",
+        dest="snapshot",
+        action="store_false",
+        help="import serving/ live from the working tree instead of a copy taken at start",
     )
     parser.add_argument("--register", metavar="NAME", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -1182,7 +1266,17 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     error: str | None = None
     progress(f"state and logs in {scratch}; load average {os.getloadavg()}")
+    saved_pythonpath = os.environ.get("PYTHONPATH")
     try:
+        if args.snapshot:
+            # The router's code is imported by every replica Ray starts during the run, and by this process:
+            # all of them read one copy, taken now, ahead of the editable install (PYTHONPATH goes to Ray).
+            source = scratch / "src"
+            extra["serving_snapshot"] = snapshot_serving(source)
+            extra["serving_snapshot"]["git"] = git_state()
+            os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(source), saved_pythonpath]))
+            sys.path.insert(0, str(source))
+            progress(f"serving/ snapshot: {extra['serving_snapshot']}")
         from serving.spec import ModelRef
 
         with Environ(phase_environ("base", scratch)):
@@ -1225,6 +1319,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         PROCS.stop_all()
         env_down(env)
+        if saved_pythonpath is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved_pythonpath
         shutil.rmtree(env.ray_temp_dir, ignore_errors=True)
         summary = summarise(rows)
         if rows:
@@ -1266,6 +1364,7 @@ def main(argv: list[str] | None = None) -> int:
             "phases": phase_info,
             "champion_probability_same_row": probabilities,
             "predict_floor": extra.get("predict_floor"),
+            "serving_snapshot": extra.get("serving_snapshot"),
         }
         RESULTS_DIR.mkdir(parents=True, exist_ok=True)
         path = RESULTS_DIR / f"serving-{stamp}.json"

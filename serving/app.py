@@ -37,7 +37,28 @@ from serving.spec import ModelRef, RouterConfig
 logger = logging.getLogger("ray.serve")
 VERSION_HEADER = "x-lockgate-version"
 SPLIT_HEADER = "x-lockgate-split"  # the split in force when this request was routed, e.g. "weighted:10"
-LATENCY_BOUNDARIES = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]
+LATENCY_BOUNDARIES = [
+    0.001,
+    0.002,
+    0.003,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.02,
+    0.03,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+]
 PREDICTION_BOUNDARIES = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 
 

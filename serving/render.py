@@ -42,6 +42,7 @@ class DeploymentModel(StrictServeModel):
     name: Literal["Router"]
     num_replicas: int = Field(ge=1)
     max_ongoing_requests: int = Field(ge=1)
+    max_queued_requests: int = Field(ge=1)
     ray_actor_options: ActorOptionsModel
     user_config: RouterConfig
 
@@ -102,6 +103,7 @@ def render_serve_config(spec: ServingSpec, router: RouterConfig) -> dict[str, An
                         "name": ROUTER_DEPLOYMENT_NAME,
                         "num_replicas": spec.num_replicas,
                         "max_ongoing_requests": spec.max_ongoing_requests,
+                        "max_queued_requests": spec.max_queued_requests,
                         "ray_actor_options": {"num_cpus": spec.replica_num_cpus},
                         "user_config": router.model_dump(mode="json"),
                     }

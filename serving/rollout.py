@@ -54,7 +54,7 @@ def analyse_step(champion: VersionStats, candidate: VersionStats, analysis: Anal
     if champion.total >= analysis.min_requests and not math.isnan(champion_p99) and champion_p99 > 0:
         ratio = candidate_p99 / champion_p99
         numbers["p99_ratio"] = ratio
-        if ratio > analysis.max_p99_latency_ratio:
+        if ratio > analysis.max_p99_latency_ratio and candidate_p99 > analysis.p99_latency_floor_s:
             reasons.append(
                 f"p99 latency {candidate_p99:.3f}s is {ratio:.1f}x the champion's {champion_p99:.3f}s "
                 f"(> {analysis.max_p99_latency_ratio:g}x)"

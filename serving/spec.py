@@ -103,6 +103,8 @@ class ServingSpec(StrictModel):
     num_replicas: int = Field(default=1, ge=1)
     replica_num_cpus: float = Field(default=0.5, gt=0.0)
     max_ongoing_requests: int = Field(default=64, ge=1)
+    # Beyond this many waiting requests Serve answers 503 at once: overload sheds load instead of timing out.
+    max_queued_requests: int = Field(default=256, ge=1)
     http_host: str = Field(default="127.0.0.1", min_length=1)
     http_port: int = Field(default=8000, ge=1, le=65535)
     runtime_env: dict[str, RuntimeEnvValue] = {}
@@ -176,6 +178,8 @@ class AnalysisSpec(StrictModel):
     min_requests: int = Field(default=100, ge=1)
     max_error_rate_increase: float = Field(default=0.01, ge=0.0, le=1.0)
     max_p99_latency_ratio: float = Field(default=3.0, gt=1.0)
+    # Below this p99 a ratio is noise (a few ms of scheduling jitter doubles a 5 ms p99): not judged.
+    p99_latency_floor_s: float = Field(default=0.05, ge=0.0)
     max_prediction_divergence: float = Field(default=0.1, ge=0.0, le=1.0)
 
 

@@ -68,11 +68,11 @@ class Deployed:
     candidate: ModelRef
     url: str
 
-    def apply(self, traffic: TrafficSpec) -> None:
-        """Render and deploy a new split declaratively, as `lockgate apply` does."""
+    def apply(self, traffic: TrafficSpec, spec: ServingSpec | None = None) -> None:
+        """Render and deploy a new split (and optionally new deployment settings) declaratively."""
         router = RouterConfig(champion=self.champion, candidate=self.candidate, traffic=traffic)
         headers = self.env.ray_auth_header()
-        deploy_config(self.env.dashboard_url, headers, render_serve_config(self.spec, router))
+        deploy_config(self.env.dashboard_url, headers, render_serve_config(spec or self.spec, router))
         wait_running(self.env.dashboard_url, headers, self.spec.app_name)
 
 

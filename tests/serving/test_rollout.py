@@ -30,6 +30,7 @@ POLICY = {
         "min_requests": 25,
         "max_error_rate_increase": 0.02,
         "max_p99_latency_ratio": 4,
+        "p99_latency_floor_s": 0.1,
         "max_prediction_divergence": 0.5,
     },
 }

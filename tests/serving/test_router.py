@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import threading
 import time
 from collections import Counter, defaultdict
 
 import pytest
 import requests
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from pipeline.data import make_loans
 from serving.app import SPLIT_HEADER, VERSION_HEADER
+from serving.deploy import application_status
 from serving.metrics import VersionStats, scrape_version_stats
 from serving.spec import TrafficMode, TrafficSpec
 
@@ -208,3 +214,144 @@ def test_request_id_is_echoed(deployed) -> None:
     response = requests.post(deployed.url, data=b"{oops", headers={"x-request-id": "trace-42"}, timeout=5)
     assert response.status_code == 400
     assert response.json()["request_id"] == "trace-42" == response.headers["x-request-id"]
+
+
+JSON_SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**60), max_value=2**60),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=30),
+)
+JSON_VALUES = st.recursive(
+    JSON_SCALARS,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=6,
+)
+VALID_VALUES = {
+    k: (
+        st.integers(0, 120)
+        if isinstance(v, int)
+        else st.floats(0, 1e6)
+        if isinstance(v, float)
+        else st.sampled_from(["north", "south", "mars", ""])
+    )
+    for k, v in ROW.items()
+}
+
+
+@st.composite
+def request_bodies(draw) -> bytes:
+    """Mostly well-shaped rows with some columns dropped, added or replaced by arbitrary JSON; sometimes junk."""
+    if draw(st.integers(0, 9)) == 0:
+        return draw(st.binary(max_size=200))
+    rows = []
+    for _ in range(draw(st.integers(0, 4))):
+        row = {k: draw(strategy) for k, strategy in VALID_VALUES.items()}
+        for key in draw(st.lists(st.sampled_from(sorted(ROW)), max_size=2)):
+            if draw(st.booleans()):
+                row.pop(key, None)
+            else:
+                row[key] = draw(JSON_VALUES)
+        if draw(st.integers(0, 5)) == 0:
+            row[draw(st.text(min_size=1, max_size=10))] = draw(JSON_SCALARS)
+        rows.append(row)
+    payload = {"rows": rows} if draw(st.integers(0, 7)) else {"rows": rows, "x": 1}
+    return json.dumps(payload, allow_nan=True).encode()
+
+
+def test_fuzzed_requests_never_cause_server_errors(deployed) -> None:
+    deployed.apply(TrafficSpec(candidate_weight=50))
+    session = requests.Session()
+    statuses: Counter = Counter()
+
+    @settings(
+        max_examples=1000,
+        deadline=None,
+        derandomize=True,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+    @given(request_bodies())
+    def check(raw: bytes) -> None:
+        response = session.post(
+            deployed.url, data=raw, headers={"content-type": "application/json"}, timeout=10
+        )
+        statuses[response.status_code] += 1
+        assert response.status_code < 500, f"{raw[:300]!r} -> {response.status_code} {response.text[:300]}"
+        if response.status_code >= 400:
+            assert response.json()["error"], "every refusal says why"
+
+    check()
+    assert sum(statuses.values()) >= 1000, statuses
+    assert statuses[200] > 50 and sum(v for k, v in statuses.items() if 400 <= k < 500) > 300, statuses
+
+
+def test_burst_beyond_capacity_is_shed_with_503_not_500(deployed) -> None:
+    tight = deployed.spec.model_copy(update={"max_ongoing_requests": 2, "max_queued_requests": 4})
+    deployed.apply(TrafficSpec(), spec=tight)
+    statuses: Counter = Counter()
+    bad_bodies: list[str] = []
+    lock = threading.Lock()
+    start = threading.Barrier(150)
+
+    def client() -> None:
+        with requests.Session() as session:
+            start.wait()
+            for _ in range(3):
+                try:
+                    response = session.post(deployed.url, json=body(), timeout=30)
+                except requests.RequestException as error:
+                    with lock:
+                        statuses[type(error).__name__] += 1
+                    continue
+                with lock:
+                    statuses[response.status_code] += 1
+                    if response.status_code == 200 and len(response.json()["predictions"]) != 1:
+                        bad_bodies.append(response.text[:200])
+
+    threads = [threading.Thread(target=client) for _ in range(150)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+    finally:
+        deployed.apply(TrafficSpec())
+    assert set(statuses) <= {200, 503, 429}, f"only success or load shedding, never 500: {statuses}"
+    assert statuses[503] + statuses[429] > 0, f"a burst far beyond capacity is shed: {statuses}"
+    assert statuses[200] > 0 and not bad_bodies, f"accepted requests still succeed: {statuses}"
+
+
+def test_replica_killed_under_load_recovers(deployed, local_env) -> None:
+    two = deployed.spec.model_copy(update={"num_replicas": 2})
+    deployed.apply(TrafficSpec(), spec=two)
+    headers = local_env.ray_auth_header()
+    try:
+        with Load(deployed.url, clients=6) as load:
+            time.sleep(3)
+            replicas = application_status(local_env.dashboard_url, headers, two.app_name)["deployments"][
+                "Router"
+            ]["replicas"]
+            victim = replicas[0]["pid"]
+            before, killed_at = load.total, time.monotonic()
+            os.kill(victim, signal.SIGKILL)
+            recovered_at = None
+            while time.monotonic() - killed_at < 120:
+                status = application_status(local_env.dashboard_url, headers, two.app_name)
+                running = [r for r in status["deployments"]["Router"]["replicas"] if r["state"] == "RUNNING"]
+                if len(running) == 2 and victim not in {r["pid"] for r in running}:
+                    recovered_at = time.monotonic()
+                    break
+                time.sleep(0.5)
+            time.sleep(2)
+            during = load.total - before
+    finally:
+        deployed.apply(TrafficSpec())
+    assert recovered_at is not None, "Serve replaced the killed replica"
+    recovery_s = recovered_at - killed_at
+    failed = len(load.failures)
+    print(
+        f"replica kill: {failed} failed of {during} requests after the kill; recovered in {recovery_s:.1f}s"
+    )
+    assert recovery_s < 60, f"a new replica ran within 60 s, took {recovery_s:.1f}s"
+    assert failed <= max(10, 0.02 * during), f"{failed} failed of {during}: {load.failures[:5]}"

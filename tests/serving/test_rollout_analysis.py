@@ -1,0 +1,115 @@
+"""Rollout analysis core and the controller loop, with injected effects (no cluster needed)."""
+
+from __future__ import annotations
+
+from serving.metrics import VersionStats, parse_version_stats
+from serving.rollout import RolloutController, RolloutEffects, analyse_step
+from serving.spec import AnalysisSpec, RolloutPolicy
+
+ANALYSIS = AnalysisSpec(
+    min_requests=50,
+    max_error_rate_increase=0.02,
+    max_p99_latency_ratio=3,
+    p99_latency_floor_s=0.05,
+    max_prediction_divergence=0.1,
+)
+
+
+def stats(ok: float, errors: float = 0, p99: float = 0.01, mean: float = 0.2) -> VersionStats:
+    buckets = {0.005: 0.0, 0.01: 0.0, 0.05: 0.0, 0.5: 0.0, float("inf"): 0.0}
+    for bound in buckets:
+        buckets[bound] = ok + errors if bound >= p99 else (ok + errors) * 0.5
+    return VersionStats(
+        ok=ok, errors=errors, latency_buckets=buckets, prediction_sum=mean * ok, prediction_count=ok
+    )
+
+
+def test_verdicts() -> None:
+    champion = stats(500)
+    assert analyse_step(champion, stats(20), ANALYSIS).status == "wait", "too few requests to judge"
+    assert analyse_step(champion, stats(100), ANALYSIS).status == "pass"
+    errors = analyse_step(champion, stats(90, errors=10), ANALYSIS)
+    assert errors.status == "breach" and "error rate" in errors.reasons[0], errors
+    early = analyse_step(champion, stats(10, errors=5), ANALYSIS)
+    assert early.status == "breach", "errors breach before the minimum sample is reached"
+    slow = analyse_step(champion, stats(100, p99=0.5), ANALYSIS)
+    assert slow.status == "breach" and "p99 latency" in slow.reasons[0], slow
+    jitter = analyse_step(stats(500, p99=0.005), stats(100, p99=0.05), ANALYSIS)
+    assert jitter.status == "pass", "a ratio under the latency floor is not judged"
+    diverging = analyse_step(champion, stats(100, mean=0.5), ANALYSIS)
+    assert diverging.status == "breach" and "prediction" in diverging.reasons[0], diverging
+
+
+def test_parse_prometheus_text() -> None:
+    text = "\n".join(
+        [
+            "# TYPE ray_lockgate_requests_total counter",
+            'ray_lockgate_requests_total{version="2",role="candidate",mode="weighted",status="ok"} 8.0',
+            'ray_lockgate_requests_total{version="2",role="candidate",mode="weighted",status="error"} 2.0',
+            "# TYPE ray_lockgate_request_latency_seconds histogram",
+            'ray_lockgate_request_latency_seconds_bucket{version="2",role="candidate",mode="weighted",le="0.01"} 9.0',
+            'ray_lockgate_request_latency_seconds_bucket{version="2",role="candidate",mode="weighted",le="+Inf"} 10.0',
+            'ray_lockgate_request_latency_seconds_count{version="2",role="candidate",mode="weighted"} 10.0',
+            'ray_lockgate_request_latency_seconds_sum{version="2",role="candidate",mode="weighted"} 0.05',
+        ]
+    )
+    parsed = parse_version_stats(text)[("2", "candidate")]
+    assert (parsed.ok, parsed.errors, parsed.error_rate) == (8.0, 2.0, 0.2)
+    assert parsed.latency_quantile(0.5) == 0.01 and parsed.latency_quantile(0.99) == float("inf")
+
+
+class World:
+    """Fake effects: a scripted metric stream and a record of what the controller did."""
+
+    def __init__(self, candidate_errors_per_tick: float, pinned_after: int | None = None):
+        self.time, self.weight, self.actions = 0.0, 0.0, []
+        self.champion, self.candidate = VersionStats(), VersionStats()
+        self.errors, self.pinned_after, self.ticks = candidate_errors_per_tick, pinned_after, 0
+
+    def sleep(self, seconds: float) -> None:
+        self.time += seconds
+        self.ticks += 1
+        share = self.weight / 100
+        self.champion = self.champion.minus(VersionStats(ok=-(1 - share) * 40))
+        self.candidate = self.candidate.minus(VersionStats(ok=-share * 40, errors=-self.errors * share))
+
+    def effects(self) -> RolloutEffects:
+        return RolloutEffects(
+            apply_weight=lambda w: (setattr(self, "weight", w), self.actions.append(("weight", w))),
+            scrape=lambda: {("1", "champion"): self.champion, ("2", "candidate"): self.candidate},
+            promote=lambda: self.actions.append(("promote",)),
+            reject=lambda reason: self.actions.append(("reject", reason)),
+            emit=lambda kind, message, details: self.actions.append(("event", kind)),
+            is_pinned=lambda: self.pinned_after is not None and self.ticks >= self.pinned_after,
+            clock=lambda: self.time,
+            sleep=self.sleep,
+        )
+
+
+POLICY = RolloutPolicy(
+    steps=(10, 50, 100),
+    interval_s=5,
+    max_step_wait_s=60,
+    analysis=AnalysisSpec(min_requests=10, max_prediction_divergence=1.0),
+)
+
+
+def test_controller_promotes_a_healthy_candidate() -> None:
+    world = World(candidate_errors_per_tick=0)
+    result = RolloutController(POLICY, "1", "2", world.effects()).run()
+    assert result.outcome == "promoted" and [s["weight"] for s in result.steps] == [10, 50, 100]
+    assert world.actions[-2:] == [("promote",), ("event", "promotion")]
+
+
+def test_controller_rolls_back_on_errors_and_yields_to_a_pin() -> None:
+    world = World(candidate_errors_per_tick=10)
+    result = RolloutController(POLICY, "1", "2", world.effects()).run()
+    assert result.outcome == "rolled_back"
+    kinds = [a[0] for a in world.actions]
+    assert ("weight", 0.0) in world.actions and "reject" in kinds and "promote" not in kinds
+    assert world.actions.index(("weight", 0.0)) < kinds.index("reject"), (
+        "traffic leaves before the alias moves"
+    )
+    pinned = World(candidate_errors_per_tick=0, pinned_after=3)
+    assert RolloutController(POLICY, "1", "2", pinned.effects()).run().outcome == "pinned"
+    assert ("promote",) not in pinned.actions, "a pin in config wins over automation"
