@@ -57,7 +57,9 @@ def up(
     mlflow_port: MlflowPort = DEFAULTS.mlflow,
     ray_port: RayPort = DEFAULTS.ray_gcs,
     dashboard_port: DashboardPort = DEFAULTS.ray_dashboard,
-    num_cpus: Annotated[int | None, typer.Option(help="logical CPUs for Ray [default: all]")] = None,
+    num_cpus: Annotated[
+        int | None, typer.Option(help="logical CPUs Ray schedules with [default: 2x cores, at least 4]")
+    ] = None,
 ) -> None:
     """Start (or reuse) the local Ray head and MLflow server on 127.0.0.1."""
     env = LocalEnvironment(
@@ -181,10 +183,12 @@ def demo(
     ray_port: RayPort = DEFAULTS.ray_gcs,
     dashboard_port: DashboardPort = DEFAULTS.ray_dashboard,
 ) -> None:
-    """The main job: start the environment, run the pipeline twice (the second gated against the first), summarise."""
+    """The main job: start the environment, run the pipeline twice (the second gated and rolled out), summarise."""
     from lockgate.jobs import submit_pipeline
     from lockgate.summary import format_summary, registry_summary
+    from lockgate.traffic import TrafficSimulator
     from pipeline.data import make_loans, write_table
+    from serving.desired import load_serving_file
 
     try:
         parsed = load_config(config)
@@ -198,11 +202,19 @@ def demo(
         env = _environment(state_dir, mlflow_port, ray_port, dashboard_port)
         # The second run trains on next month's batch (same population, new rows), as a scheduled retrain would.
         batch = write_table(make_loans(rows=20_000, seed=1), env.state_dir / "data" / "loans-batch-2.parquet")
+        serving = load_serving_file(config.resolve().parent / parsed.rollout.serving_file).serving
+        url = f"http://{serving.http_host}:{serving.http_port}{serving.route_prefix}"
+        # Simulated users, so the rollout has live evidence to judge: rows of the shipped data, 4 clients.
+        data_file = config.resolve().parent / parsed.data.uri
+        users = TrafficSimulator(url, data_file, list(parsed.features)).start()
         outcomes = []
-        for attempt, data in ((1, None), (2, str(batch))):
-            typer.echo(f"\n=== pipeline run {attempt} of 2 on {data or 'the data in ' + str(config)} ===")
-            outcomes.append(submit_pipeline(env, config, stream=typer.echo, data=data))
-    except EnvironmentError_ as error:
+        try:
+            for attempt, data in ((1, None), (2, str(batch))):
+                typer.echo(f"\n=== pipeline run {attempt} of 2 on {data or 'the data in ' + str(config)} ===")
+                outcomes.append(submit_pipeline(env, config, stream=typer.echo, data=data))
+        finally:
+            users.stop()
+    except _serving_errors() as error:
         raise _fail(str(error)) from None
     typer.echo("\n=== summary ===")
     for attempt, outcome in enumerate(outcomes, 1):
@@ -210,6 +222,10 @@ def demo(
             f"run {attempt}: {outcome.outcome} (job {outcome.submission_id}, MLflow run {outcome.run_id})"
         )
     typer.echo(format_summary(parsed.registry.model_name, registry_summary(parsed.registry.model_name)))
+    typer.echo(
+        f"simulated users: {dict(users.answers)} answers by version, {users.failed} failed; "
+        f"the router keeps serving at {url}"
+    )
     creds = env.state_dir / "credentials.json"
     typer.echo(
         f"\nMLflow UI:     {env.mlflow_url}  (user {env.credentials()['mlflow_username']}, password in {creds})"

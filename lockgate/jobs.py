@@ -122,7 +122,7 @@ def submit_pipeline(
     run_id, outcome = find_run(config.registry.experiment or config.name, submission_id)
     if status == JobStatus.SUCCEEDED:
         code = EXIT_OK
-    elif outcome == "blocked":
+    elif outcome in ("blocked", "rolled_back"):
         code = EXIT_BLOCKED
     else:
         code = EXIT_FAILED

@@ -212,7 +212,9 @@ class LocalEnvironment:
     ):
         self.state_dir = (state_dir or default_state_dir()).resolve()
         self.ports = ports or Ports()
-        self.num_cpus = num_cpus or os.cpu_count() or 2
+        # Logical CPUs are Ray's scheduling units, not cores: twice the cores leaves room for Serve replicas
+        # beside a training run that reserves one CPU per worker.
+        self.num_cpus = num_cpus or max(4, 2 * (os.cpu_count() or 2))
         self.bin_dir = Path(sys.executable).parent
 
     # -- paths and secrets -------------------------------------------------------------------------
@@ -460,6 +462,10 @@ class LocalEnvironment:
             # Train storage here, as pods would through their env in a cluster.
             "PATH": f"{self.bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
             "LOCKGATE_TRAIN_STORAGE": str(self.state_dir / "ray_results"),
+            # Where the pipeline's rollout stage finds serving (pipeline/deploy.py).
+            "LOCKGATE_DASHBOARD_URL": self.dashboard_url,
+            "LOCKGATE_METRICS_URL": self.metrics_url,
+            "LOCKGATE_HOME": str(self.state_dir),
             "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "5",
             "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
             "RAY_USAGE_STATS_ENABLED": "0",

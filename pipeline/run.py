@@ -1,8 +1,8 @@
-"""One pipeline run, start to hand-off: prepare → train → package → evaluate → gate → register.
+"""One pipeline run, start to hand-off: prepare → train → package → evaluate → gate → register → rollout.
 
 This is the Ray job entrypoint (``python -m pipeline.run --config pipeline.yaml``): ``lockgate run``,
 plain ``ray job submit`` and a KubeRay RayJob all start it the same way. Exit codes: 0 registered,
-3 blocked by a gate, 1 a stage failed, 2 the pipeline file is invalid.
+3 blocked by a gate or rolled back by the rollout, 1 a stage failed, 2 the pipeline file is invalid.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any
 import requests
 
 from pipeline.config import ConfigError, PipelineConfig, load_config, parse_config
+from pipeline.deploy import deploy_and_roll_out
 from pipeline.events import Event, EventType, emit
 
 logger = logging.getLogger("lockgate.pipeline")
@@ -298,7 +299,6 @@ def run_pipeline(config: PipelineConfig, base_dir: Path) -> RunOutcome:
                     "lockgate.registered_aliases": ",".join(registration.aliases),
                 }
             )
-        mlflow.set_tag(OUTCOME_TAG, "registered")
         emit(
             Event(
                 type=EventType.model_registered,
@@ -310,11 +310,34 @@ def run_pipeline(config: PipelineConfig, base_dir: Path) -> RunOutcome:
             config.events,
             base_dir,
         )
+
+        def send(kind: str, message: str, details: dict[str, Any]) -> None:
+            emit(
+                Event(
+                    type=EventType(kind),
+                    stage="rollout",
+                    model_version=registration.version,
+                    message=message,
+                    details=details,
+                    **event_base,
+                ),
+                config.events,
+                base_dir,
+            )
+
+        with stages.stage("rollout"):
+            rollout = deploy_and_roll_out(config, base_dir, registration.aliases, registration.version, send)
+            mlflow.log_dict(rollout, "rollout.json")
+            logger.info("rollout: %s %s", rollout["outcome"], rollout.get("reason", ""))
+        final = {"promoted": "promoted", "rolled_back": "rolled_back", "stalled": "rolled_back"}.get(
+            rollout["outcome"], "registered"
+        )
+        mlflow.set_tags({OUTCOME_TAG: final, "lockgate.rollout_outcome": rollout["outcome"]})
         emit(
             Event(
                 type=EventType.pipeline_succeeded,
                 model_version=registration.version,
-                details={"durations_s": stages.durations},
+                details={"durations_s": stages.durations, "rollout": rollout["outcome"]},
                 **event_base,
             ),
             config.events,
@@ -322,7 +345,7 @@ def run_pipeline(config: PipelineConfig, base_dir: Path) -> RunOutcome:
         )
         return RunOutcome(
             run_id,
-            "registered",
+            final,
             name,
             registration.version,
             registration.aliases,
@@ -394,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error} (MLflow run {error.run_id})", file=sys.stderr)
         return EXIT_FAILED
     print("LOCKGATE_RESULT " + json.dumps(outcome.to_dict(), sort_keys=True, default=str), flush=True)
-    return EXIT_BLOCKED if outcome.outcome == "blocked" else EXIT_OK
+    return EXIT_BLOCKED if outcome.outcome in ("blocked", "rolled_back") else EXIT_OK
 
 
 if __name__ == "__main__":

@@ -48,6 +48,8 @@ def write_pipeline(directory: Path, override: dict[str, Any], frame=None) -> Pat
         {
             "data": {"uri": "data.parquet"},
             "training": {"epochs": 3},
+            # Pipeline tests stop at registration; serving and rollout have their own tests.
+            "rollout": {"enabled": False},
             # A smaller table and fewer epochs than the shipped run: thresholds scaled to match.
             "gates": {
                 "thresholds": {
@@ -69,7 +71,7 @@ def write_pipeline(directory: Path, override: dict[str, Any], frame=None) -> Pat
 @pytest.fixture(scope="session")
 def local_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalEnvironment]:
     """A real Ray head and MLflow server for the whole session, stopped by PID at the end."""
-    env = LocalEnvironment(tmp_path_factory.mktemp("lockgate-session") / "state", SESSION_PORTS, num_cpus=2)
+    env = LocalEnvironment(tmp_path_factory.mktemp("lockgate-session") / "state", SESSION_PORTS, num_cpus=4)
     env.up(log=lambda _: None)
     saved = {key: os.environ.get(key) for key in env.client_env()}
     os.environ.update(env.client_env())

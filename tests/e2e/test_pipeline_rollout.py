@@ -1,0 +1,78 @@
+"""No manual step: a pipeline run deploys its model, and a candidate's run rolls it out to promotion."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from lockgate.jobs import submit_pipeline
+from lockgate.traffic import TrafficSimulator
+from pipeline.data import make_loans, write_table
+from pipeline.events import read_events
+from pipeline.run import EXIT_OK
+from tests.conftest import write_pipeline
+
+pytestmark = pytest.mark.e2e
+SERVE_PORT = 17800  # Serve's HTTP port is cluster-wide: the same as the serving tests, another route
+
+
+def test_pipeline_deploys_then_rolls_out_and_promotes(local_env, tmp_path) -> None:
+    name = f"auto-{uuid.uuid4().hex[:6]}"
+    (tmp_path / "serving.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "model_name": name,
+                "serving": {
+                    "app_name": "pipeline-test",
+                    "route_prefix": "/pipeline",
+                    "http_port": SERVE_PORT,
+                    "replica_num_cpus": 0.25,
+                },
+            }
+        )
+    )
+    config = write_pipeline(
+        tmp_path,
+        {
+            "registry": {"model_name": name},
+            "rollout": {
+                "enabled": True,
+                "steps": [50, 100],
+                "interval_s": 3,
+                "max_step_wait_s": 90,
+                "analysis": {"min_requests": 20, "p99_latency_floor_s": 0.1},
+            },
+        },
+    )
+    batch = write_table(make_loans(8_000, seed=1), tmp_path / "batch-2.parquet")
+    users = TrafficSimulator(
+        f"http://127.0.0.1:{SERVE_PORT}/pipeline",
+        tmp_path / "data.parquet",
+        [
+            "age",
+            "income",
+            "loan_amount",
+            "credit_score",
+            "employment_years",
+            "debt_to_income",
+            "open_accounts",
+            "region",
+            "product",
+        ],
+    ).start()
+    try:
+        first = submit_pipeline(local_env, config, stream=lambda _: None)
+        second = submit_pipeline(local_env, config, stream=lambda _: None, data=str(batch))
+    finally:
+        users.stop()
+    assert (first.exit_code, first.outcome) == (EXIT_OK, "registered"), first.message
+    assert (second.exit_code, second.outcome) == (EXIT_OK, "promoted"), second.message
+    aliases = {a: str(v) for a, v in MlflowClient().get_registered_model(name).aliases.items()}
+    assert aliases == {"champion": "2", "previous": "1"}, aliases
+    kinds = [e.type for e in read_events(tmp_path / "events.jsonl") if e.run_id == second.run_id]
+    assert kinds.count("rollout_step") == 2 and kinds[-2:] == ["promotion", "pipeline_succeeded"], kinds
+    assert users.answers["2"] > 0 and users.answers["1"] > 0, f"both versions answered users: {users.answers}"
+    assert users.failed == 0, "no user saw an error while the weights moved"
