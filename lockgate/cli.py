@@ -252,12 +252,6 @@ def _apply(env: LocalEnvironment, serving_file: Path) -> str:
     return describe(file, router)
 
 
-def _rollout_state_default() -> Any:
-    from serving.desired import RolloutState
-
-    return RolloutState()
-
-
 def _rollout_path(env: LocalEnvironment, model_name: str) -> Path:
     return env.state_dir / "rollout" / f"{model_name}.json"
 
@@ -390,7 +384,7 @@ def rollout_run(config: ConfigFile = Path("pipeline.yaml"), state_dir: StateDir 
 def rollout_promote(config: ConfigFile = Path("pipeline.yaml"), state_dir: StateDir = None) -> None:
     """Promote the candidate now (compare-and-set on the aliases), then serve it as champion."""
     from serving import promotion
-    from serving.desired import registry_aliases, write_rollout_state
+    from serving.desired import RolloutState, registry_aliases, write_rollout_state
 
     parsed, serving_file, env, file = _rollout_context(config, state_dir)
     aliases = registry_aliases(file.model_name)
@@ -400,7 +394,7 @@ def rollout_promote(config: ConfigFile = Path("pipeline.yaml"), state_dir: State
     outcome = promotion.promote(file.model_name, aliases["candidate"], aliases.get("champion"))
     if not outcome["ok"]:
         raise _fail(f"promotion refused: {outcome['reason']}")
-    write_rollout_state(_rollout_path(env, file.model_name), _rollout_state_default())
+    write_rollout_state(_rollout_path(env, file.model_name), RolloutState())
     typer.echo(_apply(env, serving_file))
 
 
