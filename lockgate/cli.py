@@ -183,7 +183,7 @@ def demo(
     ray_port: RayPort = DEFAULTS.ray_gcs,
     dashboard_port: DashboardPort = DEFAULTS.ray_dashboard,
 ) -> None:
-    """The main job: start the environment, run the pipeline twice (the second gated and rolled out), summarise."""
+    """The main job: start the environment, run the pipeline three times with rollouts, summarise."""
     from lockgate.jobs import submit_pipeline
     from lockgate.summary import format_summary, registry_summary
     from lockgate.traffic import TrafficSimulator
@@ -200,8 +200,25 @@ def demo(
     try:
         env.up(log=typer.echo)
         env = _environment(state_dir, mlflow_port, ray_port, dashboard_port)
-        # The second run trains on next month's batch (same population, new rows), as a scheduled retrain would.
-        batch = write_table(make_loans(rows=20_000, seed=1), env.state_dir / "data" / "loans-batch-2.parquet")
+        # Run 2 trains on next month's batch (same population, new rows), as a scheduled retrain would.
+        # Run 3 trains on a batch after default risk rose across the board: it ranks as well offline, so
+        # it passes its gates, but it predicts far higher than the champion on live traffic.
+        data_dir = env.state_dir / "data"
+        runs = [
+            (None, "the shipped data set"),
+            (
+                str(write_table(make_loans(20_000, seed=1), data_dir / "loans-batch-2.parquet")),
+                "next month's batch",
+            ),
+            (
+                str(
+                    write_table(
+                        make_loans(20_000, seed=2, risk_shift=1.2), data_dir / "loans-batch-3.parquet"
+                    )
+                ),
+                "a batch after default risk rose (concept drift)",
+            ),
+        ]
         serving = load_serving_file(config.resolve().parent / parsed.rollout.serving_file).serving
         url = f"http://{serving.http_host}:{serving.http_port}{serving.route_prefix}"
         # Simulated users, so the rollout has live evidence to judge: rows of the shipped data, 4 clients.
@@ -209,8 +226,8 @@ def demo(
         users = TrafficSimulator(url, data_file, list(parsed.features)).start()
         outcomes = []
         try:
-            for attempt, data in ((1, None), (2, str(batch))):
-                typer.echo(f"\n=== pipeline run {attempt} of 2 on {data or 'the data in ' + str(config)} ===")
+            for attempt, (data, story) in enumerate(runs, 1):
+                typer.echo(f"\n=== pipeline run {attempt} of {len(runs)}: {story} ===")
                 outcomes.append(submit_pipeline(env, config, stream=typer.echo, data=data))
         finally:
             users.stop()
@@ -444,12 +461,13 @@ def data_generate(
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
     shift: Annotated[float, typer.Option(help="population shift in [0, 1] (drift)")] = 0.0,
     bad_fraction: Annotated[float, typer.Option(help="share of corrupted rows in [0, 1]")] = 0.0,
+    risk_shift: Annotated[float, typer.Option(help="added log-odds of default (concept drift)")] = 0.0,
 ) -> None:
     """Write a loan-default batch: the shipped set, a shifted batch, or a bad batch."""
     from pipeline.data import make_loans, write_table
 
     try:
-        path = write_table(make_loans(rows, seed, shift, bad_fraction), out)
+        path = write_table(make_loans(rows, seed, shift, bad_fraction, risk_shift), out)
     except ValueError as error:
         raise _fail(str(error), 2) from None
     typer.echo(f"wrote {rows} rows to {path}")

@@ -82,6 +82,8 @@ def format_summary(model_name: str, versions: list[VersionSummary]) -> str:
     lines = [f"model {model_name}:"]
     for item in versions:
         gates = " ".join(f"{k}={v}" for k, v in sorted(item.gates.items()))
+        if item.tags.get(f"{TAG_PREFIX}rollout"):
+            gates += f" rollout={item.tags[TAG_PREFIX + 'rollout']}"
         aliases = ",".join(item.aliases) or "-"
         extra = f"  [{item.regression}]" if item.regression else ""
         lines.append(f"  v{item.version:<3} aliases={aliases:<20} {gates}{extra}")

@@ -12,7 +12,7 @@ PRODUCTS = ("personal", "auto", "mortgage", "student")
 
 
 def make_loans(
-    rows: int = 20_000, seed: int = 0, shift: float = 0.0, bad_fraction: float = 0.0
+    rows: int = 20_000, seed: int = 0, shift: float = 0.0, bad_fraction: float = 0.0, risk_shift: float = 0.0
 ) -> pd.DataFrame:
     """Generate a loan-default table.
 
@@ -20,6 +20,8 @@ def make_loans(
     different regional mix) the way an economic downturn would: the label still follows the same
     rule, so a model trained before the shift is stale, not wrong. ``bad_fraction`` corrupts that
     share of rows the ways real feeds break: missing values, impossible ages, unknown categories.
+    ``risk_shift`` adds to every applicant's log-odds of default (concept drift: the same applicant is now
+    riskier), so a model retrained on such a batch ranks as well as before but predicts higher.
     """
     if rows < 1:
         raise ValueError(f"rows must be positive, got {rows}")
@@ -57,6 +59,7 @@ def make_loans(
         + np.array([region_effect[r] for r in region])
         + np.array([product_effect[p] for p in product])
         + 0.015 * np.abs(age - 45) * (age < 25)
+        + risk_shift
     )
     default = (rng.random(rows) < 1 / (1 + np.exp(-logit))).astype("int64")
 

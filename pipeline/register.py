@@ -70,16 +70,9 @@ def gate_tags(decisions: list[GateDecision]) -> dict[str, str]:
 
 def log_model(encoder: FeatureEncoder, state_dict: dict[str, Any], input_example: pd.DataFrame) -> Any:
     """Log the pyfunc model (encoder + weights + the code that reads them) under the active run."""
-    import warnings
-
     import mlflow
     import torch
     from mlflow.models import infer_signature
-
-    # Our integer columns are declared non-nullable, so MLflow's integer-with-missing-values hint does not apply.
-    warnings.filterwarnings(
-        "ignore", message="Hint: Inferred schema contains integer column", category=UserWarning
-    )
 
     import pipeline
 

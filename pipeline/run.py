@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -150,6 +151,10 @@ def run_pipeline(config: PipelineConfig, base_dir: Path) -> RunOutcome:
     from pipeline.train import encode_training_data, run_training
 
     check_mlflow()
+    # Our integer columns are declared non-nullable, so MLflow's integer-with-missing-values hint does not apply.
+    warnings.filterwarnings(
+        "ignore", message="Hint: Inferred schema contains integer column", category=UserWarning
+    )
     client = MlflowClient()
     mlflow.set_experiment(config.registry.experiment or config.name)
     submission_id = os.environ.get(SUBMISSION_ENV) or os.environ.get("RAY_JOB_SUBMISSION_ID", "")

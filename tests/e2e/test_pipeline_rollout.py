@@ -1,4 +1,4 @@
-"""No manual step: a pipeline run deploys its model, and a candidate's run rolls it out to promotion."""
+"""No manual step: pipeline runs deploy, promote a good candidate and roll back a bad one on live evidence."""
 
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ from lockgate.jobs import submit_pipeline
 from lockgate.traffic import TrafficSimulator
 from pipeline.data import make_loans, write_table
 from pipeline.events import read_events
-from pipeline.run import EXIT_OK
+from pipeline.run import EXIT_BLOCKED, EXIT_OK
 from tests.conftest import write_pipeline
 
 pytestmark = pytest.mark.e2e
 SERVE_PORT = 17800  # Serve's HTTP port is cluster-wide: the same as the serving tests, another route
 
 
-def test_pipeline_deploys_then_rolls_out_and_promotes(local_env, tmp_path) -> None:
+def test_pipeline_deploys_promotes_and_rolls_back_by_itself(local_env, tmp_path) -> None:
     name = f"auto-{uuid.uuid4().hex[:6]}"
     (tmp_path / "serving.yaml").write_text(
         yaml.safe_dump(
@@ -48,6 +48,8 @@ def test_pipeline_deploys_then_rolls_out_and_promotes(local_env, tmp_path) -> No
         },
     )
     batch = write_table(make_loans(8_000, seed=1), tmp_path / "batch-2.parquet")
+    # Default risk rose across the board: the retrained model ranks as well (gates pass) but predicts higher.
+    drifted = write_table(make_loans(8_000, seed=2, risk_shift=1.2), tmp_path / "batch-3.parquet")
     users = TrafficSimulator(
         f"http://127.0.0.1:{SERVE_PORT}/pipeline",
         tmp_path / "data.parquet",
@@ -66,6 +68,7 @@ def test_pipeline_deploys_then_rolls_out_and_promotes(local_env, tmp_path) -> No
     try:
         first = submit_pipeline(local_env, config, stream=lambda _: None)
         second = submit_pipeline(local_env, config, stream=lambda _: None, data=str(batch))
+        third = submit_pipeline(local_env, config, stream=lambda _: None, data=str(drifted))
     finally:
         users.stop()
     assert (first.exit_code, first.outcome) == (EXIT_OK, "registered"), first.message
@@ -74,5 +77,13 @@ def test_pipeline_deploys_then_rolls_out_and_promotes(local_env, tmp_path) -> No
     assert aliases == {"champion": "2", "previous": "1"}, aliases
     kinds = [e.type for e in read_events(tmp_path / "events.jsonl") if e.run_id == second.run_id]
     assert kinds.count("rollout_step") == 2 and kinds[-2:] == ["promotion", "pipeline_succeeded"], kinds
+    assert (third.exit_code, third.outcome) == (EXIT_BLOCKED, "rolled_back"), third.message
+    after = {a: str(v) for a, v in MlflowClient().get_registered_model(name).aliases.items()}
+    assert after == {"champion": "2", "previous": "1"}, f"the champion stays after a rollback: {after}"
+    rejected = MlflowClient().get_model_version(name, "3").tags
+    assert rejected["lockgate.gate.regression"] == "passed", "it passed its offline gates"
+    assert rejected["lockgate.rollout"] == "rejected" and "prediction" in rejected["lockgate.rollout.reason"]
+    third_events = [e.type for e in read_events(tmp_path / "events.jsonl") if e.run_id == third.run_id]
+    assert third_events.count("rollback") == 1 and "promotion" not in third_events, third_events
     assert users.answers["2"] > 0 and users.answers["1"] > 0, f"both versions answered users: {users.answers}"
     assert users.failed == 0, "no user saw an error while the weights moved"
