@@ -127,6 +127,8 @@ def write_pipeline_files(directory: Path, model_name: str) -> Path:
     raw["data"]["uri"] = "data.parquet"  # relative to the pipeline file, shipped with the job's working_dir
     raw["events"]["log_file"] = str(directory / "events.jsonl")
     raw["registry"]["model_name"] = model_name
+    # Measured up to registration: the rollout stage waits on live traffic, which is serving's benchmark.
+    raw["rollout"] = {"enabled": False}
     path = directory / "pipeline.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     load_config(path)  # fail here, not inside a Ray job, if the file is invalid
