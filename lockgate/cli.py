@@ -228,29 +228,78 @@ def demo(
         try:
             for attempt, (data, story) in enumerate(runs, 1):
                 typer.echo(f"\n=== pipeline run {attempt} of {len(runs)}: {story} ===")
-                outcomes.append(submit_pipeline(env, config, stream=typer.echo, data=data))
+                outcomes.append((story, submit_pipeline(env, config, stream=typer.echo, data=data)))
         finally:
             users.stop()
+        # The loop closes: the population shifts; nobody starts the next run.
+        shifted = write_table(make_loans(20_000, seed=4, shift=0.8), data_dir / "loans-batch-4.parquet")
+        typer.echo(
+            "\n=== the loop: the applicant population shifts; `lockgate watch` checks captured traffic ==="
+        )
+        shifted_users = TrafficSimulator(url, shifted, list(parsed.features)).start()
+        try:
+            triggered = _watch_until_triggered(config, state_dir, str(shifted), env)
+            if triggered is not None:
+                outcomes.append(("retraining started by the drift trigger", triggered))
+        finally:
+            shifted_users.stop()
+        from pipeline.report import write_report
+
+        report_path, _ = write_report(
+            parsed,
+            config.resolve().parent,
+            parsed.registry.model_name,
+            env.state_dir,
+            env.state_dir / "report.html",
+        )
     except _serving_errors() as error:
         raise _fail(str(error)) from None
     typer.echo("\n=== summary ===")
-    for attempt, outcome in enumerate(outcomes, 1):
+    for attempt, (story, outcome) in enumerate(outcomes, 1):
         typer.echo(
-            f"run {attempt}: {outcome.outcome} (job {outcome.submission_id}, MLflow run {outcome.run_id})"
+            f"run {attempt} ({story}): {outcome.outcome} "
+            f"(job {outcome.submission_id}, MLflow run {outcome.run_id})"
         )
     typer.echo(format_summary(parsed.registry.model_name, registry_summary(parsed.registry.model_name)))
+    answers = users.answers + shifted_users.answers
     typer.echo(
-        f"simulated users: {dict(users.answers)} answers by version, {users.failed} failed; "
+        f"simulated users: {dict(answers)} answers by version, {users.failed + shifted_users.failed} failed; "
         f"the router keeps serving at {url}"
     )
+    typer.echo(f"report: {report_path} (also logged to MLflow)")
     creds = env.state_dir / "credentials.json"
     typer.echo(
         f"\nMLflow UI:     {env.mlflow_url}  (user {env.credentials()['mlflow_username']}, password in {creds})"
     )
     typer.echo(f"Ray dashboard: {env.dashboard_url}  (token in {env.ray_token_path})")
     typer.echo("The environment keeps running for you to look around; stop it with `lockgate down`.")
-    if any(o.exit_code not in (0, 3) for o in outcomes):
+    if any(o.exit_code not in (0, 3) for _, o in outcomes) or len(outcomes) < len(runs) + 1:
         raise typer.Exit(1)
+
+
+def _watch_until_triggered(config: Path, state_dir: Path | None, data: str, env: LocalEnvironment) -> Any:
+    """Run trigger checks every few seconds until one starts a run (bounded); follow that run to its end."""
+    import time
+
+    from lockgate.jobs import job_client, wait_pipeline
+    from pipeline.run import with_data
+
+    watcher = _watcher(config, state_dir, data)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        result = watcher.check()
+        line = result.summary()
+        typer.echo(
+            f"check: champion v{line['champion']}, {line['window_rows']} new captured rows, "
+            f"drifted={line['drifted']}: {line['explanation']}"
+        )
+        if result.submission_id is not None:
+            typer.echo(f"trigger fired ({line['reason']}): Ray job {result.submission_id}; following it")
+            parsed = with_data(load_config(config), data)
+            return wait_pipeline(job_client(env), result.submission_id, parsed, stream=typer.echo)
+        time.sleep(5)
+    typer.echo("no trigger fired within 300 s")
+    return None
 
 
 ServingFileOption = Annotated[Path, typer.Option("--file", "-f", help="serving file")]
@@ -476,3 +525,153 @@ def data_generate(
 def main() -> None:
     """Console-script entry point."""
     sys.exit(app())
+
+
+triggers_app = typer.Typer(no_args_is_help=True, help="Retraining triggers: drift, degradation, schedule.")
+app.add_typer(triggers_app, name="triggers")
+
+
+def _watcher(config: Path, state_dir: Path | None, data: str | None, exporter: Any = None) -> Any:
+    """A watcher for the pipeline file's model, wired to the environment (capture, jobs, metrics)."""
+    from lockgate.jobs import running_pipeline_jobs, start_pipeline
+    from lockgate.watch import Watcher
+
+    parsed, serving_file, env, file = _rollout_context(config, state_dir)
+    capture_uri = file.capture.uri or str(env.capture_dir)
+
+    def submit(trigger: dict[str, Any]) -> str:
+        _, submission_id, _ = start_pipeline(env, config, data=data, trigger=trigger)
+        return str(submission_id)
+
+    return Watcher(
+        parsed,
+        config.resolve().parent,
+        file.model_name,
+        capture_uri,
+        env.state_dir,
+        submit=submit,
+        running_runs=lambda: running_pipeline_jobs(env, parsed.name),
+        metrics_url=env.metrics_url,
+        exporter=exporter,
+    )
+
+
+DataOption = Annotated[
+    str | None, typer.Option(help="what a triggered run trains on (path or URI) instead of data.uri")
+]
+
+
+@triggers_app.command("check")
+def triggers_check(
+    config: ConfigFile = Path("pipeline.yaml"), state_dir: StateDir = None, data: DataOption = None
+) -> None:
+    """Run the trigger checks once: judge new traffic and labels, start a run if a trigger fires."""
+    try:
+        result = _watcher(config, state_dir, data).check()
+    except ConfigError as error:
+        raise _fail(str(error), 2) from None
+    except _serving_errors() as error:
+        raise _fail(str(error)) from None
+    typer.echo(json.dumps(result.summary(), indent=2, default=str))
+
+
+@app.command()
+def watch(
+    config: ConfigFile = Path("pipeline.yaml"),
+    state_dir: StateDir = None,
+    data: DataOption = None,
+    interval: Annotated[float, typer.Option(min=1, help="seconds between checks")] = 30.0,
+    metrics_port: Annotated[
+        int, typer.Option(help="serve Lockgate's metrics on 127.0.0.1 (0: any free port)")
+    ] = 9464,
+    max_checks: Annotated[
+        int, typer.Option(min=0, help="stop after this many checks (0: until stopped)")
+    ] = 0,
+) -> None:
+    """Check the triggers every interval (drift, degradation, schedule) and export metrics until stopped."""
+    import signal
+    import threading
+
+    from lockgate.exporter import Exporter
+
+    try:
+        parsed = load_config(config)
+    except ConfigError as error:
+        raise _fail(str(error), 2) from None
+    events_file = Path(parsed.events.log_file)
+    if not events_file.is_absolute():
+        events_file = config.resolve().parent / events_file
+    from serving.desired import load_serving_file
+
+    file = load_serving_file(config.resolve().parent / parsed.rollout.serving_file)
+    exporter = Exporter(parsed.name, file.model_name, events_file)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        watcher = _watcher(config, state_dir, data, exporter)
+        port = exporter.serve(metrics_port)
+        typer.echo(f"watching {parsed.name} every {interval:g}s; metrics at http://127.0.0.1:{port}/metrics")
+        checks = 0
+        while not stop.is_set():
+            exporter.poll()
+            result = watcher.check()
+            exporter.poll()
+            checks += 1
+            typer.echo(json.dumps(result.summary(), default=str))
+            if max_checks and checks >= max_checks:
+                break
+            stop.wait(interval)
+    except KeyboardInterrupt:
+        pass
+    except _serving_errors() as error:
+        raise _fail(str(error)) from None
+    finally:
+        exporter.close()
+
+
+@app.command()
+def labels(
+    file: Annotated[Path, typer.Argument(help="CSV or Parquet with columns request_id and label (0/1)")],
+    config: ConfigFile = Path("pipeline.yaml"),
+    state_dir: StateDir = None,
+) -> None:
+    """Attach labels that arrived after the answers (joined to captured requests by request id)."""
+    import pandas as pd
+
+    from serving.capture import write_labels
+
+    _, _, env, serving = _rollout_context(config, state_dir)
+    try:
+        frame = pd.read_parquet(file) if file.suffix == ".parquet" else pd.read_csv(file)
+    except (OSError, ValueError) as error:
+        raise _fail(f"{file}: cannot read: {error}") from None
+    missing = {"request_id", "label"} - set(frame.columns)
+    if missing:
+        raise _fail(f"{file}: missing column(s) {sorted(missing)}; need request_id and label", 2)
+    try:
+        path, count = write_labels(
+            serving.capture.uri or str(env.capture_dir),
+            zip(frame["request_id"].astype(str), frame["label"].tolist(), strict=True),
+        )
+    except ValueError as error:
+        raise _fail(f"{file}: {error}", 2) from None
+    typer.echo(f"recorded {count} labels in {path}")
+
+
+@app.command()
+def report(
+    config: ConfigFile = Path("pipeline.yaml"),
+    state_dir: StateDir = None,
+    out: Annotated[Path, typer.Option(help="where to write the HTML report")] = Path("lockgate-report.html"),
+) -> None:
+    """Write the HTML report (runs, durations and cost, model metrics, serving, drift, delivery) and log it."""
+    from pipeline.report import write_report
+
+    try:
+        parsed, _, env, serving = _rollout_context(config, state_dir)
+    except ConfigError as error:
+        raise _fail(str(error), 2) from None
+    except _serving_errors() as error:
+        raise _fail(str(error)) from None
+    path, run_id = write_report(parsed, config.resolve().parent, serving.model_name, env.state_dir, out)
+    typer.echo(f"report written to {path} and logged to MLflow run {run_id}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import secrets
 import shlex
@@ -23,6 +24,7 @@ from pipeline.run import (
     OUTCOME_TAG,
     SUBMISSION_ENV,
     SUBMISSION_TAG,
+    TRIGGER_ENV,
     git_commit,
     with_data,
 )
@@ -75,6 +77,58 @@ def job_runtime_env(config_path: Path, submission_id: str) -> dict[str, Any]:
     }
 
 
+def job_client(env: LocalEnvironment) -> Any:
+    """A job submission client for the environment.
+
+    The auth header is explicit: it works even when ray was imported before RAY_AUTH_MODE was set here.
+    """
+    from ray.job_submission import JobSubmissionClient
+
+    activate(env)
+    return JobSubmissionClient(env.dashboard_url, headers=env.ray_auth_header())
+
+
+def start_pipeline(
+    env: LocalEnvironment,
+    config_file: str | Path,
+    data: str | None = None,
+    trigger: dict[str, Any] | None = None,
+) -> tuple[Any, str, Any]:
+    """Validate and submit a run without waiting; returns the client, the submission id and the config.
+
+    ``trigger`` (reason, event_id, fired_at) reaches the run as LOCKGATE_TRIGGER: it is recorded on the run.
+    """
+    config_path = Path(config_file).resolve()
+    config = load_config(config_path)
+    entrypoint = f"python -m pipeline.run --config {shlex.quote(config_path.name)}"
+    if data:
+        config = with_data(config, data)
+        entrypoint += f" --data {shlex.quote(data)}"
+    client = job_client(env)
+    submission_id = f"lockgate-{config.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+    runtime_env = job_runtime_env(config_path, submission_id)
+    metadata = {"lockgate.pipeline": config.name}
+    if trigger:
+        runtime_env["env_vars"][TRIGGER_ENV] = json.dumps(trigger, sort_keys=True)
+        metadata["lockgate.trigger"] = str(trigger.get("reason", ""))
+    client.submit_job(
+        entrypoint=entrypoint, submission_id=submission_id, runtime_env=runtime_env, metadata=metadata
+    )
+    return client, submission_id, config
+
+
+def running_pipeline_jobs(env: LocalEnvironment, pipeline_name: str) -> int:
+    """Runs of this pipeline pending or running on the cluster now, whoever started them."""
+    from ray.job_submission import JobStatus
+
+    active = (JobStatus.PENDING, JobStatus.RUNNING)
+    return sum(
+        1
+        for job in job_client(env).list_jobs()
+        if (job.metadata or {}).get("lockgate.pipeline") == pipeline_name and job.status in active
+    )
+
+
 def submit_pipeline(
     env: LocalEnvironment,
     config_file: str | Path,
@@ -83,25 +137,20 @@ def submit_pipeline(
     data: str | None = None,
 ) -> JobOutcome:
     """Validate, submit, stream logs until the job ends, then map the run's outcome to an exit code."""
-    from ray.job_submission import JobStatus, JobSubmissionClient
-
-    config_path = Path(config_file).resolve()
-    config = load_config(config_path)
-    entrypoint = f"python -m pipeline.run --config {shlex.quote(config_path.name)}"
-    if data:
-        config = with_data(config, data)
-        entrypoint += f" --data {shlex.quote(data)}"
-    activate(env)
-    # Explicit header: works even when ray was imported before RAY_AUTH_MODE was set in this process.
-    client = JobSubmissionClient(env.dashboard_url, headers=env.ray_auth_header())
-    submission_id = f"lockgate-{config.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
-    client.submit_job(
-        entrypoint=entrypoint,
-        submission_id=submission_id,
-        runtime_env=job_runtime_env(config_path, submission_id),
-        metadata={"lockgate.pipeline": config.name},
-    )
+    client, submission_id, config = start_pipeline(env, config_file, data)
     stream(f"submitted Ray job {submission_id} to {env.dashboard_url}")
+    return wait_pipeline(client, submission_id, config, stream, timeout_s)
+
+
+def wait_pipeline(
+    client: Any,
+    submission_id: str,
+    config: Any,
+    stream: Callable[[str], None] = print,
+    timeout_s: float = 3600.0,
+) -> JobOutcome:
+    """Stream a submitted run's logs until it ends, then map its outcome to an exit code."""
+    from ray.job_submission import JobStatus
 
     async def follow() -> None:
         async for chunk in client.tail_job_logs(submission_id):

@@ -282,6 +282,11 @@ class LocalEnvironment:
         """The Ray dashboard / Jobs API URL."""
         return f"http://{HOST}:{self.ports.ray_dashboard}"
 
+    @property
+    def capture_dir(self) -> Path:
+        """The local artefact store's capture location (requests and labels in Parquet batches)."""
+        return self.state_dir / "capture"
+
     def client_env(self, include_secrets: bool = True) -> dict[str, str]:
         """Environment for a process that talks to this environment (the CLI, tests, a Ray job driver)."""
         env = {
@@ -290,6 +295,8 @@ class LocalEnvironment:
             "RAY_AUTH_TOKEN_PATH": str(self.ray_token_path),
             "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
             "MLFLOW_TRACKING_URI": self.mlflow_url,
+            # Where the router writes captured requests and labels (serving/capture.py) in this environment.
+            "LOCKGATE_CAPTURE_URI": str(self.capture_dir),
         }
         if include_secrets:
             creds = self.credentials()

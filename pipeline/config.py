@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pipeline.names import ColumnType, MetricName
+from pipeline.triggers import TriggersConfig
 from serving.spec import RolloutPolicy
 
 
@@ -21,15 +23,6 @@ class StrictModel(BaseModel):
     """Base for every config model: immutable, unknown keys refused."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class ColumnType(StrEnum):
-    """Logical column types the data validator understands."""
-
-    integer = "integer"
-    float = "float"
-    category = "category"
-    boolean = "boolean"
 
 
 class ColumnSpec(StrictModel):
@@ -139,10 +132,6 @@ class GateMode(StrEnum):
     disabled = "disabled"
 
 
-MetricName = Literal["auc", "accuracy", "f1", "log_loss", "brier"]
-LOWER_IS_BETTER: frozenset[str] = frozenset({"log_loss", "brier"})
-
-
 class ThresholdRule(StrictModel):
     """An absolute bound on one metric, overall or on every slice of the named columns."""
 
@@ -214,6 +203,13 @@ class EventsConfig(StrictModel):
     webhooks: tuple[WebhookSink, ...] = ()
 
 
+class CostConfig(StrictModel):
+    """Prices for the run's cost estimate: resource-seconds (CPUs held x stage duration) times a price."""
+
+    price_per_cpu_hour: float = Field(default=0.048, ge=0.0)  # an on-demand general-purpose vCPU-hour, USD
+    currency: str = "USD"
+
+
 class PipelineConfig(StrictModel):
     """The whole pipeline definition."""
 
@@ -228,6 +224,8 @@ class PipelineConfig(StrictModel):
     registry: RegistryConfig
     rollout: RolloutPolicy = RolloutPolicy()
     events: EventsConfig = EventsConfig()
+    cost: CostConfig = CostConfig()
+    triggers: TriggersConfig = TriggersConfig()
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 

@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.config import LOWER_IS_BETTER, GateMode, RegressionGateConfig, ThresholdGateConfig
+from pipeline.config import GateMode, RegressionGateConfig, ThresholdGateConfig
 from pipeline.evaluate import METRICS, OVERALL
+from pipeline.names import LOWER_IS_BETTER
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,9 @@ from typing import Any
 import requests
 
 from pipeline.config import ConfigError, PipelineConfig, load_config, parse_config
+from pipeline.delivery import estimate_cost
 from pipeline.deploy import deploy_and_roll_out
+from pipeline.drift import PROFILE_ARTIFACT, build_profile
 from pipeline.events import Event, EventType, emit
 
 logger = logging.getLogger("lockgate.pipeline")
@@ -173,7 +175,18 @@ def run_pipeline(config: PipelineConfig, base_dir: Path) -> RunOutcome:
         }
     )
     mlflow.log_dict(config.model_dump(mode="json", by_alias=True), "pipeline_config.json")
-    emit(Event(type=EventType.pipeline_started, **event_base), config.events, base_dir)
+    trigger = read_trigger()
+    if trigger:
+        mlflow.set_tags({f"lockgate.trigger.{k}": str(v) for k, v in trigger.items()})
+    emit(
+        Event(
+            type=EventType.pipeline_started,
+            details={f"trigger_{k}" if k != "reason" else "trigger": v for k, v in trigger.items()},
+            **event_base,
+        ),
+        config.events,
+        base_dir,
+    )
     try:
         with stages.stage("prepare"):
             frame, location = load_table(config.data, base_dir)
@@ -230,6 +243,10 @@ def run_pipeline(config: PipelineConfig, base_dir: Path) -> RunOutcome:
             evaluation = evaluate_predictions(prepared.test, label, probability, config.slices)
             mlflow.log_metrics(flatten_metrics(evaluation))
             mlflow.log_dict(evaluation, "evaluation.json")
+            # The training reference the serving model's traffic is judged against for drift (lockgate watch):
+            # the training rows' features and this model's predictions on held-out rows.
+            profile = build_profile(prepared.train, config.data_schema, features, probability)
+            mlflow.log_text(profile.to_json(), PROFILE_ARTIFACT)
 
         with stages.stage("gate"):
             champion_version = current_alias_version(client, name, CHAMPION)
@@ -266,7 +283,11 @@ def run_pipeline(config: PipelineConfig, base_dir: Path) -> RunOutcome:
                         type=EventType.gate_blocked,
                         stage="gate",
                         message=reason,
-                        details={"gates": gate_records},
+                        details={
+                            "gates": gate_records,
+                            "durations_s": stages.durations,
+                            "cost_estimate": run_cost(config, stages.durations),
+                        },
                         **event_base,
                     ),
                     config.events,
@@ -342,7 +363,11 @@ def run_pipeline(config: PipelineConfig, base_dir: Path) -> RunOutcome:
             Event(
                 type=EventType.pipeline_succeeded,
                 model_version=registration.version,
-                details={"durations_s": stages.durations, "rollout": rollout["outcome"]},
+                details={
+                    "durations_s": stages.durations,
+                    "cost_estimate": run_cost(config, stages.durations),
+                    "rollout": rollout["outcome"],
+                },
                 **event_base,
             ),
             config.events,
@@ -378,6 +403,32 @@ def run_pipeline(config: PipelineConfig, base_dir: Path) -> RunOutcome:
     finally:
         if mlflow.active_run() is not None:
             mlflow.end_run("FINISHED")
+
+
+TRIGGER_ENV = "LOCKGATE_TRIGGER"
+
+
+def read_trigger() -> dict[str, Any]:
+    """Why this run started, when a trigger started it: JSON in LOCKGATE_TRIGGER (reason, event_id, fired_at)."""
+    raw = os.environ.get(TRIGGER_ENV, "")
+    try:
+        value = json.loads(raw) if raw else {}
+    except json.JSONDecodeError:
+        logger.warning("ignoring %s: not JSON", TRIGGER_ENV)
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def run_cost(config: PipelineConfig, durations: dict[str, float]) -> float:
+    """The run's estimated cost: training holds its workers' CPUs plus the driver's, other stages one CPU."""
+    import mlflow
+
+    scaling = config.training.scaling
+    cpus = {"train": scaling.num_workers * scaling.cpus_per_worker + 1.0}
+    cost = estimate_cost(durations, cpus, config.cost.price_per_cpu_hour)
+    if mlflow.active_run() is not None:
+        mlflow.log_metric("cost_estimate", cost)
+    return cost
 
 
 def with_data(config: PipelineConfig, uri: str) -> PipelineConfig:

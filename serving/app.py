@@ -9,6 +9,7 @@ ones have loaded, so requests never see a half-applied change.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import time
@@ -22,6 +23,7 @@ from ray.serve.metrics import Counter, Histogram
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from serving.capture import CaptureBuffer, write_labels
 from serving.routing import (
     CANDIDATE,
     CHAMPION,
@@ -72,10 +74,17 @@ class LoadedModel:
         self.model = mlflow.pyfunc.load_model(ref.uri)
         self.rules: tuple[ColumnRule, ...] = rules_from_signature(self.model.metadata.get_input_schema())
         self.columns = [rule.name for rule in self.rules]
+        # A model whose code offers a record-level predict (pipeline/model.py does) skips pandas: for the few
+        # rows of a request, building a DataFrame and the pyfunc checks cost several times the network.
+        python_model = getattr(self.model, "unwrap_python_model", lambda: None)()
+        self.fast = getattr(python_model, "predict_records", None)
 
-    def predict(self, rows: list[dict]) -> pd.DataFrame:
-        """Score validated rows."""
-        return self.model.predict(pd.DataFrame.from_records(rows, columns=self.columns))
+    def predict(self, rows: list[dict]) -> list[dict[str, Any]]:
+        """Score validated rows: one dict per row (``probability`` among its keys)."""
+        if self.fast is not None:
+            return self.fast(rows)
+        scored = self.model.predict(pd.DataFrame.from_records(rows, columns=self.columns))
+        return scored.to_dict("records")
 
 
 @serve.deployment(name="Router")
@@ -88,6 +97,8 @@ class Router:
         torch.set_num_threads(1)  # replicas share few cores; intra-op threads only contend
         self.config: RouterConfig | None = None
         self.models: dict[str, LoadedModel] = {}
+        self.capture: CaptureBuffer | None = None
+        self._flushing = False
         # Ray annotates tag_keys as tuple[str] though it takes any number of keys.
         tags: Any = ("version", "role", "mode")
         self.requests = Counter(
@@ -127,7 +138,17 @@ class Router:
                 continue
             reuse = [m for m in self.models.values() if m.ref == ref]
             loaded[role] = reuse[0] if reuse else await asyncio.to_thread(LoadedModel, ref)
+        previous = self.config.capture if self.config is not None else None
         self.models, self.config = loaded, config
+        if config.capture != previous:
+            old, spec = self.capture, config.capture
+            self.capture = (
+                CaptureBuffer(spec.uri, spec.batch_rows, spec.flush_interval_s)
+                if spec.sample_percent > 0 and spec.uri
+                else None
+            )
+            if old is not None:
+                await asyncio.to_thread(self._flush_quietly, old)
         logger.info(
             "router config applied: champion=%s candidate=%s traffic=%s",
             config.champion.uri,
@@ -144,6 +165,8 @@ class Router:
             return _error(503, "router has no model configured yet", request_id)
         if request.method != "POST":
             return _error(405, "use POST with a JSON body", request_id)
+        if request.url.path.rstrip("/").endswith("/labels"):
+            return await self._labels(request, config, request_id)
         champion = models[CHAMPION]
         try:
             declared = int(request.headers.get("content-length") or 0)
@@ -164,7 +187,9 @@ class Router:
         tags = {"version": chosen.ref.version, "role": role, "mode": traffic.mode.value}
         start = time.perf_counter()
         try:
-            scored = chosen.predict(rows)
+            # Our record-level path takes well under a millisecond: run it inline. Any other model's
+            # predict is arbitrary code: run it off the event loop, so a slow version cannot stall the other.
+            scored = chosen.predict(rows) if chosen.fast else await asyncio.to_thread(chosen.predict, rows)
         except Exception:
             logger.exception("model %s failed on request %s", chosen.ref.uri, request_id)
             self.requests.inc(tags={**tags, "status": "error"})
@@ -176,8 +201,21 @@ class Router:
             )
         self.latency.observe(time.perf_counter() - start, tags=tags)
         self.requests.inc(tags={**tags, "status": "ok"})
-        for value in scored["probability"].tolist():
-            self.predictions.observe(value, tags=tags)
+        for answer in scored:
+            self.predictions.observe(answer["probability"], tags=tags)
+        capture = self.capture
+        if capture is not None and random.random() * 100 < config.capture.sample_percent:
+            capture.add(
+                rows,
+                scored,
+                request_id=request_id,
+                model=chosen.ref.name,
+                version=chosen.ref.version,
+                role=role,
+            )
+            if not self._flushing and capture.due():
+                self._flushing = True
+                asyncio.get_running_loop().create_task(self._flush(capture))
         if should_shadow(traffic, has_candidate, random.random() * 100):
             asyncio.get_running_loop().create_task(
                 self._shadow(models[CANDIDATE], rows, scored, traffic.mode.value)
@@ -187,13 +225,75 @@ class Router:
             "model": chosen.ref.name,
             "version": chosen.ref.version,
             "role": role,
-            "predictions": scored.to_dict("records"),
+            "predictions": scored,
         }
         headers = {VERSION_HEADER: chosen.ref.version, SPLIT_HEADER: split_label(config)}
         return JSONResponse(body, headers=headers)
 
+    async def _labels(self, request: Request, config: RouterConfig, request_id: str) -> JSONResponse:
+        """Record labels that arrived after the answers: ``{"labels": [{"request_id": ..., "label": 0|1}]}``."""
+        uri = config.capture.uri
+        if config.capture.sample_percent <= 0 or not uri:
+            return _error(
+                409, "capture is off (capture.sample_percent is 0): labels have nowhere to go", request_id
+            )
+        body = await request.body()
+        if len(body) > config.max_body_bytes:
+            return _error(
+                413, f"body is {len(body)} bytes, more than the limit of {config.max_body_bytes}", request_id
+            )
+        try:
+            payload = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            return _error(400, f"body is not valid JSON: {error}", request_id)
+        items = payload.get("labels") if isinstance(payload, dict) else None
+        if not isinstance(items, list) or not items:
+            return _error(
+                400, 'body must be {"labels": [{"request_id": "...", "label": 0 or 1}, ...]}', request_id
+            )
+        if len(items) > config.max_rows:
+            return _error(413, f"{len(items)} labels, more than the limit of {config.max_rows}", request_id)
+        pairs = []
+        for index, item in enumerate(items):
+            if not isinstance(item, dict) or set(item) != {"request_id", "label"}:
+                return _error(
+                    400, f"labels[{index}] must have exactly the keys request_id and label", request_id
+                )
+            pairs.append((item["request_id"], item["label"]))
+        try:
+            _, recorded = await asyncio.to_thread(write_labels, uri, pairs)
+        except ValueError as error:
+            return _error(400, f"labels: {error}", request_id)
+        return JSONResponse({"recorded": recorded, "request_id": request_id})
+
+    async def _flush(self, capture: CaptureBuffer) -> None:
+        try:
+            await asyncio.to_thread(self._flush_quietly, capture)
+        finally:
+            self._flushing = False
+
+    @staticmethod
+    def _flush_quietly(capture: CaptureBuffer) -> None:
+        """Write buffered captures; a failed write keeps the rows for the next try and is logged."""
+        try:
+            capture.flush()
+        except Exception:
+            logger.exception("capture batch not written to %s; kept for the next flush", capture.uri)
+
+    def check_health(self) -> None:
+        """Serve calls this every few seconds: a quiet router still flushes what it captured."""
+        capture = self.capture
+        if capture is not None and not self._flushing and capture.due():
+            self._flush_quietly(capture)
+
+    def __del__(self) -> None:
+        """On shutdown, write what is still buffered."""
+        capture = getattr(self, "capture", None)
+        if capture is not None:
+            self._flush_quietly(capture)
+
     async def _shadow(
-        self, candidate: LoadedModel, rows: list[dict], answered: pd.DataFrame, mode: str
+        self, candidate: LoadedModel, rows: list[dict], answered: list[dict[str, Any]], mode: str
     ) -> None:
         """Score the mirrored request with the candidate; record, never return."""
         tags = {"version": candidate.ref.version, "role": "shadow", "mode": mode}
@@ -206,9 +306,9 @@ class Router:
             return
         self.latency.observe(time.perf_counter() - start, tags=tags)
         self.requests.inc(tags={**tags, "status": "ok"})
-        gap = (shadow["probability"] - answered["probability"]).abs()
-        for value in gap.tolist():
-            self.shadow_divergence.observe(value, tags={"version": candidate.ref.version})
+        for mirrored, returned in zip(shadow, answered, strict=True):
+            gap = abs(mirrored["probability"] - returned["probability"])
+            self.shadow_divergence.observe(gap, tags={"version": candidate.ref.version})
 
 
 def split_label(config: RouterConfig) -> str:

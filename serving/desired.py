@@ -7,15 +7,25 @@ A weight written in the serving file is a pin and always wins; without one, the 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import Field, ValidationError
 
-from serving.spec import ModelRef, RouterConfig, ServingSpec, StrictModel, TrafficMode, TrafficSpec
+from serving.spec import (
+    CaptureSpec,
+    ModelRef,
+    RouterConfig,
+    ServingSpec,
+    StrictModel,
+    TrafficMode,
+    TrafficSpec,
+)
 
 CHAMPION_ALIAS, CANDIDATE_ALIAS = "champion", "candidate"
+CAPTURE_URI_ENV = "LOCKGATE_CAPTURE_URI"  # the environment's default capture location
 
 
 class TrafficIntent(StrictModel):
@@ -27,12 +37,22 @@ class TrafficIntent(StrictModel):
     shadow_percent: float = Field(default=0.0, ge=0.0, le=100.0)
 
 
+class CaptureIntent(StrictModel):
+    """Capture as the serving file states it; without ``uri`` the environment's artefact store is used."""
+
+    sample_percent: float = Field(default=0.0, ge=0.0, le=100.0)
+    uri: str | None = None
+    batch_rows: int = Field(default=1_000, ge=1, le=1_000_000)
+    flush_interval_s: float = Field(default=30.0, gt=0.0)
+
+
 class ServingFile(StrictModel):
     """The local serving file (serving.yaml): which registered model, how it is deployed, its traffic."""
 
     model_name: str = Field(min_length=1)
     serving: ServingSpec = ServingSpec()
     traffic: TrafficIntent = TrafficIntent()
+    capture: CaptureIntent = CaptureIntent()
 
 
 class RolloutState(StrictModel):
@@ -73,8 +93,22 @@ def write_rollout_state(path: Path, state: RolloutState) -> None:
     staging.replace(path)
 
 
-def resolve_router_config(file: ServingFile, state: RolloutState, aliases: dict[str, str]) -> RouterConfig:
-    """The router's user_config from the file, the rollout state and the registry's aliases."""
+def resolve_capture(file: ServingFile, default_uri: str | None) -> CaptureSpec:
+    """The capture settings: the file's, with the environment's capture location unless the file names one."""
+    intent = file.capture
+    uri = intent.uri or default_uri
+    if intent.sample_percent > 0 and not uri:
+        raise ServingFileError(
+            f"capture.uri: capture.sample_percent is {intent.sample_percent:g} but no location is given "
+            "and this environment has no default one"
+        )
+    return CaptureSpec(**{**intent.model_dump(), "uri": uri if intent.sample_percent > 0 else intent.uri})
+
+
+def resolve_router_config(
+    file: ServingFile, state: RolloutState, aliases: dict[str, str], capture_uri: str | None = None
+) -> RouterConfig:
+    """The router's user_config from the file, the rollout state, the registry's aliases and capture."""
     if CHAMPION_ALIAS not in aliases:
         raise ServingFileError(
             f"model '{file.model_name}' has no '{CHAMPION_ALIAS}' alias: nothing to serve yet"
@@ -90,7 +124,12 @@ def resolve_router_config(file: ServingFile, state: RolloutState, aliases: dict[
     if candidate is not None:
         traffic["shadow_percent"] = intent.shadow_percent if intent.mode == TrafficMode.shadow else 0.0
         traffic["candidate_weight"] = 0.0 if intent.mode == TrafficMode.shadow else weight
-    return RouterConfig(champion=champion, candidate=candidate, traffic=TrafficSpec.model_validate(traffic))
+    return RouterConfig(
+        champion=champion,
+        candidate=candidate,
+        traffic=TrafficSpec.model_validate(traffic),
+        capture=resolve_capture(file, capture_uri),
+    )
 
 
 def registry_aliases(model_name: str) -> dict[str, str]:
@@ -101,13 +140,22 @@ def registry_aliases(model_name: str) -> dict[str, str]:
 
 
 def apply_desired(
-    dashboard_url: str, headers: dict[str, str], file: ServingFile, state_path: Path
+    dashboard_url: str,
+    headers: dict[str, str],
+    file: ServingFile,
+    state_path: Path,
+    capture_uri: str | None = None,
 ) -> RouterConfig:
     """Resolve file + rollout state + aliases, render, deploy declaratively, wait until RUNNING."""
     from serving.deploy import deploy_config, wait_running
     from serving.render import render_serve_config
 
-    router = resolve_router_config(file, read_rollout_state(state_path), registry_aliases(file.model_name))
+    router = resolve_router_config(
+        file,
+        read_rollout_state(state_path),
+        registry_aliases(file.model_name),
+        capture_uri or os.environ.get(CAPTURE_URI_ENV),
+    )
     deploy_config(dashboard_url, headers, render_serve_config(file.serving, router))
     wait_running(dashboard_url, headers, file.serving.app_name)
     return router

@@ -22,11 +22,32 @@ class VersionStats:
     latency_buckets: dict[float, float] = field(default_factory=dict)
     prediction_sum: float = 0.0
     prediction_count: float = 0.0
+    prediction_buckets: dict[float, float] = field(default_factory=dict)
 
     @property
     def mean_prediction(self) -> float:
         """Mean predicted probability (NaN before any prediction)."""
         return self.prediction_sum / self.prediction_count if self.prediction_count else float("nan")
+
+    @property
+    def prediction_variance(self) -> float:
+        """Variance of the predictions, estimated from the histogram's bucket midpoints (NaN without buckets).
+
+        Probabilities live in [0, 1], so the last (+Inf) bucket is closed at 1.
+        """
+        ordered = sorted(self.prediction_buckets.items())
+        if len(ordered) < 2 or ordered[-1][1] <= 0:
+            return float("nan")
+        total, lower, below, moments = ordered[-1][1], 0.0, 0.0, [0.0, 0.0]
+        for bound, cumulative in ordered:
+            upper = min(bound, 1.0)
+            count = cumulative - below
+            midpoint = (lower + upper) / 2
+            moments[0] += count * midpoint
+            moments[1] += count * midpoint * midpoint
+            lower, below = upper, cumulative
+        mean = moments[0] / total
+        return max(moments[1] / total - mean * mean, 0.0)
 
     def minus(self, earlier: VersionStats) -> VersionStats:
         """What happened between an earlier scrape and this one (the counters are cumulative)."""
@@ -38,6 +59,9 @@ class VersionStats:
             },
             prediction_sum=self.prediction_sum - earlier.prediction_sum,
             prediction_count=self.prediction_count - earlier.prediction_count,
+            prediction_buckets={
+                b: c - earlier.prediction_buckets.get(b, 0.0) for b, c in self.prediction_buckets.items()
+            },
         )
 
     @property
@@ -75,6 +99,10 @@ def parse_version_stats(text: str) -> dict[tuple[str, str], VersionStats]:
             elif family.name == LATENCY_METRIC and sample.name.endswith("_bucket"):
                 bound = float(sample.labels["le"])
                 stats[key].latency_buckets[bound] = stats[key].latency_buckets.get(bound, 0.0) + sample.value
+            elif family.name == PREDICTION_METRIC and sample.name.endswith("_bucket"):
+                bound = float(sample.labels["le"])
+                buckets = stats[key].prediction_buckets
+                buckets[bound] = buckets.get(bound, 0.0) + sample.value
             elif family.name == PREDICTION_METRIC and sample.name.endswith("_sum"):
                 stats[key].prediction_sum += sample.value
             elif family.name == PREDICTION_METRIC and sample.name.endswith("_count"):

@@ -11,6 +11,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from statistics import NormalDist
 from typing import Any
 
 from serving.metrics import VersionStats
@@ -29,8 +30,35 @@ class StepVerdict:
     numbers: dict[str, float]
 
 
-def analyse_step(champion: VersionStats, candidate: VersionStats, analysis: AnalysisSpec) -> StepVerdict:
-    """Judge the candidate against the champion on the traffic both answered during this step."""
+def divergence_interval(
+    champion: VersionStats, candidate: VersionStats, confidence: float
+) -> tuple[float, float, float]:
+    """|difference of mean predictions| with the low and high ends of its two-sided confidence interval.
+
+    The versions answered different requests, so the standard error is that of two independent means
+    (variances from each version's prediction histogram). NaN when either version has no predictions.
+    """
+    difference = candidate.mean_prediction - champion.mean_prediction
+    if math.isnan(difference):
+        return (math.nan, math.nan, math.nan)
+    variances = (candidate.prediction_variance, champion.prediction_variance)
+    if any(math.isnan(v) for v in variances):
+        return (abs(difference), abs(difference), abs(difference))
+    error = math.sqrt(variances[0] / candidate.prediction_count + variances[1] / champion.prediction_count)
+    margin = NormalDist().inv_cdf(0.5 + confidence / 2) * error
+    low, high = difference - margin, difference + margin
+    closest = 0.0 if low <= 0.0 <= high else min(abs(low), abs(high))
+    return (abs(difference), closest, max(abs(low), abs(high)))
+
+
+def analyse_step(
+    champion: VersionStats, candidate: VersionStats, analysis: AnalysisSpec, final: bool = True
+) -> StepVerdict:
+    """Judge the candidate against the champion on the traffic both answered during this step.
+
+    Errors and latency are judged at every look (waiting only adds victims); prediction divergence, a
+    statistical comparison, only at the ``final`` look of a step.
+    """
     numbers = {
         "candidate_requests": candidate.total,
         "champion_requests": champion.total,
@@ -38,7 +66,14 @@ def analyse_step(champion: VersionStats, candidate: VersionStats, analysis: Anal
         "champion_error_rate": champion.error_rate,
         "candidate_p99_s": candidate.latency_quantile(0.99),
         "champion_p99_s": champion.latency_quantile(0.99),
-        "prediction_divergence": abs(candidate.mean_prediction - champion.mean_prediction),
+    }
+    divergence, divergence_low, divergence_high = divergence_interval(
+        champion, candidate, analysis.divergence_confidence
+    )
+    numbers |= {
+        "prediction_divergence": divergence,
+        "prediction_divergence_low": divergence_low,
+        "prediction_divergence_high": divergence_high,
     }
     reasons = []
     # Errors breach as soon as they exceed what the minimum sample could excuse; waiting only adds victims.
@@ -59,11 +94,11 @@ def analyse_step(champion: VersionStats, candidate: VersionStats, analysis: Anal
                 f"p99 latency {candidate_p99:.3f}s is {ratio:.1f}x the champion's {champion_p99:.3f}s "
                 f"(> {analysis.max_p99_latency_ratio:g}x)"
             )
-    divergence = numbers["prediction_divergence"]
-    if not math.isnan(divergence) and divergence > analysis.max_prediction_divergence:
+    if final and not math.isnan(divergence_low) and divergence_low > analysis.max_prediction_divergence:
         reasons.append(
             f"mean prediction differs from the champion's by {divergence:.3f} "
-            f"(> {analysis.max_prediction_divergence:g})"
+            f"({analysis.divergence_confidence:.0%} CI [{divergence_low:.3f}, {divergence_high:.3f}] "
+            f"> {analysis.max_prediction_divergence:g})"
         )
     return StepVerdict("breach" if reasons else "pass", tuple(reasons), numbers)
 
@@ -165,6 +200,7 @@ class RolloutController:
                 self._delta(baseline, self.champion_key),
                 self._delta(baseline, self.candidate_key),
                 self.policy.analysis,
+                final=elapsed >= min(self.policy.interval_s, self.policy.max_step_wait_s),
             )
             if verdict.status == "breach":
                 return verdict

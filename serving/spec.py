@@ -64,6 +64,23 @@ class TrafficSpec(StrictModel):
         return self
 
 
+class CaptureSpec(StrictModel):
+    """Which share of answered requests is recorded, and where (a directory or a pyarrow URI such as s3://)."""
+
+    sample_percent: float = Field(default=0.0, ge=0.0, le=100.0)
+    uri: str | None = None
+    batch_rows: int = Field(default=1_000, ge=1, le=1_000_000)
+    flush_interval_s: float = Field(default=30.0, gt=0.0)
+
+    @model_validator(mode="after")
+    def _uri_when_sampling(self) -> CaptureSpec:
+        if self.sample_percent > 0 and not self.uri:
+            raise ValueError(
+                f"capture.uri is required when capture.sample_percent is {self.sample_percent:g} (> 0)"
+            )
+        return self
+
+
 class RouterConfig(StrictModel):
     """Exactly what the router ingress receives as its Ray Serve ``user_config``."""
 
@@ -72,6 +89,7 @@ class RouterConfig(StrictModel):
     traffic: TrafficSpec = TrafficSpec()
     max_rows: int = Field(default=1000, ge=1, le=100_000)
     max_body_bytes: int = Field(default=1_000_000, ge=1)
+    capture: CaptureSpec = CaptureSpec()
 
     @model_validator(mode="after")
     def _candidate_consistent(self) -> RouterConfig:
@@ -181,6 +199,9 @@ class AnalysisSpec(StrictModel):
     # Below this p99 a ratio is noise (a few ms of scheduling jitter doubles a 5 ms p99): not judged.
     p99_latency_floor_s: float = Field(default=0.05, ge=0.0)
     max_prediction_divergence: float = Field(default=0.1, ge=0.0, le=1.0)
+    # The two versions answer different requests: a divergence breaches only when even the low end of its
+    # confidence interval exceeds the bound, and only when a step's hold is over (no repeated peeking).
+    divergence_confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
 
 
 class RolloutPolicy(StrictModel):

@@ -43,7 +43,7 @@ def test_pipeline_deploys_promotes_and_rolls_back_by_itself(local_env, tmp_path)
                 "steps": [50, 100],
                 "interval_s": 3,
                 "max_step_wait_s": 90,
-                "analysis": {"min_requests": 20, "p99_latency_floor_s": 0.1},
+                "analysis": {"min_requests": 50, "p99_latency_floor_s": 0.1},
             },
         },
     )

@@ -20,7 +20,7 @@ from pipeline.register import log_model
 from pipeline.train import encode_training_data
 from serving.deploy import APPLICATIONS_PATH, deploy_config, wait_running
 from serving.render import render_serve_config
-from serving.spec import ModelRef, RouterConfig, ServingSpec, TrafficSpec
+from serving.spec import CaptureSpec, ModelRef, RouterConfig, ServingSpec, TrafficSpec
 from tests.conftest import ROOT
 
 SERVE_PORT = 17800
@@ -68,9 +68,16 @@ class Deployed:
     candidate: ModelRef
     url: str
 
-    def apply(self, traffic: TrafficSpec, spec: ServingSpec | None = None) -> None:
+    def apply(
+        self, traffic: TrafficSpec, spec: ServingSpec | None = None, capture: CaptureSpec | None = None
+    ) -> None:
         """Render and deploy a new split (and optionally new deployment settings) declaratively."""
-        router = RouterConfig(champion=self.champion, candidate=self.candidate, traffic=traffic)
+        router = RouterConfig(
+            champion=self.champion,
+            candidate=self.candidate,
+            traffic=traffic,
+            capture=capture or CaptureSpec(),
+        )
         headers = self.env.ray_auth_header()
         deploy_config(self.env.dashboard_url, headers, render_serve_config(spec or self.spec, router))
         wait_running(self.env.dashboard_url, headers, self.spec.app_name)

@@ -13,6 +13,7 @@ from serving.desired import (
     resolve_router_config,
     write_rollout_state,
 )
+from serving.spec import CaptureSpec
 from tests.conftest import ROOT
 
 
@@ -52,3 +53,22 @@ def test_state_round_trip_and_bad_file(tmp_path) -> None:
     with pytest.raises(ServingFileError) as caught:
         load_serving_file(bad)
     assert "traffic.candidate_weight" in str(caught.value) and "traffic.colour" in str(caught.value)
+
+
+def test_capture_uses_the_environment_store_unless_the_file_names_one() -> None:
+    aliases = {"champion": "1"}
+    sampled = ServingFile.model_validate({"model_name": "m", "capture": {"sample_percent": 10}})
+    config = resolve_router_config(sampled, RolloutState(), aliases, capture_uri="/srv/capture")
+    assert (config.capture.sample_percent, config.capture.uri) == (10, "/srv/capture")
+    named = ServingFile.model_validate(
+        {"model_name": "m", "capture": {"sample_percent": 5, "uri": "s3://b/c"}}
+    )
+    assert resolve_router_config(named, RolloutState(), aliases, capture_uri="/srv").capture.uri == "s3://b/c"
+    off = resolve_router_config(
+        ServingFile.model_validate({"model_name": "m"}), RolloutState(), aliases, "/srv"
+    )
+    assert off.capture.sample_percent == 0 and off.capture.uri is None, "capture off renders no location"
+    with pytest.raises(ServingFileError, match=r"capture\.uri: capture\.sample_percent is 10"):
+        resolve_router_config(sampled, RolloutState(), aliases, capture_uri=None)
+    with pytest.raises(ValueError, match="capture.uri is required"):
+        CaptureSpec(sample_percent=1)

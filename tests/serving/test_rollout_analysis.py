@@ -38,6 +38,40 @@ def test_verdicts() -> None:
     assert jitter.status == "pass", "a ratio under the latency floor is not judged"
     diverging = analyse_step(champion, stats(100, mean=0.5), ANALYSIS)
     assert diverging.status == "breach" and "prediction" in diverging.reasons[0], diverging
+    early_look = analyse_step(champion, stats(100, mean=0.5), ANALYSIS, final=False)
+    assert early_look.status == "pass", "divergence is judged once, when the step's hold is over"
+
+
+def spread(ok: float, mean: float) -> VersionStats:
+    """Predictions spread over the [mean-0.2, mean+0.2] buckets (variance about 0.02), latency fine."""
+    base = stats(ok, mean=mean)
+    low = round(mean - 0.2, 1)
+    bounds = [round(0.1 * i, 1) for i in range(1, 10)] + [float("inf")]
+    base.prediction_buckets = {b: ok * min(max((min(b, 1.0) - low) / 0.4, 0.0), 1.0) for b in bounds}
+    return base
+
+
+def test_divergence_needs_evidence_beyond_noise() -> None:
+    analysis = ANALYSIS.model_copy(update={"min_requests": 20})
+    # The same 0.12 gap in means: noise with 20 requests each, a real shift with 2,000.
+    few = analyse_step(spread(20, 0.3), spread(20, 0.42), analysis)
+    assert few.status == "pass", few
+    assert few.numbers["prediction_divergence_low"] < 0.1 < few.numbers["prediction_divergence"]
+    many = analyse_step(spread(2_000, 0.3), spread(2_000, 0.42), analysis)
+    assert many.status == "breach" and "CI" in many.reasons[0], many
+    assert 0.1 < many.numbers["prediction_divergence_low"] <= many.numbers["prediction_divergence"]
+
+
+def test_prediction_variance_from_buckets() -> None:
+    uniform = VersionStats(
+        prediction_count=1_000,
+        prediction_sum=500,
+        prediction_buckets={
+            b: 100.0 * i for i, b in enumerate([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, float("inf")], 1)
+        },
+    )
+    # Uniform on [0, 1]: variance 1/12, less the bucket-width term (0.1^2/12) the midpoints lose.
+    assert abs(uniform.prediction_variance - (1 / 12 - 0.01 / 12)) < 1e-9
 
 
 def test_parse_prometheus_text() -> None:

@@ -16,9 +16,10 @@ from hypothesis import strategies as st
 
 from pipeline.data import make_loans
 from serving.app import SPLIT_HEADER, VERSION_HEADER
+from serving.capture import read_captured, read_labels
 from serving.deploy import application_status
 from serving.metrics import VersionStats, scrape_version_stats
-from serving.spec import TrafficMode, TrafficSpec
+from serving.spec import CaptureSpec, TrafficMode, TrafficSpec
 
 pytestmark = pytest.mark.e2e
 
@@ -207,6 +208,49 @@ def test_shadow_answers_from_champion_and_mirrors_to_candidate(deployed, local_e
             break
         time.sleep(1)
     assert 140 <= mirrored <= 260, f"about half of 400 requests mirrored to the candidate, saw {mirrored}"
+
+
+def test_sampled_answers_are_captured_and_late_labels_attach(deployed, tmp_path) -> None:
+    store = str(tmp_path / "store")
+    deployed.apply(
+        TrafficSpec(), capture=CaptureSpec(sample_percent=100, uri=store, batch_rows=10, flush_interval_s=1)
+    )
+    answers = {}
+    with requests.Session() as session:
+        for index in range(25):
+            response = session.post(
+                deployed.url, json=body(), headers={"x-request-id": f"cap-{index}"}, timeout=5
+            )
+            assert response.status_code == 200, response.text
+            answers[f"cap-{index}"] = response.json()["predictions"][0]["probability"]
+    deadline, captured = time.monotonic() + 40, None
+    while (
+        time.monotonic() < deadline
+    ):  # two full batches at once; the last 5 rows when the health check flushes
+        captured = read_captured(store)
+        if len(captured) >= 25:
+            break
+        time.sleep(1)
+    assert captured is not None and sorted(captured["request_id"]) == sorted(answers), (
+        "every sampled answer stored"
+    )
+    assert dict(zip(captured["request_id"], captured["probability"], strict=True)) == pytest.approx(answers)
+    assert set(captured["version"]) == {deployed.champion.version} and set(captured["role"]) == {"champion"}
+    labels_url = deployed.url + "labels"
+    good = {"labels": [{"request_id": rid, "label": i % 2} for i, rid in enumerate(sorted(answers))]}
+    response = requests.post(labels_url, json=good, timeout=5)
+    assert response.status_code == 200 and response.json()["recorded"] == 25, response.text
+    assert len(read_labels(store)) == 25
+    for bad, message in [
+        ({"labels": [{"request_id": "x", "label": 3}]}, "must be 0 or 1"),
+        ({"labels": [{"request_id": "x"}]}, "labels[0] must have exactly the keys"),
+        ({"rows": []}, "body must be"),
+    ]:
+        response = requests.post(labels_url, json=bad, timeout=5)
+        assert response.status_code == 400 and message in response.json()["error"], response.text
+    deployed.apply(TrafficSpec())
+    response = requests.post(labels_url, json=good, timeout=5)
+    assert response.status_code == 409 and "capture is off" in response.json()["error"]
 
 
 def test_request_id_is_echoed(deployed) -> None:

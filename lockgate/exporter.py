@@ -1,0 +1,173 @@
+"""The Lockgate exporter: pipeline, rollout, trigger and drift metrics in Prometheus format.
+
+Served by the long-lived ``lockgate watch`` on 127.0.0.1. Counters follow Prometheus semantics: they count
+events appended to the event log after the exporter started (a restart resets them, which ``increase()``
+handles), with every known label value present at 0 from the start so a first failure is an increase.
+Gauges hold state (the last run's stage durations and cost, drift scores, model quality) and are filled from
+the whole log and from the watcher.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+
+from pipeline.events import Event, EventType
+
+RUN_OUTCOMES = ("registered", "promoted", "blocked", "rolled_back", "failed")
+ROLLOUT_OUTCOMES = ("promoted", "rolled_back", "stalled", "pinned")
+TRIGGER_REASONS = ("drift", "degradation", "schedule")
+TERMINAL = (EventType.pipeline_succeeded, EventType.pipeline_failed, EventType.gate_blocked)
+
+
+def run_outcome(event: Event) -> str | None:
+    """The run outcome a terminal event records (None for other events)."""
+    if event.type == EventType.pipeline_failed:
+        return "failed"
+    if event.type == EventType.gate_blocked:
+        return "blocked"
+    if event.type == EventType.pipeline_succeeded:
+        rollout = str(event.details.get("rollout", ""))
+        return {"promoted": "promoted", "rolled_back": "rolled_back", "stalled": "rolled_back"}.get(
+            rollout, "registered"
+        )
+    return None
+
+
+class Exporter:
+    """Metrics for one pipeline and its model, fed from the event log and by the watcher."""
+
+    def __init__(self, pipeline: str, model: str, events_file: Path):
+        self.pipeline, self.model, self.events_file = pipeline, model, events_file
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.runs = Counter(
+            "lockgate_pipeline_runs", "Pipeline runs ended", ["pipeline", "outcome"], registry=r
+        )
+        self.stage = Gauge(
+            "lockgate_pipeline_stage_duration_seconds",
+            "Last run's stage duration",
+            ["pipeline", "stage"],
+            registry=r,
+        )
+        self.duration = Gauge(
+            "lockgate_pipeline_duration_seconds", "Last run's duration", ["pipeline"], registry=r
+        )
+        self.cost = Gauge(
+            "lockgate_pipeline_cost_estimate", "Last run's estimated cost", ["pipeline"], registry=r
+        )
+        self.rollouts = Counter("lockgate_rollouts", "Rollouts ended", ["model", "outcome"], registry=r)
+        self.triggers = Counter(
+            "lockgate_triggers", "Retraining runs triggered", ["pipeline", "reason"], registry=r
+        )
+        self.drift_score = Gauge(
+            "lockgate_drift_score", "Drift score (0..1)", ["model", "feature"], registry=r
+        )
+        self.drift_detected = Gauge("lockgate_drift_detected", "Drift verdict (0/1)", ["model"], registry=r)
+        self.quality = Gauge(
+            "lockgate_model_quality",
+            "Quality on labelled traffic",
+            ["model", "version", "metric"],
+            registry=r,
+        )
+        self.last_event = Gauge(
+            "lockgate_last_event_timestamp_seconds", "Time of the last event of a type", ["type"], registry=r
+        )
+        for outcome in RUN_OUTCOMES:
+            self.runs.labels(pipeline, outcome)
+        for outcome in ROLLOUT_OUTCOMES:
+            self.rollouts.labels(model, outcome)
+        for reason in TRIGGER_REASONS:
+            self.triggers.labels(pipeline, reason)
+        self.drift_detected.labels(model).set(0)
+        self._offset = 0
+        self._server: Any = None
+        history = self._read_new()
+        for event in history:
+            self._set_gauges(event)
+
+    def _read_new(self) -> list[Event]:
+        """Events appended since the last read (whole lines only)."""
+        if not self.events_file.exists():
+            return []
+        with self.events_file.open("rb") as handle:
+            handle.seek(self._offset)
+            chunk = handle.read()
+        complete = chunk[: chunk.rfind(b"\n") + 1]
+        self._offset += len(complete)
+        events = []
+        for line in complete.decode().splitlines():
+            if line.strip():
+                events.append(Event.model_validate_json(line))
+        return events
+
+    def _set_gauges(self, event: Event) -> None:
+        self.last_event.labels(event.type.value).set(datetime.fromisoformat(event.time).timestamp())
+        if event.pipeline != self.pipeline or event.type not in TERMINAL:
+            return
+        durations = event.details.get("durations_s") or {}
+        if durations:
+            for stage, seconds in durations.items():
+                self.stage.labels(self.pipeline, stage).set(float(seconds))
+            self.duration.labels(self.pipeline).set(sum(float(s) for s in durations.values()))
+        if isinstance(event.details.get("cost_estimate"), int | float):
+            self.cost.labels(self.pipeline).set(float(event.details["cost_estimate"]))
+
+    def poll(self) -> int:
+        """Count the events appended since the last poll; returns how many were read."""
+        events = self._read_new()
+        for event in events:
+            self._set_gauges(event)
+            if event.pipeline == self.pipeline and (outcome := run_outcome(event)) is not None:
+                self.runs.labels(self.pipeline, outcome).inc()
+            if event.type == EventType.promotion:
+                self.rollouts.labels(self.model, "promoted").inc()
+            elif event.type == EventType.rollback:
+                stalled = "too few requests" in event.message
+                self.rollouts.labels(self.model, "stalled" if stalled else "rolled_back").inc()
+            elif event.type == EventType.trigger_fired:
+                self.triggers.labels(self.pipeline, str(event.details.get("reason", "drift"))).inc()
+        return len(events)
+
+    def set_drift(self, scores: dict[str, float], drifted: bool) -> None:
+        """The latest drift check's per-feature scores and verdict."""
+        for feature, score in scores.items():
+            self.drift_score.labels(self.model, feature).set(score)
+        self.drift_detected.labels(self.model).set(1 if drifted else 0)
+
+    def set_quality(self, version: str, metrics: dict[str, float]) -> None:
+        """Quality measured on labelled traffic for a version."""
+        for metric, value in metrics.items():
+            if metric != "rows":
+                self.quality.labels(self.model, version, metric).set(value)
+
+    def serve(self, port: int) -> int:
+        """Serve /metrics on 127.0.0.1 (port 0 picks a free one); returns the port."""
+        server, _thread = start_http_server(port, addr="127.0.0.1", registry=self.registry)
+        self._server = server
+        return int(server.server_address[1])
+
+    def close(self) -> None:
+        """Stop serving."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def snapshot(self) -> dict[str, float]:
+        """Every sample as ``name{labels}`` → value (for tests and the CLI)."""
+        samples = {}
+        for family in self.registry.collect():
+            for sample in family.samples:
+                labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+                samples[f"{sample.name}{{{labels}}}"] = sample.value
+        return samples
+
+
+def dump(snapshot: dict[str, float]) -> str:
+    """A snapshot as sorted JSON."""
+    return json.dumps(snapshot, sort_keys=True, indent=2)

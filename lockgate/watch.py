@@ -1,0 +1,274 @@
+"""Closing the loop locally: check captured traffic, let the triggers decide, start the pipeline as a Ray job.
+
+Each check reads captured traffic and labels, judges drift and quality against the serving model's training
+reference, lets the triggers' guardrails decide, and starts a run when one fires.
+
+The pure parts live in pipeline/drift.py and pipeline/triggers.py; this is the edge. State kept between
+checks (in ``<state dir>/watch/<model>/``): ``trigger_state.json`` (the guardrails' memory), ``cursor.json``
+(how far captured traffic has been judged), ``drift.jsonl`` and ``serving.jsonl`` (history for the report).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import PipelineConfig
+from pipeline.drift import PROFILE_ARTIFACT, DriftReport, ReferenceProfile, check_drift, measure_quality
+from pipeline.events import Event, EventType, emit
+from pipeline.triggers import Decision, TriggerState, decide, make_window
+
+logger = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+
+
+@dataclass
+class CheckResult:
+    """What one check saw and decided."""
+
+    champion: str | None
+    window_rows: int
+    drift: DriftReport | None
+    quality: dict[str, float] | None
+    decision: Decision | None
+    submission_id: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready, for the CLI."""
+        return {
+            "champion": self.champion,
+            "window_rows": self.window_rows,
+            "drifted": None if self.drift is None or not self.drift.sufficient else self.drift.drifted,
+            "drift": self.drift.explanation if self.drift is not None else None,
+            "quality": self.quality,
+            "fire": bool(self.decision and self.decision.fire),
+            "reason": self.decision.reason.value if self.decision and self.decision.reason else None,
+            "explanation": self.decision.explanation if self.decision else None,
+            "submission_id": self.submission_id,
+            "notes": self.notes,
+        }
+
+
+def _read_json(path: Path, default: Any) -> Any:
+    return json.loads(path.read_text()) if path.exists() else default
+
+
+def _write_json(path: Path, value: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_suffix(".tmp")
+    staging.write_text(json.dumps(value, sort_keys=True))
+    staging.replace(path)
+
+
+def _append_jsonl(path: Path, row: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        handle.write(json.dumps(row, sort_keys=True) + "\n")
+
+
+class Watcher:
+    """Runs checks for one pipeline and the model it serves."""
+
+    def __init__(
+        self,
+        config: PipelineConfig,
+        config_dir: Path,
+        model_name: str,
+        capture_uri: str,
+        state_dir: Path,
+        submit: Callable[[dict[str, Any]], str],
+        running_runs: Callable[[], int],
+        metrics_url: str | None = None,
+        exporter: Any = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ):
+        self.config, self.config_dir, self.model_name = config, config_dir, model_name
+        self.capture_uri, self.submit, self.running_runs = capture_uri, submit, running_runs
+        self.metrics_url, self.exporter, self.clock = metrics_url, exporter, clock
+        self.dir = state_dir / "watch" / model_name
+        self._profiles: dict[str, tuple[ReferenceProfile, float | None]] = {}
+        self._last_scrape: tuple[float, dict] | None = None
+
+    @property
+    def history_dir(self) -> Path:
+        """Where drift.jsonl and serving.jsonl are written (the report reads them)."""
+        return self.dir
+
+    def _profile(self, version: str) -> tuple[ReferenceProfile, float | None]:
+        """The version's reference profile and its offline value of the degradation metric (cached)."""
+        if version not in self._profiles:
+            import mlflow
+            from mlflow.tracking import MlflowClient
+
+            client = MlflowClient()
+            run_id = client.get_model_version(self.model_name, version).run_id
+            if run_id is None:
+                raise RuntimeError(f"model {self.model_name} v{version} has no run: no reference profile")
+            text = mlflow.artifacts.load_text(f"runs:/{run_id}/{PROFILE_ARTIFACT}")
+            metric = f"test.{self.config.triggers.degradation.metric}"
+            baseline = client.get_run(run_id).data.metrics.get(metric)
+            self._profiles[version] = (ReferenceProfile.from_json(text), baseline)
+        return self._profiles[version]
+
+    def _sample_serving(self) -> None:
+        """Throughput, error rate and latency per version since the last check, from the router's metrics."""
+        if not self.metrics_url:
+            return
+        from serving.metrics import scrape_version_stats
+
+        try:
+            now, stats = time.time(), scrape_version_stats(self.metrics_url)
+        except Exception as error:  # the router may not be up: the report just has a gap
+            logger.info("serving metrics not read: %s", error)
+            return
+        if self._last_scrape is not None:
+            then, before = self._last_scrape
+            elapsed = max(now - then, 1e-9)
+            for (version, role), current in stats.items():
+                delta = current.minus(before.get((version, role), type(current)()))
+                if delta.total <= 0:
+                    continue
+                row = {
+                    "time": now,
+                    "version": version,
+                    "role": role,
+                    "requests_per_s": delta.total / elapsed,
+                    "error_rate": delta.error_rate,
+                    "p50_s": _finite(delta.latency_quantile(0.5)),
+                    "p99_s": _finite(delta.latency_quantile(0.99)),
+                }
+                _append_jsonl(self.dir / "serving.jsonl", row)
+        self._last_scrape = (now, stats)
+
+    def check(self) -> CheckResult:
+        """One check: judge new traffic, decide, maybe start a run. Never raises for missing data."""
+        from serving.capture import read_captured, read_labels
+        from serving.desired import registry_aliases
+
+        spec = self.config.triggers
+        now = self.clock()
+        self._sample_serving()
+        aliases = registry_aliases(self.model_name)
+        champion = aliases.get(CHAMPION)
+        notes: list[str] = []
+        cursor = _read_json(self.dir / "cursor.json", {"drift_since": 0.0, "labels_since": 0.0})
+        state = (
+            TriggerState.from_json((self.dir / "trigger_state.json").read_text())
+            if (self.dir / "trigger_state.json").exists()
+            else TriggerState()
+        )
+        report, quality, window_rows, baseline = None, None, 0, None
+        if champion is None:
+            notes.append(f"model {self.model_name} has no champion yet: only the schedule is checked")
+        else:
+            profile, baseline = self._profile(champion)
+            captured = read_captured(self.capture_uri, since=cursor["drift_since"])
+            served = captured[(captured["model"] == self.model_name) & (captured["version"] == champion)]
+            window_rows = len(served)
+            if spec.drift.enabled and window_rows >= spec.drift.window_rows:
+                report = check_drift(profile, served, served["probability"], spec.drift.check)
+                cursor["drift_since"] = float(served["captured_at"].max()) + 1e-6
+                scores = {name: f.score for name, f in report.features.items()}
+                if report.prediction is not None:
+                    scores["__prediction__"] = report.prediction.score
+                _append_jsonl(
+                    self.dir / "drift.jsonl",
+                    {
+                        "time": now.timestamp(),
+                        "version": champion,
+                        "drifted": report.drifted,
+                        "scores": scores,
+                    },
+                )
+                if self.exporter is not None:
+                    self.exporter.set_drift(scores, report.drifted)
+            elif spec.drift.enabled:
+                notes.append(f"{window_rows} of {spec.drift.window_rows} captured rows for a drift window")
+            quality = self._quality(read_captured, read_labels, cursor, champion)
+        window = None
+        if report is not None or quality is not None:
+            window = make_window(
+                spec,
+                drift_report=report,
+                quality=quality,
+                baseline=baseline,
+                model_version=champion,
+                window_id=now.strftime("%Y%m%dT%H%M%S"),
+            )
+        running = self.running_runs()
+        decision, new_state = decide(spec, state, window, now, running)
+        if report is not None and report.drifted and new_state.drift.event_id != state.drift.event_id:
+            self._emit(
+                EventType.drift_detected,
+                f"drift against v{champion}'s training data: {report.explanation}",
+                champion,
+                {"event_id": new_state.drift.event_id, **{k: v for k, v in report.to_metrics().items()}},
+            )
+        submission = None
+        if decision.fire and decision.reason is not None:
+            trigger = {
+                "reason": decision.reason.value,
+                "event_id": decision.event_id or "",
+                "fired_at": now.timestamp(),
+            }
+            submission = self.submit(trigger)
+            self._emit(
+                EventType.trigger_fired,
+                decision.explanation,
+                champion,
+                {**trigger, "submission_id": submission},
+            )
+        _write_json(self.dir / "cursor.json", cursor)
+        (self.dir / "trigger_state.json").write_text(new_state.to_json())
+        return CheckResult(champion, window_rows, report, quality, decision, submission, notes)
+
+    def _quality(
+        self, read_captured: Callable, read_labels: Callable, cursor: dict[str, float], champion: str
+    ) -> dict[str, float] | None:
+        """Quality on champion answers whose labels arrived since the last measured window."""
+        spec = self.config.triggers.degradation
+        if not spec.enabled:
+            return None
+        labels = read_labels(self.capture_uri)
+        if labels.empty:
+            return None
+        fresh = labels[labels["labelled_at"] >= cursor["labels_since"]]
+        if fresh.empty:
+            return None
+        captured = read_captured(self.capture_uri)
+        mine = captured[(captured["model"] == self.model_name) & (captured["version"] == champion)]
+        joined = mine.merge(fresh, on="request_id")
+        if len(joined) < spec.min_labelled_rows:
+            return None
+        cursor["labels_since"] = float(fresh["labelled_at"].max()) + 1e-6
+        quality = measure_quality(joined["label"], joined["probability"])
+        if self.exporter is not None:
+            self.exporter.set_quality(champion, quality)
+        return quality
+
+    def _emit(self, kind: EventType, message: str, version: str | None, details: dict[str, Any]) -> None:
+        emit(
+            Event(
+                type=kind,
+                pipeline=self.config.name,
+                model_name=self.model_name,
+                model_version=version,
+                message=message,
+                details=details,
+            ),
+            self.config.events,
+            self.config_dir,
+        )
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None

@@ -1,0 +1,306 @@
+"""The operational picture as one self-contained HTML file.
+
+Runs, stage durations and cost, model metrics over time, serving latency and throughput per version, drift,
+and delivery metrics.
+
+``render_report`` is pure (inputs in, HTML out; figures are inline SVG drawn with matplotlib), so it is tested
+by parsing its output. ``collect_inputs`` is the edge that reads the event log, MLflow and the watch history.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pipeline.delivery import DeliveryMetrics, RunRecord, delivery_metrics, runs_from_events
+from pipeline.events import Event, read_events
+
+STAGES = ("prepare", "train", "package", "evaluate", "gate", "register", "rollout")
+
+
+@dataclass
+class ReportInputs:
+    """Everything the report shows."""
+
+    pipeline: str
+    model_name: str
+    events: list[Event]
+    # One row per registered version: version, created (epoch s), run_id, and test metrics (e.g. "test.auc").
+    versions: list[dict[str, Any]] = field(default_factory=list)
+    # One row per watch sample: time, version, role, requests_per_s, error_rate, p50_s, p99_s.
+    serving: list[dict[str, Any]] = field(default_factory=list)
+    # One row per drift check: time, version, drifted, scores {feature: score}.
+    drift: list[dict[str, Any]] = field(default_factory=list)
+    currency: str = "USD"
+
+
+def _svg(draw: Callable[[Any], None], width: float = 7.5, height: float = 3.2) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(width, height))
+    try:
+        draw(axes)
+        figure.tight_layout()
+        buffer = io.StringIO()
+        figure.savefig(buffer, format="svg")
+    finally:
+        plt.close(figure)
+    text = buffer.getvalue()
+    return text[text.index("<svg") :]
+
+
+def _time(value: float) -> str:
+    return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None or (isinstance(seconds, float) and math.isnan(seconds)):
+        return "n/a"
+    return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def _figure(identifier: str, caption: str, svg: str | None, empty: str) -> str:
+    body = svg if svg is not None else f'<p class="empty">{html.escape(empty)}</p>'
+    return f'<figure id="{identifier}">{body}<figcaption>{html.escape(caption)}</figcaption></figure>'
+
+
+def _durations_svg(runs: list[RunRecord]) -> str | None:
+    timed = [r for r in runs if r.durations_s]
+    if not timed:
+        return None
+
+    def draw(axes: Any) -> None:
+        labels = [r.run_id[:8] for r in timed]
+        bottom = [0.0] * len(timed)
+        for stage in STAGES:
+            values = [r.durations_s.get(stage, 0.0) for r in timed]
+            if any(values):
+                axes.bar(labels, values, bottom=bottom, label=stage)
+                bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+        axes.set_ylabel("seconds")
+        axes.set_xlabel("run")
+        axes.legend(fontsize=7, ncol=4)
+        axes.tick_params(axis="x", labelrotation=45, labelsize=7)
+
+    return _svg(draw)
+
+
+def _versions_svg(versions: list[dict[str, Any]]) -> str | None:
+    metrics = sorted({k for row in versions for k in row if k.startswith("test.") and k.count(".") == 1})
+    if not versions or not metrics:
+        return None
+
+    def draw(axes: Any) -> None:
+        ordered = sorted(versions, key=lambda row: row["created"])
+        labels = [f"v{row['version']}" for row in ordered]
+        for metric in metrics:
+            axes.plot(labels, [row.get(metric, math.nan) for row in ordered], marker="o", label=metric)
+        axes.set_xlabel("registered version (oldest first)")
+        axes.legend(fontsize=7)
+
+    return _svg(draw)
+
+
+def _serving_svg(serving: list[dict[str, Any]], key: str, label: str) -> str | None:
+    if not serving:
+        return None
+
+    def draw(axes: Any) -> None:
+        start = min(row["time"] for row in serving)
+        for version in sorted({row["version"] for row in serving}, key=str):
+            rows = [row for row in serving if row["version"] == version and row.get(key) is not None]
+            axes.plot([row["time"] - start for row in rows], [row[key] for row in rows], label=f"v{version}")
+        axes.set_xlabel("seconds since first sample")
+        axes.set_ylabel(label)
+        axes.legend(fontsize=7)
+
+    return _svg(draw)
+
+
+def _drift_svg(drift: list[dict[str, Any]]) -> str | None:
+    if not drift:
+        return None
+
+    def draw(axes: Any) -> None:
+        start = min(row["time"] for row in drift)
+        features = sorted({f for row in drift for f in row.get("scores", {})})
+        for feature in features:
+            axes.plot(
+                [row["time"] - start for row in drift],
+                [row.get("scores", {}).get(feature, math.nan) for row in drift],
+                label=feature,
+            )
+        axes.set_xlabel("seconds since first check")
+        axes.set_ylabel("drift score")
+        axes.legend(fontsize=6, ncol=3)
+
+    return _svg(draw)
+
+
+def _table(headers: list[str], rows: list[list[str]], identifier: str) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f'<table id="{identifier}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def render_report(inputs: ReportInputs, generated_at: float) -> str:
+    """The whole report as one HTML document, no external resources."""
+    runs = runs_from_events(inputs.events)
+    delivery: DeliveryMetrics = delivery_metrics(inputs.events, now=generated_at)
+    run_rows = [
+        [
+            r.run_id[:12],
+            _time(r.started_at),
+            r.trigger or "manual",
+            r.outcome + (f" ({r.failed_stage})" if r.failed_stage else ""),
+            f"v{r.model_version}" if r.model_version else "-",
+            _duration(sum(r.durations_s.values()) if r.durations_s else None),
+            f"{r.cost:.4f} {inputs.currency}" if r.cost is not None else "n/a",
+        ]
+        for r in runs
+    ]
+    rate = delivery.change_failure_rate
+    delivery_rows = [
+        ["deployment frequency", f"{delivery.deployment_frequency_per_day:.2f} per day"],
+        ["lead time (median, trigger or start to production)", _duration(delivery.lead_time_s_median)],
+        [
+            "change-failure rate",
+            "n/a" if rate is None else f"{rate:.0%} ({delivery.rollbacks}/{delivery.rollouts_ended})",
+        ],
+        ["time to restore (median)", _duration(delivery.time_to_restore_s_median)],
+        ["promotions", str(delivery.promotions)],
+        ["window", f"{delivery.window_days:.2f} days"],
+    ]
+    total_cost = sum(r.cost for r in runs if r.cost is not None)
+    figures = [
+        _figure(
+            "stage-durations",
+            "Stage durations per run",
+            _durations_svg(runs),
+            "no completed runs yet",
+        ),
+        _figure(
+            "model-metrics",
+            "Test metrics per registered version",
+            _versions_svg(inputs.versions),
+            "no versions",
+        ),
+        _figure(
+            "serving-throughput",
+            "Serving throughput per version (requests/s)",
+            _serving_svg(inputs.serving, "requests_per_s", "requests/s"),
+            "no serving samples (run `lockgate watch` while serving)",
+        ),
+        _figure(
+            "serving-latency",
+            "Serving p99 latency per version (s)",
+            _serving_svg(inputs.serving, "p99_s", "p99 s"),
+            "no serving samples",
+        ),
+        _figure(
+            "drift-scores", "Drift score per feature over time", _drift_svg(inputs.drift), "no drift checks"
+        ),
+    ]
+    summary = {
+        "runs": len(runs),
+        "total_cost": round(total_cost, 6),
+        "delivery": {k: v for k, v in delivery.to_dict().items() if not isinstance(v, list)},
+    }
+    title = f"Lockgate report: {inputs.pipeline} / {inputs.model_name}"
+    style = (
+        "body{font-family:sans-serif;margin:2em;max-width:60em}table{border-collapse:collapse;margin:1em 0}"
+        "td,th{border:1px solid #ccc;padding:.3em .6em;font-size:.9em}figure{margin:1.5em 0}"
+        "figcaption{font-weight:bold}.empty{color:#777}"
+    )
+    return (
+        "<!DOCTYPE html>\n"
+        f'<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{style}</style></head><body>"
+        f"<h1>{html.escape(title)}</h1><p>Generated {_time(generated_at)} UTC.</p>"
+        "<h2>Delivery</h2>"
+        + _table(["metric", "value"], delivery_rows, "delivery")
+        + f"<h2>Runs</h2><p>Total estimated cost: {total_cost:.4f} {html.escape(inputs.currency)}</p>"
+        + _table(
+            ["run", "started (UTC)", "trigger", "outcome", "version", "duration", "cost"], run_rows, "runs"
+        )
+        + "<h2>Figures</h2>"
+        + "".join(figures)
+        + '<script type="application/json" id="summary">'
+        + json.dumps(summary).replace("<", "\\u003c")
+        + "</script>"
+        + "</body></html>\n"
+    )
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Rows of a JSON-lines file (none when it does not exist)."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def registered_versions(model_name: str) -> list[dict[str, Any]]:
+    """Every version of a registered model with its run's test metrics (from the MLflow server in the env)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    rows = []
+    for version in client.search_model_versions(f"name='{model_name}'"):
+        metrics = client.get_run(version.run_id).data.metrics if version.run_id else {}
+        rows.append(
+            {
+                "version": version.version,
+                "created": version.creation_timestamp / 1000,
+                "run_id": version.run_id,
+                **{k: v for k, v in metrics.items() if k.startswith("test.")},
+            }
+        )
+    return rows
+
+
+def collect_inputs(
+    pipeline: str, model_name: str, events_file: Path, history_dir: Path, currency: str = "USD"
+) -> ReportInputs:
+    """Read the event log, the registry and the watch history into report inputs."""
+    return ReportInputs(
+        pipeline=pipeline,
+        model_name=model_name,
+        events=[e for e in read_events(events_file) if e.pipeline == pipeline],
+        versions=registered_versions(model_name),
+        serving=read_jsonl(history_dir / "serving.jsonl"),
+        drift=read_jsonl(history_dir / "drift.jsonl"),
+        currency=currency,
+    )
+
+
+def write_report(
+    config: Any, config_dir: Path, model_name: str, state_dir: Path, out: Path
+) -> tuple[Path, str]:
+    """Collect, render and write the report; log it to MLflow as an artefact of a ``report`` run."""
+    import time
+
+    import mlflow
+
+    events_file = Path(config.events.log_file)
+    if not events_file.is_absolute():
+        events_file = config_dir / events_file
+    inputs = collect_inputs(
+        config.name, model_name, events_file, state_dir / "watch" / model_name, config.cost.currency
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render_report(inputs, generated_at=time.time()))
+    mlflow.set_experiment(config.registry.experiment or config.name)
+    with mlflow.start_run(run_name=f"report-{time.strftime('%Y%m%d-%H%M%S')}") as run:
+        mlflow.set_tags({"lockgate.kind": "report", "lockgate.pipeline": config.name})
+        mlflow.log_artifact(str(out), artifact_path="report")
+    return out, run.info.run_id

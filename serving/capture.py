@@ -1,0 +1,181 @@
+"""Capture: a sample of served requests and their answers, written in Parquet batches to the artefact store.
+
+Each router replica buffers the sampled rows it answered and writes them as one Parquet file per batch under
+``<uri>/requests/``; labels that arrive later are written under ``<uri>/labels/`` and joined on the request id.
+The store is any ``pyarrow.fs`` URI: a local directory in the embedded default, ``s3://`` on AWS. Files are
+written under a temporary name and renamed, so a reader never sees half a batch; nothing is appended in place,
+so any number of replicas can write side by side.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+REQUESTS_DIR, LABELS_DIR = "requests", "labels"
+META_COLUMNS = ("request_id", "captured_at", "model", "version", "role", "probability", "prediction")
+
+
+def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    if "://" not in uri:
+        uri = os.path.abspath(uri)
+    return pafs.FileSystem.from_uri(uri)
+
+
+def _write_atomically(table: pa.Table, uri: str, directory: str, stem: str) -> str:
+    filesystem, root = _filesystem(uri)
+    day = datetime.now(UTC).strftime("%Y-%m-%d")
+    folder = f"{root.rstrip('/')}/{directory}/day={day}"
+    filesystem.create_dir(folder, recursive=True)
+    final = f"{folder}/{stem}.parquet"
+    partial = f"{folder}/.{stem}.parquet.partial"
+    pq.write_table(table, partial, filesystem=filesystem)
+    filesystem.move(partial, final)
+    return final
+
+
+class CaptureBuffer:
+    """Sampled answers of one replica, flushed as a Parquet file every ``batch_rows`` rows or ``flush_s``."""
+
+    def __init__(self, uri: str, batch_rows: int, flush_s: float, clock: Any = time.time):
+        self.uri, self.batch_rows, self.flush_s, self.clock = uri, batch_rows, flush_s, clock
+        self.writer_id = uuid.uuid4().hex[:8]
+        self._rows: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._oldest: float | None = None
+        self._sequence = 0
+        self.written_files = 0
+        self.written_rows = 0
+
+    def add(
+        self,
+        rows: list[dict[str, Any]],
+        answers: list[dict[str, Any]],
+        *,
+        request_id: str,
+        model: str,
+        version: str,
+        role: str,
+    ) -> None:
+        """Buffer one answered request (all its rows); the row index is appended to the request id."""
+        now = self.clock()
+        with self._lock:
+            if self._oldest is None:
+                self._oldest = now
+            for index, (row, answer) in enumerate(zip(rows, answers, strict=True)):
+                self._rows.append(
+                    {
+                        **row,
+                        "request_id": request_id if len(rows) == 1 else f"{request_id}:{index}",
+                        "captured_at": now,
+                        "model": model,
+                        "version": version,
+                        "role": role,
+                        "probability": float(answer["probability"]),
+                        "prediction": int(answer["prediction"]),
+                    }
+                )
+
+    def due(self) -> bool:
+        """Whether a batch is full or the oldest buffered row has waited ``flush_s``."""
+        with self._lock:
+            if not self._rows:
+                return False
+            return len(self._rows) >= self.batch_rows or self.clock() - (self._oldest or 0) >= self.flush_s
+
+    def flush(self) -> str | None:
+        """Write what is buffered as one file; the path, or None when nothing was buffered.
+
+        On a write error the rows go back into the buffer (nothing is lost) and the error is raised.
+        """
+        with self._lock:
+            rows, self._rows, oldest, self._oldest = self._rows, [], self._oldest, None
+            self._sequence += 1
+            sequence = self._sequence
+        if not rows:
+            return None
+        try:
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
+            path = _write_atomically(
+                pa.Table.from_pylist(rows), self.uri, REQUESTS_DIR, f"{stamp}-{self.writer_id}-{sequence:06d}"
+            )
+        except Exception:
+            with self._lock:
+                self._rows[:0] = rows
+                self._oldest = oldest if self._oldest is None else min(oldest or 0, self._oldest)
+            raise
+        self.written_files += 1
+        self.written_rows += len(rows)
+        return path
+
+
+def write_labels(uri: str, labels: Iterable[tuple[str, int]]) -> tuple[str, int]:
+    """Record late labels (request id, label); returns the file written and how many labels it holds."""
+    pairs = list(labels)
+    if not pairs:
+        raise ValueError("no labels given")
+    for request_id, label in pairs:
+        if not isinstance(request_id, str) or not request_id:
+            raise ValueError(f"request_id must be a non-empty string, got {request_id!r}")
+        if label not in (0, 1) or isinstance(label, bool):
+            raise ValueError(f"label for request {request_id!r} must be 0 or 1, got {label!r}")
+    table = pa.table(
+        {
+            "request_id": [p[0] for p in pairs],
+            "label": pa.array([p[1] for p in pairs], pa.int64()),
+            "labelled_at": [time.time()] * len(pairs),
+        }
+    )
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
+    return _write_atomically(table, uri, LABELS_DIR, f"{stamp}-{uuid.uuid4().hex[:8]}"), len(pairs)
+
+
+def _read(uri: str, directory: str) -> pa.Table | None:
+    filesystem, root = _filesystem(uri)
+    folder = f"{root.rstrip('/')}/{directory}"
+    if filesystem.get_file_info(folder).type == pafs.FileType.NotFound:
+        return None
+    selector = pafs.FileSelector(folder, recursive=True)
+    files = sorted(
+        info.path
+        for info in filesystem.get_file_info(selector)
+        if info.is_file and info.path.endswith(".parquet") and not info.base_name.startswith(".")
+    )
+    if not files:
+        return None
+    return ds.dataset(files, filesystem=filesystem, format="parquet").to_table()
+
+
+def read_captured(uri: str, since: float = 0.0, until: float | None = None) -> Any:
+    """Captured rows answered in [since, until) as a DataFrame (empty when nothing was captured)."""
+    import pandas as pd
+
+    table = _read(uri, REQUESTS_DIR)
+    if table is None:
+        return pd.DataFrame(columns=list(META_COLUMNS))
+    frame = table.to_pandas()
+    keep = frame["captured_at"] >= since
+    if until is not None:
+        keep &= frame["captured_at"] < until
+    return frame[keep].sort_values("captured_at", kind="stable").reset_index(drop=True)
+
+
+def read_labels(uri: str) -> Any:
+    """Every label recorded so far (the latest label wins for a request id)."""
+    import pandas as pd
+
+    table = _read(uri, LABELS_DIR)
+    if table is None:
+        return pd.DataFrame(columns=["request_id", "label", "labelled_at"])
+    frame = table.to_pandas().sort_values("labelled_at")
+    return frame.drop_duplicates("request_id", keep="last").reset_index(drop=True)

@@ -1,0 +1,93 @@
+"""Capture batches and late labels in the artefact store (a local directory here; any pyarrow URI in a cluster)."""
+
+from __future__ import annotations
+
+import pytest
+
+from serving.capture import CaptureBuffer, read_captured, read_labels, write_labels
+
+ROW = {"age": 40, "income": 52_000.0, "region": "north"}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def answered(buffer: CaptureBuffer, request_id: str, rows: int = 1, version: str = "1") -> None:
+    buffer.add(
+        [ROW] * rows,
+        [{"probability": 0.25, "prediction": 0}] * rows,
+        request_id=request_id,
+        model="loans",
+        version=version,
+        role="champion",
+    )
+
+
+def test_batches_flush_when_full_or_old_and_read_back(tmp_path) -> None:
+    clock = Clock()
+    buffer = CaptureBuffer(str(tmp_path), batch_rows=3, flush_s=10, clock=clock)
+    assert not buffer.due() and buffer.flush() is None, "nothing buffered, nothing written"
+    answered(buffer, "a")
+    answered(buffer, "b", rows=2)
+    assert buffer.due(), "3 rows fill the batch"
+    first = buffer.flush()
+    assert first is not None and first.endswith(".parquet")
+    answered(buffer, "c", version="2")
+    assert not buffer.due()
+    clock.now += 10
+    assert buffer.due(), "the oldest row waited flush_s"
+    buffer.flush()
+    other = CaptureBuffer(str(tmp_path), batch_rows=1, flush_s=10, clock=clock)  # a second replica
+    answered(other, "d")
+    other.flush()
+    frame = read_captured(str(tmp_path))
+    assert frame["request_id"].tolist() == ["a", "b:0", "b:1", "c", "d"], "multi-row requests get a row index"
+    assert frame["version"].tolist() == ["1", "1", "1", "2", "1"]
+    assert set(ROW) <= set(frame.columns) and (frame["probability"] == 0.25).all()
+    assert read_captured(str(tmp_path), since=1_005.0)["request_id"].tolist() == ["d"]
+    assert (buffer.written_files, buffer.written_rows) == (2, 4)
+
+
+def test_nothing_is_lost_when_a_write_fails(tmp_path) -> None:
+    blocked = tmp_path / "not-a-dir"
+    blocked.write_text("a file where the store should be")
+    buffer = CaptureBuffer(str(blocked), batch_rows=1, flush_s=1)
+    answered(buffer, "a")
+    with pytest.raises(OSError):
+        buffer.flush()
+    answered(buffer, "b")
+    blocked.unlink()
+    buffer.flush()
+    assert read_captured(str(blocked))["request_id"].tolist() == ["a", "b"], "the failed batch was kept"
+
+
+def test_half_written_files_are_never_read(tmp_path) -> None:
+    buffer = CaptureBuffer(str(tmp_path), batch_rows=1, flush_s=1)
+    answered(buffer, "a")
+    path = buffer.flush()
+    assert path is not None
+    (tmp_path / "requests" / "stray.parquet.partial").write_bytes(b"PAR1 half")
+    hidden = path.rsplit("/", 1)[0] + "/.hidden.parquet.partial"
+    with open(hidden, "wb") as handle:
+        handle.write(b"PAR1")
+    assert read_captured(str(tmp_path))["request_id"].tolist() == ["a"]
+    assert read_captured(str(tmp_path / "empty")).empty, "no capture yet is an empty frame, not an error"
+
+
+def test_labels_are_validated_and_the_latest_wins(tmp_path) -> None:
+    write_labels(str(tmp_path), [("a", 1), ("b", 0)])
+    _, count = write_labels(str(tmp_path), [("a", 0)])
+    assert count == 1
+    labels = read_labels(str(tmp_path)).set_index("request_id")["label"].to_dict()
+    assert labels == {"a": 0, "b": 0}
+    with pytest.raises(ValueError, match="label for request 'c' must be 0 or 1, got 2"):
+        write_labels(str(tmp_path), [("c", 2)])
+    with pytest.raises(ValueError, match="request_id must be a non-empty string"):
+        write_labels(str(tmp_path), [("", 1)])
+    with pytest.raises(ValueError, match="no labels"):
+        write_labels(str(tmp_path), [])
