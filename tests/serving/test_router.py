@@ -87,7 +87,8 @@ class Load:
 
 
 def test_split_follows_weight_changes_under_load_without_failures(deployed) -> None:
-    settings = [(0, 400), (10, 1000), (50, 1000), (100, 400), (0, 0)]
+    # Enough answers that +-5 points is at least 5 standard deviations of the observed share at each weight.
+    settings = [(0, 400), (10, 1000), (50, 2500), (100, 400), (0, 0)]
     candidate = deployed.candidate.version
     with Load(deployed.url, clients=10) as load:
         for weight, needed in settings:
