@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -238,7 +239,7 @@ def demo(
         )
         shifted_users = TrafficSimulator(url, shifted, list(parsed.features)).start()
         try:
-            triggered = _watch_until_triggered(config, state_dir, str(shifted), env)
+            triggered = _watch_until_triggered(config, state_dir, str(shifted), env, time.time())
             if triggered is not None:
                 outcomes.append(("retraining started by the drift trigger", triggered))
         finally:
@@ -277,10 +278,10 @@ def demo(
         raise typer.Exit(1)
 
 
-def _watch_until_triggered(config: Path, state_dir: Path | None, data: str, env: LocalEnvironment) -> Any:
+def _watch_until_triggered(
+    config: Path, state_dir: Path | None, data: str, env: LocalEnvironment, shifted_at: float
+) -> Any:
     """Run trigger checks every few seconds until one starts a run (bounded); follow that run to its end."""
-    import time
-
     from lockgate.jobs import job_client, wait_pipeline
     from pipeline.run import with_data
 
@@ -294,9 +295,17 @@ def _watch_until_triggered(config: Path, state_dir: Path | None, data: str, env:
             f"drifted={line['drifted']}: {line['explanation']}"
         )
         if result.submission_id is not None:
+            fired = time.time()
             typer.echo(f"trigger fired ({line['reason']}): Ray job {result.submission_id}; following it")
             parsed = with_data(load_config(config), data)
-            return wait_pipeline(job_client(env), result.submission_id, parsed, stream=typer.echo)
+            client = job_client(env)
+            outcome = wait_pipeline(client, result.submission_id, parsed, stream=typer.echo)
+            started_ms = client.get_job_info(result.submission_id).start_time or 0
+            typer.echo(
+                f"timing: population shift -> trigger fired {fired - shifted_at:.1f}s; "
+                f"-> retraining job started {started_ms / 1000 - shifted_at:.1f}s"
+            )
+            return outcome
         time.sleep(5)
     typer.echo("no trigger fired within 300 s")
     return None

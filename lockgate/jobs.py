@@ -16,6 +16,7 @@ from typing import Any
 import pipeline
 from lockgate.localenv import EnvironmentError_, LocalEnvironment
 from pipeline.config import load_config
+from pipeline.events import EVENTS_FILE_ENV
 from pipeline.run import (
     EXIT_BLOCKED,
     EXIT_FAILED,
@@ -41,6 +42,9 @@ UPLOAD_EXCLUDES = [
     ".ruff_cache",
     "*.egg-info",
 ]
+
+
+RUNTIME_ENV_FAILURE = "runtime_env setup failed"
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,9 @@ def start_pipeline(
     client = job_client(env)
     submission_id = f"lockgate-{config.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
     runtime_env = job_runtime_env(config_path, submission_id)
+    events_file = Path(config.events.log_file)
+    if not events_file.is_absolute():
+        runtime_env["env_vars"][EVENTS_FILE_ENV] = str(config_path.parent / events_file)
     metadata = {"lockgate.pipeline": config.name}
     if trigger:
         runtime_env["env_vars"][TRIGGER_ENV] = json.dumps(trigger, sort_keys=True)
@@ -136,10 +143,20 @@ def submit_pipeline(
     timeout_s: float = 3600.0,
     data: str | None = None,
 ) -> JobOutcome:
-    """Validate, submit, stream logs until the job ends, then map the run's outcome to an exit code."""
-    client, submission_id, config = start_pipeline(env, config_file, data)
-    stream(f"submitted Ray job {submission_id} to {env.dashboard_url}")
-    return wait_pipeline(client, submission_id, config, stream, timeout_s)
+    """Validate, submit, stream logs until the job ends, then map the run's outcome to an exit code.
+
+    A job whose runtime environment could not be set up never started the pipeline (no MLflow run): that
+    infrastructure failure is retried once, saying so, before it is reported.
+    """
+    for attempt in (1, 2):
+        client, submission_id, config = start_pipeline(env, config_file, data)
+        stream(f"submitted Ray job {submission_id} to {env.dashboard_url}")
+        outcome = wait_pipeline(client, submission_id, config, stream, timeout_s)
+        never_started = outcome.run_id is None and RUNTIME_ENV_FAILURE in outcome.message
+        if not (never_started and attempt == 1):
+            return outcome
+        stream(f"job {submission_id}: Ray could not set up its runtime environment; submitting once more")
+    return outcome
 
 
 def wait_pipeline(
@@ -157,15 +174,22 @@ def wait_pipeline(
             for line in chunk.rstrip("\n").splitlines():
                 stream(line)
 
+    started = time.monotonic()
     try:
         asyncio.run(asyncio.wait_for(follow(), timeout=timeout_s))
     except TimeoutError:
+        pass
+    status = client.get_job_status(submission_id)
+    if not status.is_terminal() and time.monotonic() < started + timeout_s:
+        # The log stream can end before the job does (a dropped connection): wait for the job itself.
+        stream(f"job {submission_id}: log stream ended while {status.value}; waiting for the job to finish")
+    deadline = started + timeout_s
+    while not status.is_terminal() and time.monotonic() < deadline:
+        time.sleep(1)
+        status = client.get_job_status(submission_id)
+    if not status.is_terminal():
         client.stop_job(submission_id)
         stream(f"job {submission_id} exceeded {timeout_s:.0f}s: stopped")
-    status = client.get_job_status(submission_id)
-    deadline = time.monotonic() + 30
-    while not status.is_terminal() and time.monotonic() < deadline:
-        time.sleep(0.5)
         status = client.get_job_status(submission_id)
     info = client.get_job_info(submission_id)
     run_id, outcome = find_run(config.registry.experiment or config.name, submission_id)

@@ -19,6 +19,9 @@ from pipeline.config import EventsConfig, WebhookSink
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+# Set by `lockgate run` for a job: the event log resolved against the submitter's pipeline file, so a relative
+# `events.log_file` lands next to the user's file, not in the job's temporary copy of its working directory.
+EVENTS_FILE_ENV = "LOCKGATE_EVENTS_FILE"
 
 
 class EventType(StrEnum):
@@ -70,7 +73,7 @@ def emit(event: Event, config: EventsConfig, base_dir: Path | None = None) -> di
     """
     payload = event.model_dump(mode="json")
     delivered: dict[str, bool] = {}
-    log_path = Path(config.log_file)
+    log_path = Path(os.environ.get(EVENTS_FILE_ENV) or config.log_file)
     if not log_path.is_absolute() and base_dir is not None:
         log_path = base_dir / log_path
     try:

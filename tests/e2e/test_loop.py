@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 import uuid
 from html.parser import HTMLParser
 
+import pandas as pd
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
@@ -109,7 +112,24 @@ def test_drifted_traffic_triggers_one_retraining_run(local_env, tmp_path) -> Non
         assert drifted.drift is not None and drifted.drift.drifted, drifted.summary()
         assert drifted.submission_id is not None and drifted.decision.reason == "drift", drifted.summary()
         wait_for_rows(store, name, time.time(), WINDOW)
+        # Labels arrive for answers already given: attached by request id, they give live quality.
+        answered = read_captured(store)
+        answered = answered[answered["model"] == name].head(250)
+        labels = tmp_path / "labels.csv"
+        pd.DataFrame(
+            {"request_id": answered["request_id"], "label": (answered["probability"] > 0.5).astype(int)}
+        ).to_csv(labels, index=False)
+        attach = subprocess.run(
+            [sys.executable, "-m", "lockgate", "labels", str(labels), "-c", str(config)]
+            + ["--state-dir", str(local_env.state_dir)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert attach.returncode == 0 and "recorded 250 labels" in attach.stdout, attach.stderr[-2000:]
         again = watcher.check()
+        assert again.quality is not None and again.quality["rows"] == 250, again.summary()
+        assert again.quality["auc"] > 0.99, "labels that agree with the answers give a perfect live AUC"
         assert again.drift is not None and again.drift.drifted, "still drifting..."
         assert again.submission_id is None, f"...but one event starts one run: {again.summary()}"
         assert again.decision.suppressed_by in ("dedup", "cooldown", "cap"), again.summary()
