@@ -8,10 +8,13 @@ PIP := $(PY) -m pip --disable-pip-version-check
 
 .PHONY: demo test lock clean-venv
 
+# pulumi-policy (the policy pack's SDK) pins an old protobuf that would break ray[serve]: it is installed
+# without its resolver, and kept out of the lock.
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet torch==2.13.0
 	$(PIP) install --quiet -r requirements.lock
+	$(PIP) install --quiet --no-deps pulumi-policy==1.21.0
 	$(PIP) install --quiet --no-deps -e .
 	touch $(STAMP)
 
@@ -26,7 +29,7 @@ test: $(STAMP)
 
 # Refresh the lock from the current environment after changing pyproject.toml.
 lock:
-	$(PIP) freeze --exclude-editable | grep -v -E '^(torch|lockgate)==' > requirements.lock
+	$(PIP) freeze --exclude-editable | grep -v -E '^(torch|lockgate|pulumi_policy)==' > requirements.lock
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,1 +1,1 @@
-"""The environment as Pulumi ComponentResources; the composition root (infra/__main__.py) arrives with issue #4."""
+"""The environment as Pulumi ComponentResources, wired by one composition root (infra/__main__.py)."""

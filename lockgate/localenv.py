@@ -29,6 +29,7 @@ RAY_TOKEN_FILE = "ray_token"
 MLFLOW_AUTH_FILE = "mlflow_auth.ini"
 MLFLOW_ADMIN = "lockgate-admin"
 STATE_DIR_ENV = "LOCKGATE_HOME"
+SERVE_INGRESSES = ("proxy", "haproxy")
 
 
 class EnvironmentError_(Exception):
@@ -208,8 +209,15 @@ class LocalEnvironment:
     """Start, inspect and stop the local Ray + MLflow environment rooted at one state directory."""
 
     def __init__(
-        self, state_dir: Path | None = None, ports: Ports | None = None, num_cpus: int | None = None
+        self,
+        state_dir: Path | None = None,
+        ports: Ports | None = None,
+        num_cpus: int | None = None,
+        serve_ingress: str = "proxy",
     ):
+        if serve_ingress not in SERVE_INGRESSES:
+            raise EnvironmentError_(f"serve_ingress: {serve_ingress!r} is not one of {list(SERVE_INGRESSES)}")
+        self.serve_ingress = serve_ingress
         self.state_dir = (state_dir or default_state_dir()).resolve()
         self.ports = ports or Ports()
         # Logical CPUs are Ray's scheduling units, not cores: twice the cores leaves room for Serve replicas
@@ -286,6 +294,29 @@ class LocalEnvironment:
     def capture_dir(self) -> Path:
         """The local artefact store's capture location (requests and labels in Parquet batches)."""
         return self.state_dir / "capture"
+
+    def ingress_env(self) -> dict[str, str]:
+        """Ray Serve's ingress levers for the head (read once, when Serve starts).
+
+        ``haproxy``: HAProxy in front of throughput-optimised replicas (benchmarks/bench_serving.py: about 5x
+        the default proxy's throughput here). Its extra listeners are pinned to this environment's own ports,
+        but Ray binds HAProxy's stats and metrics ports on every interface, so it is an explicit opt-in.
+        """
+        if self.serve_ingress != "haproxy":
+            return {}
+        base = self.ports.ray_gcs
+        return {
+            "RAY_SERVE_ENABLE_HA_PROXY": "1",
+            "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+            "RAY_SERVE_HAPROXY_STATS_PORT": str(base + 4),
+            "RAY_SERVE_HAPROXY_METRICS_PORT": str(base + 5),
+            "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(base + 6),
+            "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(base + 7),
+            "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(base + 410),
+            "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(base + 429),
+            "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(base + 430),
+            "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(base + 449),
+        }
 
     def client_env(self, include_secrets: bool = True) -> dict[str, str]:
         """Environment for a process that talks to this environment (the CLI, tests, a Ray job driver)."""
@@ -478,6 +509,7 @@ class LocalEnvironment:
             "RAY_USAGE_STATS_ENABLED": "0",
             # Serve metrics reach the Prometheus endpoint within 2 s instead of 10 s (rollout analysis reads them).
             "RAY_metrics_report_interval_ms": "2000",
+            **self.ingress_env(),
         }
         # Every Ray process started under this head (Train's helper actors included) must find this cluster,
         # not "the" cluster: another environment may run on the same machine.

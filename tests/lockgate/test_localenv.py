@@ -94,3 +94,18 @@ def test_service_that_fails_to_start_is_reported_with_its_log_and_cleaned_up(tmp
     assert "Ray exited with code" in str(caught.value) and "last lines of" in str(caught.value)
     assert env.read_state() is None
     assert port_is_free(18555), "the MLflow server started first was stopped again"
+
+
+def test_haproxy_ingress_is_opt_in_and_pinned_to_the_environments_ports(tmp_path) -> None:
+    ports = Ports.from_base(18055, 18390, 18275)
+    assert LocalEnvironment(tmp_path, ports).ingress_env() == {}, "Serve's own proxy by default"
+    levers = LocalEnvironment(tmp_path, ports, serve_ingress="haproxy").ingress_env()
+    assert levers["RAY_SERVE_ENABLE_HA_PROXY"] == levers["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
+    pinned = [int(v) for k, v in levers.items() if k.endswith("_PORT")]
+    low, high = ports.worker_range
+    assert all(18390 < port and not low <= port <= high for port in pinned), (
+        "own ports, clear of Ray's workers"
+    )
+    assert int(levers["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"]) > high
+    with pytest.raises(EnvironmentError_, match="serve_ingress: 'nginx'"):
+        LocalEnvironment(tmp_path, ports, serve_ingress="nginx")

@@ -1,0 +1,385 @@
+"""RayPlatform: the KubeRay operator, the serving RayService, the training RayJob template and its schedule.
+
+The RayService's ``serveConfigV2`` is serving's rendered config, untouched: a stack config change that moves
+only the canary weight changes only the router's ``user_config`` there, which KubeRay applies in place
+(Serve calls ``reconfigure()``), with no new cluster and no replica restart.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypedDict
+
+import pulumi
+import pulumi_kubernetes as k8s
+import yaml
+
+from infra import kube
+
+RAY_USER_ID = 1000
+WORKDIR = "/home/ray/lockgate"
+SERVE_PORT = 8000
+DASHBOARD_PORT = 8265
+DASHBOARD_AGENT_PORT = 52365
+CLIENT_PORT = 10001
+GCS_PORT = 6379
+METRICS_PORT = 8080
+DASHBOARD_METRICS_PORT = 44227
+TRAIN_STORAGE_ENV = "LOCKGATE_TRAIN_STORAGE"  # read by pipeline/train.py
+
+
+def ray_service_account(name: str) -> str:
+    """The service account every Ray pod of a RayPlatform runs as (an IRSA role trusts it by name)."""
+    return f"{name}-ray"
+
+
+def ray_pod_labels(name: str) -> dict[str, str]:
+    """Labels on every Ray pod a RayPlatform creates: monitors and network policies select by them."""
+    return {"app.kubernetes.io/part-of": kube.PART_OF, "lockgate.dev/ray-platform": name}
+
+
+class WorkerGroupArgs(TypedDict):
+    """One Ray worker group's size and per-pod resources."""
+
+    replicas: int
+    min_replicas: int
+    max_replicas: int
+    cpu: str
+    memory: str
+
+
+class RayPlatformArgs(TypedDict):
+    """The operator, the image, the serve config and what Ray pods need to reach MLflow and the store."""
+
+    namespace: pulumi.Input[str]
+    install_operator: bool
+    operator_chart_version: str
+    operator_namespace: str
+    monitoring_namespace: str
+    ray_version: str
+    image: pulumi.Input[str]
+    serve_config: pulumi.Input[str]
+    head_cpu: str
+    head_memory: str
+    workers: WorkerGroupArgs
+    mlflow_tracking_uri: pulumi.Input[str]
+    mlflow_client_secret: pulumi.Input[str]
+    store_env: list[dict[str, Any]]
+    train_storage_uri: pulumi.Input[str]
+    service_account_annotations: pulumi.Input[dict[str, str]]
+    pipeline_file: str
+    schedule: str
+    schedule_suspended: bool
+    public_serve: bool
+
+
+def ray_container(
+    name: str, args: RayPlatformArgs, cpu: str, memory: str, ports: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """A Ray node container: the code image, MLflow credentials from a Secret, bounded and non-root."""
+    return {
+        "name": name,
+        "image": args["image"],
+        "ports": ports,
+        "env": [
+            {"name": "MLFLOW_TRACKING_URI", "value": args["mlflow_tracking_uri"]},
+            {"name": TRAIN_STORAGE_ENV, "value": args["train_storage_uri"]},
+            {"name": "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "value": "5"},
+            {"name": "RAY_USAGE_STATS_ENABLED", "value": "0"},
+            *args["store_env"],
+        ],
+        # MLFLOW_TRACKING_USERNAME / _PASSWORD: never in the serve config, only in this Secret.
+        "envFrom": [{"secretRef": {"name": args["mlflow_client_secret"]}}],
+        "resources": kube.resources(cpu, memory),
+        "securityContext": kube.container_security(RAY_USER_ID),
+        "volumeMounts": [{"name": "ray-logs", "mountPath": "/tmp/ray"}],
+    }
+
+
+def pod_spec(account: pulumi.Input[str], container: dict[str, Any]) -> dict[str, Any]:
+    """A Ray pod: one container, our service account, non-root, a scratch volume for Ray's session dir."""
+    return {
+        "serviceAccountName": account,
+        "securityContext": kube.pod_security(RAY_USER_ID),
+        "containers": [container],
+        "volumes": [{"name": "ray-logs", "emptyDir": {}}],
+    }
+
+
+def ray_cluster_spec(
+    name: str, args: RayPlatformArgs, account: pulumi.Input[str], autoscale: bool
+) -> dict[str, Any]:
+    """A RayCluster spec: a head that schedules no work, one autoscaled worker group, token auth on."""
+    workers = args["workers"]
+    pod_labels = {**ray_pod_labels(name), kube.CLIENT_LABEL: "true"}
+    head_ports = [
+        {"name": "gcs-server", "containerPort": GCS_PORT},
+        {"name": "dashboard", "containerPort": DASHBOARD_PORT},
+        {"name": "client", "containerPort": CLIENT_PORT},
+        {"name": "serve", "containerPort": SERVE_PORT},
+        {"name": "metrics", "containerPort": METRICS_PORT},
+        {"name": "dash-metrics", "containerPort": DASHBOARD_METRICS_PORT},
+    ]
+    worker_ports = [
+        {"name": "serve", "containerPort": SERVE_PORT},
+        {"name": "metrics", "containerPort": METRICS_PORT},
+    ]
+    spec: dict[str, Any] = {
+        "rayVersion": args["ray_version"],
+        "authOptions": {"mode": "token"},
+        "headGroupSpec": {
+            # num-cpus 0: Serve replicas and Train workers run on workers; the head only coordinates.
+            "rayStartParams": {
+                "dashboard-host": "0.0.0.0",
+                "num-cpus": "0",
+                "metrics-export-port": str(METRICS_PORT),
+            },
+            "template": {
+                "metadata": {"labels": pod_labels},
+                "spec": pod_spec(
+                    account,
+                    ray_container("ray-head", args, args["head_cpu"], args["head_memory"], head_ports),
+                ),
+            },
+        },
+        "workerGroupSpecs": [
+            {
+                "groupName": "workers",
+                "replicas": workers["replicas"],
+                "minReplicas": workers["min_replicas"],
+                "maxReplicas": workers["max_replicas"],
+                "rayStartParams": {"metrics-export-port": str(METRICS_PORT)},
+                "template": {
+                    "metadata": {"labels": pod_labels},
+                    "spec": pod_spec(
+                        account,
+                        ray_container("ray-worker", args, workers["cpu"], workers["memory"], worker_ports),
+                    ),
+                },
+            }
+        ],
+    }
+    if autoscale:
+        spec["enableInTreeAutoscaling"] = True
+        # KubeRay injects the autoscaler as a sidecar of the head: bound and harden it too.
+        spec["autoscalerOptions"] = {
+            "resources": kube.resources("200m", "512Mi", limit_cpu="500m", limit_memory="512Mi"),
+            "securityContext": kube.container_security(RAY_USER_ID),
+            "idleTimeoutSeconds": 300,
+        }
+    return spec
+
+
+def training_job_spec(name: str, args: RayPlatformArgs, account: pulumi.Input[str]) -> dict[str, Any]:
+    """A RayJob spec that runs the pipeline entrypoint on its own cluster, torn down when the run ends."""
+    return {
+        "entrypoint": f"cd {WORKDIR} && python -m pipeline.run --config {args['pipeline_file']}",
+        "shutdownAfterJobFinishes": True,
+        "ttlSecondsAfterFinished": 600,
+        "activeDeadlineSeconds": 4 * 3600,
+        "backoffLimit": 0,
+        "submissionMode": "K8sJobMode",
+        "rayClusterSpec": ray_cluster_spec(name, args, account, autoscale=False),
+        "submitterPodTemplate": {
+            "metadata": {"labels": {**ray_pod_labels(name), "lockgate.dev/role": "submitter"}},
+            "spec": {
+                "restartPolicy": "Never",
+                "serviceAccountName": account,
+                "securityContext": kube.pod_security(RAY_USER_ID),
+                "containers": [
+                    {
+                        "name": "ray-job-submitter",
+                        "image": args["image"],
+                        "resources": kube.resources("200m", "512Mi", limit_cpu="500m", limit_memory="512Mi"),
+                        "securityContext": kube.container_security(RAY_USER_ID),
+                    }
+                ],
+            },
+        },
+    }
+
+
+class RayPlatform(pulumi.ComponentResource):
+    """KubeRay, a RayService serving the router, a scheduled training RayCronJob and a RayJob template."""
+
+    service_name: pulumi.Output[str]
+    serve_url: pulumi.Output[str]
+    training_job_manifest: pulumi.Output[str]
+    pod_labels: dict[str, str]
+
+    def __init__(self, name: str, args: RayPlatformArgs, opts: pulumi.ResourceOptions | None = None):
+        workers = args["workers"]
+        if not workers["min_replicas"] <= workers["replicas"] <= workers["max_replicas"]:
+            raise ValueError("workers.replicas: must lie between min_replicas and max_replicas")
+        super().__init__("lockgate:ray:RayPlatform", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        namespace = args["namespace"]
+        component = f"{name}-ray"
+        dependencies: list[pulumi.Resource] = []
+        if args["install_operator"]:
+            operator_namespace = k8s.core.v1.Namespace(
+                f"{name}-operator-namespace",
+                metadata={
+                    "name": args["operator_namespace"],
+                    "labels": {
+                        **kube.labels(name, f"{name}-kuberay"),
+                        "pod-security.kubernetes.io/enforce": "restricted",
+                    },
+                },
+                opts=child,
+            )
+            dependencies.append(
+                k8s.helm.v3.Release(
+                    f"{name}-kuberay-operator",
+                    name="kuberay-operator",
+                    chart="kuberay-operator",
+                    version=args["operator_chart_version"],
+                    repository_opts={"repo": "https://ray-project.github.io/kuberay-helm/"},
+                    namespace=operator_namespace.metadata.name,
+                    values={
+                        "resources": kube.resources("100m", "512Mi", limit_cpu="500m", limit_memory="512Mi"),
+                        "securityContext": kube.container_security(65532),
+                        # Workers then wait for the head themselves: every container in a Ray pod is one we
+                        # declare (bounded, non-root), which the namespace's restricted profile requires.
+                        "env": [{"name": "ENABLE_INIT_CONTAINER_INJECTION", "value": "false"}],
+                    },
+                    opts=child,
+                )
+            )
+        account = k8s.core.v1.ServiceAccount(
+            f"{name}-ray-account",
+            metadata={
+                "name": ray_service_account(name),
+                "namespace": namespace,
+                "labels": kube.labels(name, component),
+                "annotations": args["service_account_annotations"],
+            },
+            opts=child,
+        )
+        # The head's autoscaler runs under this account: it may read and patch its own pods and cluster only.
+        autoscaler_metadata: Any = {
+            "name": f"{name}-ray-autoscaler",
+            "namespace": namespace,
+            "labels": kube.labels(name, component),
+        }
+        autoscaler_rules: Any = [
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "patch"]},
+            {
+                "apiGroups": ["ray.io"],
+                "resources": ["rayclusters"],
+                "verbs": ["get", "list", "watch", "patch"],
+            },
+        ]
+        role = k8s.rbac.v1.Role(
+            f"{name}-autoscaler", metadata=autoscaler_metadata, rules=autoscaler_rules, opts=child
+        )
+        role_ref: Any = {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role.metadata.name}
+        subjects: Any = [{"kind": "ServiceAccount", "name": account.metadata.name, "namespace": namespace}]
+        k8s.rbac.v1.RoleBinding(
+            f"{name}-autoscaler",
+            metadata=autoscaler_metadata,
+            role_ref=role_ref,
+            subjects=subjects,
+            opts=child,
+        )
+        crd_opts = pulumi.ResourceOptions(parent=self, depends_on=dependencies)
+        serve_service_name = f"{name}-serve"
+        serve_service: dict[str, Any] = {
+            "metadata": {"name": serve_service_name, "labels": kube.labels(name, component)},
+            "spec": {
+                "type": "ClusterIP",
+                "ports": [{"name": "serve", "port": SERVE_PORT, "targetPort": SERVE_PORT}],
+            },
+        }
+        if args["public_serve"]:
+            serve_service["metadata"]["annotations"] = {kube.PUBLIC_ENDPOINT_ANNOTATION: "true"}
+            serve_service["spec"]["type"] = "LoadBalancer"
+        service = k8s.apiextensions.CustomResource(
+            f"{name}-ray-service",
+            api_version="ray.io/v1",
+            kind="RayService",
+            metadata={
+                "name": f"{name}-serve",
+                "namespace": namespace,
+                "labels": kube.labels(name, component),
+            },
+            spec={
+                "serveConfigV2": args["serve_config"],
+                "rayClusterConfig": ray_cluster_spec(name, args, account.metadata.name, autoscale=True),
+                "serveService": serve_service,
+            },
+            opts=crd_opts,
+        )
+        job_spec = training_job_spec(name, args, account.metadata.name)
+        k8s.apiextensions.CustomResource(
+            f"{name}-ray-training-schedule",
+            api_version="ray.io/v1",
+            kind="RayCronJob",
+            metadata={
+                "name": f"{name}-training",
+                "namespace": namespace,
+                "labels": kube.labels(name, component),
+            },
+            spec={
+                "schedule": args["schedule"],
+                "suspend": args["schedule_suspended"],
+                "jobTemplate": job_spec,
+            },
+            opts=crd_opts,
+        )
+        self._network_policies(name, args)
+        self.training_job_manifest = pulumi.Output.from_input(
+            {
+                "apiVersion": "ray.io/v1",
+                "kind": "RayJob",
+                "metadata": {
+                    "generateName": f"{name}-train-",
+                    "namespace": namespace,
+                    "labels": kube.labels(name, component),
+                },
+                "spec": job_spec,
+            }
+        ).apply(lambda manifest: yaml.safe_dump(manifest, sort_keys=False))
+        # The RayService's name, available once it exists (so consumers wait for it).
+        self.service_name = service.id.apply(lambda _: f"{name}-serve")
+        self.serve_url = pulumi.Output.concat(
+            "http://", serve_service_name, ".", namespace, f".svc.cluster.local:{SERVE_PORT}"
+        )
+        self.pod_labels = ray_pod_labels(name)
+        self.register_outputs(
+            {
+                "service_name": self.service_name,
+                "serve_url": self.serve_url,
+                "training_job_manifest": self.training_job_manifest,
+                "pod_labels": self.pod_labels,
+            }
+        )
+
+    def _network_policies(self, name: str, args: RayPlatformArgs) -> None:
+        """Ray pods reach each other, namespace pods Serve and the dashboard, operator and Prometheus theirs."""
+        namespace = args["namespace"]
+        ray_pods = ray_pod_labels(name)
+        rules = [
+            # Ray nodes use many (dynamic) ports between themselves: all ports, but only between Ray pods.
+            {"from": [kube.same_namespace_pods(ray_pods)]},
+            kube.ingress_rule([SERVE_PORT, DASHBOARD_PORT, CLIENT_PORT], [kube.same_namespace_pods()]),
+            kube.ingress_rule(
+                [DASHBOARD_PORT, DASHBOARD_AGENT_PORT], [kube.namespace_peer(args["operator_namespace"])]
+            ),
+            kube.ingress_rule(
+                [METRICS_PORT, DASHBOARD_METRICS_PORT], [kube.namespace_peer(args["monitoring_namespace"])]
+            ),
+        ]
+        if args["public_serve"]:
+            rules.append(kube.ingress_rule([SERVE_PORT], [{"ipBlock": {"cidr": "0.0.0.0/0"}}]))
+        metadata: Any = {
+            "name": f"{name}-ray",
+            "namespace": namespace,
+            "labels": kube.labels(name, f"{name}-ray"),
+        }
+        spec: Any = {"podSelector": {"matchLabels": ray_pods}, "policyTypes": ["Ingress"], "ingress": rules}
+        k8s.networking.v1.NetworkPolicy(
+            f"{name}-ray-ingress",
+            metadata=metadata,
+            spec=spec,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
