@@ -235,9 +235,8 @@ class Watcher:
         self, read_captured: Callable, read_labels: Callable, cursor: dict[str, float], champion: str
     ) -> dict[str, float] | None:
         """Quality on champion answers whose labels arrived since the last measured window."""
+        # Measured (and exported) whenever labels arrive; only the degradation trigger, if enabled, acts on it.
         spec = self.config.triggers.degradation
-        if not spec.enabled:
-            return None
         labels = read_labels(self.capture_uri)
         if labels.empty:
             return None

@@ -27,7 +27,7 @@ from tests.conftest import write_pipeline
 from tests.serving.conftest import SERVE_PORT
 
 pytestmark = pytest.mark.e2e
-WINDOW = 300
+WINDOW = 400
 
 
 def wait_for_rows(store: str, model: str, since: float, rows: int, timeout_s: float = 120) -> None:
@@ -89,7 +89,8 @@ def test_drifted_traffic_triggers_one_retraining_run(local_env, tmp_path) -> Non
     first = submit_pipeline(local_env, config, stream=lambda _: None)
     assert (first.exit_code, first.outcome) == (EXIT_OK, "registered"), first.message
     store = str(local_env.capture_dir)
-    shifted = write_table(make_loans(8_000, seed=5, shift=0.8), tmp_path / "shifted.parquet")
+    # A strong population shift: most features and the prediction drift in every window, not just on average.
+    shifted = write_table(make_loans(8_000, seed=5, shift=1.0), tmp_path / "shifted.parquet")
     watcher = _watcher(config, local_env.state_dir, str(shifted))
     url = f"http://127.0.0.1:{SERVE_PORT}/loop"
     features = list(load_config(config).features)
@@ -117,7 +118,10 @@ def test_drifted_traffic_triggers_one_retraining_run(local_env, tmp_path) -> Non
         answered = answered[answered["model"] == name].head(250)
         labels = tmp_path / "labels.csv"
         pd.DataFrame(
-            {"request_id": answered["request_id"], "label": (answered["probability"] > 0.5).astype(int)}
+            {
+                "request_id": answered["request_id"],
+                "label": (answered["probability"] > answered["probability"].median()).astype(int),
+            }
         ).to_csv(labels, index=False)
         attach = subprocess.run(
             [sys.executable, "-m", "lockgate", "labels", str(labels), "-c", str(config)]

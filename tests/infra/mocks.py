@@ -4,6 +4,7 @@ every resource the program registers (type, name, parent, inputs with Pulumi sec
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -142,6 +143,14 @@ class RecordingMonitor(MockMonitor):
 def install(project: str = "lockgate", stack: str = "test") -> LockgateMocks:
     """Install the mocks process-wide (Pulumi's runtime is global) and return them."""
     mocks = LockgateMocks()
+    # Pulumi's runtime takes the main thread's event loop; an earlier asyncio.run() in the same test process
+    # (the e2e tests' job log streaming) leaves none set, so give it a fresh one.
+    try:
+        loop: asyncio.AbstractEventLoop | None = asyncio.get_event_loop()
+    except RuntimeError:
+        loop = None
+    if loop is None or loop.is_closed():
+        asyncio.set_event_loop(asyncio.new_event_loop())
     pulumi.runtime.set_mocks(
         mocks, project=project, stack=stack, preview=False, monitor=RecordingMonitor(mocks)
     )
