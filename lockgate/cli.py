@@ -202,7 +202,7 @@ def demo(
     ray_port: RayPort = DEFAULTS.ray_gcs,
     dashboard_port: DashboardPort = DEFAULTS.ray_dashboard,
 ) -> None:
-    """The main job: start the environment, run the pipeline three times with rollouts, summarise."""
+    """The main job: start the environment, three runs with rollouts, then the drift loop; summary and report."""
     from lockgate.jobs import submit_pipeline
     from lockgate.summary import format_summary, registry_summary
     from lockgate.traffic import TrafficSimulator
