@@ -625,10 +625,10 @@ def watch(
         parsed = load_config(config)
     except ConfigError as error:
         raise _fail(str(error), 2) from None
-    events_file = Path(parsed.events.log_file)
-    if not events_file.is_absolute():
-        events_file = config.resolve().parent / events_file
+    from pipeline.events import log_path
     from serving.desired import load_serving_file
+
+    events_file = log_path(parsed.events, config.resolve().parent)
 
     file = load_serving_file(config.resolve().parent / parsed.rollout.serving_file)
     exporter = Exporter(parsed.name, file.model_name, events_file)

@@ -16,6 +16,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
+from pipeline.delivery import outcome_after_rollout
 from pipeline.events import Event, EventType
 
 RUN_OUTCOMES = ("registered", "promoted", "blocked", "rolled_back", "failed")
@@ -31,10 +32,7 @@ def run_outcome(event: Event) -> str | None:
     if event.type == EventType.gate_blocked:
         return "blocked"
     if event.type == EventType.pipeline_succeeded:
-        rollout = str(event.details.get("rollout", ""))
-        return {"promoted": "promoted", "rolled_back": "rolled_back", "stalled": "rolled_back"}.get(
-            rollout, "registered"
-        )
+        return outcome_after_rollout(str(event.details.get("rollout", "")))
     return None
 
 
@@ -127,8 +125,8 @@ class Exporter:
             if event.type == EventType.promotion:
                 self.rollouts.labels(self.model, "promoted").inc()
             elif event.type == EventType.rollback:
-                stalled = "too few requests" in event.message
-                self.rollouts.labels(self.model, "stalled" if stalled else "rolled_back").inc()
+                # The controller says whether the rollback was a breach or a stall (too little traffic).
+                self.rollouts.labels(self.model, str(event.details.get("outcome", "rolled_back"))).inc()
             elif event.type == EventType.trigger_fired:
                 self.triggers.labels(self.pipeline, str(event.details.get("reason", "drift"))).inc()
         return len(events)

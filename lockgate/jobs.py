@@ -16,7 +16,7 @@ from typing import Any
 import pipeline
 from lockgate.localenv import EnvironmentError_, LocalEnvironment
 from pipeline.config import load_config
-from pipeline.events import EVENTS_FILE_ENV
+from pipeline.events import EVENTS_FILE_ENV, log_path
 from pipeline.run import (
     EXIT_BLOCKED,
     EXIT_FAILED,
@@ -111,9 +111,8 @@ def start_pipeline(
     client = job_client(env)
     submission_id = f"lockgate-{config.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
     runtime_env = job_runtime_env(config_path, submission_id)
-    events_file = Path(config.events.log_file)
-    if not events_file.is_absolute():
-        runtime_env["env_vars"][EVENTS_FILE_ENV] = str(config_path.parent / events_file)
+    if not Path(config.events.log_file).is_absolute():
+        runtime_env["env_vars"][EVENTS_FILE_ENV] = str(log_path(config.events, config_path.parent))
     metadata = {"lockgate.pipeline": config.name}
     if trigger:
         runtime_env["env_vars"][TRIGGER_ENV] = json.dumps(trigger, sort_keys=True)

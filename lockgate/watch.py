@@ -23,6 +23,7 @@ from typing import Any
 from pipeline.config import PipelineConfig
 from pipeline.drift import PROFILE_ARTIFACT, DriftReport, ReferenceProfile, check_drift, measure_quality
 from pipeline.events import Event, EventType, emit
+from pipeline.report import history_dir
 from pipeline.triggers import Decision, TriggerState, decide, make_window
 
 logger = logging.getLogger(__name__)
@@ -94,14 +95,9 @@ class Watcher:
         self.config, self.config_dir, self.model_name = config, config_dir, model_name
         self.capture_uri, self.submit, self.running_runs = capture_uri, submit, running_runs
         self.metrics_url, self.exporter, self.clock = metrics_url, exporter, clock
-        self.dir = state_dir / "watch" / model_name
+        self.dir = history_dir(state_dir, model_name)
         self._profiles: dict[str, tuple[ReferenceProfile, float | None]] = {}
         self._last_scrape: tuple[float, dict] | None = None
-
-    @property
-    def history_dir(self) -> Path:
-        """Where drift.jsonl and serving.jsonl are written (the report reads them)."""
-        return self.dir
 
     def _profile(self, version: str) -> tuple[ReferenceProfile, float | None]:
         """The version's reference profile and its offline value of the degradation metric (cached)."""
@@ -211,7 +207,7 @@ class Watcher:
                 EventType.drift_detected,
                 f"drift against v{champion}'s training data: {report.explanation}",
                 champion,
-                {"event_id": new_state.drift.event_id, **{k: v for k, v in report.to_metrics().items()}},
+                {"event_id": new_state.drift.event_id, **report.to_metrics()},
             )
         submission = None
         if decision.fire and decision.reason is not None:

@@ -19,6 +19,16 @@ from typing import Any
 from pipeline.events import Event, EventType
 
 
+def outcome_after_rollout(rollout_outcome: str) -> str:
+    """A registered run's outcome from its rollout's: promoted, rolled_back, or registered.
+
+    A stalled rollout is rolled back too; no rollout, or one that yielded to a pinned weight, leaves it registered.
+    """
+    return {"promoted": "promoted", "rolled_back": "rolled_back", "stalled": "rolled_back"}.get(
+        rollout_outcome, "registered"
+    )
+
+
 def _at(event: Event) -> float:
     return datetime.fromisoformat(event.time).timestamp()
 

@@ -65,6 +65,12 @@ def _resolve_url(sink: WebhookSink) -> str | None:
     return os.environ.get(sink.url_env or "") or None
 
 
+def log_path(config: EventsConfig, base_dir: Path | None = None) -> Path:
+    """Where events are logged: LOCKGATE_EVENTS_FILE if set, else ``log_file`` (relative to ``base_dir``)."""
+    path = Path(os.environ.get(EVENTS_FILE_ENV) or config.log_file)
+    return base_dir / path if not path.is_absolute() and base_dir is not None else path
+
+
 def emit(event: Event, config: EventsConfig, base_dir: Path | None = None) -> dict[str, bool]:
     """Deliver to every configured sink that wants this event type; returns delivery status per sink.
 
@@ -73,16 +79,14 @@ def emit(event: Event, config: EventsConfig, base_dir: Path | None = None) -> di
     """
     payload = event.model_dump(mode="json")
     delivered: dict[str, bool] = {}
-    log_path = Path(os.environ.get(EVENTS_FILE_ENV) or config.log_file)
-    if not log_path.is_absolute() and base_dir is not None:
-        log_path = base_dir / log_path
+    file = log_path(config, base_dir)
     try:
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        with log_path.open("a") as handle:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        with file.open("a") as handle:
             handle.write(json.dumps(payload, sort_keys=True) + "\n")
         delivered["log_file"] = True
     except OSError as error:
-        logger.error("event %s not written to %s: %s", event.type, log_path, error)
+        logger.error("event %s not written to %s: %s", event.type, file, error)
         delivered["log_file"] = False
     for index, sink in enumerate(config.webhooks):
         if event.type.value not in sink.events:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.delivery import DeliveryMetrics, RunRecord, delivery_metrics, runs_from_events
-from pipeline.events import Event, read_events
+from pipeline.events import Event, log_path, read_events
 
 STAGES = ("prepare", "train", "package", "evaluate", "gate", "register", "rollout")
 
@@ -283,6 +283,11 @@ def collect_inputs(
     )
 
 
+def history_dir(state_dir: Path, model_name: str) -> Path:
+    """Where ``lockgate watch`` keeps a model's state and history (drift.jsonl, serving.jsonl)."""
+    return state_dir / "watch" / model_name
+
+
 def write_report(
     config: Any, config_dir: Path, model_name: str, state_dir: Path, out: Path
 ) -> tuple[Path, str]:
@@ -291,11 +296,12 @@ def write_report(
 
     import mlflow
 
-    events_file = Path(config.events.log_file)
-    if not events_file.is_absolute():
-        events_file = config_dir / events_file
     inputs = collect_inputs(
-        config.name, model_name, events_file, state_dir / "watch" / model_name, config.cost.currency
+        config.name,
+        model_name,
+        log_path(config.events, config_dir),
+        history_dir(state_dir, model_name),
+        config.cost.currency,
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(render_report(inputs, generated_at=time.time()))

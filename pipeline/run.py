@@ -24,7 +24,7 @@ from typing import Any
 import requests
 
 from pipeline.config import ConfigError, PipelineConfig, load_config, parse_config
-from pipeline.delivery import estimate_cost
+from pipeline.delivery import estimate_cost, outcome_after_rollout
 from pipeline.deploy import deploy_and_roll_out
 from pipeline.drift import PROFILE_ARTIFACT, build_profile
 from pipeline.events import Event, EventType, emit
@@ -355,9 +355,7 @@ def run_pipeline(config: PipelineConfig, base_dir: Path) -> RunOutcome:
             rollout = deploy_and_roll_out(config, base_dir, registration.aliases, registration.version, send)
             mlflow.log_dict(rollout, "rollout.json")
             logger.info("rollout: %s %s", rollout["outcome"], rollout.get("reason", ""))
-        final = {"promoted": "promoted", "rolled_back": "rolled_back", "stalled": "rolled_back"}.get(
-            rollout["outcome"], "registered"
-        )
+        final = outcome_after_rollout(rollout["outcome"])
         mlflow.set_tags({OUTCOME_TAG: final, "lockgate.rollout_outcome": rollout["outcome"]})
         emit(
             Event(

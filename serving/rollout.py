@@ -167,6 +167,7 @@ class RolloutController:
             )
             if verdict.status != "pass":
                 stalled = verdict.status == "wait"
+                outcome = "stalled" if stalled else "rolled_back"
                 reason = (
                     f"too few requests at {weight:g}% within {self.policy.max_step_wait_s:g}s"
                     if stalled
@@ -177,9 +178,9 @@ class RolloutController:
                 self.effects.emit(
                     "rollback",
                     f"candidate v{self.candidate_version} rolled back at {weight:g}%: {reason}",
-                    {"weight": weight, "verdict": verdict.numbers},
+                    {"weight": weight, "verdict": verdict.numbers, "outcome": outcome},
                 )
-                result.outcome, result.reason = ("stalled" if stalled else "rolled_back"), reason
+                result.outcome, result.reason = outcome, reason
                 return result
         self.effects.promote()
         self.effects.emit(

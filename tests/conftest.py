@@ -39,6 +39,16 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
     return out
 
 
+# A short progressive rollout for end-to-end tests: two steps, 3 s holds, a small minimum sample.
+FAST_ROLLOUT: dict[str, Any] = {
+    "enabled": True,
+    "steps": [50, 100],
+    "interval_s": 3,
+    "max_step_wait_s": 90,
+    "analysis": {"min_requests": 50, "p99_latency_floor_s": 0.1},
+}
+
+
 def write_pipeline(directory: Path, override: dict[str, Any], frame=None) -> Path:
     """A pipeline file plus its data in ``directory`` (the job's working directory), events logged there too."""
     directory.mkdir(parents=True, exist_ok=True)

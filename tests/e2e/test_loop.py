@@ -23,7 +23,7 @@ from pipeline.events import read_events
 from pipeline.report import write_report
 from pipeline.run import EXIT_OK, with_data
 from serving.capture import read_captured
-from tests.conftest import write_pipeline
+from tests.conftest import FAST_ROLLOUT, write_pipeline
 from tests.serving.conftest import SERVE_PORT
 
 pytestmark = pytest.mark.e2e
@@ -73,13 +73,7 @@ def test_drifted_traffic_triggers_one_retraining_run(local_env, tmp_path) -> Non
         tmp_path,
         {
             "registry": {"model_name": name},
-            "rollout": {
-                "enabled": True,
-                "steps": [50, 100],
-                "interval_s": 3,
-                "max_step_wait_s": 90,
-                "analysis": {"min_requests": 50, "p99_latency_floor_s": 0.1},
-            },
+            "rollout": FAST_ROLLOUT,
             "triggers": {
                 "drift": {"window_rows": WINDOW, "confirm": {"breaches": 1, "windows": 1}},
                 "guardrails": {"cooldown_s": 3600, "max_concurrent_runs": 1},

@@ -13,7 +13,7 @@ from lockgate.traffic import TrafficSimulator
 from pipeline.data import make_loans, write_table
 from pipeline.events import read_events
 from pipeline.run import EXIT_BLOCKED, EXIT_OK
-from tests.conftest import write_pipeline
+from tests.conftest import FAST_ROLLOUT, write_pipeline
 
 pytestmark = pytest.mark.e2e
 SERVE_PORT = 17800  # Serve's HTTP port is cluster-wide: the same as the serving tests, another route
@@ -38,13 +38,7 @@ def test_pipeline_deploys_promotes_and_rolls_back_by_itself(local_env, tmp_path)
         tmp_path,
         {
             "registry": {"model_name": name},
-            "rollout": {
-                "enabled": True,
-                "steps": [50, 100],
-                "interval_s": 3,
-                "max_step_wait_s": 90,
-                "analysis": {"min_requests": 50, "p99_latency_floor_s": 0.1},
-            },
+            "rollout": FAST_ROLLOUT,
         },
     )
     batch = write_table(make_loans(8_000, seed=1), tmp_path / "batch-2.parquet")

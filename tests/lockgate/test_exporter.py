@@ -51,15 +51,17 @@ def test_counters_start_at_zero_and_count_new_events(tmp_path) -> None:
         log,
         Event(type=EventType.trigger_fired, details={"reason": "drift"}, **base),
         Event(type=EventType.rollback, run_id="c", message="p99 too high", **base),
+        Event(type=EventType.rollback, run_id="s", details={"outcome": "stalled"}, **base),
         Event(type=EventType.promotion, run_id="d", **base),
         Event(type=EventType.gate_blocked, run_id="e", **base),
     )
-    assert exporter.poll() == 5
+    assert exporter.poll() == 6
     after = exporter.snapshot()
     assert after['lockgate_pipeline_runs_total{outcome="failed",pipeline="loans"}'] == 1
     assert after['lockgate_pipeline_runs_total{outcome="blocked",pipeline="loans"}'] == 1
     assert after['lockgate_triggers_total{pipeline="loans",reason="drift"}'] == 1
     assert after['lockgate_rollouts_total{model="m",outcome="rolled_back"}'] == 1
+    assert after['lockgate_rollouts_total{model="m",outcome="stalled"}'] == 1
     assert after['lockgate_rollouts_total{model="m",outcome="promoted"}'] == 1
     exporter.set_drift({"age": 0.4, "__prediction__": 0.1}, drifted=True)
     exporter.set_quality("3", {"auc": 0.71, "rows": 500})
