@@ -1,8 +1,14 @@
-"""Kubernetes building blocks every component uses: labels, hardened containers, resource bounds, policies."""
+"""Kubernetes building blocks every component uses: labels, hardened containers, resource bounds, policies.
+
+Also the metadata, Services, NetworkPolicies and workload specs several components declare the same way.
+"""
 
 from __future__ import annotations
 
 from typing import Any
+
+import pulumi
+import pulumi_kubernetes as k8s
 
 PART_OF = "lockgate"
 # Annotation the program puts on a Service only when the stack asked for a public endpoint; the policy
@@ -27,6 +33,25 @@ def selector(instance: str, component: str) -> dict[str, str]:
     return {"app.kubernetes.io/name": component, "app.kubernetes.io/instance": instance}
 
 
+def metadata(
+    name: str,
+    namespace: pulumi.Input[str],
+    instance: str,
+    component: str,
+    extra_labels: dict[str, str] | None = None,
+    annotations: pulumi.Input[dict[str, str]] | None = None,
+) -> dict[str, Any]:
+    """Object metadata: a name in a namespace with the recommended labels (plus any extra labels, annotations)."""
+    meta: dict[str, Any] = {
+        "name": name,
+        "namespace": namespace,
+        "labels": {**labels(instance, component), **(extra_labels or {})},
+    }
+    if annotations is not None:
+        meta["annotations"] = annotations
+    return meta
+
+
 def resources(
     cpu: str, memory: str, limit_cpu: str | None = None, limit_memory: str | None = None
 ) -> dict[str, Any]:
@@ -37,9 +62,9 @@ def resources(
     }
 
 
-def container_security(user: int) -> dict[str, Any]:
+def container_security(user: int, read_only_root: bool = False) -> dict[str, Any]:
     """A container that runs as a fixed non-root user with no privilege escalation and no capabilities."""
-    return {
+    security = {
         "runAsNonRoot": True,
         "runAsUser": user,
         "runAsGroup": user,
@@ -47,6 +72,7 @@ def container_security(user: int) -> dict[str, Any]:
         "capabilities": {"drop": ["ALL"]},
         "seccompProfile": {"type": "RuntimeDefault"},
     }
+    return {**security, "readOnlyRootFilesystem": True} if read_only_root else security
 
 
 def pod_security(user: int) -> dict[str, Any]:
@@ -58,6 +84,11 @@ def pod_security(user: int) -> dict[str, Any]:
         "fsGroup": user,
         "seccompProfile": {"type": "RuntimeDefault"},
     }
+
+
+def volume_claim_spec(storage_gib: int) -> dict[str, Any]:
+    """A PersistentVolumeClaim spec: one node reads and writes ``storage_gib`` GiB."""
+    return {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": f"{storage_gib}Gi"}}}
 
 
 def secret_env(name: str, secret: Any, key: str) -> dict[str, Any]:
@@ -78,3 +109,71 @@ def same_namespace_pods(match_labels: dict[str, str] | None = None) -> dict[str,
 def namespace_peer(namespace: str) -> dict[str, Any]:
     """A peer: every pod of another namespace (by its immutable name label)."""
     return {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}}
+
+
+def cluster_service(
+    resource_name: str,
+    meta: dict[str, Any],
+    selector: dict[str, str],
+    ports: dict[str, int],
+    opts: pulumi.ResourceOptions,
+    headless: bool = False,
+) -> k8s.core.v1.Service:
+    """A ClusterIP Service (headless: no virtual IP) forwarding each named port to the same port of the pods."""
+    spec = {
+        "type": "ClusterIP",
+        **({"clusterIP": "None"} if headless else {}),
+        "selector": selector,
+        "ports": [{"name": name, "port": port, "targetPort": port} for name, port in ports.items()],
+    }
+    return k8s.core.v1.Service(resource_name, metadata=meta, spec=spec, opts=opts)
+
+
+def network_policy(
+    resource_name: str,
+    meta: dict[str, Any],
+    pod_selector: dict[str, str] | None,
+    rules: list[dict[str, Any]] | None,
+    opts: pulumi.ResourceOptions,
+) -> k8s.networking.v1.NetworkPolicy:
+    """An ingress NetworkPolicy for the selected pods (None: all of the namespace); no rules: deny all ingress."""
+    spec: dict[str, Any] = {
+        "podSelector": {"matchLabels": pod_selector} if pod_selector else {},
+        "policyTypes": ["Ingress"],
+    }
+    if rules is not None:
+        spec["ingress"] = rules
+    return k8s.networking.v1.NetworkPolicy(resource_name, metadata=meta, spec=spec, opts=opts)
+
+
+def workload_spec(
+    replicas: int, selector: dict[str, str], pod_labels: dict[str, str], pod_spec: dict[str, Any]
+) -> dict[str, Any]:
+    """What a Deployment's and a StatefulSet's spec share: ``replicas`` pods of one template, by ``selector``."""
+    return {
+        "replicas": replicas,
+        "selector": {"matchLabels": selector},
+        "template": {"metadata": {"labels": pod_labels}, "spec": pod_spec},
+    }
+
+
+def helm_release(
+    resource_name: str,
+    chart: str,
+    version: str,
+    repository: str,
+    namespace: pulumi.Input[str],
+    values: dict[str, Any],
+    opts: pulumi.ResourceOptions,
+) -> k8s.helm.v3.Release:
+    """A Helm release of ``chart``, named after it so that the objects it makes are named predictably."""
+    return k8s.helm.v3.Release(
+        resource_name,
+        name=chart,
+        chart=chart,
+        version=version,
+        repository_opts={"repo": repository},
+        namespace=namespace,
+        values=values,
+        opts=opts,
+    )

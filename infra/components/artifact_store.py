@@ -14,7 +14,7 @@ import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 import pulumi_random as random
 
-from infra import kube
+from infra import kms, kube
 
 MLFLOW_PREFIX = "mlflow"
 TRAIN_PREFIX = "ray-train"
@@ -63,13 +63,7 @@ class S3ArtifactStore(pulumi.ComponentResource):
             raise ValueError("noncurrent_version_expiration_days: must be at least 1")
         super().__init__("lockgate:storage:S3ArtifactStore", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
-        key = aws.kms.Key(
-            f"{name}-key",
-            description=f"{name}: artefact store encryption",
-            enable_key_rotation=True,
-            deletion_window_in_days=30,
-            opts=child,
-        )
+        key = kms.rotating_key(f"{name}-key", f"{name}: artefact store encryption", child)
         bucket = aws.s3.Bucket(f"{name}-bucket", force_destroy=args["force_destroy"], opts=child)
         aws.s3.BucketOwnershipControls(
             f"{name}-ownership",
@@ -180,11 +174,7 @@ class MinioArtifactStore(pulumi.ComponentResource):
         password = random.RandomPassword(f"{name}-root-password", length=32, special=False, opts=child)
         secret = k8s.core.v1.Secret(
             f"{name}-credentials",
-            metadata={
-                "name": f"{name}-minio-credentials",
-                "namespace": namespace,
-                "labels": kube.labels(name, component),
-            },
+            metadata=kube.metadata(f"{name}-minio-credentials", namespace, name, component),
             string_data={
                 "MINIO_ROOT_USER": "lockgate",
                 "MINIO_ROOT_PASSWORD": password.result,
@@ -195,33 +185,22 @@ class MinioArtifactStore(pulumi.ComponentResource):
         )
         claim = k8s.core.v1.PersistentVolumeClaim(
             f"{name}-data",
-            metadata={
-                "name": f"{name}-minio-data",
-                "namespace": namespace,
-                "labels": kube.labels(name, component),
-            },
-            spec={
-                "accessModes": ["ReadWriteOnce"],
-                "resources": {"requests": {"storage": f"{args['storage_gib']}Gi"}},
-            },
+            metadata=kube.metadata(f"{name}-minio-data", namespace, name, component),
+            spec=kube.volume_claim_spec(args["storage_gib"]),
             opts=child,
         )
         selector = kube.selector(name, component)
+        # The Deployment, Service and NetworkPolicy all bear MinIO's name.
+        meta = kube.metadata(component, namespace, name, component)
         k8s.apps.v1.Deployment(
             f"{name}-minio",
-            metadata={
-                "name": f"{name}-minio",
-                "namespace": namespace,
-                "labels": kube.labels(name, component),
-            },
+            metadata=meta,
             spec={
-                "replicas": 1,
-                # One writer on a ReadWriteOnce volume: never two pods at once.
-                "strategy": {"type": "Recreate"},
-                "selector": {"matchLabels": selector},
-                "template": {
-                    "metadata": {"labels": kube.labels(name, component)},
-                    "spec": {
+                **kube.workload_spec(
+                    1,
+                    selector,
+                    kube.labels(name, component),
+                    {
                         "automountServiceAccountToken": False,
                         "securityContext": kube.pod_security(MINIO_USER),
                         "containers": [
@@ -250,10 +229,7 @@ class MinioArtifactStore(pulumi.ComponentResource):
                                 "resources": kube.resources(
                                     "250m", "512Mi", limit_cpu="1", limit_memory="1Gi"
                                 ),
-                                "securityContext": {
-                                    **kube.container_security(MINIO_USER),
-                                    "readOnlyRootFilesystem": True,
-                                },
+                                "securityContext": kube.container_security(MINIO_USER, read_only_root=True),
                                 "volumeMounts": [
                                     {"name": "data", "mountPath": "/data"},
                                     {"name": "tmp", "mountPath": "/tmp"},
@@ -265,39 +241,19 @@ class MinioArtifactStore(pulumi.ComponentResource):
                             {"name": "tmp", "emptyDir": {}},
                         ],
                     },
-                },
+                ),
+                # One writer on a ReadWriteOnce volume: never two pods at once.
+                "strategy": {"type": "Recreate"},
             },
             opts=child,
         )
-        service = k8s.core.v1.Service(
-            f"{name}-service",
-            metadata={
-                "name": f"{name}-minio",
-                "namespace": namespace,
-                "labels": kube.labels(name, component),
-            },
-            spec={
-                "type": "ClusterIP",
-                "selector": selector,
-                "ports": [{"name": "s3", "port": MINIO_PORT, "targetPort": MINIO_PORT}],
-            },
-            opts=child,
-        )
-        k8s.networking.v1.NetworkPolicy(
+        service = kube.cluster_service(f"{name}-service", meta, selector, {"s3": MINIO_PORT}, child)
+        kube.network_policy(
             f"{name}-ingress",
-            metadata={
-                "name": f"{name}-minio",
-                "namespace": namespace,
-                "labels": kube.labels(name, component),
-            },
-            spec={
-                "podSelector": {"matchLabels": selector},
-                "policyTypes": ["Ingress"],
-                "ingress": [
-                    kube.ingress_rule([MINIO_PORT], [kube.same_namespace_pods({kube.CLIENT_LABEL: "true"})])
-                ],
-            },
-            opts=child,
+            meta,
+            selector,
+            [kube.ingress_rule([MINIO_PORT], [kube.same_namespace_pods({kube.CLIENT_LABEL: "true"})])],
+            child,
         )
         self.endpoint_url = pulumi.Output.concat(
             "http://",
@@ -339,10 +295,7 @@ class MinioArtifactStore(pulumi.ComponentResource):
                                 "resources": kube.resources(
                                     "50m", "64Mi", limit_cpu="200m", limit_memory="128Mi"
                                 ),
-                                "securityContext": {
-                                    **kube.container_security(MINIO_USER),
-                                    "readOnlyRootFilesystem": True,
-                                },
+                                "securityContext": kube.container_security(MINIO_USER, read_only_root=True),
                                 "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
                             }
                         ],

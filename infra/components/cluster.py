@@ -9,6 +9,8 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
+from infra import kms
+
 EKS_NODE_POLICIES: tuple[str, ...] = (
     "arn:aws:iam::aws:policy/AmazonEKSWorkerNodePolicy",
     "arn:aws:iam::aws:policy/AmazonEKS_CNI_Policy",
@@ -124,12 +126,8 @@ class EksCluster(pulumi.ComponentResource):
             raise ValueError("desired_size: must lie between min_size and max_size")
         super().__init__("lockgate:cluster:EksCluster", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
-        key = aws.kms.Key(
-            f"{name}-secrets-key",
-            description=f"{name}: envelope encryption of Kubernetes secrets",
-            enable_key_rotation=True,
-            deletion_window_in_days=30,
-            opts=child,
+        key = kms.rotating_key(
+            f"{name}-secrets-key", f"{name}: envelope encryption of Kubernetes secrets", child
         )
         cluster_role = aws.iam.Role(
             f"{name}-cluster-role", assume_role_policy=assume_role_policy("eks.amazonaws.com"), opts=child

@@ -155,24 +155,21 @@ class Monitoring(pulumi.ComponentResource):
             )
             grafana_secret = k8s.core.v1.Secret(
                 f"{name}-grafana-admin",
-                metadata={
-                    "name": f"{name}-grafana-admin",
-                    "namespace": monitoring_namespace.metadata.name,
-                    "labels": kube.labels(name, component),
-                },
+                metadata=kube.metadata(
+                    f"{name}-grafana-admin", monitoring_namespace.metadata.name, name, component
+                ),
                 string_data={"admin-user": "admin", "admin-password": password.result},
                 opts=child,
             )
-            release = k8s.helm.v3.Release(
+            # Named after the chart: the charts' Services are then named predictably (see the README).
+            release = kube.helm_release(
                 f"{name}-kube-prometheus-stack",
-                # A fixed release name: the charts' Services are then named predictably (see the README).
-                name="kube-prometheus-stack",
-                chart="kube-prometheus-stack",
-                version=args["chart_version"],
-                repository_opts={"repo": "https://prometheus-community.github.io/helm-charts"},
-                namespace=monitoring_namespace.metadata.name,
-                values=stack_values(args, grafana_secret.metadata.name),
-                opts=pulumi.ResourceOptions(parent=self, depends_on=[grafana_secret]),
+                "kube-prometheus-stack",
+                args["chart_version"],
+                "https://prometheus-community.github.io/helm-charts",
+                monitoring_namespace.metadata.name,
+                stack_values(args, grafana_secret.metadata.name),
+                pulumi.ResourceOptions(parent=self, depends_on=[grafana_secret]),
             )
             dependencies.append(release)
         # Our objects need the operator's CRDs: wait for the release when this stack installs it.
@@ -180,31 +177,21 @@ class Monitoring(pulumi.ComponentResource):
         ray_labels = args["ray_pod_labels"]
         # Ray head: a Service over the head pods' metrics ports, scraped through a ServiceMonitor.
         head_selector = {**ray_labels, "ray.io/node-type": "head"}
-        head_service_labels = kube.labels(name, f"{name}-ray-head-metrics")
-        head_metadata: Any = {
-            "name": f"{name}-ray-head-metrics",
-            "namespace": namespace,
-            "labels": head_service_labels,
-        }
-        head_spec: Any = {
-            "type": "ClusterIP",
-            "clusterIP": "None",
-            "selector": head_selector,
-            "ports": [
-                {"name": RAY_METRICS_PORT_NAME, "port": 8080, "targetPort": 8080},
-                {"name": RAY_DASHBOARD_METRICS_PORT_NAME, "port": 44227, "targetPort": 44227},
-            ],
-        }
-        k8s.core.v1.Service(f"{name}-ray-head-metrics", metadata=head_metadata, spec=head_spec, opts=child)
+        head_service = f"{name}-ray-head-metrics"
+        head_service_labels = kube.labels(name, head_service)
+        kube.cluster_service(
+            head_service,
+            kube.metadata(head_service, namespace, name, head_service),
+            head_selector,
+            {RAY_METRICS_PORT_NAME: 8080, RAY_DASHBOARD_METRICS_PORT_NAME: 44227},
+            child,
+            headless=True,
+        )
         k8s.apiextensions.CustomResource(
             f"{name}-ray-head",
             api_version="monitoring.coreos.com/v1",
             kind="ServiceMonitor",
-            metadata={
-                "name": f"{name}-ray-head",
-                "namespace": namespace,
-                "labels": kube.labels(name, component),
-            },
+            metadata=kube.metadata(f"{name}-ray-head", namespace, name, component),
             spec={
                 "selector": {"matchLabels": head_service_labels},
                 "namespaceSelector": {"matchNames": [namespace]},
@@ -220,11 +207,7 @@ class Monitoring(pulumi.ComponentResource):
             f"{name}-ray-workers",
             api_version="monitoring.coreos.com/v1",
             kind="PodMonitor",
-            metadata={
-                "name": f"{name}-ray-workers",
-                "namespace": namespace,
-                "labels": kube.labels(name, component),
-            },
+            metadata=kube.metadata(f"{name}-ray-workers", namespace, name, component),
             spec={
                 "selector": {"matchLabels": {**ray_labels, "ray.io/node-type": "worker"}},
                 "namespaceSelector": {"matchNames": [namespace]},
@@ -250,12 +233,13 @@ class Monitoring(pulumi.ComponentResource):
                 f"{name}-rules-{resource_name(path)}",
                 api_version="monitoring.coreos.com/v1",
                 kind="PrometheusRule",
-                metadata={
-                    "name": f"{name}-{resource_name(path)}",
-                    "namespace": namespace,
-                    "labels": kube.labels(name, component),
-                    "annotations": {"lockgate.dev/source": path.name},
-                },
+                metadata=kube.metadata(
+                    f"{name}-{resource_name(path)}",
+                    namespace,
+                    name,
+                    component,
+                    annotations={"lockgate.dev/source": path.name},
+                ),
                 spec={"groups": load_rule_groups(path)},
                 opts=crd_opts,
             )
@@ -264,11 +248,13 @@ class Monitoring(pulumi.ComponentResource):
         for path in sorted(args["dashboards_dir"].glob("*.json")):
             k8s.core.v1.ConfigMap(
                 f"{name}-dashboard-{resource_name(path)}",
-                metadata={
-                    "name": f"{name}-dashboard-{resource_name(path)}",
-                    "namespace": namespace,
-                    "labels": {**kube.labels(name, component), DASHBOARD_LABEL: "1"},
-                },
+                metadata=kube.metadata(
+                    f"{name}-dashboard-{resource_name(path)}",
+                    namespace,
+                    name,
+                    component,
+                    extra_labels={DASHBOARD_LABEL: "1"},
+                ),
                 data={path.name: load_dashboard(path)},
                 opts=child,
             )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, TypedDict
+from typing import TypedDict
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -38,12 +38,11 @@ class Namespace(pulumi.ComponentResource):
             },
             opts=pulumi.ResourceOptions(parent=self),
         )
-        deny_metadata: Any = {"name": "default-deny-ingress", "namespace": namespace.metadata.name}
-        deny_all: Any = {"podSelector": {}, "policyTypes": ["Ingress"]}
-        k8s.networking.v1.NetworkPolicy(
+        kube.network_policy(
             f"{name}-default-deny",
-            metadata=deny_metadata,
-            spec=deny_all,
+            {"name": "default-deny-ingress", "namespace": namespace.metadata.name},
+            pod_selector=None,
+            rules=None,
             opts=pulumi.ResourceOptions(parent=self),
         )
         self.name = namespace.metadata.name

@@ -228,39 +228,35 @@ class RayPlatform(pulumi.ComponentResource):
                 opts=child,
             )
             dependencies.append(
-                k8s.helm.v3.Release(
+                kube.helm_release(
                     f"{name}-kuberay-operator",
-                    name="kuberay-operator",
-                    chart="kuberay-operator",
-                    version=args["operator_chart_version"],
-                    repository_opts={"repo": "https://ray-project.github.io/kuberay-helm/"},
-                    namespace=operator_namespace.metadata.name,
-                    values={
+                    "kuberay-operator",
+                    args["operator_chart_version"],
+                    "https://ray-project.github.io/kuberay-helm/",
+                    operator_namespace.metadata.name,
+                    {
                         "resources": kube.resources("100m", "512Mi", limit_cpu="500m", limit_memory="512Mi"),
                         "securityContext": kube.container_security(65532),
                         # Workers then wait for the head themselves: every container in a Ray pod is one we
                         # declare (bounded, non-root), which the namespace's restricted profile requires.
                         "env": [{"name": "ENABLE_INIT_CONTAINER_INJECTION", "value": "false"}],
                     },
-                    opts=child,
+                    child,
                 )
             )
         account = k8s.core.v1.ServiceAccount(
             f"{name}-ray-account",
-            metadata={
-                "name": ray_service_account(name),
-                "namespace": namespace,
-                "labels": kube.labels(name, component),
-                "annotations": args["service_account_annotations"],
-            },
+            metadata=kube.metadata(
+                ray_service_account(name),
+                namespace,
+                name,
+                component,
+                annotations=args["service_account_annotations"],
+            ),
             opts=child,
         )
         # The head's autoscaler runs under this account: it may read and patch its own pods and cluster only.
-        autoscaler_metadata: Any = {
-            "name": f"{name}-ray-autoscaler",
-            "namespace": namespace,
-            "labels": kube.labels(name, component),
-        }
+        autoscaler_metadata = kube.metadata(f"{name}-ray-autoscaler", namespace, name, component)
         autoscaler_rules: Any = [
             {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "patch"]},
             {
@@ -297,11 +293,7 @@ class RayPlatform(pulumi.ComponentResource):
             f"{name}-ray-service",
             api_version="ray.io/v1",
             kind="RayService",
-            metadata={
-                "name": f"{name}-serve",
-                "namespace": namespace,
-                "labels": kube.labels(name, component),
-            },
+            metadata=kube.metadata(f"{name}-serve", namespace, name, component),
             spec={
                 "serveConfigV2": args["serve_config"],
                 "rayClusterConfig": ray_cluster_spec(name, args, account.metadata.name, autoscale=True),
@@ -314,11 +306,7 @@ class RayPlatform(pulumi.ComponentResource):
             f"{name}-ray-training-schedule",
             api_version="ray.io/v1",
             kind="RayCronJob",
-            metadata={
-                "name": f"{name}-training",
-                "namespace": namespace,
-                "labels": kube.labels(name, component),
-            },
+            metadata=kube.metadata(f"{name}-training", namespace, name, component),
             spec={
                 "schedule": args["schedule"],
                 "suspend": args["schedule_suspended"],
@@ -356,7 +344,6 @@ class RayPlatform(pulumi.ComponentResource):
 
     def _network_policies(self, name: str, args: RayPlatformArgs) -> None:
         """Ray pods reach each other, namespace pods Serve and the dashboard, operator and Prometheus theirs."""
-        namespace = args["namespace"]
         ray_pods = ray_pod_labels(name)
         rules = [
             # Ray nodes use many (dynamic) ports between themselves: all ports, but only between Ray pods.
@@ -371,15 +358,10 @@ class RayPlatform(pulumi.ComponentResource):
         ]
         if args["public_serve"]:
             rules.append(kube.ingress_rule([SERVE_PORT], [{"ipBlock": {"cidr": "0.0.0.0/0"}}]))
-        metadata: Any = {
-            "name": f"{name}-ray",
-            "namespace": namespace,
-            "labels": kube.labels(name, f"{name}-ray"),
-        }
-        spec: Any = {"podSelector": {"matchLabels": ray_pods}, "policyTypes": ["Ingress"], "ingress": rules}
-        k8s.networking.v1.NetworkPolicy(
+        kube.network_policy(
             f"{name}-ray-ingress",
-            metadata=metadata,
-            spec=spec,
-            opts=pulumi.ResourceOptions(parent=self),
+            kube.metadata(f"{name}-ray", args["namespace"], name, f"{name}-ray"),
+            ray_pods,
+            rules,
+            pulumi.ResourceOptions(parent=self),
         )

@@ -72,14 +72,12 @@ class InClusterPostgres(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         namespace = args["namespace"]
         component = f"{name}-postgres"
+        # The Secret, Service, StatefulSet and NetworkPolicy all bear Postgres's name.
+        meta = kube.metadata(component, namespace, name, component)
         password = random.RandomPassword(f"{name}-password", length=32, special=False, opts=child)
         secret = k8s.core.v1.Secret(
             f"{name}-credentials",
-            metadata={
-                "name": f"{name}-postgres",
-                "namespace": namespace,
-                "labels": kube.labels(name, component),
-            },
+            metadata=meta,
             string_data={
                 "POSTGRES_USER": DATABASE_USER,
                 "POSTGRES_PASSWORD": password.result,
@@ -88,34 +86,17 @@ class InClusterPostgres(pulumi.ComponentResource):
             opts=child,
         )
         selector = kube.selector(name, component)
-        service = k8s.core.v1.Service(
-            f"{name}-service",
-            metadata={
-                "name": f"{name}-postgres",
-                "namespace": namespace,
-                "labels": kube.labels(name, component),
-            },
-            spec={
-                "type": "ClusterIP",
-                "selector": selector,
-                "ports": [{"name": "postgres", "port": POSTGRES_PORT, "targetPort": POSTGRES_PORT}],
-            },
-            opts=child,
-        )
+        service = kube.cluster_service(f"{name}-service", meta, selector, {"postgres": POSTGRES_PORT}, child)
         k8s.apps.v1.StatefulSet(
             f"{name}-postgres",
-            metadata={
-                "name": f"{name}-postgres",
-                "namespace": namespace,
-                "labels": kube.labels(name, component),
-            },
+            metadata=meta,
             spec={
                 "serviceName": service.metadata.name,
-                "replicas": 1,
-                "selector": {"matchLabels": selector},
-                "template": {
-                    "metadata": {"labels": kube.labels(name, component)},
-                    "spec": {
+                **kube.workload_spec(
+                    1,
+                    selector,
+                    kube.labels(name, component),
+                    {
                         "automountServiceAccountToken": False,
                         "securityContext": kube.pod_security(POSTGRES_USER_ID),
                         "containers": [
@@ -144,34 +125,19 @@ class InClusterPostgres(pulumi.ComponentResource):
                         ],
                         "volumes": [{"name": "run", "emptyDir": {}}],
                     },
-                },
+                ),
                 "volumeClaimTemplates": [
-                    {
-                        "metadata": {"name": "data"},
-                        "spec": {
-                            "accessModes": ["ReadWriteOnce"],
-                            "resources": {"requests": {"storage": f"{args['storage_gib']}Gi"}},
-                        },
-                    }
+                    {"metadata": {"name": "data"}, "spec": kube.volume_claim_spec(args["storage_gib"])}
                 ],
             },
             opts=child,
         )
-        k8s.networking.v1.NetworkPolicy(
+        kube.network_policy(
             f"{name}-ingress",
-            metadata={
-                "name": f"{name}-postgres",
-                "namespace": namespace,
-                "labels": kube.labels(name, component),
-            },
-            spec={
-                "podSelector": {"matchLabels": selector},
-                "policyTypes": ["Ingress"],
-                "ingress": [
-                    kube.ingress_rule([POSTGRES_PORT], [kube.same_namespace_pods(args["client_selector"])])
-                ],
-            },
-            opts=child,
+            meta,
+            selector,
+            [kube.ingress_rule([POSTGRES_PORT], [kube.same_namespace_pods(args["client_selector"])])],
+            child,
         )
         self.host = pulumi.Output.concat(
             service.metadata.name, ".", service.metadata.namespace, ".svc.cluster.local"
@@ -393,11 +359,7 @@ class ModelRegistry(pulumi.ComponentResource):
         database_uri = args["database"].uri()
         server_secret = k8s.core.v1.Secret(
             f"{name}-mlflow-server",
-            metadata={
-                "name": f"{name}-mlflow-server",
-                "namespace": namespace,
-                "labels": kube.labels(name, component),
-            },
+            metadata=kube.metadata(f"{name}-mlflow-server", namespace, name, component),
             string_data={
                 "backend-store-uri": database_uri,
                 "auth.ini": database_uri.apply(auth_config),
@@ -408,11 +370,7 @@ class ModelRegistry(pulumi.ComponentResource):
         )
         client_secret = k8s.core.v1.Secret(
             f"{name}-mlflow-client",
-            metadata={
-                "name": f"{name}-mlflow-client",
-                "namespace": namespace,
-                "labels": kube.labels(name, component),
-            },
+            metadata=kube.metadata(f"{name}-mlflow-client", namespace, name, component),
             string_data={
                 "MLFLOW_TRACKING_USERNAME": args["admin_username"],
                 "MLFLOW_TRACKING_PASSWORD": admin_password,
@@ -421,127 +379,101 @@ class ModelRegistry(pulumi.ComponentResource):
         )
         account = k8s.core.v1.ServiceAccount(
             f"{name}-mlflow-account",
-            metadata={
-                "name": mlflow_service_account(name),
-                "namespace": namespace,
-                "labels": kube.labels(name, component),
-                "annotations": args["service_account_annotations"],
-            },
+            metadata=kube.metadata(
+                mlflow_service_account(name),
+                namespace,
+                name,
+                component,
+                annotations=args["service_account_annotations"],
+            ),
             automount_service_account_token=False,
             opts=child,
         )
         service_name = f"{name}-mlflow"
+        # The Deployment, Service and NetworkPolicy all bear MLflow's name.
+        meta = kube.metadata(service_name, namespace, name, component)
         hosts = pulumi.Output.from_input(namespace).apply(lambda ns: allowed_hosts(service_name, ns))
         secret_name = server_secret.metadata.name
         k8s.apps.v1.Deployment(
             f"{name}-mlflow",
-            metadata={
-                "name": f"{name}-mlflow",
-                "namespace": namespace,
-                "labels": kube.labels(name, component),
-            },
-            spec={
-                "replicas": args["replicas"],
-                "selector": {"matchLabels": selector},
-                "template": {
-                    "metadata": {"labels": {**kube.labels(name, component), kube.CLIENT_LABEL: "true"}},
-                    "spec": {
-                        "serviceAccountName": account.metadata.name,
-                        "securityContext": kube.pod_security(MLFLOW_USER_ID),
-                        "containers": [
-                            {
-                                "name": "mlflow",
-                                "image": args["image"],
-                                "command": ["mlflow", "server"],
-                                "args": [
-                                    "--app-name",
-                                    "basic-auth",
-                                    "--host",
-                                    "0.0.0.0",  # the pod's address, behind a NetworkPolicy
-                                    "--port",
-                                    str(MLFLOW_PORT),
-                                    "--workers",
-                                    "2",
-                                    "--serve-artifacts",
-                                    "--artifacts-destination",
-                                    args["artifacts_destination"],
-                                    "--allowed-hosts",
-                                    hosts,
-                                ],
-                                "env": [
-                                    kube.secret_env(
-                                        "MLFLOW_BACKEND_STORE_URI", secret_name, "backend-store-uri"
-                                    ),
-                                    kube.secret_env(
-                                        "MLFLOW_FLASK_SERVER_SECRET_KEY", secret_name, "flask-secret-key"
-                                    ),
-                                    {"name": "MLFLOW_AUTH_CONFIG_PATH", "value": "/etc/mlflow-auth/auth.ini"},
-                                    {"name": "MLFLOW_AUTH_ADMIN_USERNAME", "value": args["admin_username"]},
-                                    kube.secret_env(
-                                        "MLFLOW_AUTH_ADMIN_PASSWORD", secret_name, "admin-password"
-                                    ),
-                                    {"name": "HOME", "value": "/tmp"},
-                                    *args["store_env"],
-                                ],
-                                "ports": [{"name": "http", "containerPort": MLFLOW_PORT}],
-                                "readinessProbe": {
-                                    "httpGet": {"path": "/health", "port": MLFLOW_PORT},
-                                    "periodSeconds": 10,
-                                },
-                                "livenessProbe": {
-                                    "httpGet": {"path": "/health", "port": MLFLOW_PORT},
-                                    "periodSeconds": 20,
-                                    "initialDelaySeconds": 30,
-                                },
-                                "resources": kube.resources("500m", "1Gi", limit_cpu="2", limit_memory="2Gi"),
-                                "securityContext": {
-                                    **kube.container_security(MLFLOW_USER_ID),
-                                    "readOnlyRootFilesystem": True,
-                                },
-                                "volumeMounts": [
-                                    {"name": "auth", "mountPath": "/etc/mlflow-auth", "readOnly": True},
-                                    {"name": "tmp", "mountPath": "/tmp"},
-                                ],
-                            }
-                        ],
-                        "volumes": [
-                            {
-                                "name": "auth",
-                                "secret": {
-                                    "secretName": secret_name,
-                                    "items": [{"key": "auth.ini", "path": "auth.ini"}],
-                                },
+            metadata=meta,
+            spec=kube.workload_spec(
+                args["replicas"],
+                selector,
+                {**kube.labels(name, component), kube.CLIENT_LABEL: "true"},
+                {
+                    "serviceAccountName": account.metadata.name,
+                    "securityContext": kube.pod_security(MLFLOW_USER_ID),
+                    "containers": [
+                        {
+                            "name": "mlflow",
+                            "image": args["image"],
+                            "command": ["mlflow", "server"],
+                            "args": [
+                                "--app-name",
+                                "basic-auth",
+                                "--host",
+                                "0.0.0.0",  # the pod's address, behind a NetworkPolicy
+                                "--port",
+                                str(MLFLOW_PORT),
+                                "--workers",
+                                "2",
+                                "--serve-artifacts",
+                                "--artifacts-destination",
+                                args["artifacts_destination"],
+                                "--allowed-hosts",
+                                hosts,
+                            ],
+                            "env": [
+                                kube.secret_env("MLFLOW_BACKEND_STORE_URI", secret_name, "backend-store-uri"),
+                                kube.secret_env(
+                                    "MLFLOW_FLASK_SERVER_SECRET_KEY", secret_name, "flask-secret-key"
+                                ),
+                                {"name": "MLFLOW_AUTH_CONFIG_PATH", "value": "/etc/mlflow-auth/auth.ini"},
+                                {"name": "MLFLOW_AUTH_ADMIN_USERNAME", "value": args["admin_username"]},
+                                kube.secret_env("MLFLOW_AUTH_ADMIN_PASSWORD", secret_name, "admin-password"),
+                                {"name": "HOME", "value": "/tmp"},
+                                *args["store_env"],
+                            ],
+                            "ports": [{"name": "http", "containerPort": MLFLOW_PORT}],
+                            "readinessProbe": {
+                                "httpGet": {"path": "/health", "port": MLFLOW_PORT},
+                                "periodSeconds": 10,
                             },
-                            {"name": "tmp", "emptyDir": {}},
-                        ],
-                    },
+                            "livenessProbe": {
+                                "httpGet": {"path": "/health", "port": MLFLOW_PORT},
+                                "periodSeconds": 20,
+                                "initialDelaySeconds": 30,
+                            },
+                            "resources": kube.resources("500m", "1Gi", limit_cpu="2", limit_memory="2Gi"),
+                            "securityContext": kube.container_security(MLFLOW_USER_ID, read_only_root=True),
+                            "volumeMounts": [
+                                {"name": "auth", "mountPath": "/etc/mlflow-auth", "readOnly": True},
+                                {"name": "tmp", "mountPath": "/tmp"},
+                            ],
+                        }
+                    ],
+                    "volumes": [
+                        {
+                            "name": "auth",
+                            "secret": {
+                                "secretName": secret_name,
+                                "items": [{"key": "auth.ini", "path": "auth.ini"}],
+                            },
+                        },
+                        {"name": "tmp", "emptyDir": {}},
+                    ],
                 },
-            },
+            ),
             opts=child,
         )
-        service = k8s.core.v1.Service(
-            f"{name}-mlflow-service",
-            metadata={"name": service_name, "namespace": namespace, "labels": kube.labels(name, component)},
-            spec={
-                "type": "ClusterIP",
-                "selector": selector,
-                "ports": [{"name": "http", "port": MLFLOW_PORT, "targetPort": MLFLOW_PORT}],
-            },
-            opts=child,
-        )
-        k8s.networking.v1.NetworkPolicy(
+        service = kube.cluster_service(f"{name}-mlflow-service", meta, selector, {"http": MLFLOW_PORT}, child)
+        kube.network_policy(
             f"{name}-mlflow-ingress",
-            metadata={
-                "name": f"{name}-mlflow",
-                "namespace": namespace,
-                "labels": kube.labels(name, component),
-            },
-            spec={
-                "podSelector": {"matchLabels": selector},
-                "policyTypes": ["Ingress"],
-                "ingress": [kube.ingress_rule([MLFLOW_PORT], [kube.same_namespace_pods()])],
-            },
-            opts=child,
+            meta,
+            selector,
+            [kube.ingress_rule([MLFLOW_PORT], [kube.same_namespace_pods()])],
+            child,
         )
         self.service_name = service.metadata.name
         self.tracking_uri = pulumi.Output.concat(
