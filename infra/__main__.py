@@ -6,6 +6,7 @@ Postgres, ECR) → code image → Ray platform → monitoring.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -14,14 +15,26 @@ import pulumi_aws as aws
 import pulumi_random as random
 
 from infra import exports
-from infra.components.artifact_store import MinioArtifactStore, S3ArtifactStore
+from infra.components.artifact_store import (
+    CAPTURE_PREFIX,
+    MLFLOW_PREFIX,
+    STATE_PREFIX,
+    TRAIN_PREFIX,
+    MinioArtifactStore,
+    S3ArtifactStore,
+)
 from infra.components.cluster import EksCluster, ExistingCluster
 from infra.components.iam import WorkloadRole, bucket_prefix_statements
 from infra.components.image import CodeImage, RegistryLogin
 from infra.components.monitoring import Monitoring
 from infra.components.namespace import Namespace
 from infra.components.network import Network
-from infra.components.ray_platform import RayPlatform, ray_pod_labels, ray_service_account
+from infra.components.ray_platform import (
+    RayPlatform,
+    ray_pod_labels,
+    ray_service_account,
+    triggers_service_account,
+)
 from infra.components.registry import (
     ImageRepository,
     InClusterPostgres,
@@ -36,14 +49,25 @@ from infra.serve import stack_serve_yaml
 ROOT = Path(__file__).resolve().parents[1]
 NAME = "lockgate"
 IRSA_ANNOTATION = "eks.amazonaws.com/role-arn"
+VALIDATION_CAPTURE = "s3://validation/capture"  # stands in for the store's location in the early render
+
+
+def _statements(arns: list[str], read_write: list[str], read_only: list[str]) -> list[dict[str, Any]]:
+    bucket_arn, key_arn = arns
+    return bucket_prefix_statements(bucket_arn, key_arn, read_write, read_only)
 
 
 def build(config: StackConfig, root: Path) -> dict[str, Any]:
     """Declare the whole environment for one validated stack config; returns the stack outputs."""
     outputs: dict[str, Any] = {}
     # The serve config is rendered (and validated twice) before anything is declared: a bad one fails fast.
-    serve_config = stack_serve_yaml(
-        config.serve, config.canary_weight, config.models.champion, config.models.candidate
+    # It is rendered again below with the artefact store's capture location, known once the store exists.
+    stack_serve_yaml(
+        config.serve,
+        config.canary_weight,
+        config.models.champion,
+        config.models.candidate,
+        VALIDATION_CAPTURE,
     )
     repository: ImageRepository | None = None
     network: Network | None = None
@@ -93,8 +117,7 @@ def build(config: StackConfig, root: Path) -> dict[str, Any]:
     namespace = Namespace(NAME, {"namespace": config.namespace}, k8s_opts)
     ns = namespace.name
 
-    mlflow_annotations: pulumi.Input[dict[str, str]] = {}
-    ray_annotations: pulumi.Input[dict[str, str]] = {}
+    annotations: dict[str, pulumi.Input[dict[str, str]]] = {"mlflow": {}, "ray": {}, "triggers": {}}
     store: S3ArtifactStore | MinioArtifactStore
     database: RdsPostgres | InClusterPostgres
     db_config = config.mlflow.database
@@ -107,11 +130,14 @@ def build(config: StackConfig, root: Path) -> dict[str, Any]:
             },
         )
         s3_store = store
-        # Least privilege: MLflow reads and writes model artefacts, Ray pods training checkpoints, nothing else.
-        for workload, account, prefix in (
-            ("mlflow", mlflow_service_account(NAME), "mlflow"),
-            ("ray", ray_service_account(NAME), "ray-train"),
-        ):
+        # Least privilege: MLflow reads and writes model artefacts; Ray pods training checkpoints and captured
+        # traffic (the router writes it); the trigger checks their own state, and read captured traffic.
+        grants: list[tuple[str, str, list[str], list[str]]] = [
+            ("mlflow", mlflow_service_account(NAME), [MLFLOW_PREFIX], []),
+            ("ray", ray_service_account(NAME), [TRAIN_PREFIX, CAPTURE_PREFIX], []),
+            ("triggers", triggers_service_account(NAME), [STATE_PREFIX], [CAPTURE_PREFIX]),
+        ]
+        for workload, account, read_write, read_only in grants:
             role = WorkloadRole(
                 f"{NAME}-{workload}-irsa",
                 {
@@ -119,16 +145,12 @@ def build(config: StackConfig, root: Path) -> dict[str, Any]:
                     "oidc_issuer": eks.oidc_issuer,
                     "namespace": ns,
                     "service_account": account,
-                    "statements": pulumi.Output.all(s3_store.bucket_arn, s3_store.key_arn, prefix).apply(
-                        lambda values: bucket_prefix_statements(values[0], values[2], values[1])
+                    "statements": pulumi.Output.all(s3_store.bucket_arn, s3_store.key_arn).apply(
+                        partial(_statements, read_write=read_write, read_only=read_only)
                     ),
                 },
             )
-            annotations = role.role_arn.apply(lambda arn: {IRSA_ANNOTATION: arn})
-            if workload == "mlflow":
-                mlflow_annotations = annotations
-            else:
-                ray_annotations = annotations
+            annotations[workload] = role.role_arn.apply(lambda arn: {IRSA_ANNOTATION: arn})
         database = RdsPostgres(
             f"{NAME}-db",
             {
@@ -209,7 +231,7 @@ def build(config: StackConfig, root: Path) -> dict[str, Any]:
             "database": database.database,
             "artifacts_destination": store.mlflow_artifacts_uri,
             "store_env": store.client_env,
-            "service_account_annotations": mlflow_annotations,
+            "service_account_annotations": annotations["mlflow"],
             "admin_username": config.mlflow.admin_username,
             "admin_password": admin_password,
         },
@@ -217,6 +239,12 @@ def build(config: StackConfig, root: Path) -> dict[str, Any]:
     )
     operators = config.operators
     ray = config.ray
+    # Local mode's capture default is the state directory; a cluster's is the artefact store.
+    serve_config = store.capture_uri.apply(
+        lambda uri: stack_serve_yaml(
+            config.serve, config.canary_weight, config.models.champion, config.models.candidate, uri
+        )
+    )
     platform = RayPlatform(
         NAME,
         {
@@ -241,10 +269,17 @@ def build(config: StackConfig, root: Path) -> dict[str, Any]:
             "mlflow_client_secret": registry.client_secret,
             "store_env": store.client_env,
             "train_storage_uri": store.train_storage_uri,
-            "service_account_annotations": ray_annotations,
+            "service_account_annotations": annotations["ray"],
             "pipeline_file": ray.pipeline_file,
-            "schedule": ray.schedule,
-            "schedule_suspended": ray.schedule_suspended,
+            "trigger_checks": {
+                "schedule": ray.trigger_checks.schedule,
+                "suspended": ray.trigger_checks.suspended,
+                "cpu": ray.trigger_checks.cpu,
+                "memory": ray.trigger_checks.memory,
+            },
+            "capture_uri": store.capture_uri,
+            "state_uri": store.state_uri,
+            "triggers_service_account_annotations": annotations["triggers"],
             "public_serve": config.public_serve,
         },
         k8s_opts,

@@ -198,6 +198,19 @@ class WorkerGroupConfig(InfraModel):
         return self
 
 
+class TriggerChecksConfig(InfraModel):
+    """The CronJob that runs the trigger checks: drift, degradation and the pipeline file's own schedule.
+
+    Each check is one short pod (``lockgate triggers check``); a run starts only when a trigger fires.
+    """
+
+    # How often to check (cron, in the cluster's time zone); suspended: no checks, no triggered runs.
+    schedule: str = Field(default="*/15 * * * *", pattern=r"^(\S+\s+){4}\S+$")
+    suspended: bool = False
+    cpu: str = "250m"
+    memory: str = "1Gi"
+
+
 class RayConfig(InfraModel):
     """The Ray clusters: the RayService for serving, and the clusters training jobs bring up."""
 
@@ -205,9 +218,7 @@ class RayConfig(InfraModel):
     head_memory: str = "4Gi"
     workers: WorkerGroupConfig = WorkerGroupConfig()
     pipeline_file: str = "pipeline.yaml"
-    # Scheduled pipeline runs (cron, in the cluster's time zone); suspended schedules create nothing.
-    schedule: str = Field(default="0 3 * * *", pattern=r"^(\S+\s+){4}\S+$")
-    schedule_suspended: bool = False
+    trigger_checks: TriggerChecksConfig = TriggerChecksConfig()
 
 
 class ModelVersionsConfig(InfraModel):

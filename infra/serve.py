@@ -31,24 +31,27 @@ def stack_aliases(champion: str, candidate: str | None) -> dict[str, str]:
 
 
 def stack_router_config(
-    serve: ServingFile, canary_weight: float | None, champion: str, candidate: str | None
+    serve: ServingFile, canary_weight: float | None, champion: str, candidate: str | None, capture_uri: str
 ) -> RouterConfig:
-    """The router's user_config exactly as local mode resolves it (a config pin and no rollout state)."""
+    """The router's user_config exactly as local mode resolves it (a config pin and no rollout state).
+
+    ``capture_uri``: the artefact store's capture location, the default where the file names none.
+    """
     file = stack_serving_file(serve, canary_weight)
-    return resolve_router_config(file, RolloutState(), stack_aliases(champion, candidate))
+    return resolve_router_config(file, RolloutState(), stack_aliases(champion, candidate), capture_uri)
 
 
 def stack_serve_config(
-    serve: ServingFile, canary_weight: float | None, champion: str, candidate: str | None
+    serve: ServingFile, canary_weight: float | None, champion: str, candidate: str | None, capture_uri: str
 ) -> dict[str, Any]:
     """The rendered, validated serve config for the RayService."""
-    router = stack_router_config(serve, canary_weight, champion, candidate)
+    router = stack_router_config(serve, canary_weight, champion, candidate, capture_uri)
     return render_serve_config(stack_serving_file(serve, canary_weight).serving, router)
 
 
 def stack_serve_yaml(
-    serve: ServingFile, canary_weight: float | None, champion: str, candidate: str | None
+    serve: ServingFile, canary_weight: float | None, champion: str, candidate: str | None, capture_uri: str
 ) -> str:
     """``serveConfigV2`` text from serving's renderer: sorted keys, so an unchanged config never diffs."""
-    router = stack_router_config(serve, canary_weight, champion, candidate)
+    router = stack_router_config(serve, canary_weight, champion, candidate, capture_uri)
     return render_serve_yaml(stack_serving_file(serve, canary_weight).serving, router)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -575,7 +576,7 @@ def _watcher(config: Path, state_dir: Path | None, data: str | None, exporter: A
         config.resolve().parent,
         file.model_name,
         capture_uri,
-        env.state_dir,
+        str(env.state_dir),
         submit=submit,
         running_runs=lambda: running_pipeline_jobs(env, parsed.name),
         metrics_url=env.metrics_url,
@@ -588,16 +589,74 @@ DataOption = Annotated[
 ]
 
 
+def _cluster_watcher(config: Path, job_template: Path, namespace: str | None, state_uri: str | None) -> Any:
+    """A watcher in a Kubernetes cluster: state and capture in the artefact store, runs started as RayJobs.
+
+    MLflow is reached through MLFLOW_TRACKING_URI and its credentials in the pod's environment.
+    """
+    from lockgate.kuberay import KubeRayLauncher, current_namespace, load_template
+    from lockgate.watch import Watcher
+    from serving.desired import CAPTURE_URI_ENV, load_serving_file
+
+    parsed = load_config(config)
+    file = load_serving_file(config.resolve().parent / parsed.rollout.serving_file)
+    capture_uri = file.capture.uri or os.environ.get(CAPTURE_URI_ENV)
+    if not capture_uri:
+        raise _fail(f"capture.uri: not set in the serving file and {CAPTURE_URI_ENV} is not set", 2)
+    if not state_uri:
+        raise _fail(f"--state-uri (or {STATE_URI_ENV}): where the checks keep their memory, e.g. s3://…", 2)
+    launcher = KubeRayLauncher(load_template(job_template), current_namespace(namespace), parsed.name)
+    return Watcher(
+        parsed,
+        config.resolve().parent,
+        file.model_name,
+        capture_uri,
+        state_uri,
+        submit=launcher.submit,
+        running_runs=launcher.running,
+    )
+
+
+STATE_URI_ENV = "LOCKGATE_STATE_URI"
+
+
 @triggers_app.command("check")
 def triggers_check(
-    config: ConfigFile = Path("pipeline.yaml"), state_dir: StateDir = None, data: DataOption = None
+    config: ConfigFile = Path("pipeline.yaml"),
+    state_dir: StateDir = None,
+    data: DataOption = None,
+    job_template: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="LOCKGATE_JOB_TEMPLATE",
+            help="in a Kubernetes cluster: start runs as RayJobs from this template (the stack's "
+            "trainingJobManifest) instead of on the local environment",
+        ),
+    ] = None,
+    namespace: Annotated[
+        str | None, typer.Option(envvar="LOCKGATE_NAMESPACE", help="with --job-template: default, the pod's")
+    ] = None,
+    state_uri: Annotated[
+        str | None,
+        typer.Option(
+            envvar=STATE_URI_ENV, help="with --job-template: where checks keep state (path or s3://…)"
+        ),
+    ] = None,
 ) -> None:
     """Run the trigger checks once: judge new traffic and labels, start a run if a trigger fires."""
+    from lockgate.kuberay import LaunchError, TemplateError
+
     try:
-        result = _watcher(config, state_dir, data).check()
-    except ConfigError as error:
+        if job_template is not None:
+            if data:
+                raise _fail("--data: a cluster run trains on the pipeline file's data.uri", 2)
+            watcher = _cluster_watcher(config, job_template, namespace, state_uri)
+        else:
+            watcher = _watcher(config, state_dir, data)
+        result = watcher.check()
+    except (ConfigError, TemplateError) as error:
         raise _fail(str(error), 2) from None
-    except _serving_errors() as error:
+    except _serving_errors() + (LaunchError,) as error:
         raise _fail(str(error)) from None
     typer.echo(json.dumps(result.summary(), indent=2, default=str))
 

@@ -4,13 +4,13 @@ Each check reads captured traffic and labels, judges drift and quality against t
 reference, lets the triggers' guardrails decide, and starts a run when one fires.
 
 The pure parts live in pipeline/drift.py and pipeline/triggers.py; this is the edge. State kept between
-checks (in ``<state dir>/watch/<model>/``): ``trigger_state.json`` (the guardrails' memory), ``cursor.json``
-(how far captured traffic has been judged), ``drift.jsonl`` and ``serving.jsonl`` (history for the report).
+checks (``<state>/watch/<model>/``, a local directory or the artefact store, see pipeline/store.py):
+``trigger_state.json`` (the guardrails' memory), ``cursor.json`` (how far captured traffic has been judged),
+``drift.jsonl`` and ``serving.jsonl`` (history for the report).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -23,7 +23,7 @@ from typing import Any
 from pipeline.config import PipelineConfig
 from pipeline.drift import PROFILE_ARTIFACT, DriftReport, ReferenceProfile, check_drift, measure_quality
 from pipeline.events import Event, EventType, emit
-from pipeline.report import history_dir
+from pipeline.report import history_store
 from pipeline.triggers import Decision, TriggerState, decide, make_window
 
 logger = logging.getLogger(__name__)
@@ -59,23 +59,6 @@ class CheckResult:
         }
 
 
-def _read_json(path: Path, default: Any) -> Any:
-    return json.loads(path.read_text()) if path.exists() else default
-
-
-def _write_json(path: Path, value: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_suffix(".tmp")
-    staging.write_text(json.dumps(value, sort_keys=True))
-    staging.replace(path)
-
-
-def _append_jsonl(path: Path, row: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        handle.write(json.dumps(row, sort_keys=True) + "\n")
-
-
 class Watcher:
     """Runs checks for one pipeline and the model it serves."""
 
@@ -85,7 +68,7 @@ class Watcher:
         config_dir: Path,
         model_name: str,
         capture_uri: str,
-        state_dir: Path,
+        state_uri: str,
         submit: Callable[[dict[str, Any]], str],
         running_runs: Callable[[], int],
         metrics_url: str | None = None,
@@ -95,7 +78,7 @@ class Watcher:
         self.config, self.config_dir, self.model_name = config, config_dir, model_name
         self.capture_uri, self.submit, self.running_runs = capture_uri, submit, running_runs
         self.metrics_url, self.exporter, self.clock = metrics_url, exporter, clock
-        self.dir = history_dir(state_dir, model_name)
+        self.store = history_store(state_uri, model_name)
         self._profiles: dict[str, tuple[ReferenceProfile, float | None]] = {}
         self._last_scrape: tuple[float, dict] | None = None
 
@@ -142,7 +125,7 @@ class Watcher:
                     "p50_s": _finite(delta.latency_quantile(0.5)),
                     "p99_s": _finite(delta.latency_quantile(0.99)),
                 }
-                _append_jsonl(self.dir / "serving.jsonl", row)
+                self.store.append("serving.jsonl", row)
         self._last_scrape = (now, stats)
 
     def check(self) -> CheckResult:
@@ -156,12 +139,9 @@ class Watcher:
         aliases = registry_aliases(self.model_name)
         champion = aliases.get(CHAMPION)
         notes: list[str] = []
-        cursor = _read_json(self.dir / "cursor.json", {"drift_since": 0.0, "labels_since": 0.0})
-        state = (
-            TriggerState.from_json((self.dir / "trigger_state.json").read_text())
-            if (self.dir / "trigger_state.json").exists()
-            else TriggerState()
-        )
+        cursor = self.store.read("cursor.json", {"drift_since": 0.0, "labels_since": 0.0})
+        saved = self.store.read("trigger_state.json")
+        state = TriggerState.model_validate(saved) if saved is not None else TriggerState()
         report, quality, window_rows, baseline = None, None, 0, None
         if champion is None:
             notes.append(f"model {self.model_name} has no champion yet: only the schedule is checked")
@@ -176,8 +156,8 @@ class Watcher:
                 scores = {name: f.score for name, f in report.features.items()}
                 if report.prediction is not None:
                     scores["__prediction__"] = report.prediction.score
-                _append_jsonl(
-                    self.dir / "drift.jsonl",
+                self.store.append(
+                    "drift.jsonl",
                     {
                         "time": now.timestamp(),
                         "version": champion,
@@ -223,8 +203,8 @@ class Watcher:
                 champion,
                 {**trigger, "submission_id": submission},
             )
-        _write_json(self.dir / "cursor.json", cursor)
-        (self.dir / "trigger_state.json").write_text(new_state.to_json())
+        self.store.write("cursor.json", cursor)
+        self.store.write("trigger_state.json", new_state.model_dump(mode="json"))
         return CheckResult(champion, window_rows, report, quality, decision, submission, notes)
 
     def _quality(

@@ -21,6 +21,7 @@ from typing import Any
 
 from pipeline.delivery import DeliveryMetrics, RunRecord, delivery_metrics, runs_from_events
 from pipeline.events import Event, log_path, read_events
+from pipeline.store import StateStore
 
 STAGES = ("prepare", "train", "package", "evaluate", "gate", "register", "rollout")
 
@@ -242,13 +243,6 @@ def render_report(inputs: ReportInputs, generated_at: float) -> str:
     )
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Rows of a JSON-lines file (none when it does not exist)."""
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def registered_versions(model_name: str) -> list[dict[str, Any]]:
     """Every version of a registered model with its run's test metrics (from the MLflow server in the env)."""
     from mlflow.tracking import MlflowClient
@@ -269,7 +263,7 @@ def registered_versions(model_name: str) -> list[dict[str, Any]]:
 
 
 def collect_inputs(
-    pipeline: str, model_name: str, events_file: Path, history_dir: Path, currency: str = "USD"
+    pipeline: str, model_name: str, events_file: Path, history: StateStore, currency: str = "USD"
 ) -> ReportInputs:
     """Read the event log, the registry and the watch history into report inputs."""
     return ReportInputs(
@@ -277,19 +271,22 @@ def collect_inputs(
         model_name=model_name,
         events=[e for e in read_events(events_file) if e.pipeline == pipeline],
         versions=registered_versions(model_name),
-        serving=read_jsonl(history_dir / "serving.jsonl"),
-        drift=read_jsonl(history_dir / "drift.jsonl"),
+        serving=history.rows("serving.jsonl"),
+        drift=history.rows("drift.jsonl"),
         currency=currency,
     )
 
 
-def history_dir(state_dir: Path, model_name: str) -> Path:
-    """Where ``lockgate watch`` keeps a model's state and history (drift.jsonl, serving.jsonl)."""
-    return state_dir / "watch" / model_name
+def history_store(state_uri: str | Path, model_name: str) -> StateStore:
+    """Where the trigger checker keeps a model's state and history (drift.jsonl, serving.jsonl).
+
+    ``state_uri``: the local state directory, or an artefact-store URI in a cluster.
+    """
+    return StateStore(str(state_uri)).child("watch", model_name)
 
 
 def write_report(
-    config: Any, config_dir: Path, model_name: str, state_dir: Path, out: Path
+    config: Any, config_dir: Path, model_name: str, state_uri: str | Path, out: Path
 ) -> tuple[Path, str]:
     """Collect, render and write the report; log it to MLflow as an artefact of a ``report`` run."""
     import time
@@ -300,7 +297,7 @@ def write_report(
         config.name,
         model_name,
         log_path(config.events, config_dir),
-        history_dir(state_dir, model_name),
+        history_store(state_uri, model_name),
         config.cost.currency,
     )
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -26,21 +26,22 @@ REQUESTS_DIR, LABELS_DIR = "requests", "labels"
 META_COLUMNS = ("request_id", "captured_at", "model", "version", "role", "probability", "prediction")
 
 
-def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    """The filesystem and root path of a local path or any ``pyarrow.fs`` URI (``s3://bucket/prefix``)."""
     if "://" not in uri:
         uri = os.path.abspath(uri)
     return pafs.FileSystem.from_uri(uri)
 
 
 def _write_atomically(table: pa.Table, uri: str, directory: str, stem: str) -> str:
-    filesystem, root = _filesystem(uri)
+    store, root = filesystem(uri)
     day = datetime.now(UTC).strftime("%Y-%m-%d")
     folder = f"{root.rstrip('/')}/{directory}/day={day}"
-    filesystem.create_dir(folder, recursive=True)
+    store.create_dir(folder, recursive=True)
     final = f"{folder}/{stem}.parquet"
     partial = f"{folder}/.{stem}.parquet.partial"
-    pq.write_table(table, partial, filesystem=filesystem)
-    filesystem.move(partial, final)
+    pq.write_table(table, partial, filesystem=store)
+    store.move(partial, final)
     return final
 
 
@@ -141,19 +142,19 @@ def write_labels(uri: str, labels: Iterable[tuple[str, int]]) -> tuple[str, int]
 
 
 def _read(uri: str, directory: str) -> pa.Table | None:
-    filesystem, root = _filesystem(uri)
+    store, root = filesystem(uri)
     folder = f"{root.rstrip('/')}/{directory}"
-    if filesystem.get_file_info(folder).type == pafs.FileType.NotFound:
+    if store.get_file_info(folder).type == pafs.FileType.NotFound:
         return None
     selector = pafs.FileSelector(folder, recursive=True)
     files = sorted(
         info.path
-        for info in filesystem.get_file_info(selector)
+        for info in store.get_file_info(selector)
         if info.is_file and info.path.endswith(".parquet") and not info.base_name.startswith(".")
     )
     if not files:
         return None
-    return ds.dataset(files, filesystem=filesystem, format="parquet").to_table()
+    return ds.dataset(files, filesystem=store, format="parquet").to_table()
 
 
 def read_captured(uri: str, since: float = 0.0, until: float | None = None) -> Any:

@@ -18,6 +18,8 @@ from infra import kms, kube
 
 MLFLOW_PREFIX = "mlflow"
 TRAIN_PREFIX = "ray-train"
+CAPTURE_PREFIX = "capture"  # the router's sampled answers and late labels (serving/capture.py)
+STATE_PREFIX = "lockgate-state"  # the trigger checks' memory and history (pipeline/store.py)
 MINIO_PORT = 9000
 MINIO_USER = 1000
 
@@ -56,6 +58,8 @@ class S3ArtifactStore(pulumi.ComponentResource):
     key_arn: pulumi.Output[str]
     mlflow_artifacts_uri: pulumi.Output[str]
     train_storage_uri: pulumi.Output[str]
+    capture_uri: pulumi.Output[str]
+    state_uri: pulumi.Output[str]
     client_env: list[dict[str, Any]]
 
     def __init__(self, name: str, args: S3ArtifactStoreArgs, opts: pulumi.ResourceOptions | None = None):
@@ -130,6 +134,8 @@ class S3ArtifactStore(pulumi.ComponentResource):
         self.key_arn = key.arn
         self.mlflow_artifacts_uri = pulumi.Output.concat("s3://", bucket.bucket, f"/{MLFLOW_PREFIX}")
         self.train_storage_uri = pulumi.Output.concat("s3://", bucket.bucket, f"/{TRAIN_PREFIX}")
+        self.capture_uri = pulumi.Output.concat("s3://", bucket.bucket, f"/{CAPTURE_PREFIX}")
+        self.state_uri = pulumi.Output.concat("s3://", bucket.bucket, f"/{STATE_PREFIX}")
         # Credentials come from IRSA and the region from the EKS pod identity webhook.
         self.client_env = []
         self.register_outputs(
@@ -139,6 +145,8 @@ class S3ArtifactStore(pulumi.ComponentResource):
                 "key_arn": self.key_arn,
                 "mlflow_artifacts_uri": self.mlflow_artifacts_uri,
                 "train_storage_uri": self.train_storage_uri,
+                "capture_uri": self.capture_uri,
+                "state_uri": self.state_uri,
                 "client_env": self.client_env,
             }
         )
@@ -161,6 +169,8 @@ class MinioArtifactStore(pulumi.ComponentResource):
     credentials_secret: pulumi.Output[str]
     mlflow_artifacts_uri: pulumi.Output[str]
     train_storage_uri: pulumi.Output[str]
+    capture_uri: pulumi.Output[str]
+    state_uri: pulumi.Output[str]
     client_env: list[dict[str, Any]]
 
     def __init__(self, name: str, args: MinioArtifactStoreArgs, opts: pulumi.ResourceOptions | None = None):
@@ -309,6 +319,8 @@ class MinioArtifactStore(pulumi.ComponentResource):
         self.credentials_secret = secret.metadata.name
         self.mlflow_artifacts_uri = pulumi.Output.from_input(f"s3://{bucket_name}/{MLFLOW_PREFIX}")
         self.train_storage_uri = pulumi.Output.from_input(f"s3://{bucket_name}/{TRAIN_PREFIX}")
+        self.capture_uri = pulumi.Output.from_input(f"s3://{bucket_name}/{CAPTURE_PREFIX}")
+        self.state_uri = pulumi.Output.from_input(f"s3://{bucket_name}/{STATE_PREFIX}")
         self.client_env = [
             kube.secret_env("AWS_ACCESS_KEY_ID", secret.metadata.name, "AWS_ACCESS_KEY_ID"),
             kube.secret_env("AWS_SECRET_ACCESS_KEY", secret.metadata.name, "AWS_SECRET_ACCESS_KEY"),
@@ -324,6 +336,8 @@ class MinioArtifactStore(pulumi.ComponentResource):
                 "credentials_secret": self.credentials_secret,
                 "mlflow_artifacts_uri": self.mlflow_artifacts_uri,
                 "train_storage_uri": self.train_storage_uri,
+                "capture_uri": self.capture_uri,
+                "state_uri": self.state_uri,
                 "client_env": self.client_env,
             }
         )

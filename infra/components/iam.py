@@ -41,19 +41,34 @@ def irsa_trust_policy(provider_arn: str, issuer: str, namespace: str, service_ac
     )
 
 
-def bucket_prefix_statements(bucket_arn: str, prefix: str, key_arn: str) -> list[dict[str, Any]]:
-    """Read and write objects under one prefix of one bucket, list only that prefix, use its KMS key."""
-    return [
-        {
-            "Effect": "Allow",
-            "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"],
-            "Resource": f"{bucket_arn}/{prefix}/*",
-        },
+def bucket_prefix_statements(
+    bucket_arn: str, key_arn: str, read_write: list[str], read_only: tuple[str, ...] | list[str] = ()
+) -> list[dict[str, Any]]:
+    """Objects under these prefixes of one bucket only (read-write, or read-only), listing only them, its key."""
+    statements: list[dict[str, Any]] = []
+    if read_write:
+        statements.append(
+            {
+                "Effect": "Allow",
+                "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"],
+                "Resource": [f"{bucket_arn}/{prefix}/*" for prefix in read_write],
+            }
+        )
+    if read_only:
+        statements.append(
+            {
+                "Effect": "Allow",
+                "Action": "s3:GetObject",
+                "Resource": [f"{bucket_arn}/{p}/*" for p in read_only],
+            }
+        )
+    prefixes = [*read_write, *read_only]
+    statements += [
         {
             "Effect": "Allow",
             "Action": "s3:ListBucket",
             "Resource": bucket_arn,
-            "Condition": {"StringLike": {"s3:prefix": [f"{prefix}/*", prefix]}},
+            "Condition": {"StringLike": {"s3:prefix": [form for p in prefixes for form in (f"{p}/*", p)]}},
         },
         {
             "Effect": "Allow",
@@ -61,6 +76,7 @@ def bucket_prefix_statements(bucket_arn: str, prefix: str, key_arn: str) -> list
             "Resource": key_arn,
         },
     ]
+    return statements
 
 
 class WorkloadRole(pulumi.ComponentResource):

@@ -1,4 +1,4 @@
-"""RayPlatform: the KubeRay operator, the serving RayService, the training RayJob template and its schedule.
+"""RayPlatform: the KubeRay operator, the serving RayService, the training RayJob template, the trigger checks.
 
 The RayService's ``serveConfigV2`` is serving's rendered config, untouched: a stack config change that moves
 only the canary weight changes only the router's ``user_config`` there, which KubeRay applies in place
@@ -25,11 +25,20 @@ GCS_PORT = 6379
 METRICS_PORT = 8080
 DASHBOARD_METRICS_PORT = 44227
 TRAIN_STORAGE_ENV = "LOCKGATE_TRAIN_STORAGE"  # read by pipeline/train.py
+# Where the trigger-check pod finds the training RayJob template (lockgate/kuberay.py reads it).
+TEMPLATE_DIR, TEMPLATE_FILE = "/etc/lockgate", "rayjob.yaml"
+# Label on every training RayJob: the trigger checks count runs in flight by it (lockgate/kuberay.py).
+ROLE_LABEL, TRAINING_ROLE = "lockgate.dev/role", "training"
 
 
 def ray_service_account(name: str) -> str:
     """The service account every Ray pod of a RayPlatform runs as (an IRSA role trusts it by name)."""
     return f"{name}-ray"
+
+
+def triggers_service_account(name: str) -> str:
+    """The service account the trigger checks run as: it may create and read RayJobs, nothing else."""
+    return f"{name}-triggers"
 
 
 def ray_pod_labels(name: str) -> dict[str, str]:
@@ -43,6 +52,15 @@ class WorkerGroupArgs(TypedDict):
     replicas: int
     min_replicas: int
     max_replicas: int
+    cpu: str
+    memory: str
+
+
+class TriggerChecksArgs(TypedDict):
+    """How often the trigger checks run, whether they are suspended, and their pod's size."""
+
+    schedule: str
+    suspended: bool
     cpu: str
     memory: str
 
@@ -67,8 +85,10 @@ class RayPlatformArgs(TypedDict):
     train_storage_uri: pulumi.Input[str]
     service_account_annotations: pulumi.Input[dict[str, str]]
     pipeline_file: str
-    schedule: str
-    schedule_suspended: bool
+    trigger_checks: TriggerChecksArgs
+    capture_uri: pulumi.Input[str]
+    state_uri: pulumi.Input[str]
+    triggers_service_account_annotations: pulumi.Input[dict[str, str]]
     public_serve: bool
 
 
@@ -199,7 +219,7 @@ def training_job_spec(name: str, args: RayPlatformArgs, account: pulumi.Input[st
 
 
 class RayPlatform(pulumi.ComponentResource):
-    """KubeRay, a RayService serving the router, a scheduled training RayCronJob and a RayJob template."""
+    """KubeRay, a RayService serving the router, a training RayJob template and the scheduled trigger checks."""
 
     service_name: pulumi.Output[str]
     serve_url: pulumi.Output[str]
@@ -302,18 +322,6 @@ class RayPlatform(pulumi.ComponentResource):
             opts=crd_opts,
         )
         job_spec = training_job_spec(name, args, account.metadata.name)
-        k8s.apiextensions.CustomResource(
-            f"{name}-ray-training-schedule",
-            api_version="ray.io/v1",
-            kind="RayCronJob",
-            metadata=kube.metadata(f"{name}-training", namespace, name, component),
-            spec={
-                "schedule": args["schedule"],
-                "suspend": args["schedule_suspended"],
-                "jobTemplate": job_spec,
-            },
-            opts=crd_opts,
-        )
         self._network_policies(name, args)
         self.training_job_manifest = pulumi.Output.from_input(
             {
@@ -322,11 +330,12 @@ class RayPlatform(pulumi.ComponentResource):
                 "metadata": {
                     "generateName": f"{name}-train-",
                     "namespace": namespace,
-                    "labels": kube.labels(name, component),
+                    "labels": {**kube.labels(name, component), ROLE_LABEL: TRAINING_ROLE},
                 },
                 "spec": job_spec,
             }
         ).apply(lambda manifest: yaml.safe_dump(manifest, sort_keys=False))
+        self._trigger_checks(name, args, crd_opts)
         # The RayService's name, available once it exists (so consumers wait for it).
         self.service_name = service.id.apply(lambda _: f"{name}-serve")
         self.serve_url = pulumi.Output.concat(
@@ -364,4 +373,95 @@ class RayPlatform(pulumi.ComponentResource):
             ray_pods,
             rules,
             pulumi.ResourceOptions(parent=self),
+        )
+
+    def _trigger_checks(self, name: str, args: RayPlatformArgs, opts: pulumi.ResourceOptions) -> None:
+        """A CronJob that runs ``lockgate triggers check``; a firing trigger creates a RayJob from the template.
+
+        The checks keep their memory in the artefact store and read the router's captured traffic there; the
+        pod's account may create, get and list RayJobs in this namespace and nothing else.
+        """
+        namespace, checks = args["namespace"], args["trigger_checks"]
+        component = f"{name}-triggers"
+        account = k8s.core.v1.ServiceAccount(
+            f"{name}-triggers-account",
+            metadata=kube.metadata(
+                triggers_service_account(name),
+                namespace,
+                name,
+                component,
+                annotations=args["triggers_service_account_annotations"],
+            ),
+            opts=opts,
+        )
+        meta = kube.metadata(component, namespace, name, component)
+        rules: Any = [{"apiGroups": ["ray.io"], "resources": ["rayjobs"], "verbs": ["create", "get", "list"]}]
+        role = k8s.rbac.v1.Role(f"{name}-triggers", metadata=meta, rules=rules, opts=opts)
+        role_ref: Any = {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role.metadata.name}
+        subjects: Any = [{"kind": "ServiceAccount", "name": account.metadata.name, "namespace": namespace}]
+        k8s.rbac.v1.RoleBinding(
+            f"{name}-triggers", metadata=meta, role_ref=role_ref, subjects=subjects, opts=opts
+        )
+        template = k8s.core.v1.ConfigMap(
+            f"{name}-training-job",
+            metadata=kube.metadata(f"{name}-training-job", namespace, name, component),
+            data={TEMPLATE_FILE: self.training_job_manifest},
+            opts=opts,
+        )
+        container = {
+            "name": "trigger-check",
+            "image": args["image"],
+            "workingDir": WORKDIR,
+            "command": ["lockgate", "triggers", "check", "--config", args["pipeline_file"]],
+            "env": [
+                {"name": "MLFLOW_TRACKING_URI", "value": args["mlflow_tracking_uri"]},
+                {"name": "LOCKGATE_CAPTURE_URI", "value": args["capture_uri"]},
+                {"name": "LOCKGATE_STATE_URI", "value": args["state_uri"]},
+                {"name": "LOCKGATE_JOB_TEMPLATE", "value": f"{TEMPLATE_DIR}/{TEMPLATE_FILE}"},
+                {"name": "LOCKGATE_EVENTS_FILE", "value": "/tmp/lockgate/events.jsonl"},
+                {"name": "HOME", "value": "/tmp"},
+                *args["store_env"],
+            ],
+            "envFrom": [{"secretRef": {"name": args["mlflow_client_secret"]}}],
+            "resources": kube.resources(checks["cpu"], checks["memory"]),
+            "securityContext": kube.container_security(RAY_USER_ID, read_only_root=True),
+            "volumeMounts": [
+                {"name": "template", "mountPath": TEMPLATE_DIR, "readOnly": True},
+                {"name": "tmp", "mountPath": "/tmp"},
+            ],
+        }
+        pod = {
+            "metadata": {"labels": {**kube.labels(name, component), kube.CLIENT_LABEL: "true"}},
+            "spec": {
+                "restartPolicy": "Never",
+                "serviceAccountName": account.metadata.name,
+                "securityContext": kube.pod_security(RAY_USER_ID),
+                "containers": [container],
+                "volumes": [
+                    {"name": "template", "configMap": {"name": template.metadata.name}},
+                    {"name": "tmp", "emptyDir": {}},
+                ],
+            },
+        }
+        k8s.batch.v1.CronJob(
+            f"{name}-trigger-checks",
+            metadata=meta,
+            spec={
+                "schedule": checks["schedule"],
+                "suspend": checks["suspended"],
+                # One check at a time: the checks' memory in the artefact store has a single writer.
+                "concurrencyPolicy": "Forbid",
+                "startingDeadlineSeconds": 300,
+                "successfulJobsHistoryLimit": 3,
+                "failedJobsHistoryLimit": 3,
+                "jobTemplate": {
+                    "spec": {
+                        "backoffLimit": 0,
+                        "activeDeadlineSeconds": 1200,
+                        "ttlSecondsAfterFinished": 86400,
+                        "template": pod,
+                    }
+                },
+            },
+            opts=opts,
         )

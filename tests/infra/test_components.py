@@ -173,8 +173,10 @@ def ray_args(**overrides: Any) -> Any:
         "train_storage_uri": "s3://bucket/ray-train",
         "service_account_annotations": {},
         "pipeline_file": "pipeline.yaml",
-        "schedule": "0 3 * * *",
-        "schedule_suspended": False,
+        "trigger_checks": {"schedule": "*/15 * * * *", "suspended": False, "cpu": "250m", "memory": "1Gi"},
+        "capture_uri": "s3://bucket/capture",
+        "state_uri": "s3://bucket/lockgate-state",
+        "triggers_service_account_annotations": {},
         "public_serve": False,
     }
     args.update(overrides)

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from infra import exports
+from lockgate.kuberay import training_job
 from policy.rules import StackResource, check_stack
 from serving.desired import RolloutState, load_serving_file, resolve_router_config
 from serving.render import render_serve_config
@@ -99,12 +100,59 @@ def test_custom_resources_validate_against_upstream_crds(program_runs, stack) ->
     run = program(program_runs, stack)
     custom = [m for m in manifests(run) if m["kind"] in CUSTOM_KINDS]
     kinds = {m["kind"] for m in custom}
-    assert {"RayService", "RayCronJob", "ServiceMonitor", "PodMonitor", "PrometheusRule"} <= kinds
+    assert {"RayService", "ServiceMonitor", "PodMonitor", "PrometheusRule"} <= kinds
     for manifest in custom:
         assert crd_errors(manifest) == [], f"{manifest['kind']} {manifest['metadata']['name']}"
     job = yaml.safe_load(run.exports[exports.TRAINING_JOB_MANIFEST])
     assert job["kind"] == "RayJob" and crd_errors(job) == [], "the RayJob template is a valid RayJob"
     assert "python -m pipeline.run" in job["spec"]["entrypoint"], "the template runs the pipeline entrypoint"
+    # What the trigger checks create from it when a trigger fires is a valid RayJob too.
+    trigger = {"reason": "drift", "event_id": "drift-1", "fired_at": 1.0}
+    created = training_job(job, "loan-default", trigger)
+    assert crd_errors(created) == [], "a triggered run's RayJob is valid"
+    assert "generateName" not in created["metadata"] and created["metadata"]["name"].startswith(
+        "lockgate-train-"
+    )
+
+
+@pytest.mark.parametrize("stack", ["dev", "aws"])
+def test_trigger_checks_run_on_a_schedule_and_start_runs_from_the_template(program_runs, stack) -> None:
+    run = program(program_runs, stack)
+    cron = run.one("kubernetes:batch/v1:CronJob")["inputs"]
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid", "one writer of the checks' memory at a time"
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["command"][:3] == ["lockgate", "triggers", "check"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["LOCKGATE_STATE_URI"].startswith("s3://") and env["LOCKGATE_STATE_URI"].endswith(
+        "/lockgate-state"
+    )
+    assert env["LOCKGATE_CAPTURE_URI"].startswith("s3://") and env["LOCKGATE_CAPTURE_URI"].endswith(
+        "/capture"
+    )
+    router = serve_config(run)["applications"][0]["deployments"][0]["user_config"]
+    assert router["capture"]["uri"] == env["LOCKGATE_CAPTURE_URI"], "the checks read where the router writes"
+    # The template the pod mounts is the stack's exported training job.
+    maps = {m["inputs"]["metadata"]["name"]: m["inputs"] for m in run.of_type("kubernetes:core/v1:ConfigMap")}
+    volume = next(v for v in pod["volumes"] if "configMap" in v)
+    template = maps[volume["configMap"]["name"]]["data"]["rayjob.yaml"]
+    assert template == run.exports[exports.TRAINING_JOB_MANIFEST]
+    mount = next(m for m in container["volumeMounts"] if m["name"] == volume["name"])
+    assert env["LOCKGATE_JOB_TEMPLATE"] == f"{mount['mountPath']}/rayjob.yaml"
+    # Its account may create, get and list RayJobs in the namespace: nothing else.
+    roles = {
+        r["inputs"]["metadata"]["name"]: r["inputs"]
+        for r in run.of_type("kubernetes:rbac.authorization.k8s.io/v1:Role")
+    }
+    bindings = run.of_type("kubernetes:rbac.authorization.k8s.io/v1:RoleBinding")
+    granted = [
+        roles[b["inputs"]["roleRef"]["name"]]["rules"]
+        for b in bindings
+        if any(s["name"] == pod["serviceAccountName"] for s in b["inputs"]["subjects"])
+    ]
+    assert granted == [
+        [{"apiGroups": ["ray.io"], "resources": ["rayjobs"], "verbs": ["create", "get", "list"]}]
+    ]
 
 
 def test_prometheus_rules_and_dashboards_come_from_the_repository_files(dev) -> None:
@@ -212,6 +260,25 @@ def test_aws_resources_are_private_encrypted_and_least_privilege(aws) -> None:
         if s["Action"] != "ecr:GetAuthorizationToken"
     ]
     assert "*" not in resources, "every grant except the ECR token names its resource"
+    # Object access per workload: each reads and writes only its own prefixes.
+    by_role = {
+        p["name"]: yaml.safe_load(p["inputs"]["policy"]) for p in aws.of_type("aws:iam/rolePolicy:RolePolicy")
+    }
+
+    def objects(role: str, action: str) -> set[str]:
+        return {
+            resource.split("/", 1)[1]
+            for s in by_role[f"lockgate-{role}-irsa-policy"]["Statement"]
+            if action in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])
+            for resource in ([s["Resource"]] if isinstance(s["Resource"], str) else s["Resource"])
+        }
+
+    assert objects("triggers", "s3:PutObject") == {"lockgate-state/*"}, "the checks write only their state"
+    assert objects("triggers", "s3:GetObject") == {"lockgate-state/*", "capture/*"}, (
+        "and read captured traffic"
+    )
+    assert objects("ray", "s3:PutObject") == {"ray-train/*", "capture/*"}, "checkpoints and captured traffic"
+    assert objects("mlflow", "s3:PutObject") == {"mlflow/*"}
     accounts = {
         a["inputs"]["metadata"]["name"]: a["inputs"]["metadata"]["annotations"]
         for a in aws.of_type("kubernetes:core/v1:ServiceAccount")
@@ -233,7 +300,10 @@ def test_serve_config_v2_is_what_local_mode_deploys(program_runs, tmp_path) -> N
         path.write_text(yaml.safe_dump(local))
         file = load_serving_file(path)
         aliases = {"champion": "1", **({"candidate": "2"} if weight is not None else {})}
-        expected = render_serve_config(file.serving, resolve_router_config(file, RolloutState(), aliases))
+        # The environment's default capture location: the artefact store's in a cluster (MinIO's bucket on dev).
+        router = resolve_router_config(file, RolloutState(), aliases, "s3://lockgate/capture")
+        expected = render_serve_config(file.serving, router)
+        assert expected["applications"][0]["deployments"][0]["user_config"]["capture"]["sample_percent"] > 0
         assert serve_config(run) == expected, f"{key}: serveConfigV2 equals the local deployment"
         assert yaml.safe_load(run.exports[exports.SERVE_CONFIG]) == expected
 
