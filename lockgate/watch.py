@@ -143,6 +143,7 @@ class Watcher:
         saved = self.store.read("trigger_state.json")
         state = TriggerState.model_validate(saved) if saved is not None else TriggerState()
         report, quality, window_rows, baseline = None, None, 0, None
+        history: list[dict[str, Any]] = []  # written with the state, once the check has succeeded
         if champion is None:
             notes.append(f"model {self.model_name} has no champion yet: only the schedule is checked")
         else:
@@ -156,14 +157,8 @@ class Watcher:
                 scores = {name: f.score for name, f in report.features.items()}
                 if report.prediction is not None:
                     scores["__prediction__"] = report.prediction.score
-                self.store.append(
-                    "drift.jsonl",
-                    {
-                        "time": now.timestamp(),
-                        "version": champion,
-                        "drifted": report.drifted,
-                        "scores": scores,
-                    },
+                history.append(
+                    {"time": now.timestamp(), "version": champion, "drifted": report.drifted, "scores": scores}
                 )
                 if self.exporter is not None:
                     self.exporter.set_drift(scores, report.drifted)
@@ -182,6 +177,15 @@ class Watcher:
             )
         running = self.running_runs()
         decision, new_state = decide(spec, state, window, now, running)
+        submission, trigger = None, None
+        if decision.fire and decision.reason is not None:
+            trigger = {
+                "reason": decision.reason.value,
+                "event_id": decision.event_id or "",
+                "fired_at": now.timestamp(),
+            }
+            # If this raises, nothing below happens: no event, no state, so the next check decides again.
+            submission = self.submit(trigger)
         if report is not None and report.drifted and new_state.drift.event_id != state.drift.event_id:
             self._emit(
                 EventType.drift_detected,
@@ -189,20 +193,15 @@ class Watcher:
                 champion,
                 {"event_id": new_state.drift.event_id, **report.to_metrics()},
             )
-        submission = None
-        if decision.fire and decision.reason is not None:
-            trigger = {
-                "reason": decision.reason.value,
-                "event_id": decision.event_id or "",
-                "fired_at": now.timestamp(),
-            }
-            submission = self.submit(trigger)
+        if trigger is not None:
             self._emit(
                 EventType.trigger_fired,
                 decision.explanation,
                 champion,
                 {**trigger, "submission_id": submission},
             )
+        for row in history:
+            self.store.append("drift.jsonl", row)
         self.store.write("cursor.json", cursor)
         self.store.write("trigger_state.json", new_state.model_dump(mode="json"))
         return CheckResult(champion, window_rows, report, quality, decision, submission, notes)

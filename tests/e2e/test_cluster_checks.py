@@ -1,0 +1,273 @@
+"""The trigger checks as the stack's CronJob runs them: state and capture on S3, runs started as RayJobs.
+
+Real here: the MLflow server (the local environment's), a registered model and its reference profile,
+pyarrow's S3 client against an S3 API on 127.0.0.1 (moto's server), the kubernetes client library, and
+``lockgate triggers check`` run as a fresh process each time, as each CronJob pod is. The stand-in: the
+Kubernetes API server (there is no cluster on these machines), a small HTTP server that stores RayJobs and
+answers list calls by label selector.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+import mlflow
+import pandas as pd
+import pytest
+import yaml
+
+from lockgate.jobs import submit_pipeline
+from lockgate.kuberay import ROLE_LABEL, TRAINING_ROLE
+from pipeline.config import load_config
+from pipeline.data import make_loans
+from pipeline.events import read_events
+from pipeline.run import EXIT_OK
+from pipeline.store import StateStore
+from serving.capture import CaptureBuffer
+from tests.conftest import write_pipeline
+from tests.infra.conftest import crd_errors
+
+pytestmark = pytest.mark.e2e
+WINDOW = 400
+NAMESPACE = "lockgate"
+TOKEN = "test-token-" + uuid.uuid4().hex[:8]
+BUCKET = "lockgate-checks"
+
+
+class KubeApi:
+    """RayJobs by namespace: create, list by label selector; records the bearer token of each call."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, dict[str, Any]] = {}
+        self.tokens: set[str] = set()
+        self.refuse_create = False
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _path_ok(self) -> bool:
+                return urlparse(self.path).path == f"/apis/ray.io/v1/namespaces/{NAMESPACE}/rayjobs"
+
+            def _send(self, status: int, body: dict[str, Any]) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                api.tokens.add(self.headers.get("Authorization", ""))
+                job = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if not self._path_ok():
+                    return self._send(404, {"kind": "Status", "message": "not found"})
+                if api.refuse_create:
+                    return self._send(403, {"kind": "Status", "reason": "Forbidden", "message": "forbidden"})
+                api.jobs[job["metadata"]["name"]] = job
+                return self._send(201, job)
+
+            def do_GET(self) -> None:  # noqa: N802
+                api.tokens.add(self.headers.get("Authorization", ""))
+                if not self._path_ok():
+                    return self._send(404, {"kind": "Status", "message": "not found"})
+                query = parse_qs(urlparse(self.path).query).get("labelSelector", [""])[0]
+                wanted = dict(pair.split("=", 1) for pair in query.split(",") if pair)
+                items = [
+                    job
+                    for job in api.jobs.values()
+                    if wanted.items() <= job["metadata"].get("labels", {}).items()
+                ]
+                return self._send(200, {"apiVersion": "ray.io/v1", "kind": "RayJobList", "items": items})
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture()
+def kube_api() -> Iterator[KubeApi]:
+    api = KubeApi()
+    try:
+        yield api
+    finally:
+        api.close()
+
+
+@pytest.fixture()
+def s3() -> Iterator[dict[str, str]]:
+    """An S3 API on 127.0.0.1 with one bucket; the environment a pod of the stack would have for it."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {
+        "AWS_ACCESS_KEY_ID": "lockgate-test",
+        "AWS_SECRET_ACCESS_KEY": "lockgate-test-secret",
+        "AWS_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL_S3": f"http://{host}:{port}",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    try:
+        boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL_S3"]).create_bucket(Bucket=BUCKET)
+        yield env
+    finally:
+        server.stop()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def capture(uri: str, model: Any, name: str, version: str, frame: pd.DataFrame, features: list[str]) -> None:
+    """Answer ``frame`` with the model and capture it as the router does (same writer, same schema)."""
+    buffer = CaptureBuffer(uri, batch_rows=10_000, flush_s=3600)
+    rows = frame[features].to_dict("records")
+    answers = model.predict(pd.DataFrame(rows)).to_dict("records")
+    for row, answer in zip(rows, answers, strict=True):
+        buffer.add([row], [answer], request_id=uuid.uuid4().hex, model=name, version=version, role="champion")
+    assert buffer.flush() is not None
+
+
+def test_trigger_checks_in_a_cluster_start_one_rayjob_per_drift_event(
+    local_env, tmp_path, s3, kube_api
+) -> None:
+    name = f"cluster-{uuid.uuid4().hex[:6]}"
+    (tmp_path / "serving.yaml").write_text(
+        yaml.safe_dump({"model_name": name, "capture": {"sample_percent": 10}})
+    )
+    config = write_pipeline(
+        tmp_path,
+        {
+            "registry": {"model_name": name},
+            "triggers": {
+                "drift": {"window_rows": WINDOW, "confirm": {"breaches": 1, "windows": 1}},
+                "guardrails": {"cooldown_s": 3600, "max_concurrent_runs": 1},
+            },
+        },
+    )
+    first = submit_pipeline(local_env, config, stream=lambda _: None)
+    assert (first.exit_code, first.outcome) == (EXIT_OK, "registered"), first.message
+    model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
+    features = list(load_config(config).features)
+
+    template = tmp_path / "rayjob.yaml"
+    template.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "ray.io/v1",
+                "kind": "RayJob",
+                "metadata": {
+                    "generateName": "lockgate-train-",
+                    "labels": {"app.kubernetes.io/instance": "lockgate", ROLE_LABEL: TRAINING_ROLE},
+                },
+                "spec": {"entrypoint": "python -m pipeline.run --config pipeline.yaml"},
+            }
+        )
+    )
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "test", "cluster": {"server": kube_api.url}}],
+                "users": [{"name": "checks", "user": {"token": TOKEN}}],
+                "contexts": [{"name": "test", "context": {"cluster": "test", "user": "checks"}}],
+                "current-context": "test",
+            }
+        )
+    )
+    capture_uri, state_uri = f"s3://{BUCKET}/capture", f"s3://{BUCKET}/lockgate-state"
+    pod_env = {
+        **os.environ,
+        **local_env.client_env(include_secrets=True),
+        **s3,
+        "KUBECONFIG": str(kubeconfig),
+        "LOCKGATE_CAPTURE_URI": capture_uri,
+        "LOCKGATE_STATE_URI": state_uri,
+        "LOCKGATE_JOB_TEMPLATE": str(template),
+        "LOCKGATE_NAMESPACE": NAMESPACE,
+    }
+
+    def check(**env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "lockgate", "triggers", "check", "-c", str(config)],
+            env={**pod_env, **env},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    def check_ok() -> dict[str, Any]:
+        result = check()
+        assert result.returncode == 0, result.stderr[-3000:]
+        return json.loads(result.stdout)
+
+    stable = make_loans(WINDOW, seed=11)
+    capture(capture_uri, model, name, "1", stable, features)
+    summary = check_ok()
+    assert summary["drifted"] is False and summary["window_rows"] == WINDOW, summary
+    assert summary["submission_id"] is None and kube_api.jobs == {}, "stable traffic starts nothing"
+    history = StateStore(state_uri).child("watch", name)
+    assert history.read("cursor.json")["drift_since"] > 0, "the next pod judges only newer traffic"
+
+    shifted = make_loans(WINDOW, seed=12, shift=1.0)
+    capture(capture_uri, model, name, "1", shifted, features)
+    summary = check_ok()
+    assert summary["drifted"] is True and summary["reason"] == "drift", summary
+    assert list(kube_api.jobs) == [summary["submission_id"]], "one RayJob, named by the submission id"
+    job = kube_api.jobs[summary["submission_id"]]
+    assert crd_errors(job) == [], "the created RayJob is valid against KubeRay's CRD"
+    assert job["metadata"]["labels"][ROLE_LABEL] == TRAINING_ROLE
+    env_vars = yaml.safe_load(job["spec"]["runtimeEnvYAML"])["env_vars"]
+    trigger = json.loads(env_vars["LOCKGATE_TRIGGER"])
+    assert trigger["reason"] == "drift" and trigger["event_id"], "the run records what started it"
+    assert env_vars["LOCKGATE_SUBMISSION_ID"] == summary["submission_id"]
+    assert kube_api.tokens == {f"Bearer {TOKEN}"}, "every call carries the pod's credentials"
+
+    # The run is in flight; the shift goes on. A new pod remembers the event (state in S3): no second run.
+    job["status"] = {"jobDeploymentStatus": "Running"}
+    capture(capture_uri, model, name, "1", make_loans(WINDOW, seed=13, shift=1.0), features)
+    summary = check_ok()
+    assert summary["drifted"] is True and summary["submission_id"] is None, summary
+    assert len(kube_api.jobs) == 1, "one event, one run"
+    assert len(history.rows("drift.jsonl")) == 3, "each judged window is kept for the report"
+    events = read_events(tmp_path / "events.jsonl")
+    kinds = [e.type for e in events if e.model_name == name]
+    assert kinds.count("drift_detected") == 1 and kinds.count("trigger_fired") == 1, kinds
+
+    # Refused by the API: a clear error, nothing recorded, so the next check tries again.
+    kube_api.refuse_create = True
+    job["status"] = {"jobDeploymentStatus": "Complete"}
+    cursor = history.read("cursor.json")
+    refused = check(LOCKGATE_STATE_URI=f"s3://{BUCKET}/other-state")
+    assert refused.returncode == 1 and "creating RayJobs in namespace lockgate: 403" in refused.stderr, (
+        refused.stderr[-2000:]
+    )
+    assert history.read("cursor.json") == cursor
+    untouched = StateStore(f"s3://{BUCKET}/other-state").child("watch", name)
+    assert untouched.read("trigger_state.json") is None and untouched.rows("drift.jsonl") == []
+    assert len([e for e in read_events(tmp_path / "events.jsonl") if e.model_name == name]) == len(kinds)
+
+    missing = check(LOCKGATE_JOB_TEMPLATE=str(tmp_path / "nope.yaml"))
+    assert missing.returncode == 2 and "nope.yaml" in missing.stderr, missing.stderr[-2000:]
