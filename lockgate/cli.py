@@ -716,6 +716,66 @@ def watch(
 
 
 @app.command()
+def export(
+    config: ConfigFile = Path("pipeline.yaml"),
+    events_uri: Annotated[
+        str | None,
+        typer.Option(
+            envvar="LOCKGATE_EVENTS_URI", help="the event store (s3://…); unset: the pipeline's log file"
+        ),
+    ] = None,
+    state_uri: Annotated[
+        str | None,
+        typer.Option(envvar=STATE_URI_ENV, help="the trigger checks' state, for drift and quality (s3://…)"),
+    ] = None,
+    host: Annotated[str, typer.Option(help="address to serve /metrics on (a pod's: 0.0.0.0)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port for /metrics (0: any free port)")] = 9464,
+    interval: Annotated[float, typer.Option(min=1, help="seconds between reads of the events")] = 15.0,
+) -> None:
+    """Serve Lockgate's metrics (runs, stages, cost, rollouts, triggers, drift, quality) until stopped.
+
+    The cluster's exporter: runs, trigger checks and rollouts each write events from their own pods; this
+    reads them (and the checks' drift and quality history) for Prometheus. Locally, `lockgate watch` does it.
+    """
+    import signal
+    import threading
+
+    from lockgate.exporter import Exporter
+    from pipeline.events import log_path
+    from pipeline.report import history_store
+    from serving.desired import load_serving_file
+
+    try:
+        parsed = load_config(config)
+        file = load_serving_file(config.resolve().parent / parsed.rollout.serving_file)
+    except ConfigError as error:
+        raise _fail(str(error), 2) from None
+    except _serving_errors() as error:
+        raise _fail(str(error), 2) from None
+    exporter = Exporter(
+        parsed.name, file.model_name, events_uri or log_path(parsed.events, config.resolve().parent)
+    )
+    history = history_store(state_uri, file.model_name) if state_uri else None
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    bound = exporter.serve(port, host)
+    typer.echo(f"serving {parsed.name}'s metrics at http://{host}:{bound}/metrics")
+    try:
+        while not stop.is_set():
+            try:
+                exporter.poll()
+                if history is not None:
+                    exporter.read_history(history)
+            except OSError as error:  # the store may be briefly unreachable: keep serving, try again
+                typer.echo(f"events not read: {error}", err=True)
+            stop.wait(interval)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        exporter.close()
+
+
+@app.command()
 def labels(
     file: Annotated[Path, typer.Argument(help="CSV or Parquet with columns request_id and label (0/1)")],
     config: ConfigFile = Path("pipeline.yaml"),

@@ -17,7 +17,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
 from pipeline.delivery import outcome_after_rollout
-from pipeline.events import Event, EventType
+from pipeline.events import Event, EventType, event_source
+from pipeline.store import StateStore
 
 RUN_OUTCOMES = ("registered", "promoted", "blocked", "rolled_back", "failed")
 ROLLOUT_OUTCOMES = ("promoted", "rolled_back", "stalled", "pinned")
@@ -39,8 +40,9 @@ def run_outcome(event: Event) -> str | None:
 class Exporter:
     """Metrics for one pipeline and its model, fed from the event log and by the watcher."""
 
-    def __init__(self, pipeline: str, model: str, events_file: Path):
-        self.pipeline, self.model, self.events_file = pipeline, model, events_file
+    def __init__(self, pipeline: str, model: str, events: str | Path):
+        """``events``: the JSON-lines log file, or an event store's URI (in a cluster)."""
+        self.pipeline, self.model, self.events = pipeline, model, event_source(events)
         self.registry = CollectorRegistry()
         r = self.registry
         self.runs = Counter(
@@ -82,26 +84,10 @@ class Exporter:
         for reason in TRIGGER_REASONS:
             self.triggers.labels(pipeline, reason)
         self.drift_detected.labels(model).set(0)
-        self._offset = 0
         self._server: Any = None
-        history = self._read_new()
+        history = self.events.read_new()
         for event in history:
             self._set_gauges(event)
-
-    def _read_new(self) -> list[Event]:
-        """Events appended since the last read (whole lines only)."""
-        if not self.events_file.exists():
-            return []
-        with self.events_file.open("rb") as handle:
-            handle.seek(self._offset)
-            chunk = handle.read()
-        complete = chunk[: chunk.rfind(b"\n") + 1]
-        self._offset += len(complete)
-        events = []
-        for line in complete.decode().splitlines():
-            if line.strip():
-                events.append(Event.model_validate_json(line))
-        return events
 
     def _set_gauges(self, event: Event) -> None:
         self.last_event.labels(event.type.value).set(datetime.fromisoformat(event.time).timestamp())
@@ -117,7 +103,7 @@ class Exporter:
 
     def poll(self) -> int:
         """Count the events appended since the last poll; returns how many were read."""
-        events = self._read_new()
+        events = self.events.read_new()
         for event in events:
             self._set_gauges(event)
             if event.pipeline == self.pipeline and (outcome := run_outcome(event)) is not None:
@@ -143,9 +129,19 @@ class Exporter:
             if metric != "rows":
                 self.quality.labels(self.model, version, metric).set(value)
 
-    def serve(self, port: int) -> int:
-        """Serve /metrics on 127.0.0.1 (port 0 picks a free one); returns the port."""
-        server, _thread = start_http_server(port, addr="127.0.0.1", registry=self.registry)
+    def read_history(self, history: StateStore) -> None:
+        """Drift and quality from the trigger checks' history (in a cluster the checks run in other pods)."""
+        drift = history.rows("drift.jsonl")
+        if drift:
+            self.set_drift(drift[-1]["scores"], bool(drift[-1]["drifted"]))
+        quality = history.rows("quality.jsonl")
+        if quality:
+            latest = quality[-1]
+            self.set_quality(str(latest["version"]), latest["metrics"])
+
+    def serve(self, port: int, host: str = "127.0.0.1") -> int:
+        """Serve /metrics on ``host`` (port 0 picks a free one); returns the port."""
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
         self._server = server
         return int(server.server_address[1])
 

@@ -81,6 +81,7 @@ class Watcher:
         self.store = history_store(state_uri, model_name)
         self._profiles: dict[str, tuple[ReferenceProfile, float | None]] = {}
         self._last_scrape: tuple[float, dict] | None = None
+        self._quality_rows: list[dict[str, Any]] = []  # measured this check, written with the state
 
     def _profile(self, version: str) -> tuple[ReferenceProfile, float | None]:
         """The version's reference profile and its offline value of the degradation metric (cached)."""
@@ -135,6 +136,7 @@ class Watcher:
 
         spec = self.config.triggers
         now = self.clock()
+        self._quality_rows = []
         self._sample_serving()
         aliases = registry_aliases(self.model_name)
         champion = aliases.get(CHAMPION)
@@ -158,7 +160,12 @@ class Watcher:
                 if report.prediction is not None:
                     scores["__prediction__"] = report.prediction.score
                 history.append(
-                    {"time": now.timestamp(), "version": champion, "drifted": report.drifted, "scores": scores}
+                    {
+                        "time": now.timestamp(),
+                        "version": champion,
+                        "drifted": report.drifted,
+                        "scores": scores,
+                    }
                 )
                 if self.exporter is not None:
                     self.exporter.set_drift(scores, report.drifted)
@@ -202,6 +209,9 @@ class Watcher:
             )
         for row in history:
             self.store.append("drift.jsonl", row)
+        for row in self._quality_rows:
+            self.store.append("quality.jsonl", row)
+        self._quality_rows.clear()
         self.store.write("cursor.json", cursor)
         self.store.write("trigger_state.json", new_state.model_dump(mode="json"))
         return CheckResult(champion, window_rows, report, quality, decision, submission, notes)
@@ -225,6 +235,7 @@ class Watcher:
             return None
         cursor["labels_since"] = float(fresh["labelled_at"].max()) + 1e-6
         quality = measure_quality(joined["label"], joined["probability"])
+        self._quality_rows.append({"time": self.clock().timestamp(), "version": champion, "metrics": quality})
         if self.exporter is not None:
             self.exporter.set_quality(champion, quality)
         return quality

@@ -15,6 +15,7 @@ import requests
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.config import EventsConfig, WebhookSink
+from pipeline.store import StateStore
 
 logger = logging.getLogger(__name__)
 
@@ -22,6 +23,9 @@ SCHEMA_VERSION = 1
 # Set by `lockgate run` for a job: the event log resolved against the submitter's pipeline file, so a relative
 # `events.log_file` lands next to the user's file, not in the job's temporary copy of its working directory.
 EVENTS_FILE_ENV = "LOCKGATE_EVENTS_FILE"
+# Set in a cluster's pods: every event is also written, one object each, under this artefact-store URI, so
+# runs, trigger checks and the exporter, each in its own short-lived pod, share one log (any number of writers).
+EVENTS_URI_ENV = "LOCKGATE_EVENTS_URI"
 
 
 class EventType(StrEnum):
@@ -88,6 +92,14 @@ def emit(event: Event, config: EventsConfig, base_dir: Path | None = None) -> di
     except OSError as error:
         logger.error("event %s not written to %s: %s", event.type, file, error)
         delivered["log_file"] = False
+    uri = os.environ.get(EVENTS_URI_ENV)
+    if uri:
+        try:
+            StateStore(uri).write_text(object_name(event), json.dumps(payload, sort_keys=True))
+            delivered["store"] = True
+        except Exception as error:  # noqa: BLE001 - any store failure is reported, never raised
+            logger.error("event %s not written to the event store: %s", event.type, type(error).__name__)
+            delivered["store"] = False
     for index, sink in enumerate(config.webhooks):
         if event.type.value not in sink.events:
             continue
@@ -117,9 +129,53 @@ def slack_compatible(payload: dict[str, Any]) -> dict[str, Any]:
     return {"text": text, **payload}
 
 
-def read_events(path: str | Path) -> list[Event]:
-    """Read a JSON-lines event log back into events."""
-    file = Path(path)
-    if not file.exists():
-        return []
-    return [Event.model_validate_json(line) for line in file.read_text().splitlines() if line.strip()]
+def object_name(event: Event) -> str:
+    """An event's object in the event store: by day, then time and id, so names sort in time order."""
+    stamp = datetime.fromisoformat(event.time).astimezone(UTC)
+    return f"{stamp:%Y-%m-%d}/{stamp:%Y%m%dT%H%M%S%f}-{event.event_id}.json"
+
+
+class EventLog:
+    """New events of a JSON-lines log file, read incrementally (whole lines only)."""
+
+    def __init__(self, path: Path):
+        self.path, self._offset = path, 0
+
+    def read_new(self) -> list[Event]:
+        """Events appended since the last read."""
+        if not self.path.exists():
+            return []
+        with self.path.open("rb") as handle:
+            handle.seek(self._offset)
+            chunk = handle.read()
+        complete = chunk[: chunk.rfind(b"\n") + 1]
+        self._offset += len(complete)
+        return [Event.model_validate_json(line) for line in complete.decode().splitlines() if line.strip()]
+
+
+class EventObjects:
+    """New events of an event store (one object per event under a URI), read incrementally."""
+
+    def __init__(self, uri: str):
+        self.store, self._seen = StateStore(uri), set[str]()
+
+    def read_new(self) -> list[Event]:
+        """Events written since the last read, in time order."""
+        fresh = [name for name in self.store.names() if name.endswith(".json") and name not in self._seen]
+        events = []
+        for name in fresh:
+            text = self.store.read_text(name)
+            if text is not None:
+                events.append(Event.model_validate_json(text))
+            self._seen.add(name)
+        return sorted(events, key=lambda event: event.time)
+
+
+def event_source(location: str | Path) -> EventLog | EventObjects:
+    """The events at a log file's path, or in an event store (a URI such as ``s3://bucket/events``)."""
+    return EventObjects(str(location)) if "://" in str(location) else EventLog(Path(location))
+
+
+def read_events(location: str | Path) -> list[Event]:
+    """Every event of a JSON-lines log file, or of an event store."""
+    return event_source(location).read_new()

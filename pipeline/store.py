@@ -33,16 +33,30 @@ class StateStore:
     def _path(self, name: str) -> str:
         return f"{self._root.rstrip('/')}/{name}"
 
-    def _read_text(self, name: str) -> str | None:
+    def names(self) -> list[str]:
+        """Every document below this store, as names relative to it, sorted (none when it does not exist)."""
+        if self._fs.get_file_info(self._root).type == pafs.FileType.NotFound:
+            return []
+        root = self._root.rstrip("/") + "/"
+        infos = self._fs.get_file_info(pafs.FileSelector(self._root, recursive=True))
+        return sorted(
+            info.path.removeprefix(root)
+            for info in infos
+            if info.is_file and not info.base_name.startswith(".") and not info.path.endswith(".partial")
+        )
+
+    def read_text(self, name: str) -> str | None:
+        """A document's text, or None when there is none."""
         path = self._path(name)
         if self._fs.get_file_info(path).type != pafs.FileType.File:
             return None
         with self._fs.open_input_stream(path) as stream:
             return bytes(stream.read()).decode()
 
-    def _write_text(self, name: str, text: str) -> None:
-        self._fs.create_dir(self._root, recursive=True)
+    def write_text(self, name: str, text: str) -> None:
+        """Replace a document whole (``name`` may hold sub-directories)."""
         path = self._path(name)
+        self._fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
         target = f"{path}.partial" if self._local else path
         with self._fs.open_output_stream(target) as stream:
             stream.write(text.encode())
@@ -51,7 +65,7 @@ class StateStore:
 
     def read(self, name: str, default: Any = None) -> Any:
         """A JSON document, or ``default`` when there is none yet."""
-        text = self._read_text(name)
+        text = self.read_text(name)
         if text is None:
             return default
         try:
@@ -61,7 +75,7 @@ class StateStore:
 
     def write(self, name: str, value: Any) -> None:
         """Replace a JSON document whole."""
-        self._write_text(name, json.dumps(value, sort_keys=True))
+        self.write_text(name, json.dumps(value, sort_keys=True))
 
     def append(self, name: str, row: dict[str, Any]) -> None:
         """Add one row to a JSON-lines history."""
@@ -71,9 +85,9 @@ class StateStore:
             with open(self._path(name), "a") as handle:
                 handle.write(line)
             return
-        self._write_text(name, (self._read_text(name) or "") + line)
+        self.write_text(name, (self.read_text(name) or "") + line)
 
     def rows(self, name: str) -> list[dict[str, Any]]:
         """The rows of a JSON-lines history (none when it does not exist)."""
-        text = self._read_text(name) or ""
+        text = self.read_text(name) or ""
         return [json.loads(line) for line in text.splitlines() if line.strip()]

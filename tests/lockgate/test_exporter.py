@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+
 import requests
 
 from lockgate.exporter import Exporter
-from pipeline.events import Event, EventType
+from pipeline.config import EventsConfig
+from pipeline.events import EVENTS_URI_ENV, Event, EventType, emit, read_events
+from pipeline.store import StateStore
+from tests.conftest import write_pipeline
 
 
 def append(path, *events: Event) -> None:
@@ -75,3 +83,80 @@ def test_counters_start_at_zero_and_count_new_events(tmp_path) -> None:
         assert exporter._server.server_address[0] == "127.0.0.1", "listens on loopback only"
     finally:
         exporter.close()
+
+
+def test_events_from_many_pods_meet_in_the_event_store(tmp_path, monkeypatch) -> None:
+    """In a cluster each run and check writes its events as objects; the exporter and report read them all."""
+    store = f"file://{tmp_path}/events"
+    monkeypatch.setenv(EVENTS_URI_ENV, store)
+    config = EventsConfig(log_file=str(tmp_path / "pod-local.jsonl"))
+    base = {"pipeline": "loans", "model_name": "m"}
+    first = Event(
+        type=EventType.pipeline_succeeded, run_id="a", details={"durations_s": {"train": 5.0}}, **base
+    )
+    assert emit(first, config) == {"log_file": True, "store": True}
+    exporter = Exporter("loans", "m", store)
+    assert exporter.snapshot()['lockgate_pipeline_duration_seconds{pipeline="loans"}'] == 5.0
+    assert exporter.poll() == 0, "an event is read once"
+    emit(Event(type=EventType.trigger_fired, details={"reason": "drift"}, **base), config)
+    emit(Event(type=EventType.pipeline_failed, run_id="b", stage="train", **base), config)
+    assert exporter.poll() == 2
+    after = exporter.snapshot()
+    assert after['lockgate_triggers_total{pipeline="loans",reason="drift"}'] == 1
+    assert after['lockgate_pipeline_runs_total{outcome="failed",pipeline="loans"}'] == 1
+    assert [e.run_id for e in read_events(store)] == ["a", None, "b"], "in time order"
+    # The trigger checks' history gives drift and quality.
+    history = StateStore(f"file://{tmp_path}/state")
+    history.append("drift.jsonl", {"time": 1.0, "version": "1", "drifted": False, "scores": {"age": 0.01}})
+    history.append("drift.jsonl", {"time": 2.0, "version": "1", "drifted": True, "scores": {"age": 0.3}})
+    history.append("quality.jsonl", {"time": 2.0, "version": "1", "metrics": {"auc": 0.7, "rows": 300}})
+    exporter.read_history(history)
+    now = exporter.snapshot()
+    assert now['lockgate_drift_score{feature="age",model="m"}'] == 0.3
+    assert now['lockgate_drift_detected{model="m"}'] == 1
+    assert now['lockgate_model_quality{metric="auc",model="m",version="1"}'] == 0.7
+
+
+def test_an_unreachable_event_store_never_fails_the_emitter(tmp_path, monkeypatch) -> None:
+    (tmp_path / "file").write_text("a file where the store's directory would be")
+    monkeypatch.setenv(EVENTS_URI_ENV, f"file://{tmp_path}/file/events")
+    config = EventsConfig(log_file=str(tmp_path / "events.jsonl"))
+    delivered = emit(Event(type=EventType.pipeline_failed, pipeline="loans", run_id="x"), config)
+    assert delivered == {"log_file": True, "store": False}
+    assert [e.run_id for e in read_events(tmp_path / "events.jsonl")] == ["x"], "the other sinks still get it"
+
+
+def test_export_command_serves_metrics_until_stopped(tmp_path, monkeypatch) -> None:
+    store = f"file://{tmp_path}/events"
+    (tmp_path / "serving.yaml").write_text("model_name: m\n")
+    config = write_pipeline(tmp_path, {"name": "loans"})
+    process = subprocess.Popen(
+        [sys.executable, "-m", "lockgate", "export", "-c", str(config), "--port", "0", "--interval", "1"],
+        env={**os.environ, EVENTS_URI_ENV: store},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        assert "http://127.0.0.1:" in line, line + (
+            process.stderr.read() if process.poll() is not None else ""
+        )
+        url = line.strip().split()[-1]
+        monkeypatch.setenv(EVENTS_URI_ENV, store)  # another pod's run fails
+        emit(
+            Event(type=EventType.pipeline_failed, pipeline="loans", run_id="x"),
+            EventsConfig(log_file=str(tmp_path / "pod.jsonl")),
+        )
+        deadline = time.monotonic() + 30
+        text = ""
+        while time.monotonic() < deadline:
+            text = requests.get(url, timeout=5).text
+            if 'lockgate_pipeline_runs_total{outcome="failed",pipeline="loans"} 1.0' in text:
+                break
+            time.sleep(0.5)
+        assert 'lockgate_pipeline_runs_total{outcome="failed",pipeline="loans"} 1.0' in text
+    finally:
+        process.terminate()
+        assert process.wait(timeout=30) == 0, "SIGTERM stops it cleanly"
