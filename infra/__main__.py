@@ -13,10 +13,12 @@ from typing import Any
 import pulumi
 import pulumi_aws as aws
 import pulumi_random as random
+import yaml
 
 from infra import exports
 from infra.components.artifact_store import (
     CAPTURE_PREFIX,
+    EVENTS_PREFIX,
     MLFLOW_PREFIX,
     STATE_PREFIX,
     TRAIN_PREFIX,
@@ -24,6 +26,7 @@ from infra.components.artifact_store import (
     S3ArtifactStore,
 )
 from infra.components.cluster import EksCluster, ExistingCluster
+from infra.components.exporter import MetricsExporter, exporter_service_account
 from infra.components.iam import WorkloadRole, bucket_prefix_statements
 from infra.components.image import CodeImage, RegistryLogin
 from infra.components.monitoring import Monitoring
@@ -117,7 +120,12 @@ def build(config: StackConfig, root: Path) -> dict[str, Any]:
     namespace = Namespace(NAME, {"namespace": config.namespace}, k8s_opts)
     ns = namespace.name
 
-    annotations: dict[str, pulumi.Input[dict[str, str]]] = {"mlflow": {}, "ray": {}, "triggers": {}}
+    annotations: dict[str, pulumi.Input[dict[str, str]]] = {
+        "mlflow": {},
+        "ray": {},
+        "triggers": {},
+        "exporter": {},
+    }
     store: S3ArtifactStore | MinioArtifactStore
     database: RdsPostgres | InClusterPostgres
     db_config = config.mlflow.database
@@ -130,12 +138,14 @@ def build(config: StackConfig, root: Path) -> dict[str, Any]:
             },
         )
         s3_store = store
-        # Least privilege: MLflow reads and writes model artefacts; Ray pods training checkpoints and captured
-        # traffic (the router writes it); the trigger checks their own state, and read captured traffic.
+        # Least privilege: MLflow reads and writes model artefacts; Ray pods training checkpoints, captured
+        # traffic (the router writes it) and events; the trigger checks their own state and events, and read
+        # captured traffic; the exporter only reads events and the checks' state.
         grants: list[tuple[str, str, list[str], list[str]]] = [
             ("mlflow", mlflow_service_account(NAME), [MLFLOW_PREFIX], []),
-            ("ray", ray_service_account(NAME), [TRAIN_PREFIX, CAPTURE_PREFIX], []),
-            ("triggers", triggers_service_account(NAME), [STATE_PREFIX], [CAPTURE_PREFIX]),
+            ("ray", ray_service_account(NAME), [TRAIN_PREFIX, CAPTURE_PREFIX, EVENTS_PREFIX], []),
+            ("triggers", triggers_service_account(NAME), [STATE_PREFIX, EVENTS_PREFIX], [CAPTURE_PREFIX]),
+            ("exporter", exporter_service_account(NAME), [], [EVENTS_PREFIX, STATE_PREFIX]),
         ]
         for workload, account, read_write, read_only in grants:
             role = WorkloadRole(
@@ -239,6 +249,10 @@ def build(config: StackConfig, root: Path) -> dict[str, Any]:
     )
     operators = config.operators
     ray = config.ray
+    # The served model's file for the pods that judge and report on it (not the image's serving.yaml).
+    serving_file_yaml = yaml.safe_dump(
+        config.serve.model_dump(mode="json", exclude_none=True), sort_keys=True
+    )
     # Local mode's capture default is the state directory; a cluster's is the artefact store.
     serve_config = store.capture_uri.apply(
         lambda uri: stack_serve_yaml(
@@ -279,6 +293,8 @@ def build(config: StackConfig, root: Path) -> dict[str, Any]:
             },
             "capture_uri": store.capture_uri,
             "state_uri": store.state_uri,
+            "events_uri": store.events_uri,
+            "serving_file_yaml": serving_file_yaml,
             "triggers_service_account_annotations": annotations["triggers"],
             "public_serve": config.public_serve,
         },
@@ -299,6 +315,22 @@ def build(config: StackConfig, root: Path) -> dict[str, Any]:
             "ray_pod_labels": ray_pod_labels(NAME),
         },
         k8s_opts,
+    )
+    MetricsExporter(
+        NAME,
+        {
+            "namespace": ns,
+            "image": image_ref,
+            "pipeline_file": ray.pipeline_file,
+            "serving_file_yaml": serving_file_yaml,
+            "events_uri": store.events_uri,
+            "state_uri": store.state_uri,
+            "store_env": store.client_env,
+            "service_account_annotations": annotations["exporter"],
+            "monitoring_namespace": operators.monitoring_namespace,
+        },
+        # Its PodMonitor needs the monitoring stack's CRDs.
+        pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(depends_on=[monitoring])),
     )
     outputs.update(
         {

@@ -589,7 +589,9 @@ DataOption = Annotated[
 ]
 
 
-def _cluster_watcher(config: Path, job_template: Path, namespace: str | None, state_uri: str | None) -> Any:
+def _cluster_watcher(
+    config: Path, job_template: Path, namespace: str | None, state_uri: str | None, serving_file: Path | None
+) -> Any:
     """A watcher in a Kubernetes cluster: state and capture in the artefact store, runs started as RayJobs.
 
     MLflow is reached through MLFLOW_TRACKING_URI and its credentials in the pod's environment.
@@ -599,7 +601,7 @@ def _cluster_watcher(config: Path, job_template: Path, namespace: str | None, st
     from serving.desired import CAPTURE_URI_ENV, load_serving_file
 
     parsed = load_config(config)
-    file = load_serving_file(config.resolve().parent / parsed.rollout.serving_file)
+    file = load_serving_file(serving_file or config.resolve().parent / parsed.rollout.serving_file)
     capture_uri = file.capture.uri or os.environ.get(CAPTURE_URI_ENV)
     if not capture_uri:
         raise _fail(f"capture.uri: not set in the serving file and {CAPTURE_URI_ENV} is not set", 2)
@@ -618,6 +620,14 @@ def _cluster_watcher(config: Path, job_template: Path, namespace: str | None, st
 
 
 STATE_URI_ENV = "LOCKGATE_STATE_URI"
+ServingFileOverride = Annotated[
+    Path | None,
+    typer.Option(
+        "--serving-file",
+        envvar="LOCKGATE_SERVING_FILE",
+        help="what is served, instead of the pipeline file's rollout.serving_file (a cluster: the stack's)",
+    ),
+]
 
 
 @triggers_app.command("check")
@@ -642,6 +652,7 @@ def triggers_check(
             envvar=STATE_URI_ENV, help="with --job-template: where checks keep state (path or s3://…)"
         ),
     ] = None,
+    serving_file: ServingFileOverride = None,
 ) -> None:
     """Run the trigger checks once: judge new traffic and labels, start a run if a trigger fires."""
     from lockgate.kuberay import LaunchError, TemplateError
@@ -650,7 +661,9 @@ def triggers_check(
         if job_template is not None:
             if data:
                 raise _fail("--data: a cluster run trains on the pipeline file's data.uri", 2)
-            watcher = _cluster_watcher(config, job_template, namespace, state_uri)
+            watcher = _cluster_watcher(config, job_template, namespace, state_uri, serving_file)
+        elif serving_file is not None:
+            raise _fail("--serving-file goes with --job-template (locally the pipeline file names it)", 2)
         else:
             watcher = _watcher(config, state_dir, data)
         result = watcher.check()
@@ -731,6 +744,7 @@ def export(
     host: Annotated[str, typer.Option(help="address to serve /metrics on (a pod's: 0.0.0.0)")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port for /metrics (0: any free port)")] = 9464,
     interval: Annotated[float, typer.Option(min=1, help="seconds between reads of the events")] = 15.0,
+    serving_file: ServingFileOverride = None,
 ) -> None:
     """Serve Lockgate's metrics (runs, stages, cost, rollouts, triggers, drift, quality) until stopped.
 
@@ -747,7 +761,7 @@ def export(
 
     try:
         parsed = load_config(config)
-        file = load_serving_file(config.resolve().parent / parsed.rollout.serving_file)
+        file = load_serving_file(serving_file or config.resolve().parent / parsed.rollout.serving_file)
     except ConfigError as error:
         raise _fail(str(error), 2) from None
     except _serving_errors() as error:

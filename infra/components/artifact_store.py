@@ -20,6 +20,7 @@ MLFLOW_PREFIX = "mlflow"
 TRAIN_PREFIX = "ray-train"
 CAPTURE_PREFIX = "capture"  # the router's sampled answers and late labels (serving/capture.py)
 STATE_PREFIX = "lockgate-state"  # the trigger checks' memory and history (pipeline/store.py)
+EVENTS_PREFIX = "events"  # every pod's events, one object each (pipeline/events.py)
 MINIO_PORT = 9000
 MINIO_USER = 1000
 
@@ -60,6 +61,7 @@ class S3ArtifactStore(pulumi.ComponentResource):
     train_storage_uri: pulumi.Output[str]
     capture_uri: pulumi.Output[str]
     state_uri: pulumi.Output[str]
+    events_uri: pulumi.Output[str]
     client_env: list[dict[str, Any]]
 
     def __init__(self, name: str, args: S3ArtifactStoreArgs, opts: pulumi.ResourceOptions | None = None):
@@ -136,6 +138,7 @@ class S3ArtifactStore(pulumi.ComponentResource):
         self.train_storage_uri = pulumi.Output.concat("s3://", bucket.bucket, f"/{TRAIN_PREFIX}")
         self.capture_uri = pulumi.Output.concat("s3://", bucket.bucket, f"/{CAPTURE_PREFIX}")
         self.state_uri = pulumi.Output.concat("s3://", bucket.bucket, f"/{STATE_PREFIX}")
+        self.events_uri = pulumi.Output.concat("s3://", bucket.bucket, f"/{EVENTS_PREFIX}")
         # Credentials come from IRSA and the region from the EKS pod identity webhook.
         self.client_env = []
         self.register_outputs(
@@ -147,6 +150,7 @@ class S3ArtifactStore(pulumi.ComponentResource):
                 "train_storage_uri": self.train_storage_uri,
                 "capture_uri": self.capture_uri,
                 "state_uri": self.state_uri,
+                "events_uri": self.events_uri,
                 "client_env": self.client_env,
             }
         )
@@ -171,6 +175,7 @@ class MinioArtifactStore(pulumi.ComponentResource):
     train_storage_uri: pulumi.Output[str]
     capture_uri: pulumi.Output[str]
     state_uri: pulumi.Output[str]
+    events_uri: pulumi.Output[str]
     client_env: list[dict[str, Any]]
 
     def __init__(self, name: str, args: MinioArtifactStoreArgs, opts: pulumi.ResourceOptions | None = None):
@@ -321,6 +326,7 @@ class MinioArtifactStore(pulumi.ComponentResource):
         self.train_storage_uri = pulumi.Output.from_input(f"s3://{bucket_name}/{TRAIN_PREFIX}")
         self.capture_uri = pulumi.Output.from_input(f"s3://{bucket_name}/{CAPTURE_PREFIX}")
         self.state_uri = pulumi.Output.from_input(f"s3://{bucket_name}/{STATE_PREFIX}")
+        self.events_uri = pulumi.Output.from_input(f"s3://{bucket_name}/{EVENTS_PREFIX}")
         self.client_env = [
             kube.secret_env("AWS_ACCESS_KEY_ID", secret.metadata.name, "AWS_ACCESS_KEY_ID"),
             kube.secret_env("AWS_SECRET_ACCESS_KEY", secret.metadata.name, "AWS_SECRET_ACCESS_KEY"),
@@ -338,6 +344,7 @@ class MinioArtifactStore(pulumi.ComponentResource):
                 "train_storage_uri": self.train_storage_uri,
                 "capture_uri": self.capture_uri,
                 "state_uri": self.state_uri,
+                "events_uri": self.events_uri,
                 "client_env": self.client_env,
             }
         )

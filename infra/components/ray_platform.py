@@ -26,7 +26,7 @@ METRICS_PORT = 8080
 DASHBOARD_METRICS_PORT = 44227
 TRAIN_STORAGE_ENV = "LOCKGATE_TRAIN_STORAGE"  # read by pipeline/train.py
 # Where the trigger-check pod finds the training RayJob template (lockgate/kuberay.py reads it).
-TEMPLATE_DIR, TEMPLATE_FILE = "/etc/lockgate", "rayjob.yaml"
+TEMPLATE_DIR, TEMPLATE_FILE, SERVING_FILE = "/etc/lockgate", "rayjob.yaml", "serving.yaml"
 # Label on every training RayJob: the trigger checks count runs in flight by it (lockgate/kuberay.py).
 ROLE_LABEL, TRAINING_ROLE = "lockgate.dev/role", "training"
 
@@ -88,6 +88,8 @@ class RayPlatformArgs(TypedDict):
     trigger_checks: TriggerChecksArgs
     capture_uri: pulumi.Input[str]
     state_uri: pulumi.Input[str]
+    events_uri: pulumi.Input[str]
+    serving_file_yaml: str
     triggers_service_account_annotations: pulumi.Input[dict[str, str]]
     public_serve: bool
 
@@ -103,6 +105,7 @@ def ray_container(
         "env": [
             {"name": "MLFLOW_TRACKING_URI", "value": args["mlflow_tracking_uri"]},
             {"name": TRAIN_STORAGE_ENV, "value": args["train_storage_uri"]},
+            {"name": "LOCKGATE_EVENTS_URI", "value": args["events_uri"]},
             {"name": "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "value": "5"},
             {"name": "RAY_USAGE_STATS_ENABLED", "value": "0"},
             *args["store_env"],
@@ -405,7 +408,7 @@ class RayPlatform(pulumi.ComponentResource):
         template = k8s.core.v1.ConfigMap(
             f"{name}-training-job",
             metadata=kube.metadata(f"{name}-training-job", namespace, name, component),
-            data={TEMPLATE_FILE: self.training_job_manifest},
+            data={TEMPLATE_FILE: self.training_job_manifest, SERVING_FILE: args["serving_file_yaml"]},
             opts=opts,
         )
         container = {
@@ -417,7 +420,10 @@ class RayPlatform(pulumi.ComponentResource):
                 {"name": "MLFLOW_TRACKING_URI", "value": args["mlflow_tracking_uri"]},
                 {"name": "LOCKGATE_CAPTURE_URI", "value": args["capture_uri"]},
                 {"name": "LOCKGATE_STATE_URI", "value": args["state_uri"]},
+                {"name": "LOCKGATE_EVENTS_URI", "value": args["events_uri"]},
                 {"name": "LOCKGATE_JOB_TEMPLATE", "value": f"{TEMPLATE_DIR}/{TEMPLATE_FILE}"},
+                # What the RayService serves is stack config: the checks judge that model, not the image's file.
+                {"name": "LOCKGATE_SERVING_FILE", "value": f"{TEMPLATE_DIR}/{SERVING_FILE}"},
                 {"name": "LOCKGATE_EVENTS_FILE", "value": "/tmp/lockgate/events.jsonl"},
                 {"name": "HOME", "value": "/tmp"},
                 *args["store_env"],

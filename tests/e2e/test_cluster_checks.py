@@ -25,6 +25,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from lockgate.exporter import Exporter
 from lockgate.jobs import submit_pipeline
 from lockgate.kuberay import ROLE_LABEL, TRAINING_ROLE
 from pipeline.config import load_config
@@ -198,6 +199,10 @@ def test_trigger_checks_in_a_cluster_start_one_rayjob_per_drift_event(
         )
     )
     capture_uri, state_uri = f"s3://{BUCKET}/capture", f"s3://{BUCKET}/lockgate-state"
+    events_uri = f"s3://{BUCKET}/events"
+    # The stack's serving file (mounted from a ConfigMap in the pod) stands in for the pipeline's own.
+    stack_serving = tmp_path / "stack-serving.yaml"
+    (tmp_path / "serving.yaml").rename(stack_serving)
     pod_env = {
         **os.environ,
         **local_env.client_env(include_secrets=True),
@@ -207,6 +212,8 @@ def test_trigger_checks_in_a_cluster_start_one_rayjob_per_drift_event(
         "LOCKGATE_STATE_URI": state_uri,
         "LOCKGATE_JOB_TEMPLATE": str(template),
         "LOCKGATE_NAMESPACE": NAMESPACE,
+        "LOCKGATE_SERVING_FILE": str(stack_serving),
+        "LOCKGATE_EVENTS_URI": events_uri,
     }
 
     def check(**env: str) -> subprocess.CompletedProcess[str]:
@@ -255,6 +262,16 @@ def test_trigger_checks_in_a_cluster_start_one_rayjob_per_drift_event(
     events = read_events(tmp_path / "events.jsonl")
     kinds = [e.type for e in events if e.model_name == name]
     assert kinds.count("drift_detected") == 1 and kinds.count("trigger_fired") == 1, kinds
+    # Each pod's events also land in the shared event store, where the cluster's exporter reads them.
+    stored = [e for e in read_events(events_uri) if e.model_name == name]
+    assert [e.type for e in stored] == kinds, "the event store holds what the pods emitted, in order"
+    exporter = Exporter(load_config(config).name, name, events_uri)
+    exporter.read_history(history)
+    metrics = exporter.snapshot()
+    assert metrics[f'lockgate_drift_detected{{model="{name}"}}'] == 1, (
+        "the checks' verdict, from their history"
+    )
+    assert metrics['lockgate_last_event_timestamp_seconds{type="trigger_fired"}'] > 0
 
     # Refused by the API: a clear error, nothing recorded, so the next check tries again.
     kube_api.refuse_create = True

@@ -176,6 +176,8 @@ def ray_args(**overrides: Any) -> Any:
         "trigger_checks": {"schedule": "*/15 * * * *", "suspended": False, "cpu": "250m", "memory": "1Gi"},
         "capture_uri": "s3://bucket/capture",
         "state_uri": "s3://bucket/lockgate-state",
+        "events_uri": "s3://bucket/events",
+        "serving_file_yaml": "model_name: m\n",
         "triggers_service_account_annotations": {},
         "public_serve": False,
     }

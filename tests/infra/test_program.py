@@ -12,7 +12,7 @@ import yaml
 from infra import exports
 from lockgate.kuberay import training_job
 from policy.rules import StackResource, check_stack
-from serving.desired import RolloutState, load_serving_file, resolve_router_config
+from serving.desired import RolloutState, ServingFile, load_serving_file, resolve_router_config
 from serving.render import render_serve_config
 from tests.infra.conftest import CRD_FILES, ROOT, ProgramRun, crd_errors, program
 
@@ -153,6 +153,52 @@ def test_trigger_checks_run_on_a_schedule_and_start_runs_from_the_template(progr
     assert granted == [
         [{"apiGroups": ["ray.io"], "resources": ["rayjobs"], "verbs": ["create", "get", "list"]}]
     ]
+    # The checks judge the model the stack serves, from the stack's own serving file.
+    served = ServingFile.model_validate(
+        yaml.safe_load(maps[volume["configMap"]["name"]]["data"]["serving.yaml"])
+    )
+    assert env["LOCKGATE_SERVING_FILE"] == f"{mount['mountPath']}/serving.yaml"
+    router_config = serve_config(run)["applications"][0]["deployments"][0]["user_config"]
+    assert served.model_name == router_config["champion"]["name"]
+
+
+def env_of(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value") for e in container["env"]}
+
+
+@pytest.mark.parametrize("stack", ["dev", "aws"])
+def test_the_exporter_serves_lockgate_metrics_from_the_event_store(program_runs, stack) -> None:
+    run = program(program_runs, stack)
+    deployments = {
+        d["inputs"]["metadata"]["name"]: d["inputs"] for d in run.of_type("kubernetes:apps/v1:Deployment")
+    }
+    exporter = deployments["lockgate-exporter"]["spec"]["template"]
+    container = exporter["spec"]["containers"][0]
+    assert container["command"][:2] == ["lockgate", "export"]
+    env = env_of(container)
+    cron = run.one("kubernetes:batch/v1:CronJob")["inputs"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    service = run.one("kubernetes:ray.io/v1:RayService")["inputs"]["spec"]["rayClusterConfig"]
+    head = service["headGroupSpec"]["template"]["spec"]["containers"][0]
+    checks_env, ray_env = env_of(cron["containers"][0]), env_of(head)
+    assert env["LOCKGATE_EVENTS_URI"].endswith("/events")
+    assert (
+        env["LOCKGATE_EVENTS_URI"] == checks_env["LOCKGATE_EVENTS_URI"] == ray_env["LOCKGATE_EVENTS_URI"]
+    ), "runs, checks and the exporter share one event store"
+    assert env["LOCKGATE_STATE_URI"] == checks_env["LOCKGATE_STATE_URI"], "drift and quality from the checks"
+    monitors = {
+        m["inputs"]["metadata"]["name"]: m["inputs"]["spec"]
+        for m in run.of_type("kubernetes:monitoring.coreos.com/v1:PodMonitor")
+    }
+    selected = monitors["lockgate-exporter"]["selector"]["matchLabels"]
+    assert selected.items() <= exporter["metadata"]["labels"].items(), "Prometheus scrapes it"
+    policies = {
+        p["inputs"]["metadata"]["name"]: p["inputs"]["spec"]
+        for p in run.of_type("kubernetes:networking.k8s.io/v1:NetworkPolicy")
+    }
+    (rule,) = policies["lockgate-exporter"]["ingress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 9464}] and "namespaceSelector" in rule["from"][0], (
+        "only Prometheus' namespace reaches it"
+    )
 
 
 def test_prometheus_rules_and_dashboards_come_from_the_repository_files(dev) -> None:
@@ -273,12 +319,12 @@ def test_aws_resources_are_private_encrypted_and_least_privilege(aws) -> None:
             for resource in ([s["Resource"]] if isinstance(s["Resource"], str) else s["Resource"])
         }
 
-    assert objects("triggers", "s3:PutObject") == {"lockgate-state/*"}, "the checks write only their state"
-    assert objects("triggers", "s3:GetObject") == {"lockgate-state/*", "capture/*"}, (
-        "and read captured traffic"
-    )
-    assert objects("ray", "s3:PutObject") == {"ray-train/*", "capture/*"}, "checkpoints and captured traffic"
+    assert objects("triggers", "s3:PutObject") == {"lockgate-state/*", "events/*"}, "their state and events"
+    assert objects("triggers", "s3:GetObject") == {"lockgate-state/*", "events/*", "capture/*"}
+    assert objects("ray", "s3:PutObject") == {"ray-train/*", "capture/*", "events/*"}
     assert objects("mlflow", "s3:PutObject") == {"mlflow/*"}
+    assert objects("exporter", "s3:PutObject") == set(), "the exporter only reads"
+    assert objects("exporter", "s3:GetObject") == {"events/*", "lockgate-state/*"}
     accounts = {
         a["inputs"]["metadata"]["name"]: a["inputs"]["metadata"]["annotations"]
         for a in aws.of_type("kubernetes:core/v1:ServiceAccount")
