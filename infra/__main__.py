@@ -295,6 +295,7 @@ def build(config: StackConfig, root: Path) -> dict[str, Any]:
             "state_uri": store.state_uri,
             "events_uri": store.events_uri,
             "serving_file_yaml": serving_file_yaml,
+            "serve_ingress": ray.serve_ingress,
             "triggers_service_account_annotations": annotations["triggers"],
             "public_serve": config.public_serve,
         },

@@ -219,6 +219,8 @@ class RayConfig(InfraModel):
     workers: WorkerGroupConfig = WorkerGroupConfig()
     pipeline_file: str = "pipeline.yaml"
     trigger_checks: TriggerChecksConfig = TriggerChecksConfig()
+    # The serving cluster's ingress: Serve's proxy, or HAProxy + throughput-optimised replicas (see README).
+    serve_ingress: Literal["proxy", "haproxy"] = "proxy"
 
 
 class ModelVersionsConfig(InfraModel):

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import requests
 
+from serving.spec import SERVE_INGRESS_ENV
+
 HOST = "127.0.0.1"
 STATE_FILE = "state.json"
 CREDENTIALS_FILE = "credentials.json"
@@ -29,7 +31,7 @@ RAY_TOKEN_FILE = "ray_token"
 MLFLOW_AUTH_FILE = "mlflow_auth.ini"
 MLFLOW_ADMIN = "lockgate-admin"
 STATE_DIR_ENV = "LOCKGATE_HOME"
-SERVE_INGRESSES = ("proxy", "haproxy")
+SERVE_INGRESSES = tuple(SERVE_INGRESS_ENV)
 
 
 class EnvironmentError_(Exception):
@@ -306,8 +308,7 @@ class LocalEnvironment:
             return {}
         base = self.ports.ray_gcs
         return {
-            "RAY_SERVE_ENABLE_HA_PROXY": "1",
-            "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+            **SERVE_INGRESS_ENV["haproxy"],
             "RAY_SERVE_HAPROXY_STATS_PORT": str(base + 4),
             "RAY_SERVE_HAPROXY_METRICS_PORT": str(base + 5),
             "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(base + 6),

@@ -16,6 +16,13 @@ MODEL_VERSION_PATTERN = r"^[1-9][0-9]*$"
 # RFC 9110 token characters, lowercase only: HTTP/2 and ASGI servers hand headers over lowercased.
 HEADER_TOKEN_PATTERN = r"^[a-z0-9!#$%&'*+.^_`|~\-]+$"
 ENV_VAR_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+# Ray Serve's ingress, chosen where Ray starts (env of the head and workers, read once when Serve starts):
+# Serve's Python proxy, or HAProxy in front of throughput-optimised replicas (about 5x the proxy's
+# throughput in benchmarks/bench_serving.py). Its ports are Ray's defaults unless the environment pins them.
+SERVE_INGRESS_ENV: dict[str, dict[str, str]] = {
+    "proxy": {},
+    "haproxy": {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
+}
 # The rendered serve config is committed and shown in cluster state; a secret must travel another way.
 SECRET_NAME_MARKERS: tuple[str, ...] = ("PASSWORD", "TOKEN", "SECRET")
 

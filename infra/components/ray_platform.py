@@ -7,13 +7,14 @@ only the canary weight changes only the router's ``user_config`` there, which Ku
 
 from __future__ import annotations
 
-from typing import Any, TypedDict
+from typing import Any, Literal, TypedDict
 
 import pulumi
 import pulumi_kubernetes as k8s
 import yaml
 
 from infra import kube
+from serving.spec import SERVE_INGRESS_ENV
 
 RAY_USER_ID = 1000
 WORKDIR = "/home/ray/lockgate"
@@ -90,12 +91,18 @@ class RayPlatformArgs(TypedDict):
     state_uri: pulumi.Input[str]
     events_uri: pulumi.Input[str]
     serving_file_yaml: str
+    serve_ingress: Literal["proxy", "haproxy"]
     triggers_service_account_annotations: pulumi.Input[dict[str, str]]
     public_serve: bool
 
 
 def ray_container(
-    name: str, args: RayPlatformArgs, cpu: str, memory: str, ports: list[dict[str, Any]]
+    name: str,
+    args: RayPlatformArgs,
+    cpu: str,
+    memory: str,
+    ports: list[dict[str, Any]],
+    extra_env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """A Ray node container: the code image, MLflow credentials from a Secret, bounded and non-root."""
     return {
@@ -109,6 +116,7 @@ def ray_container(
             {"name": "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "value": "5"},
             {"name": "RAY_USAGE_STATS_ENABLED", "value": "0"},
             *args["store_env"],
+            *({"name": key, "value": value} for key, value in (extra_env or {}).items()),
         ],
         # MLFLOW_TRACKING_USERNAME / _PASSWORD: never in the serve config, only in this Secret.
         "envFrom": [{"secretRef": {"name": args["mlflow_client_secret"]}}],
@@ -129,9 +137,16 @@ def pod_spec(account: pulumi.Input[str], container: dict[str, Any]) -> dict[str,
 
 
 def ray_cluster_spec(
-    name: str, args: RayPlatformArgs, account: pulumi.Input[str], autoscale: bool
+    name: str,
+    args: RayPlatformArgs,
+    account: pulumi.Input[str],
+    autoscale: bool,
+    extra_env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """A RayCluster spec: a head that schedules no work, one autoscaled worker group, token auth on."""
+    """A RayCluster spec: a head that schedules no work, one autoscaled worker group, token auth on.
+
+    ``extra_env``: set on every node (the serving cluster's ingress choice).
+    """
     workers = args["workers"]
     pod_labels = {**ray_pod_labels(name), kube.CLIENT_LABEL: "true"}
     head_ports = [
@@ -160,7 +175,9 @@ def ray_cluster_spec(
                 "metadata": {"labels": pod_labels},
                 "spec": pod_spec(
                     account,
-                    ray_container("ray-head", args, args["head_cpu"], args["head_memory"], head_ports),
+                    ray_container(
+                        "ray-head", args, args["head_cpu"], args["head_memory"], head_ports, extra_env
+                    ),
                 ),
             },
         },
@@ -175,7 +192,9 @@ def ray_cluster_spec(
                     "metadata": {"labels": pod_labels},
                     "spec": pod_spec(
                         account,
-                        ray_container("ray-worker", args, workers["cpu"], workers["memory"], worker_ports),
+                        ray_container(
+                            "ray-worker", args, workers["cpu"], workers["memory"], worker_ports, extra_env
+                        ),
                     ),
                 },
             }
@@ -319,7 +338,13 @@ class RayPlatform(pulumi.ComponentResource):
             metadata=kube.metadata(f"{name}-serve", namespace, name, component),
             spec={
                 "serveConfigV2": args["serve_config"],
-                "rayClusterConfig": ray_cluster_spec(name, args, account.metadata.name, autoscale=True),
+                "rayClusterConfig": ray_cluster_spec(
+                    name,
+                    args,
+                    account.metadata.name,
+                    autoscale=True,
+                    extra_env=SERVE_INGRESS_ENV[args["serve_ingress"]],
+                ),
                 "serveService": serve_service,
             },
             opts=crd_opts,

@@ -264,7 +264,9 @@ def test_trigger_checks_in_a_cluster_start_one_rayjob_per_drift_event(
     assert kinds.count("drift_detected") == 1 and kinds.count("trigger_fired") == 1, kinds
     # Each pod's events also land in the shared event store, where the cluster's exporter reads them.
     stored = [e for e in read_events(events_uri) if e.model_name == name]
-    assert [e.type for e in stored] == kinds, "the event store holds what the pods emitted, in order"
+    assert [e.type for e in stored] == ["drift_detected", "trigger_fired"], (
+        "what the check pods emitted, in order"
+    )
     exporter = Exporter(load_config(config).name, name, events_uri)
     exporter.read_history(history)
     metrics = exporter.snapshot()

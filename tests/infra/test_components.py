@@ -178,6 +178,7 @@ def ray_args(**overrides: Any) -> Any:
         "state_uri": "s3://bucket/lockgate-state",
         "events_uri": "s3://bucket/events",
         "serving_file_yaml": "model_name: m\n",
+        "serve_ingress": "proxy",
         "triggers_service_account_annotations": {},
         "public_serve": False,
     }
@@ -311,3 +312,20 @@ def test_code_fingerprint_follows_content(tmp_path: Path) -> None:
     (tmp_path / "pkg" / "a.py").write_text("x = 2\n")
     assert code_fingerprint(tmp_path, inputs) != first, "a code change is a new tag"
     assert len(code_fingerprint(ROOT)) == 16, "the repository's own image inputs all exist"
+
+
+def test_haproxy_ingress_is_set_on_the_serving_cluster_only(mocks) -> None:
+    recorded = declare(mocks, lambda: RayPlatform("alpha", ray_args(serve_ingress="haproxy")))
+    cluster = of_type(recorded, "RayService")[0].inputs["spec"]["rayClusterConfig"]
+    pods = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    for pod in pods:
+        env = {e["name"]: e.get("value") for e in pod["template"]["spec"]["containers"][0]["env"]}
+        assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1" and env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
+    (config_map,) = [r for r in of_type(recorded, "ConfigMap") if r.name == "alpha-training-job"]
+    template = yaml.safe_load(config_map.inputs["data"]["rayjob.yaml"])
+    head = template["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert not any(e["name"].startswith("RAY_SERVE_") for e in head["env"]), "training clusters serve nothing"
+    default = declare(mocks, lambda: RayPlatform("beta", ray_args()))
+    service = of_type(default, "RayService")[0].inputs["spec"]["rayClusterConfig"]
+    env = service["headGroupSpec"]["template"]["spec"]["containers"][0]["env"]
+    assert not any(e["name"] == "RAY_SERVE_ENABLE_HA_PROXY" for e in env), "Serve's proxy unless asked"
