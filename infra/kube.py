@@ -177,3 +177,31 @@ def helm_release(
         values=values,
         opts=opts,
     )
+
+
+def service_account(
+    resource_name: str, meta: dict[str, Any], opts: pulumi.ResourceOptions, mount_token: bool = True
+) -> k8s.core.v1.ServiceAccount:
+    """A workload's own service account; ``mount_token=False`` for pods that never call the Kubernetes API."""
+    return k8s.core.v1.ServiceAccount(
+        resource_name,
+        metadata=meta,
+        **({} if mount_token else {"automount_service_account_token": False}),
+        opts=opts,
+    )
+
+
+def role_for(
+    resource_name: str,
+    meta: dict[str, Any],
+    rules: list[dict[str, Any]],
+    account: k8s.core.v1.ServiceAccount,
+    namespace: pulumi.Input[str],
+    opts: pulumi.ResourceOptions,
+) -> k8s.rbac.v1.Role:
+    """A namespaced Role with these rules, bound to one service account only."""
+    role = k8s.rbac.v1.Role(resource_name, metadata=meta, rules=rules, opts=opts)
+    role_ref: Any = {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role.metadata.name}
+    subjects: Any = [{"kind": "ServiceAccount", "name": account.metadata.name, "namespace": namespace}]
+    k8s.rbac.v1.RoleBinding(resource_name, metadata=meta, role_ref=role_ref, subjects=subjects, opts=opts)
+    return role

@@ -49,17 +49,14 @@ class MetricsExporter(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         namespace = args["namespace"]
         component = f"{name}-exporter"
-        account = k8s.core.v1.ServiceAccount(
+        annotations = args["service_account_annotations"]
+        account = kube.service_account(
             f"{name}-exporter-account",
-            metadata=kube.metadata(
-                exporter_service_account(name),
-                namespace,
-                name,
-                component,
-                annotations=args["service_account_annotations"],
+            kube.metadata(
+                exporter_service_account(name), namespace, name, component, annotations=annotations
             ),
-            automount_service_account_token=False,  # it never calls the Kubernetes API
-            opts=child,
+            child,
+            mount_token=False,  # it never calls the Kubernetes API
         )
         config = k8s.core.v1.ConfigMap(
             f"{name}-exporter-config",

@@ -286,16 +286,16 @@ class RayPlatform(pulumi.ComponentResource):
                     child,
                 )
             )
-        account = k8s.core.v1.ServiceAccount(
+        account = kube.service_account(
             f"{name}-ray-account",
-            metadata=kube.metadata(
+            kube.metadata(
                 ray_service_account(name),
                 namespace,
                 name,
                 component,
                 annotations=args["service_account_annotations"],
             ),
-            opts=child,
+            child,
         )
         # The head's autoscaler runs under this account: it may read and patch its own pods and cluster only.
         autoscaler_metadata = kube.metadata(f"{name}-ray-autoscaler", namespace, name, component)
@@ -307,18 +307,7 @@ class RayPlatform(pulumi.ComponentResource):
                 "verbs": ["get", "list", "watch", "patch"],
             },
         ]
-        role = k8s.rbac.v1.Role(
-            f"{name}-autoscaler", metadata=autoscaler_metadata, rules=autoscaler_rules, opts=child
-        )
-        role_ref: Any = {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role.metadata.name}
-        subjects: Any = [{"kind": "ServiceAccount", "name": account.metadata.name, "namespace": namespace}]
-        k8s.rbac.v1.RoleBinding(
-            f"{name}-autoscaler",
-            metadata=autoscaler_metadata,
-            role_ref=role_ref,
-            subjects=subjects,
-            opts=child,
-        )
+        kube.role_for(f"{name}-autoscaler", autoscaler_metadata, autoscaler_rules, account, namespace, child)
         crd_opts = pulumi.ResourceOptions(parent=self, depends_on=dependencies)
         serve_service_name = f"{name}-serve"
         serve_service: dict[str, Any] = {
@@ -411,25 +400,17 @@ class RayPlatform(pulumi.ComponentResource):
         """
         namespace, checks = args["namespace"], args["trigger_checks"]
         component = f"{name}-triggers"
-        account = k8s.core.v1.ServiceAccount(
+        annotations = args["triggers_service_account_annotations"]
+        account = kube.service_account(
             f"{name}-triggers-account",
-            metadata=kube.metadata(
-                triggers_service_account(name),
-                namespace,
-                name,
-                component,
-                annotations=args["triggers_service_account_annotations"],
+            kube.metadata(
+                triggers_service_account(name), namespace, name, component, annotations=annotations
             ),
-            opts=opts,
+            opts,
         )
         meta = kube.metadata(component, namespace, name, component)
-        rules: Any = [{"apiGroups": ["ray.io"], "resources": ["rayjobs"], "verbs": ["create", "get", "list"]}]
-        role = k8s.rbac.v1.Role(f"{name}-triggers", metadata=meta, rules=rules, opts=opts)
-        role_ref: Any = {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role.metadata.name}
-        subjects: Any = [{"kind": "ServiceAccount", "name": account.metadata.name, "namespace": namespace}]
-        k8s.rbac.v1.RoleBinding(
-            f"{name}-triggers", metadata=meta, role_ref=role_ref, subjects=subjects, opts=opts
-        )
+        rules = [{"apiGroups": ["ray.io"], "resources": ["rayjobs"], "verbs": ["create", "get", "list"]}]
+        kube.role_for(f"{name}-triggers", meta, rules, account, namespace, opts)
         template = k8s.core.v1.ConfigMap(
             f"{name}-training-job",
             metadata=kube.metadata(f"{name}-training-job", namespace, name, component),

@@ -377,17 +377,12 @@ class ModelRegistry(pulumi.ComponentResource):
             },
             opts=child,
         )
-        account = k8s.core.v1.ServiceAccount(
+        annotations = args["service_account_annotations"]
+        account = kube.service_account(
             f"{name}-mlflow-account",
-            metadata=kube.metadata(
-                mlflow_service_account(name),
-                namespace,
-                name,
-                component,
-                annotations=args["service_account_annotations"],
-            ),
-            automount_service_account_token=False,
-            opts=child,
+            kube.metadata(mlflow_service_account(name), namespace, name, component, annotations=annotations),
+            child,
+            mount_token=False,
         )
         service_name = f"{name}-mlflow"
         # The Deployment, Service and NetworkPolicy all bear MLflow's name.
