@@ -51,18 +51,44 @@ def deny_insecure_transport(bucket_arn: str) -> str:
     )
 
 
-class S3ArtifactStore(pulumi.ComponentResource):
-    """A private, versioned, KMS-encrypted bucket with lifecycle rules and TLS-only access."""
+class ArtifactStore(pulumi.ComponentResource):
+    """What every artefact store offers: one bucket, an S3 URI per prefix, and the env its clients need."""
 
     bucket: pulumi.Output[str]
-    bucket_arn: pulumi.Output[str]
-    key_arn: pulumi.Output[str]
     mlflow_artifacts_uri: pulumi.Output[str]
     train_storage_uri: pulumi.Output[str]
     capture_uri: pulumi.Output[str]
     state_uri: pulumi.Output[str]
     events_uri: pulumi.Output[str]
     client_env: list[dict[str, Any]]
+
+    def _locate(self, bucket: pulumi.Input[str]) -> dict[str, pulumi.Output[str]]:
+        """Set the bucket and each prefix's URI; returns them for ``register_outputs``."""
+        self.bucket = pulumi.Output.from_input(bucket)
+
+        def uri(prefix: str) -> pulumi.Output[str]:
+            return pulumi.Output.concat("s3://", self.bucket, f"/{prefix}")
+
+        self.mlflow_artifacts_uri = uri(MLFLOW_PREFIX)
+        self.train_storage_uri = uri(TRAIN_PREFIX)
+        self.capture_uri = uri(CAPTURE_PREFIX)
+        self.state_uri = uri(STATE_PREFIX)
+        self.events_uri = uri(EVENTS_PREFIX)
+        return {
+            "bucket": self.bucket,
+            "mlflow_artifacts_uri": self.mlflow_artifacts_uri,
+            "train_storage_uri": self.train_storage_uri,
+            "capture_uri": self.capture_uri,
+            "state_uri": self.state_uri,
+            "events_uri": self.events_uri,
+        }
+
+
+class S3ArtifactStore(ArtifactStore):
+    """A private, versioned, KMS-encrypted bucket with lifecycle rules and TLS-only access."""
+
+    bucket_arn: pulumi.Output[str]
+    key_arn: pulumi.Output[str]
 
     def __init__(self, name: str, args: S3ArtifactStoreArgs, opts: pulumi.ResourceOptions | None = None):
         if args["noncurrent_version_expiration_days"] < 1:
@@ -131,26 +157,16 @@ class S3ArtifactStore(pulumi.ComponentResource):
             # A bucket policy set before the access block could briefly be judged public.
             opts=pulumi.ResourceOptions(parent=self, depends_on=[access_block]),
         )
-        self.bucket = bucket.bucket
+        locations = self._locate(bucket.bucket)
         self.bucket_arn = bucket.arn
         self.key_arn = key.arn
-        self.mlflow_artifacts_uri = pulumi.Output.concat("s3://", bucket.bucket, f"/{MLFLOW_PREFIX}")
-        self.train_storage_uri = pulumi.Output.concat("s3://", bucket.bucket, f"/{TRAIN_PREFIX}")
-        self.capture_uri = pulumi.Output.concat("s3://", bucket.bucket, f"/{CAPTURE_PREFIX}")
-        self.state_uri = pulumi.Output.concat("s3://", bucket.bucket, f"/{STATE_PREFIX}")
-        self.events_uri = pulumi.Output.concat("s3://", bucket.bucket, f"/{EVENTS_PREFIX}")
         # Credentials come from IRSA and the region from the EKS pod identity webhook.
         self.client_env = []
         self.register_outputs(
             {
-                "bucket": self.bucket,
+                **locations,
                 "bucket_arn": self.bucket_arn,
                 "key_arn": self.key_arn,
-                "mlflow_artifacts_uri": self.mlflow_artifacts_uri,
-                "train_storage_uri": self.train_storage_uri,
-                "capture_uri": self.capture_uri,
-                "state_uri": self.state_uri,
-                "events_uri": self.events_uri,
                 "client_env": self.client_env,
             }
         )
@@ -165,18 +181,11 @@ class MinioArtifactStoreArgs(TypedDict):
     client_image: str
 
 
-class MinioArtifactStore(pulumi.ComponentResource):
+class MinioArtifactStore(ArtifactStore):
     """A single-node MinIO with a generated root credential, reachable only from client pods."""
 
-    bucket: pulumi.Output[str]
     endpoint_url: pulumi.Output[str]
     credentials_secret: pulumi.Output[str]
-    mlflow_artifacts_uri: pulumi.Output[str]
-    train_storage_uri: pulumi.Output[str]
-    capture_uri: pulumi.Output[str]
-    state_uri: pulumi.Output[str]
-    events_uri: pulumi.Output[str]
-    client_env: list[dict[str, Any]]
 
     def __init__(self, name: str, args: MinioArtifactStoreArgs, opts: pulumi.ResourceOptions | None = None):
         if args["storage_gib"] < 1:
@@ -320,13 +329,8 @@ class MinioArtifactStore(pulumi.ComponentResource):
             },
             opts=child,
         )
-        self.bucket = pulumi.Output.from_input(bucket_name)
+        locations = self._locate(bucket_name)
         self.credentials_secret = secret.metadata.name
-        self.mlflow_artifacts_uri = pulumi.Output.from_input(f"s3://{bucket_name}/{MLFLOW_PREFIX}")
-        self.train_storage_uri = pulumi.Output.from_input(f"s3://{bucket_name}/{TRAIN_PREFIX}")
-        self.capture_uri = pulumi.Output.from_input(f"s3://{bucket_name}/{CAPTURE_PREFIX}")
-        self.state_uri = pulumi.Output.from_input(f"s3://{bucket_name}/{STATE_PREFIX}")
-        self.events_uri = pulumi.Output.from_input(f"s3://{bucket_name}/{EVENTS_PREFIX}")
         self.client_env = [
             kube.secret_env("AWS_ACCESS_KEY_ID", secret.metadata.name, "AWS_ACCESS_KEY_ID"),
             kube.secret_env("AWS_SECRET_ACCESS_KEY", secret.metadata.name, "AWS_SECRET_ACCESS_KEY"),
@@ -337,14 +341,9 @@ class MinioArtifactStore(pulumi.ComponentResource):
         ]
         self.register_outputs(
             {
-                "bucket": self.bucket,
+                **locations,
                 "endpoint_url": self.endpoint_url,
                 "credentials_secret": self.credentials_secret,
-                "mlflow_artifacts_uri": self.mlflow_artifacts_uri,
-                "train_storage_uri": self.train_storage_uri,
-                "capture_uri": self.capture_uri,
-                "state_uri": self.state_uri,
-                "events_uri": self.events_uri,
                 "client_env": self.client_env,
             }
         )
