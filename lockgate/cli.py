@@ -239,7 +239,7 @@ def demo(
                 "a batch after default risk rose (concept drift)",
             ),
         ]
-        serving = load_serving_file(config.resolve().parent / parsed.rollout.serving_file).serving
+        serving = load_serving_file(_serving_path(config, parsed)).serving
         url = f"http://{serving.http_host}:{serving.http_port}{serving.route_prefix}"
         # Simulated users, so the rollout has live evidence to judge: rows of the shipped data, 4 clients.
         data_file = config.resolve().parent / parsed.data.uri
@@ -406,13 +406,18 @@ def rollout_set_weight(
         raise _fail(str(error)) from None
 
 
+def _serving_path(config: Path, parsed: Any, override: Path | None = None) -> Path:
+    """The serving file a pipeline file names (relative to it), unless another one is given."""
+    return override or config.resolve().parent / parsed.rollout.serving_file
+
+
 def _rollout_context(config: Path, state_dir: Path | None) -> tuple[Any, Path, LocalEnvironment, Any]:
     """Pipeline config, serving file path, the active environment, and the parsed serving file."""
     from lockgate.jobs import activate
     from serving.desired import load_serving_file
 
     parsed = load_config(config)
-    serving_file = config.resolve().parent / parsed.rollout.serving_file
+    serving_file = _serving_path(config, parsed)
     env = _environment(state_dir)
     activate(env)
     return parsed, serving_file, env, load_serving_file(serving_file)
@@ -601,7 +606,7 @@ def _cluster_watcher(
     from serving.desired import CAPTURE_URI_ENV, load_serving_file
 
     parsed = load_config(config)
-    file = load_serving_file(serving_file or config.resolve().parent / parsed.rollout.serving_file)
+    file = load_serving_file(_serving_path(config, parsed, serving_file))
     capture_uri = file.capture.uri or os.environ.get(CAPTURE_URI_ENV)
     if not capture_uri:
         raise _fail(f"capture.uri: not set in the serving file and {CAPTURE_URI_ENV} is not set", 2)
@@ -702,7 +707,7 @@ def watch(
 
     events_file = log_path(parsed.events, config.resolve().parent)
 
-    file = load_serving_file(config.resolve().parent / parsed.rollout.serving_file)
+    file = load_serving_file(_serving_path(config, parsed))
     exporter = Exporter(parsed.name, file.model_name, events_file)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -761,7 +766,7 @@ def export(
 
     try:
         parsed = load_config(config)
-        file = load_serving_file(serving_file or config.resolve().parent / parsed.rollout.serving_file)
+        file = load_serving_file(_serving_path(config, parsed, serving_file))
     except ConfigError as error:
         raise _fail(str(error), 2) from None
     except _serving_errors() as error:

@@ -6,7 +6,7 @@ reference, lets the triggers' guardrails decide, and starts a run when one fires
 The pure parts live in pipeline/drift.py and pipeline/triggers.py; this is the edge. State kept between
 checks (``<state>/watch/<model>/``, a local directory or the artefact store, see pipeline/store.py):
 ``trigger_state.json`` (the guardrails' memory), ``cursor.json`` (how far captured traffic has been judged),
-``drift.jsonl`` and ``serving.jsonl`` (history for the report).
+``drift.jsonl``, ``quality.jsonl`` and ``serving.jsonl`` (history for the report and the exporter).
 """
 
 from __future__ import annotations
@@ -81,7 +81,8 @@ class Watcher:
         self.store = history_store(state_uri, model_name)
         self._profiles: dict[str, tuple[ReferenceProfile, float | None]] = {}
         self._last_scrape: tuple[float, dict] | None = None
-        self._quality_rows: list[dict[str, Any]] = []  # measured this check, written with the state
+        # History rows of the current check (file, row): written with the state, once the check has succeeded.
+        self._pending: list[tuple[str, dict[str, Any]]] = []
 
     def _profile(self, version: str) -> tuple[ReferenceProfile, float | None]:
         """The version's reference profile and its offline value of the degradation metric (cached)."""
@@ -136,7 +137,7 @@ class Watcher:
 
         spec = self.config.triggers
         now = self.clock()
-        self._quality_rows = []
+        self._pending = []
         self._sample_serving()
         aliases = registry_aliases(self.model_name)
         champion = aliases.get(CHAMPION)
@@ -145,7 +146,6 @@ class Watcher:
         saved = self.store.read("trigger_state.json")
         state = TriggerState.model_validate(saved) if saved is not None else TriggerState()
         report, quality, window_rows, baseline = None, None, 0, None
-        history: list[dict[str, Any]] = []  # written with the state, once the check has succeeded
         if champion is None:
             notes.append(f"model {self.model_name} has no champion yet: only the schedule is checked")
         else:
@@ -159,14 +159,13 @@ class Watcher:
                 scores = {name: f.score for name, f in report.features.items()}
                 if report.prediction is not None:
                     scores["__prediction__"] = report.prediction.score
-                history.append(
-                    {
-                        "time": now.timestamp(),
-                        "version": champion,
-                        "drifted": report.drifted,
-                        "scores": scores,
-                    }
-                )
+                row = {
+                    "time": now.timestamp(),
+                    "version": champion,
+                    "drifted": report.drifted,
+                    "scores": scores,
+                }
+                self._pending.append(("drift.jsonl", row))
                 if self.exporter is not None:
                     self.exporter.set_drift(scores, report.drifted)
             elif spec.drift.enabled:
@@ -207,11 +206,8 @@ class Watcher:
                 champion,
                 {**trigger, "submission_id": submission},
             )
-        for row in history:
-            self.store.append("drift.jsonl", row)
-        for row in self._quality_rows:
-            self.store.append("quality.jsonl", row)
-        self._quality_rows.clear()
+        for name, row in self._pending:
+            self.store.append(name, row)
         self.store.write("cursor.json", cursor)
         self.store.write("trigger_state.json", new_state.model_dump(mode="json"))
         return CheckResult(champion, window_rows, report, quality, decision, submission, notes)
@@ -235,7 +231,8 @@ class Watcher:
             return None
         cursor["labels_since"] = float(fresh["labelled_at"].max()) + 1e-6
         quality = measure_quality(joined["label"], joined["probability"])
-        self._quality_rows.append({"time": self.clock().timestamp(), "version": champion, "metrics": quality})
+        row = {"time": self.clock().timestamp(), "version": champion, "metrics": quality}
+        self._pending.append(("quality.jsonl", row))
         if self.exporter is not None:
             self.exporter.set_quality(champion, quality)
         return quality
