@@ -22,6 +22,7 @@ from pathlib import Path
 
 import requests
 
+from contracts.settings import ServingTarget
 from serving.spec import SERVE_INGRESS_ENV
 
 HOST = "127.0.0.1"
@@ -335,6 +336,10 @@ class LocalEnvironment:
             env["MLFLOW_TRACKING_USERNAME"] = creds["mlflow_username"]
             env["MLFLOW_TRACKING_PASSWORD"] = creds["mlflow_password"]
         return env
+
+    def serving_target(self) -> ServingTarget:
+        """Where this environment serves: what the pipeline's rollout stage reads from the Ray head's env."""
+        return ServingTarget(self.dashboard_url, self.metrics_url, self.state_dir, self.ray_token_path)
 
     def ray_auth_header(self) -> dict[str, str]:
         """Bearer header for raw HTTP calls to the dashboard."""

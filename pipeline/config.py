@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pipeline.names import ColumnType, MetricName
+from contracts.vocabulary import ColumnType, MetricName
 from pipeline.triggers import TriggersConfig
 from serving.spec import RolloutPolicy
 

@@ -45,8 +45,8 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 from scipy.stats import chi2_contingency, entropy
 
+from contracts.vocabulary import ColumnType
 from pipeline.evaluate import compute_metrics
-from pipeline.names import ColumnType
 
 if TYPE_CHECKING:
     from pipeline.config import DataSchema

@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from contracts.vocabulary import LOWER_IS_BETTER
 from pipeline.config import GateMode, RegressionGateConfig, ThresholdGateConfig
 from pipeline.evaluate import METRICS, OVERALL
-from pipeline.names import LOWER_IS_BETTER
 
 
 @dataclass(frozen=True)

@@ -44,8 +44,8 @@ from typing import Literal
 from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from contracts.vocabulary import LOWER_IS_BETTER, MetricName
 from pipeline.drift import DriftConfig, DriftReport
-from pipeline.names import LOWER_IS_BETTER, MetricName
 
 STATE_FORMAT_VERSION = 1
 

@@ -6,10 +6,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from contracts.settings import ServingTarget
 from serving import promotion
 from serving.desired import apply_desired, load_serving_file, read_rollout_state, write_rollout_state
 from serving.metrics import scrape_version_stats
-from serving.rollout import RolloutEffects
+from serving.rollout import RolloutController, RolloutEffects
+from serving.spec import RolloutPolicy
 
 
 class PromotionRefused(RuntimeError):
@@ -45,8 +47,8 @@ def live_effects(
 
     def promote() -> None:
         outcome = promotion.promote(file().model_name, candidate, champion)
-        if not outcome["ok"]:
-            raise PromotionRefused(outcome["reason"])
+        if not outcome.ok:
+            raise PromotionRefused(outcome.reason)
         set_weight(0.0)  # the next candidate starts from nothing
         redeploy()
 
@@ -65,3 +67,27 @@ def live_effects(
             file().traffic.candidate_weight is not None or read_rollout_state(state_path).paused
         ),
     )
+
+
+def rollout_controller(
+    policy: RolloutPolicy,
+    target: ServingTarget,
+    serving_file: Path,
+    versions: tuple[str, str],
+    emit: Callable[[str, str, dict[str, Any]], None],
+) -> RolloutController:
+    """The one way a rollout controller is built for a running environment (the pipeline's stage, the CLI).
+
+    ``versions`` is (champion, candidate); the live rollout state is the target's, for the served model.
+    """
+    model_name = load_serving_file(serving_file).model_name
+    effects = live_effects(
+        target.dashboard_url,
+        target.auth_headers(),
+        target.metrics_url,
+        serving_file,
+        target.rollout_state_path(model_name),
+        versions,
+        emit,
+    )
+    return RolloutController(policy, versions[0], versions[1], effects)

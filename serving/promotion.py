@@ -7,15 +7,24 @@ gate blocked or a rollout rejected is never made champion.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import ray
 
+from contracts.vocabulary import Alias, GateStatus, RolloutVerdict, Tag
+
 WRITER_NAME, WRITER_NAMESPACE = "lockgate-alias-writer", "lockgate"
-CHAMPION, CANDIDATE, PREVIOUS = "champion", "candidate", "previous"
-ROLLOUT_TAG = "lockgate.rollout"
-BLOCKING_GATE_STATES = frozenset({"blocked"})
+BLOCKING_GATE_STATES = frozenset({GateStatus.blocked.value})
+
+
+@dataclass(frozen=True)
+class AliasChange:
+    """What an alias writer call did: every move or none (``ok``), why not, and the aliases after it."""
+
+    ok: bool
+    reason: str = ""
+    aliases: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -33,12 +42,12 @@ class AliasMove:
 
 def eligible_for_champion(tags: dict[str, str]) -> str | None:
     """Why a version may not become champion, or None when it may."""
-    if tags.get(ROLLOUT_TAG) in ("rejected", "rolled_back"):
-        return f"it was {tags[ROLLOUT_TAG]} by a rollout"
-    blocked = [k for k, v in tags.items() if k.startswith("lockgate.gate.") and v in BLOCKING_GATE_STATES]
+    if tags.get(Tag.rollout) in (RolloutVerdict.rejected, RolloutVerdict.rolled_back):
+        return f"it was {tags[Tag.rollout]} by a rollout"
+    blocked = [k for k, v in tags.items() if k.startswith(Tag.gate_prefix) and v in BLOCKING_GATE_STATES]
     if blocked:
         return f"gates blocked it: {blocked}"
-    if not any(k.startswith("lockgate.gate.") for k in tags):
+    if not any(k.startswith(Tag.gate_prefix) for k in tags):
         return "it carries no gate results"
     return None
 
@@ -46,7 +55,7 @@ def eligible_for_champion(tags: dict[str, str]) -> str | None:
 class AliasWriter:
     """The single writer of a registry's aliases."""
 
-    def apply(self, name: str, moves: list[AliasMove], tags: dict[str, dict[str, str]]) -> dict[str, Any]:
+    def apply(self, name: str, moves: list[AliasMove], tags: dict[str, dict[str, str]]) -> AliasChange:
         """All moves if every expectation holds, else none; then the version tags. Returns the outcome."""
         from mlflow.tracking import MlflowClient
 
@@ -54,16 +63,12 @@ class AliasWriter:
         current = {alias: str(v) for alias, v in client.get_registered_model(name).aliases.items()}
         stale = [m.alias for m in moves if m.required and current.get(m.alias) != m.expected]
         if stale:
-            return {"ok": False, "reason": f"aliases changed meanwhile: {stale}", "aliases": current}
+            return AliasChange(False, f"aliases changed meanwhile: {stale}", current)
         for move in moves:
-            if move.alias == CHAMPION and move.version is not None:
+            if move.alias == Alias.champion and move.version is not None:
                 why_not = eligible_for_champion(dict(client.get_model_version(name, move.version).tags))
                 if why_not:
-                    return {
-                        "ok": False,
-                        "reason": f"v{move.version} cannot be champion: {why_not}",
-                        "aliases": current,
-                    }
+                    return AliasChange(False, f"v{move.version} cannot be champion: {why_not}", current)
         for move in moves:
             if current.get(move.alias) != move.expected:
                 continue  # an optional move whose expectation no longer holds
@@ -75,7 +80,7 @@ class AliasWriter:
             for key, value in version_tags.items():
                 client.set_model_version_tag(name, version, key, value)
         aliases = {alias: str(v) for alias, v in client.get_registered_model(name).aliases.items()}
-        return {"ok": True, "reason": "", "aliases": aliases}
+        return AliasChange(True, "", aliases)
 
 
 def alias_writer() -> Any:
@@ -92,31 +97,35 @@ def alias_writer() -> Any:
     ).remote()
 
 
-def promote(name: str, candidate: str, expected_champion: str | None) -> dict[str, Any]:
+def promote(name: str, candidate: str, expected_champion: str | None) -> AliasChange:
     """Candidate → champion, old champion → previous, candidate alias removed; only if nothing moved meanwhile."""
     moves = [
-        AliasMove(CHAMPION, expected_champion, candidate),
-        AliasMove(CANDIDATE, candidate, None, required=False),  # a version may be promoted without a rollout
+        AliasMove(Alias.champion, expected_champion, candidate),
+        # a version may be promoted without a rollout
+        AliasMove(Alias.candidate, candidate, None, required=False),
     ]
     if expected_champion is not None:
-        moves.append(AliasMove(PREVIOUS, _current(name, PREVIOUS), expected_champion))
-    return ray.get(alias_writer().apply.remote(name, moves, {candidate: {ROLLOUT_TAG: "promoted"}}))
-
-
-def reject(name: str, candidate: str, reason: str) -> dict[str, Any]:
-    """Take the candidate out of rollout: remove its alias (if still its own) and tag it rejected."""
-    moves = [AliasMove(CANDIDATE, candidate, None)]
-    tags = {candidate: {ROLLOUT_TAG: "rejected", "lockgate.rollout.reason": reason[:4000]}}
+        moves.append(AliasMove(Alias.previous, _current(name, Alias.previous), expected_champion))
+    tags = {candidate: {Tag.rollout.value: RolloutVerdict.promoted.value}}
     return ray.get(alias_writer().apply.remote(name, moves, tags))
 
 
-def restore_previous(name: str) -> dict[str, Any]:
+def reject(name: str, candidate: str, reason: str) -> AliasChange:
+    """Take the candidate out of rollout: remove its alias (if still its own) and tag it rejected."""
+    moves = [AliasMove(Alias.candidate, candidate, None)]
+    tags = {
+        candidate: {Tag.rollout.value: RolloutVerdict.rejected.value, Tag.rollout_reason.value: reason[:4000]}
+    }
+    return ray.get(alias_writer().apply.remote(name, moves, tags))
+
+
+def restore_previous(name: str) -> AliasChange:
     """Previous → champion; the demoted champion is tagged rolled_back and keeps no alias."""
-    champion, previous = _current(name, CHAMPION), _current(name, PREVIOUS)
+    champion, previous = _current(name, Alias.champion), _current(name, Alias.previous)
     if previous is None:
-        return {"ok": False, "reason": f"model {name} has no '{PREVIOUS}' version to restore", "aliases": {}}
-    moves = [AliasMove(CHAMPION, champion, previous), AliasMove(PREVIOUS, previous, None)]
-    tags = {champion: {ROLLOUT_TAG: "rolled_back"}} if champion else {}
+        return AliasChange(False, f"model {name} has no '{Alias.previous}' version to restore")
+    moves = [AliasMove(Alias.champion, champion, previous), AliasMove(Alias.previous, previous, None)]
+    tags = {champion: {Tag.rollout.value: RolloutVerdict.rolled_back.value}} if champion else {}
     return ray.get(alias_writer().apply.remote(name, moves, tags))
 
 

@@ -22,6 +22,7 @@ IMAGE_INPUTS: tuple[str, ...] = (
     "README.md",
     "pipeline.yaml",
     "serving.yaml",
+    "contracts",
     "lockgate",
     "pipeline",
     "serving",

@@ -138,7 +138,8 @@ results, barrier = {}, threading.Barrier(len(versions))
 def run(v):
     barrier.wait()
     try:
-        results[v] = promotion.promote(name, v, expected)
+        change = promotion.promote(name, v, expected)
+        results[v] = {"ok": change.ok, "reason": change.reason}
     except Exception as error:
         results[v] = {"ok": False, "reason": "EXCEPTION " + repr(error)}
 threads = [threading.Thread(target=run, args=(v,)) for v in versions]
