@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PIP := $(PY) -m pip --disable-pip-version-check
 
-.PHONY: demo test lock clean-venv
+.PHONY: demo test test-fast lock clean-venv
 
 # pulumi-policy (the policy pack's SDK) pins an old protobuf that would break ray[serve]: it is installed
 # without its resolver, and kept out of the lock.
@@ -26,6 +26,13 @@ test: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest
+
+# A developer's quick loop: lint, format and every test not marked e2e (no Ray or MLflow started), about a
+# minute. CI runs `make test`, which adds the type check and the end-to-end tests.
+test-fast: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/pytest -m "not e2e"
 
 # Refresh the lock from the current environment after changing pyproject.toml.
 lock:

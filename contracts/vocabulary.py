@@ -19,10 +19,13 @@ class Alias(StrEnum):
 
 
 class Role(StrEnum):
-    """Which of the router's models answered (or, for shadow, was mirrored) a request: a metric label."""
+    """Which of the router's models answered (or, for shadow, was mirrored) a request: a metric label.
 
-    champion = "champion"
-    candidate = "candidate"
+    The router holds the versions the ``champion`` and ``candidate`` aliases name, under the same words.
+    """
+
+    champion = Alias.champion.value
+    candidate = Alias.candidate.value
     shadow = "shadow"
 
 
@@ -88,8 +91,17 @@ class Tag(StrEnum):
     error = "lockgate.error"
     rollout = "lockgate.rollout"
     rollout_reason = "lockgate.rollout.reason"
+    gates = "lockgate.gates"  # every gate decision, as JSON
     gate_prefix = "lockgate.gate."
     trigger_prefix = "lockgate.trigger."
+
+
+class Header(StrEnum):
+    """HTTP headers the router reads or sets (lowercase: HTTP/2 and ASGI hand headers over lowercased)."""
+
+    version = "x-lockgate-version"  # the version that answered
+    traffic_split = "x-lockgate-split"  # the split in force when the request was routed, e.g. "weighted:10"
+    sticky_key = "x-lockgate-key"  # the default request key of sticky A/B assignment
 
 
 class ColumnType(StrEnum):

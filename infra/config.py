@@ -13,7 +13,6 @@ from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    BaseModel,
     ConfigDict,
     Field,
     SecretStr,
@@ -23,6 +22,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from contracts.strict import StrictModel, format_problems
 from serving.desired import ServingFile
 from serving.spec import MODEL_VERSION_PATTERN
 
@@ -35,7 +35,7 @@ CLUSTER_HTTP_HOST = "0.0.0.0"  # inside a pod, behind a ClusterIP Service and a 
 SECRET_KEYS: tuple[str, ...] = ("mlflowAdminPassword",)
 
 
-class InfraModel(BaseModel):
+class InfraModel(StrictModel):
     """Base of every stack config model: immutable, unknown keys refused, camelCase keys."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", alias_generator=to_camel, populate_by_name=True)
@@ -316,16 +316,6 @@ def load_stack_config(raw: Mapping[str, str], secret_keys: frozenset[str] = froz
     if problems or config is None:
         raise StackConfigError(problems)
     return config
-
-
-def format_problems(error: ValidationError, prefix: str = "") -> list[str]:
-    """One line per problem, each starting with its key path (``lockgate:cluster.eks.vpcCidr``)."""
-    lines = []
-    for item in error.errors():
-        path = ".".join(str(part) for part in item["loc"]) or "<root>"
-        message = item["msg"].removeprefix("Value error, ")
-        lines.append(f"{prefix}{path}: {message}")
-    return lines
 
 
 def read_engine_config() -> tuple[dict[str, str], frozenset[str]]:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from serving.desired import CANDIDATE_ALIAS, CHAMPION_ALIAS, RolloutState, ServingFile, resolve_router_config
+from contracts.vocabulary import Alias
+from serving.desired import RolloutState, ServingFile, resolve_router_config
 from serving.render import render_serve_config, render_serve_yaml
 from serving.spec import RouterConfig
 
@@ -24,9 +25,9 @@ def stack_serving_file(serve: ServingFile, canary_weight: float | None) -> Servi
 
 def stack_aliases(champion: str, candidate: str | None) -> dict[str, str]:
     """The stack's pinned versions in the shape the registry's aliases have."""
-    aliases = {CHAMPION_ALIAS: champion}
+    aliases = {Alias.champion.value: champion}
     if candidate is not None:
-        aliases[CANDIDATE_ALIAS] = candidate
+        aliases[Alias.candidate.value] = candidate
     return aliases
 
 

@@ -16,22 +16,39 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
+from contracts.vocabulary import RolloutOutcome, RunOutcome
+from pipeline.config.triggers import TriggerReason
 from pipeline.delivery import outcome_after_rollout
 from pipeline.events import Event, EventType, event_source
+from pipeline.history import DriftRow, QualityRow, read_rows
 from pipeline.store import StateStore
 
-RUN_OUTCOMES = ("registered", "promoted", "blocked", "rolled_back", "failed")
-ROLLOUT_OUTCOMES = ("promoted", "rolled_back", "stalled", "pinned")
-TRIGGER_REASONS = ("drift", "degradation", "schedule")
+# Every outcome a run can end with (a running run has not ended), present at 0 from the start.
+RUN_OUTCOMES = (
+    RunOutcome.registered,
+    RunOutcome.promoted,
+    RunOutcome.blocked,
+    RunOutcome.rolled_back,
+    RunOutcome.failed,
+)
+# The rollout controller's outcomes (the deploy stage's ``deployed``/``skipped`` end no rollout).
+ROLLOUT_OUTCOMES = (
+    RolloutOutcome.promoted,
+    RolloutOutcome.rolled_back,
+    RolloutOutcome.stalled,
+    RolloutOutcome.pinned,
+)
+# pipeline.triggers.TriggerReason's values, written out: importing it would load the drift check (scipy).
+TRIGGER_REASONS = tuple(reason.value for reason in TriggerReason)
 TERMINAL = (EventType.pipeline_succeeded, EventType.pipeline_failed, EventType.gate_blocked)
 
 
 def run_outcome(event: Event) -> str | None:
     """The run outcome a terminal event records (None for other events)."""
     if event.type == EventType.pipeline_failed:
-        return "failed"
+        return RunOutcome.failed
     if event.type == EventType.gate_blocked:
-        return "blocked"
+        return RunOutcome.blocked
     if event.type == EventType.pipeline_succeeded:
         return outcome_after_rollout(str(event.details.get("rollout", "")))
     return None
@@ -77,10 +94,10 @@ class Exporter:
         self.last_event = Gauge(
             "lockgate_last_event_timestamp_seconds", "Time of the last event of a type", ["type"], registry=r
         )
-        for outcome in RUN_OUTCOMES:
-            self.runs.labels(pipeline, outcome)
-        for outcome in ROLLOUT_OUTCOMES:
-            self.rollouts.labels(model, outcome)
+        for run_end in RUN_OUTCOMES:
+            self.runs.labels(pipeline, run_end)
+        for rollout_end in ROLLOUT_OUTCOMES:
+            self.rollouts.labels(model, rollout_end)
         for reason in TRIGGER_REASONS:
             self.triggers.labels(pipeline, reason)
         self.drift_detected.labels(model).set(0)
@@ -109,10 +126,11 @@ class Exporter:
             if event.pipeline == self.pipeline and (outcome := run_outcome(event)) is not None:
                 self.runs.labels(self.pipeline, outcome).inc()
             if event.type == EventType.promotion:
-                self.rollouts.labels(self.model, "promoted").inc()
+                self.rollouts.labels(self.model, RolloutOutcome.promoted).inc()
             elif event.type == EventType.rollback:
                 # The controller says whether the rollback was a breach or a stall (too little traffic).
-                self.rollouts.labels(self.model, str(event.details.get("outcome", "rolled_back"))).inc()
+                ended = str(event.details.get("outcome", RolloutOutcome.rolled_back))
+                self.rollouts.labels(self.model, ended).inc()
             elif event.type == EventType.trigger_fired:
                 self.triggers.labels(self.pipeline, str(event.details.get("reason", "drift"))).inc()
         return len(events)
@@ -130,14 +148,16 @@ class Exporter:
                 self.quality.labels(self.model, version, metric).set(value)
 
     def read_history(self, history: StateStore) -> None:
-        """Drift and quality from the trigger checks' history (in a cluster the checks run in other pods)."""
-        drift = history.rows("drift.jsonl")
-        if drift:
-            self.set_drift(drift[-1]["scores"], bool(drift[-1]["drifted"]))
-        quality = history.rows("quality.jsonl")
-        if quality:
-            latest = quality[-1]
-            self.set_quality(str(latest["version"]), latest["metrics"])
+        """Drift and quality from the trigger checks' history (in a cluster the checks run in other pods).
+
+        ``history``: the model's store (:func:`pipeline.history.history_store`); malformed lines are skipped.
+        """
+        drift = read_rows(history, DriftRow).latest
+        if drift is not None:
+            self.set_drift(drift.scores, drift.drifted)
+        quality = read_rows(history, QualityRow).latest
+        if quality is not None:
+            self.set_quality(quality.version, quality.metrics)
 
     def serve(self, port: int, host: str = "127.0.0.1") -> int:
         """Serve /metrics on ``host`` (port 0 picks a free one); returns the port."""

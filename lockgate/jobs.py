@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import secrets
 import shlex
 import time
@@ -13,22 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import contracts
 import pipeline
-from lockgate.localenv import EnvironmentError_, LocalEnvironment
+import serving
+from contracts.settings import EnvVar, Settings
+from contracts.vocabulary import RunOutcome, Tag
+from lockgate.localenv import LocalEnvironment, connected, require_healthy
 from pipeline.config import load_config
-from pipeline.events import EVENTS_FILE_ENV, log_path
-from pipeline.run import (
-    EXIT_BLOCKED,
-    EXIT_FAILED,
-    EXIT_OK,
-    GIT_COMMIT_ENV,
-    OUTCOME_TAG,
-    SUBMISSION_ENV,
-    SUBMISSION_TAG,
-    TRIGGER_ENV,
-    git_commit,
-    with_data,
-)
+from pipeline.events import log_path
+from pipeline.run import EXIT_BLOCKED, EXIT_FAILED, EXIT_OK, git_commit, with_data
 
 # Never shipped with a job: the environment's own state, virtualenvs, VCS data, caches.
 UPLOAD_EXCLUDES = [
@@ -59,25 +51,20 @@ class JobOutcome:
     message: str
 
 
-def activate(env: LocalEnvironment) -> None:
-    """Point this process's Ray and MLflow clients at the environment (token auth and credentials)."""
-    if not env.is_healthy():
-        raise EnvironmentError_(
-            f"the local environment in {env.state_dir} is not running or not healthy: run `lockgate up`"
-        )
-    state = env.read_state()
-    if state is not None:
-        env.ports = state.ports
-    os.environ.update(env.client_env(include_secrets=True))
-
-
 def job_runtime_env(config_path: Path, submission_id: str) -> dict[str, Any]:
-    """The pipeline file's directory is the job's working directory; the pipeline code ships as a module."""
+    """The pipeline file's directory is the job's working directory; the code the job runs ships as modules.
+
+    The job imports ``pipeline`` (the run), ``serving`` (its rollout stage) and ``contracts`` (the shared
+    vocabulary): all three ship, so a pipeline file outside this checkout runs the submitter's code.
+    """
     return {
         "working_dir": str(config_path.parent),
-        "py_modules": [str(Path(pipeline.__file__).parent)],
+        "py_modules": [str(Path(str(package.__file__)).parent) for package in (contracts, pipeline, serving)],
         "excludes": UPLOAD_EXCLUDES,
-        "env_vars": {GIT_COMMIT_ENV: git_commit(config_path.parent), SUBMISSION_ENV: submission_id},
+        "env_vars": {
+            EnvVar.git_commit.value: git_commit(config_path.parent, Settings.from_environ().git_commit),
+            EnvVar.submission_id.value: submission_id,
+        },
     }
 
 
@@ -88,7 +75,7 @@ def job_client(env: LocalEnvironment) -> Any:
     """
     from ray.job_submission import JobSubmissionClient
 
-    activate(env)
+    require_healthy(env)
     return JobSubmissionClient(env.dashboard_url, headers=env.ray_auth_header())
 
 
@@ -112,10 +99,10 @@ def start_pipeline(
     submission_id = f"lockgate-{config.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
     runtime_env = job_runtime_env(config_path, submission_id)
     if not Path(config.events.log_file).is_absolute():
-        runtime_env["env_vars"][EVENTS_FILE_ENV] = str(log_path(config.events, config_path.parent))
+        runtime_env["env_vars"][EnvVar.events_file.value] = str(log_path(config.events, config_path.parent))
     metadata = {"lockgate.pipeline": config.name}
     if trigger:
-        runtime_env["env_vars"][TRIGGER_ENV] = json.dumps(trigger, sort_keys=True)
+        runtime_env["env_vars"][EnvVar.trigger.value] = json.dumps(trigger, sort_keys=True)
         metadata["lockgate.trigger"] = str(trigger.get("reason", ""))
     client.submit_job(
         entrypoint=entrypoint, submission_id=submission_id, runtime_env=runtime_env, metadata=metadata
@@ -150,7 +137,7 @@ def submit_pipeline(
     for attempt in (1, 2):
         client, submission_id, config = start_pipeline(env, config_file, data)
         stream(f"submitted Ray job {submission_id} to {env.dashboard_url}")
-        outcome = wait_pipeline(client, submission_id, config, stream, timeout_s)
+        outcome = wait_pipeline(client, submission_id, config, stream, timeout_s, env)
         never_started = outcome.run_id is None and RUNTIME_ENV_FAILURE in outcome.message
         if not (never_started and attempt == 1):
             return outcome
@@ -164,8 +151,13 @@ def wait_pipeline(
     config: Any,
     stream: Callable[[str], None] = print,
     timeout_s: float = 3600.0,
+    env: LocalEnvironment | None = None,
 ) -> JobOutcome:
-    """Stream a submitted run's logs until it ends, then map its outcome to an exit code."""
+    """Stream a submitted run's logs until it ends, then map its outcome to an exit code.
+
+    The run's outcome is read from MLflow: the local environment's when ``env`` is given, else the one this
+    process's ``MLFLOW_TRACKING_*`` variables name.
+    """
     from ray.job_submission import JobStatus
 
     async def follow() -> None:
@@ -191,14 +183,21 @@ def wait_pipeline(
         stream(f"job {submission_id} exceeded {timeout_s:.0f}s: stopped")
         status = client.get_job_status(submission_id)
     info = client.get_job_info(submission_id)
-    run_id, outcome = find_run(config.registry.experiment or config.name, submission_id)
+    experiment = config.registry.experiment or config.name
+    if env is None:
+        run_id, outcome = find_run(experiment, submission_id)
+    else:
+        with connected(env):
+            run_id, outcome = find_run(experiment, submission_id)
     if status == JobStatus.SUCCEEDED:
         code = EXIT_OK
-    elif outcome in ("blocked", "rolled_back"):
+    elif outcome in (RunOutcome.blocked, RunOutcome.rolled_back):
         code = EXIT_BLOCKED
     else:
         code = EXIT_FAILED
-    return JobOutcome(submission_id, str(status.value), outcome or "failed", run_id, code, info.message or "")
+    return JobOutcome(
+        submission_id, str(status.value), outcome or RunOutcome.failed, run_id, code, info.message or ""
+    )
 
 
 def find_run(experiment: str, submission_id: str) -> tuple[str | None, str | None]:
@@ -207,10 +206,10 @@ def find_run(experiment: str, submission_id: str) -> tuple[str | None, str | Non
 
     runs = mlflow.search_runs(
         experiment_names=[experiment],
-        filter_string=f"tags.`{SUBMISSION_TAG}` = '{submission_id}'",
+        filter_string=f"tags.`{Tag.submission_id}` = '{submission_id}'",
         output_format="list",
     )
     if not runs:
         return None, None
     run = runs[0]
-    return run.info.run_id, run.data.tags.get(OUTCOME_TAG)
+    return run.info.run_id, run.data.tags.get(Tag.outcome)

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from pipeline.run import SUBMISSION_ENV, TRIGGER_ENV
+from contracts.settings import EnvVar
 
 GROUP, VERSION, PLURAL = "ray.io", "v1", "rayjobs"
 # Label on every training RayJob: the template's own, and what the checker counts by.
@@ -79,9 +79,9 @@ def training_job(
     metadata["labels"] = {**metadata.get("labels", {}), ROLE_LABEL: TRAINING_ROLE, PIPELINE_LABEL: pipeline}
     spec = job["spec"]
     runtime_env = yaml.safe_load(spec.get("runtimeEnvYAML") or "{}") or {}
-    env_vars = {**runtime_env.get("env_vars", {}), SUBMISSION_ENV: name}
+    env_vars = {**runtime_env.get("env_vars", {}), EnvVar.submission_id.value: name}
     if trigger:
-        env_vars[TRIGGER_ENV] = json.dumps(trigger, sort_keys=True)
+        env_vars[EnvVar.trigger.value] = json.dumps(trigger, sort_keys=True)
     runtime_env["env_vars"] = env_vars
     spec["runtimeEnvYAML"] = yaml.safe_dump(runtime_env, sort_keys=True)
     return job

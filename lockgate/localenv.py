@@ -16,13 +16,14 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import requests
 
-from contracts.settings import ServingTarget
+from contracts.settings import EnvVar, ServingTarget
 from serving.spec import SERVE_INGRESS_ENV
 
 HOST = "127.0.0.1"
@@ -31,7 +32,7 @@ CREDENTIALS_FILE = "credentials.json"
 RAY_TOKEN_FILE = "ray_token"
 MLFLOW_AUTH_FILE = "mlflow_auth.ini"
 MLFLOW_ADMIN = "lockgate-admin"
-STATE_DIR_ENV = "LOCKGATE_HOME"
+
 SERVE_INGRESSES = tuple(SERVE_INGRESS_ENV)
 
 
@@ -106,7 +107,7 @@ class EnvState:
 
 def default_state_dir() -> Path:
     """``$LOCKGATE_HOME`` or ``.lockgate`` in the current directory."""
-    return Path(os.environ.get(STATE_DIR_ENV, ".lockgate")).resolve()
+    return Path(os.environ.get(EnvVar.home.value) or ".lockgate").resolve()
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -323,18 +324,18 @@ class LocalEnvironment:
     def client_env(self, include_secrets: bool = True) -> dict[str, str]:
         """Environment for a process that talks to this environment (the CLI, tests, a Ray job driver)."""
         env = {
-            "RAY_ADDRESS": self.dashboard_url,
-            "RAY_AUTH_MODE": "token",
-            "RAY_AUTH_TOKEN_PATH": str(self.ray_token_path),
+            EnvVar.ray_address.value: self.dashboard_url,
+            EnvVar.ray_auth_mode.value: "token",
+            EnvVar.ray_auth_token_path.value: str(self.ray_token_path),
             "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-            "MLFLOW_TRACKING_URI": self.mlflow_url,
+            EnvVar.mlflow_tracking_uri.value: self.mlflow_url,
             # Where the router writes captured requests and labels (serving/capture.py) in this environment.
-            "LOCKGATE_CAPTURE_URI": str(self.capture_dir),
+            EnvVar.capture_uri.value: str(self.capture_dir),
         }
         if include_secrets:
             creds = self.credentials()
-            env["MLFLOW_TRACKING_USERNAME"] = creds["mlflow_username"]
-            env["MLFLOW_TRACKING_PASSWORD"] = creds["mlflow_password"]
+            env[EnvVar.mlflow_username.value] = creds["mlflow_username"]
+            env[EnvVar.mlflow_password.value] = creds["mlflow_password"]
         return env
 
     def serving_target(self) -> ServingTarget:
@@ -471,7 +472,11 @@ class LocalEnvironment:
             # The server's background job runner (7 worker processes) serves features we do not use.
             "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
         }
-        for leaked in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        for leaked in (
+            EnvVar.mlflow_tracking_uri.value,
+            EnvVar.mlflow_username.value,
+            EnvVar.mlflow_password.value,
+        ):
             env.pop(leaked, None)
         log_path = self.state_dir / "logs" / "mlflow.log"
         mlflow_dir = self.state_dir / "mlflow"
@@ -505,11 +510,11 @@ class LocalEnvironment:
             # The job driver and Train workers inherit this environment: they find MLflow and
             # Train storage here, as pods would through their env in a cluster.
             "PATH": f"{self.bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
-            "LOCKGATE_TRAIN_STORAGE": str(self.state_dir / "ray_results"),
+            EnvVar.train_storage.value: str(self.state_dir / "ray_results"),
             # Where the pipeline's rollout stage finds serving (pipeline/deploy.py).
-            "LOCKGATE_DASHBOARD_URL": self.dashboard_url,
-            "LOCKGATE_METRICS_URL": self.metrics_url,
-            "LOCKGATE_HOME": str(self.state_dir),
+            EnvVar.dashboard_url.value: self.dashboard_url,
+            EnvVar.metrics_url.value: self.metrics_url,
+            EnvVar.home.value: str(self.state_dir),
             "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "5",
             "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
             "RAY_USAGE_STATS_ENABLED": "0",
@@ -519,7 +524,7 @@ class LocalEnvironment:
         }
         # Every Ray process started under this head (Train's helper actors included) must find this cluster,
         # not "the" cluster: another environment may run on the same machine.
-        env["RAY_ADDRESS"] = f"{HOST}:{self.ports.ray_gcs}"
+        env[EnvVar.ray_address.value] = f"{HOST}:{self.ports.ray_gcs}"
         log_path = self.state_dir / "logs" / "ray.log"
         command = [
             str(self.bin_dir / "ray"),
@@ -589,3 +594,37 @@ def _ray_ready(dashboard_url: str, headers: dict[str, str]) -> bool:
     return _http_ok(f"{dashboard_url}/api/gcs_healthz", headers) and _http_ok(
         f"{dashboard_url}/api/jobs/", headers
     )
+
+
+def require_healthy(env: LocalEnvironment) -> LocalEnvironment:
+    """The environment, with its recorded ports, if it is up and healthy; else an error saying what to do."""
+    if not env.is_healthy():
+        raise EnvironmentError_(
+            f"the local environment in {env.state_dir} is not running or not healthy: run `lockgate up`"
+        )
+    state = env.read_state()
+    if state is not None:
+        env.ports = state.ports
+    return env
+
+
+@contextmanager
+def connected(env: LocalEnvironment) -> Iterator[LocalEnvironment]:
+    """Point this process's Ray and MLflow clients at the environment while the block runs, then restore.
+
+    MLflow's and Ray's clients read their address and credentials only from the process environment
+    (``MLFLOW_TRACKING_*``, ``RAY_AUTH_*``), so this is the one place that sets them, and every variable
+    it set is put back as it was (or removed) on the way out: nothing leaks into later code or tests.
+    """
+    require_healthy(env)
+    wanted = env.client_env(include_secrets=True)
+    saved = {key: os.environ.get(key) for key in wanted}
+    os.environ.update(wanted)
+    try:
+        yield env
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.register import TAG_PREFIX
+from contracts.vocabulary import Tag
 
 
 @dataclass(frozen=True)
@@ -39,9 +39,9 @@ def registry_summary(model_name: str) -> list[VersionSummary]:
     for mv in sorted(versions, key=lambda v: int(v.version)):
         tags = dict(mv.tags or {})
         gates = {
-            key.removeprefix(f"{TAG_PREFIX}gate."): value
+            key.removeprefix(Tag.gate_prefix): value
             for key, value in tags.items()
-            if key.startswith(f"{TAG_PREFIX}gate.") and key.count(".") == 2
+            if key.startswith(Tag.gate_prefix) and key.count(".") == 2
         }
         out.append(
             VersionSummary(
@@ -49,7 +49,7 @@ def registry_summary(model_name: str) -> list[VersionSummary]:
                 aliases=tuple(sorted(aliases.get(str(mv.version), []))),
                 run_id=mv.run_id or "",
                 gates=gates,
-                regression=_regression_text(tags.get(f"{TAG_PREFIX}gates", "[]")),
+                regression=_regression_text(tags.get(Tag.gates, "[]")),
                 tags=tags,
             )
         )
@@ -82,14 +82,14 @@ def format_summary(model_name: str, versions: list[VersionSummary]) -> str:
     lines = [f"model {model_name}:"]
     for item in versions:
         gates = " ".join(f"{k}={v}" for k, v in sorted(item.gates.items()))
-        if item.tags.get(f"{TAG_PREFIX}rollout"):
-            gates += f" rollout={item.tags[TAG_PREFIX + 'rollout']}"
+        if item.tags.get(Tag.rollout):
+            gates += f" rollout={item.tags[Tag.rollout]}"
         aliases = ",".join(item.aliases) or "-"
         extra = f"  [{item.regression}]" if item.regression else ""
         lines.append(f"  v{item.version:<3} aliases={aliases:<20} {gates}{extra}")
         lines.append(
-            f"       lineage: commit={_short_commit(item.tags.get(TAG_PREFIX + 'git_commit', '?'))} "
-            f"data={item.tags.get(TAG_PREFIX + 'data_fingerprint', '?')} "
-            f"config={item.tags.get(TAG_PREFIX + 'config_hash', '?')} run={item.run_id}"
+            f"       lineage: commit={_short_commit(item.tags.get(Tag.git_commit, '?'))} "
+            f"data={item.tags.get(Tag.data_fingerprint, '?')} "
+            f"config={item.tags.get(Tag.config_hash, '?')} run={item.run_id}"
         )
     return "\n".join(lines)

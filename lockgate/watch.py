@@ -4,9 +4,12 @@ Each check reads captured traffic and labels, judges drift and quality against t
 reference, lets the triggers' guardrails decide, and starts a run when one fires.
 
 The pure parts live in pipeline/drift.py and pipeline/triggers.py; this is the edge. State kept between
-checks (``<state>/watch/<model>/``, a local directory or the artefact store, see pipeline/store.py):
-``trigger_state.json`` (the guardrails' memory), ``cursor.json`` (how far captured traffic has been judged),
-``drift.jsonl``, ``quality.jsonl`` and ``serving.jsonl`` (history for the report and the exporter).
+checks (``<state>/watch/<model>/``, a local directory or the artefact store) is owned by pipeline/history.py:
+the guardrails' memory, how far captured traffic has been judged, and the drift, quality and serving history
+the report and the exporter read.
+
+The watcher asks the model registry (:class:`ModelRegistry`) which version is champion and what it was
+trained against; :class:`MlflowRegistry`, the default, asks the MLflow server the environment names.
 """
 
 from __future__ import annotations
@@ -18,17 +21,81 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from contracts.vocabulary import Alias
 from pipeline.config import PipelineConfig
 from pipeline.drift import PROFILE_ARTIFACT, DriftReport, ReferenceProfile, check_drift, measure_quality
 from pipeline.events import Event, EventType, emit
-from pipeline.report import history_store
+from pipeline.history import (
+    TRIGGER_STATE,
+    DriftRow,
+    HistoryRow,
+    QualityRow,
+    ServingSample,
+    WatchCursor,
+    append_row,
+    history_store,
+    read_cursor,
+    write_cursor,
+)
 from pipeline.triggers import Decision, TriggerState, decide, make_window
 
 logger = logging.getLogger(__name__)
 
-CHAMPION = "champion"
+
+class ModelRegistry(Protocol):
+    """What the watcher asks the model registry: who serves, and what that version was trained against."""
+
+    def champion_version(self, model_name: str) -> str | None:
+        """The version the champion alias names, or None when there is no champion yet."""
+        ...
+
+    def reference_profile(self, model_name: str, version: str) -> ReferenceProfile:
+        """The training reference profile stored with a version."""
+        ...
+
+    def offline_metric(self, model_name: str, version: str, metric: str) -> float | None:
+        """A version's offline (test-split) value of a metric such as ``auc``; None when it was not logged."""
+        ...
+
+
+class MlflowRegistry:
+    """The registry on the MLflow server the environment names; a client is opened per call, not at import."""
+
+    def __init__(self) -> None:
+        self._run_ids: dict[tuple[str, str], str] = {}
+
+    def champion_version(self, model_name: str) -> str | None:
+        """The version the champion alias names, or None when there is no champion yet."""
+        from serving.desired import registry_aliases
+
+        return registry_aliases(model_name).get(Alias.champion)
+
+    def _run_id(self, model_name: str, version: str) -> str:
+        if (model_name, version) not in self._run_ids:
+            from mlflow.tracking import MlflowClient
+
+            run_id = MlflowClient().get_model_version(model_name, version).run_id
+            if run_id is None:
+                raise RuntimeError(f"model {model_name} v{version} has no run: no reference profile")
+            self._run_ids[(model_name, version)] = run_id
+        return self._run_ids[(model_name, version)]
+
+    def reference_profile(self, model_name: str, version: str) -> ReferenceProfile:
+        """The profile the training run logged as an artefact (:data:`pipeline.drift.PROFILE_ARTIFACT`)."""
+        import mlflow
+
+        text = mlflow.artifacts.load_text(f"runs:/{self._run_id(model_name, version)}/{PROFILE_ARTIFACT}")
+        return ReferenceProfile.from_json(text)
+
+    def offline_metric(self, model_name: str, version: str, metric: str) -> float | None:
+        """The training run's ``test.<metric>``."""
+        from mlflow.tracking import MlflowClient
+
+        metrics = MlflowClient().get_run(self._run_id(model_name, version)).data.metrics
+        value = metrics.get(f"test.{metric}")
+        return None if value is None else float(value)
 
 
 @dataclass
@@ -74,30 +141,26 @@ class Watcher:
         metrics_url: str | None = None,
         exporter: Any = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        registry: ModelRegistry | None = None,
     ):
+        """``registry``: where the champion and its reference come from (default: the MLflow server)."""
         self.config, self.config_dir, self.model_name = config, config_dir, model_name
         self.capture_uri, self.submit, self.running_runs = capture_uri, submit, running_runs
         self.metrics_url, self.exporter, self.clock = metrics_url, exporter, clock
+        self.registry: ModelRegistry = registry if registry is not None else MlflowRegistry()
         self.store = history_store(state_uri, model_name)
         self._profiles: dict[str, tuple[ReferenceProfile, float | None]] = {}
         self._last_scrape: tuple[float, dict] | None = None
-        # History rows of the current check (file, row): written with the state, once the check has succeeded.
-        self._pending: list[tuple[str, dict[str, Any]]] = []
+        # History rows of the current check: written with the state, once the check has succeeded.
+        self._pending: list[HistoryRow] = []
 
     def _profile(self, version: str) -> tuple[ReferenceProfile, float | None]:
         """The version's reference profile and its offline value of the degradation metric (cached)."""
         if version not in self._profiles:
-            import mlflow
-            from mlflow.tracking import MlflowClient
-
-            client = MlflowClient()
-            run_id = client.get_model_version(self.model_name, version).run_id
-            if run_id is None:
-                raise RuntimeError(f"model {self.model_name} v{version} has no run: no reference profile")
-            text = mlflow.artifacts.load_text(f"runs:/{run_id}/{PROFILE_ARTIFACT}")
-            metric = f"test.{self.config.triggers.degradation.metric}"
-            baseline = client.get_run(run_id).data.metrics.get(metric)
-            self._profiles[version] = (ReferenceProfile.from_json(text), baseline)
+            profile = self.registry.reference_profile(self.model_name, version)
+            metric = self.config.triggers.degradation.metric
+            baseline = self.registry.offline_metric(self.model_name, version, metric)
+            self._profiles[version] = (profile, baseline)
         return self._profiles[version]
 
     def _sample_serving(self) -> None:
@@ -118,59 +181,52 @@ class Watcher:
                 delta = current.minus(before.get((version, role), type(current)()))
                 if delta.total <= 0:
                     continue
-                row = {
-                    "time": now,
-                    "version": version,
-                    "role": role,
-                    "requests_per_s": delta.total / elapsed,
-                    "error_rate": delta.error_rate,
-                    "p50_s": _finite(delta.latency_quantile(0.5)),
-                    "p99_s": _finite(delta.latency_quantile(0.99)),
-                }
-                self.store.append("serving.jsonl", row)
+                sample = ServingSample(
+                    time=now,
+                    version=version,
+                    role=role,
+                    requests_per_s=delta.total / elapsed,
+                    error_rate=delta.error_rate,
+                    p50_s=_finite(delta.latency_quantile(0.5)),
+                    p99_s=_finite(delta.latency_quantile(0.99)),
+                )
+                append_row(self.store, sample)
         self._last_scrape = (now, stats)
 
     def check(self) -> CheckResult:
         """One check: judge new traffic, decide, maybe start a run. Never raises for missing data."""
         from serving.capture import read_captured, read_labels
-        from serving.desired import registry_aliases
 
         spec = self.config.triggers
         now = self.clock()
         self._pending = []
         self._sample_serving()
-        aliases = registry_aliases(self.model_name)
-        champion = aliases.get(CHAMPION)
+        champion = self.registry.champion_version(self.model_name)
         notes: list[str] = []
-        cursor = self.store.read("cursor.json", {"drift_since": 0.0, "labels_since": 0.0})
-        saved = self.store.read("trigger_state.json")
+        cursor = read_cursor(self.store)
+        saved = self.store.read(TRIGGER_STATE)
         state = TriggerState.model_validate(saved) if saved is not None else TriggerState()
         report, quality, window_rows, baseline = None, None, 0, None
         if champion is None:
             notes.append(f"model {self.model_name} has no champion yet: only the schedule is checked")
         else:
             profile, baseline = self._profile(champion)
-            captured = read_captured(self.capture_uri, since=cursor["drift_since"])
+            captured = read_captured(self.capture_uri, since=cursor.drift_since)
             served = captured[(captured["model"] == self.model_name) & (captured["version"] == champion)]
             window_rows = len(served)
             if spec.drift.enabled and window_rows >= spec.drift.window_rows:
                 report = check_drift(profile, served, served["probability"], spec.drift.check)
-                cursor["drift_since"] = float(served["captured_at"].max()) + 1e-6
+                cursor = cursor.model_copy(update={"drift_since": float(served["captured_at"].max()) + 1e-6})
                 scores = {name: f.score for name, f in report.features.items()}
                 if report.prediction is not None:
                     scores["__prediction__"] = report.prediction.score
-                row = {
-                    "time": now.timestamp(),
-                    "version": champion,
-                    "drifted": report.drifted,
-                    "scores": scores,
-                }
-                self._pending.append(("drift.jsonl", row))
+                row = DriftRow(time=now.timestamp(), version=champion, drifted=report.drifted, scores=scores)
+                self._pending.append(row)
                 if self.exporter is not None:
                     self.exporter.set_drift(scores, report.drifted)
             elif spec.drift.enabled:
                 notes.append(f"{window_rows} of {spec.drift.window_rows} captured rows for a drift window")
-            quality = self._quality(read_captured, read_labels, cursor, champion)
+            quality, cursor = self._quality(read_captured, read_labels, cursor, champion)
         window = None
         if report is not None or quality is not None:
             window = make_window(
@@ -206,36 +262,35 @@ class Watcher:
                 champion,
                 {**trigger, "submission_id": submission},
             )
-        for name, row in self._pending:
-            self.store.append(name, row)
-        self.store.write("cursor.json", cursor)
-        self.store.write("trigger_state.json", new_state.model_dump(mode="json"))
+        for pending in self._pending:
+            append_row(self.store, pending)
+        write_cursor(self.store, cursor)
+        self.store.write(TRIGGER_STATE, new_state.model_dump(mode="json"))
         return CheckResult(champion, window_rows, report, quality, decision, submission, notes)
 
     def _quality(
-        self, read_captured: Callable, read_labels: Callable, cursor: dict[str, float], champion: str
-    ) -> dict[str, float] | None:
-        """Quality on champion answers whose labels arrived since the last measured window."""
+        self, read_captured: Callable, read_labels: Callable, cursor: WatchCursor, champion: str
+    ) -> tuple[dict[str, float] | None, WatchCursor]:
+        """Quality on champion answers whose labels arrived since the last measured window, and the cursor."""
         # Measured (and exported) whenever labels arrive; only the degradation trigger, if enabled, acts on it.
         spec = self.config.triggers.degradation
         labels = read_labels(self.capture_uri)
         if labels.empty:
-            return None
-        fresh = labels[labels["labelled_at"] >= cursor["labels_since"]]
+            return None, cursor
+        fresh = labels[labels["labelled_at"] >= cursor.labels_since]
         if fresh.empty:
-            return None
+            return None, cursor
         captured = read_captured(self.capture_uri)
         mine = captured[(captured["model"] == self.model_name) & (captured["version"] == champion)]
         joined = mine.merge(fresh, on="request_id")
         if len(joined) < spec.min_labelled_rows:
-            return None
-        cursor["labels_since"] = float(fresh["labelled_at"].max()) + 1e-6
+            return None, cursor
+        cursor = cursor.model_copy(update={"labels_since": float(fresh["labelled_at"].max()) + 1e-6})
         quality = measure_quality(joined["label"], joined["probability"])
-        row = {"time": self.clock().timestamp(), "version": champion, "metrics": quality}
-        self._pending.append(("quality.jsonl", row))
+        self._pending.append(QualityRow(time=self.clock().timestamp(), version=champion, metrics=quality))
         if self.exporter is not None:
             self.exporter.set_quality(champion, quality)
-        return quality
+        return quality, cursor
 
     def _emit(self, kind: EventType, message: str, version: str | None, details: dict[str, Any]) -> None:
         emit(

@@ -16,17 +16,22 @@ from datetime import datetime
 from statistics import median
 from typing import Any
 
+from contracts.vocabulary import RolloutOutcome, RunOutcome
 from pipeline.events import Event, EventType
 
+_RUN_OUTCOME_AFTER_ROLLOUT: dict[str, RunOutcome] = {
+    RolloutOutcome.promoted: RunOutcome.promoted,
+    RolloutOutcome.rolled_back: RunOutcome.rolled_back,
+    RolloutOutcome.stalled: RunOutcome.rolled_back,
+}
 
-def outcome_after_rollout(rollout_outcome: str) -> str:
+
+def outcome_after_rollout(rollout_outcome: str) -> RunOutcome:
     """A registered run's outcome from its rollout's: promoted, rolled_back, or registered.
 
     A stalled rollout is rolled back too; no rollout, or one that yielded to a pinned weight, leaves it registered.
     """
-    return {"promoted": "promoted", "rolled_back": "rolled_back", "stalled": "rolled_back"}.get(
-        rollout_outcome, "registered"
-    )
+    return _RUN_OUTCOME_AFTER_ROLLOUT.get(rollout_outcome, RunOutcome.registered)
 
 
 def _at(event: Event) -> float:

@@ -1,39 +1,61 @@
 """Deploy stage: serve what was registered and, for a candidate, run the progressive rollout to its end.
 
 This is where the pipeline hands off to serving, through serving's own contracts (serving file, desired
-state, rollout controller); the environment says where serving lives (``LOCKGATE_DASHBOARD_URL`` and
-friends, set by ``lockgate up`` on the Ray head). Without them the stage is skipped and says so.
+state, rollout controller); the environment's settings say where serving lives (``LOCKGATE_DASHBOARD_URL``
+and friends, set by ``lockgate up`` on the Ray head). Without them the stage is skipped and says so.
+It runs inside the Ray job (in a cluster too), so it needs ``contracts`` and ``serving``, never ``lockgate``.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from contracts.settings import EnvVar, ServingTarget
+from contracts.vocabulary import Alias, RolloutOutcome
 from pipeline.config import PipelineConfig
+from pipeline.events import RolloutSink
 
-DASHBOARD_ENV, METRICS_ENV, HOME_ENV = "LOCKGATE_DASHBOARD_URL", "LOCKGATE_METRICS_URL", "LOCKGATE_HOME"
 
+@dataclass(frozen=True)
+class DeployResult:
+    """How the rollout stage ended: its outcome, why, and each step's verdict when a rollout ran.
 
-def serving_target() -> tuple[str, str, Path] | None:
-    """(dashboard URL, metrics URL, state dir) of the environment this job runs in, if it has serving."""
-    values = [os.environ.get(name) for name in (DASHBOARD_ENV, METRICS_ENV, HOME_ENV)]
-    if not all(values):
-        return None
-    dashboard, metrics, home = values
-    return str(dashboard), str(metrics), Path(str(home))
+    ``steps`` is None when no progressive rollout ran (skipped, or a first champion deployed directly).
+    """
+
+    outcome: RolloutOutcome
+    reason: str
+    steps: list[dict[str, Any]] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``rollout.json`` artefact: outcome and reason, plus the steps of a progressive rollout."""
+        record: dict[str, Any] = {"outcome": self.outcome.value, "reason": self.reason}
+        if self.steps is not None:
+            record["steps"] = self.steps
+        return record
 
 
 def deploy_and_roll_out(
     config: PipelineConfig,
     base_dir: Path,
+    target: ServingTarget | None,
     registered_aliases: tuple[str, ...],
     version: str,
-    emit: Callable[[str, str, dict[str, Any]], None],
-) -> dict[str, Any]:
-    """Serve the new version: a first champion directly, a candidate through the rollout policy."""
+    emit: RolloutSink,
+) -> DeployResult:
+    """Serve the new version: a first champion directly, a candidate through the rollout policy.
+
+    ``target`` is where serving lives (``Settings.serving_target``); None skips the stage.
+    """
+    if not config.rollout.enabled:
+        return DeployResult(RolloutOutcome.skipped, "rollout.enabled is false")
+    if target is None:
+        return DeployResult(
+            RolloutOutcome.skipped,
+            f"no serving target in this environment ({EnvVar.dashboard_url.value} unset)",
+        )
     from serving.desired import (
         RolloutState,
         apply_desired,
@@ -42,40 +64,24 @@ def deploy_and_roll_out(
         registry_aliases,
         write_rollout_state,
     )
-    from serving.live import live_effects
-    from serving.rollout import RolloutController
+    from serving.live import rollout_controller
 
-    target = serving_target()
-    if not config.rollout.enabled:
-        return {"outcome": "skipped", "reason": "rollout.enabled is false"}
-    if target is None:
-        return {
-            "outcome": "skipped",
-            "reason": f"no serving target in this environment ({DASHBOARD_ENV} unset)",
-        }
-    dashboard, metrics, home = target
-    file = load_serving_file(base_dir / config.rollout.serving_file)
+    serving_file = base_dir / config.rollout.serving_file
+    file = load_serving_file(serving_file)
     if file.model_name != config.registry.model_name:
         raise ValueError(
             f"rollout.serving_file serves '{file.model_name}', not '{config.registry.model_name}'"
         )
-    token = Path(os.environ["RAY_AUTH_TOKEN_PATH"]).read_text().strip()
-    headers = {"Authorization": f"Bearer {token}"}
-    state_path = home / "rollout" / f"{file.model_name}.json"
-    if "candidate" not in registered_aliases:
-        router = apply_desired(dashboard, headers, file, state_path)
-        return {"outcome": "deployed", "reason": describe(file, router)}
-    champion = registry_aliases(file.model_name)["champion"]
+    headers = target.auth_headers()
+    state_path = target.rollout_state_path(file.model_name)
+    if Alias.candidate not in registered_aliases:
+        router = apply_desired(target.dashboard_url, headers, file, state_path)
+        return DeployResult(RolloutOutcome.deployed, describe(file, router))
+    champion = registry_aliases(file.model_name)[Alias.champion]
     write_rollout_state(state_path, RolloutState())
-    apply_desired(dashboard, headers, file, state_path)
-    effects = live_effects(
-        dashboard,
-        headers,
-        metrics,
-        base_dir / config.rollout.serving_file,
-        state_path,
-        (champion, version),
-        emit,
-    )
-    result = RolloutController(config.rollout, champion, version, effects).run()
-    return {"outcome": result.outcome, "reason": result.reason, "steps": result.steps}
+    apply_desired(target.dashboard_url, headers, file, state_path)
+    controller = rollout_controller(config.rollout, target, serving_file, (champion, version), emit)
+    result = controller.run()
+    if result.outcome is None:
+        raise RuntimeError("the rollout controller returned before the rollout ended")
+    return DeployResult(RolloutOutcome(result.outcome), result.reason, result.steps)

@@ -42,10 +42,12 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from scipy.stats import chi2_contingency, entropy
 
+from contracts.strict import StrictModel
 from contracts.vocabulary import ColumnType
+from pipeline.config.drift import DriftConfig, FeatureDriftRule, ProfileConfig
 from pipeline.evaluate import compute_metrics
 
 if TYPE_CHECKING:
@@ -62,46 +64,8 @@ class DriftInputError(ValueError):
     """A batch, profile or argument the drift check cannot use; the message names the column."""
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-# -- configuration -----------------------------------------------------------------------------------
-class ProfileConfig(_Strict):
-    """How the reference profile is built at training time."""
-
-    bins: int = Field(default=10, ge=2, le=100)
-
-
-class FeatureDriftRule(_Strict):
-    """A per-column override of the drift decision."""
-
-    enabled: bool = True
-    psi_threshold: float | None = Field(default=None, gt=0.0)
-
-
-class DriftConfig(_Strict):
-    """How a batch is judged against the reference profile.
-
-    ``psi_threshold``: a column drifts when its PSI reaches this (and its p-value is below ``alpha``).
-    ``alpha``: significance the chi-square test must also reach; ``None`` decides on PSI alone.
-    ``drift_share``: the batch drifts when at least this share of the checked features drifted...
-    ``prediction_decides``: ...or when the prediction drifted (if predictions were given).
-    ``min_rows``: below this many rows no column is judged (the report says the batch was too small).
-    ``features``: per-column overrides, keyed by column name (``prediction`` for the prediction).
-    """
-
-    psi_threshold: float = Field(default=0.2, gt=0.0)
-    prediction_psi_threshold: float = Field(default=0.2, gt=0.0)
-    alpha: float | None = Field(default=0.05, gt=0.0, lt=1.0)
-    drift_share: float = Field(default=0.5, gt=0.0, le=1.0)
-    prediction_decides: bool = True
-    min_rows: int = Field(default=200, ge=1)
-    features: dict[str, FeatureDriftRule] = Field(default_factory=dict)
-
-
 # -- the reference profile ---------------------------------------------------------------------------
-class NumericProfile(_Strict):
+class NumericProfile(StrictModel):
     """A numeric column: inner quantile cut points, the reference count in each bin, and summaries."""
 
     kind: Literal["numeric"] = "numeric"
@@ -114,7 +78,7 @@ class NumericProfile(_Strict):
     max: float
 
 
-class CategoricalProfile(_Strict):
+class CategoricalProfile(StrictModel):
     """A categorical column: the known categories with their reference counts, unseen and missing."""
 
     kind: Literal["categorical"] = "categorical"
@@ -127,7 +91,7 @@ class CategoricalProfile(_Strict):
 ColumnProfile = Annotated[NumericProfile | CategoricalProfile, Field(discriminator="kind")]
 
 
-class ReferenceProfile(_Strict):
+class ReferenceProfile(StrictModel):
     """The training reference of one model version; JSON-serialisable, a few kilobytes."""
 
     format_version: int = PROFILE_FORMAT_VERSION
@@ -248,7 +212,7 @@ def build_profile(
 
 
 # -- the drift check ---------------------------------------------------------------------------------
-class FeatureDrift(_Strict):
+class FeatureDrift(StrictModel):
     """The verdict on one column (or on the prediction).
 
     ``score`` is the PSI (the effect size that decides), ``statistic``/``p_value`` the chi-square test
@@ -270,7 +234,7 @@ class FeatureDrift(_Strict):
     current_mean: float | None = None
 
 
-class DriftReport(_Strict):
+class DriftReport(StrictModel):
     """The verdict on one batch: per-column results, prediction drift, and the overall decision."""
 
     rows: int

@@ -6,6 +6,8 @@ import json
 import logging
 import os
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -14,6 +16,7 @@ from typing import Any
 import requests
 from pydantic import BaseModel, ConfigDict, Field
 
+from contracts.settings import EnvVar, Settings
 from pipeline.config import EventsConfig, WebhookSink
 from pipeline.store import StateStore
 
@@ -22,10 +25,10 @@ logger = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 # Set by `lockgate run` for a job: the event log resolved against the submitter's pipeline file, so a relative
 # `events.log_file` lands next to the user's file, not in the job's temporary copy of its working directory.
-EVENTS_FILE_ENV = "LOCKGATE_EVENTS_FILE"
+EVENTS_FILE_ENV = EnvVar.events_file.value
 # Set in a cluster's pods: every event is also written, one object each, under this artefact-store URI, so
 # runs, trigger checks and the exporter, each in its own short-lived pod, share one log (any number of writers).
-EVENTS_URI_ENV = "LOCKGATE_EVENTS_URI"
+EVENTS_URI_ENV = EnvVar.events_uri.value
 
 
 class EventType(StrEnum):
@@ -66,24 +69,34 @@ class Event(BaseModel):
 def _resolve_url(sink: WebhookSink) -> str | None:
     if sink.url is not None:
         return sink.url
+    # The user names the variable that holds a webhook's secret URL: not a Lockgate setting.
     return os.environ.get(sink.url_env or "") or None
 
 
-def log_path(config: EventsConfig, base_dir: Path | None = None) -> Path:
-    """Where events are logged: LOCKGATE_EVENTS_FILE if set, else ``log_file`` (relative to ``base_dir``)."""
-    path = Path(os.environ.get(EVENTS_FILE_ENV) or config.log_file)
+def log_path(config: EventsConfig, base_dir: Path | None = None, settings: Settings | None = None) -> Path:
+    """Where events are logged: LOCKGATE_EVENTS_FILE if set, else ``log_file`` (relative to ``base_dir``).
+
+    ``settings`` is the process's environment, read at its edge; without it the environment is read here.
+    """
+    events_file = (settings if settings is not None else Settings.from_environ()).events_file
+    path = Path(events_file or config.log_file)
     return base_dir / path if not path.is_absolute() and base_dir is not None else path
 
 
-def emit(event: Event, config: EventsConfig, base_dir: Path | None = None) -> dict[str, bool]:
+def emit(
+    event: Event, config: EventsConfig, base_dir: Path | None = None, settings: Settings | None = None
+) -> dict[str, bool]:
     """Deliver to every configured sink that wants this event type; returns delivery status per sink.
 
     A sink that fails is reported in the log (without its URL, which may hold a secret) and does not
-    stop the others: an alert path must never be the thing that crashes the pipeline.
+    stop the others: an alert path must never be the thing that crashes the pipeline. ``settings`` says
+    where the event log and the event store are; without it the environment is read here.
     """
+    if settings is None:
+        settings = Settings.from_environ()
     payload = event.model_dump(mode="json")
     delivered: dict[str, bool] = {}
-    file = log_path(config, base_dir)
+    file = log_path(config, base_dir, settings)
     try:
         file.parent.mkdir(parents=True, exist_ok=True)
         with file.open("a") as handle:
@@ -92,7 +105,7 @@ def emit(event: Event, config: EventsConfig, base_dir: Path | None = None) -> di
     except OSError as error:
         logger.error("event %s not written to %s: %s", event.type, file, error)
         delivered["log_file"] = False
-    uri = os.environ.get(EVENTS_URI_ENV)
+    uri = settings.events_uri
     if uri:
         try:
             StateStore(uri).write_text(object_name(event), json.dumps(payload, sort_keys=True))
@@ -117,6 +130,67 @@ def emit(event: Event, config: EventsConfig, base_dir: Path | None = None) -> di
             logger.error("event %s not delivered to %s: %s", event.type, name, type(error).__name__)
             delivered[name] = False
     return delivered
+
+
+RolloutSink = Callable[[str, str, dict[str, Any]], None]
+"""What the rollout controller reports through: (event type, message, details)."""
+
+
+@dataclass(frozen=True)
+class Emitter:
+    """Events of one pipeline run, bound once to where they go and whose they are.
+
+    Every event it sends carries the pipeline, run and model it was bound to; ``for_version`` binds the
+    model version once one is registered, ``sink`` gives the rollout controller its ``(kind, message,
+    details)`` callable.
+    """
+
+    config: EventsConfig
+    base_dir: Path | None
+    settings: Settings
+    pipeline: str
+    model_name: str | None = None
+    run_id: str | None = None
+    model_version: str | None = None
+
+    def for_run(self, run_id: str) -> Emitter:
+        """The same emitter, for events of one MLflow run."""
+        return replace(self, run_id=run_id)
+
+    def for_version(self, model_version: str) -> Emitter:
+        """The same emitter, for events about one registered model version."""
+        return replace(self, model_version=model_version)
+
+    def emit(
+        self,
+        type: EventType,
+        *,
+        stage: str | None = None,
+        message: str = "",
+        error: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> dict[str, bool]:
+        """Send one event to every configured sink; returns delivery status per sink (a failed sink is logged)."""
+        event = Event(
+            type=type,
+            pipeline=self.pipeline,
+            run_id=self.run_id,
+            stage=stage,
+            model_name=self.model_name,
+            model_version=self.model_version,
+            message=message,
+            error=error,
+            details=details if details is not None else {},
+        )
+        return emit(event, self.config, self.base_dir, self.settings)
+
+    def sink(self, stage: str) -> RolloutSink:
+        """The ``(kind, message, details)`` callable a rollout controller reports through, for ``stage``."""
+
+        def send(kind: str, message: str, details: dict[str, Any]) -> None:
+            self.emit(EventType(kind), stage=stage, message=message, details=details)
+
+        return send
 
 
 def slack_compatible(payload: dict[str, Any]) -> dict[str, Any]:

@@ -9,17 +9,20 @@ import time
 from dataclasses import dataclass
 from importlib.metadata import version as installed_version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
-
+from contracts.vocabulary import Alias, Tag
 from pipeline.gates import GateDecision
-from pipeline.model import ENCODER_FILE, WEIGHTS_FILE, FeatureEncoder, TabularClassifier
+
+if (
+    TYPE_CHECKING
+):  # the model module imports MLflow: loaded when a model is logged, not with the lineage types
+    import pandas as pd
+
+    from pipeline.model import FeatureEncoder
 
 logger = logging.getLogger(__name__)
 
-CHAMPION, CANDIDATE, PREVIOUS = "champion", "candidate", "previous"
-TAG_PREFIX = "lockgate."
 # What a served model needs, pinned to the versions it was trained and tested with.
 MODEL_REQUIREMENTS = ("mlflow", "torch", "numpy", "pandas", "cloudpickle")
 
@@ -37,7 +40,14 @@ class Lineage:
 
     def tags(self) -> dict[str, str]:
         """Lineage as MLflow tags."""
-        return {f"{TAG_PREFIX}{key}": value for key, value in self.__dict__.items()}
+        return {
+            Tag.git_commit.value: self.git_commit,
+            Tag.data_fingerprint.value: self.data_fingerprint,
+            Tag.data_uri.value: self.data_uri,
+            Tag.config_hash.value: self.config_hash,
+            Tag.pipeline_run_id.value: self.pipeline_run_id,
+            Tag.submission_id.value: self.submission_id,
+        }
 
 
 @dataclass(frozen=True)
@@ -56,15 +66,13 @@ def pinned_requirements() -> list[str]:
 
 def gate_tags(decisions: list[GateDecision]) -> dict[str, str]:
     """Every gate decision as tags: a status per gate, and the full record as JSON."""
-    tags = {f"{TAG_PREFIX}gate.{d.gate}": d.status for d in decisions}
+    tags = {f"{Tag.gate_prefix}{d.gate}": d.status for d in decisions}
     for decision in decisions:
         if "ci_low" in decision.details:
-            tags[f"{TAG_PREFIX}gate.{decision.gate}.ci"] = (
+            tags[f"{Tag.gate_prefix}{decision.gate}.ci"] = (
                 f"[{decision.details['ci_low']:+.4f}, {decision.details['ci_high']:+.4f}]"
             )
-    tags[f"{TAG_PREFIX}gates"] = json.dumps([d.to_dict() for d in decisions], sort_keys=True, default=str)[
-        :7900
-    ]
+    tags[Tag.gates.value] = json.dumps([d.to_dict() for d in decisions], sort_keys=True, default=str)[:7900]
     return tags
 
 
@@ -75,6 +83,7 @@ def log_model(encoder: FeatureEncoder, state_dict: dict[str, Any], input_example
     from mlflow.models import infer_signature
 
     import pipeline
+    from pipeline.model import ENCODER_FILE, WEIGHTS_FILE, TabularClassifier
 
     with tempfile.TemporaryDirectory() as directory:
         encoder_path = Path(directory) / ENCODER_FILE
@@ -123,7 +132,8 @@ def register_version(
     """
     import mlflow
 
-    alias = first_model_alias if current_alias_version(client, name, CHAMPION) is None else CANDIDATE
+    champion = current_alias_version(client, name, Alias.champion.value)
+    alias = first_model_alias if champion is None else Alias.candidate.value
     version = mlflow.register_model(model_uri, name, tags=tags)
     try:
         deadline = time.monotonic() + wait_s

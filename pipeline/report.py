@@ -21,6 +21,7 @@ from typing import Any
 
 from pipeline.delivery import DeliveryMetrics, RunRecord, delivery_metrics, runs_from_events
 from pipeline.events import Event, log_path, read_events
+from pipeline.history import DriftRow, ServingSample, history_store, read_rows
 from pipeline.store import StateStore
 
 STAGES = ("prepare", "train", "package", "evaluate", "gate", "register", "rollout")
@@ -35,10 +36,10 @@ class ReportInputs:
     events: list[Event]
     # One row per registered version: version, created (epoch s), run_id, and test metrics (e.g. "test.auc").
     versions: list[dict[str, Any]] = field(default_factory=list)
-    # One row per watch sample: time, version, role, requests_per_s, error_rate, p50_s, p99_s.
-    serving: list[dict[str, Any]] = field(default_factory=list)
-    # One row per drift check: time, version, drifted, scores {feature: score}.
-    drift: list[dict[str, Any]] = field(default_factory=list)
+    # One sample per version and role between two checks (pipeline/history.py).
+    serving: list[ServingSample] = field(default_factory=list)
+    # One row per judged drift window (pipeline/history.py).
+    drift: list[DriftRow] = field(default_factory=list)
     currency: str = "USD"
 
 
@@ -112,15 +113,18 @@ def _versions_svg(versions: list[dict[str, Any]]) -> str | None:
     return _svg(draw)
 
 
-def _serving_svg(serving: list[dict[str, Any]], key: str, label: str) -> str | None:
+def _serving_svg(
+    serving: list[ServingSample], value: Callable[[ServingSample], float | None], label: str
+) -> str | None:
     if not serving:
         return None
 
     def draw(axes: Any) -> None:
-        start = min(row["time"] for row in serving)
-        for version in sorted({row["version"] for row in serving}, key=str):
-            rows = [row for row in serving if row["version"] == version and row.get(key) is not None]
-            axes.plot([row["time"] - start for row in rows], [row[key] for row in rows], label=f"v{version}")
+        start = min(row.time for row in serving)
+        for version in sorted({row.version for row in serving}):
+            points = [(row.time - start, value(row)) for row in serving if row.version == version]
+            shown = [(at, measured) for at, measured in points if measured is not None]
+            axes.plot([at for at, _ in shown], [measured for _, measured in shown], label=f"v{version}")
         axes.set_xlabel("seconds since first sample")
         axes.set_ylabel(label)
         axes.legend(fontsize=7)
@@ -128,17 +132,17 @@ def _serving_svg(serving: list[dict[str, Any]], key: str, label: str) -> str | N
     return _svg(draw)
 
 
-def _drift_svg(drift: list[dict[str, Any]]) -> str | None:
+def _drift_svg(drift: list[DriftRow]) -> str | None:
     if not drift:
         return None
 
     def draw(axes: Any) -> None:
-        start = min(row["time"] for row in drift)
-        features = sorted({f for row in drift for f in row.get("scores", {})})
+        start = min(row.time for row in drift)
+        features = sorted({f for row in drift for f in row.scores})
         for feature in features:
             axes.plot(
-                [row["time"] - start for row in drift],
-                [row.get("scores", {}).get(feature, math.nan) for row in drift],
+                [row.time - start for row in drift],
+                [row.scores.get(feature, math.nan) for row in drift],
                 label=feature,
             )
         axes.set_xlabel("seconds since first check")
@@ -199,13 +203,13 @@ def render_report(inputs: ReportInputs, generated_at: float) -> str:
         _figure(
             "serving-throughput",
             "Serving throughput per version (requests/s)",
-            _serving_svg(inputs.serving, "requests_per_s", "requests/s"),
+            _serving_svg(inputs.serving, lambda row: row.requests_per_s, "requests/s"),
             "no serving samples (run `lockgate watch` while serving)",
         ),
         _figure(
             "serving-latency",
             "Serving p99 latency per version (s)",
-            _serving_svg(inputs.serving, "p99_s", "p99 s"),
+            _serving_svg(inputs.serving, lambda row: row.p99_s, "p99 s"),
             "no serving samples",
         ),
         _figure(
@@ -271,18 +275,10 @@ def collect_inputs(
         model_name=model_name,
         events=[e for e in read_events(events_file) if e.pipeline == pipeline],
         versions=registered_versions(model_name),
-        serving=history.rows("serving.jsonl"),
-        drift=history.rows("drift.jsonl"),
+        serving=list(read_rows(history, ServingSample).rows),
+        drift=list(read_rows(history, DriftRow).rows),
         currency=currency,
     )
-
-
-def history_store(state_uri: str | Path, model_name: str) -> StateStore:
-    """Where the trigger checker keeps a model's state and history (drift.jsonl, serving.jsonl).
-
-    ``state_uri``: the local state directory, or an artefact-store URI in a cluster.
-    """
-    return StateStore(str(state_uri)).child("watch", model_name)
 
 
 def write_report(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,6 @@ from pipeline.model import WEIGHTS_FILE, FeatureEncoder, build_mlp, predict_prob
 
 logger = logging.getLogger(__name__)
 
-STORAGE_ENV = "LOCKGATE_TRAIN_STORAGE"
 VALIDATION_FRACTION = 0.1
 
 
@@ -171,15 +169,23 @@ def _log_epoch(client: Any, run_id: str, metrics: dict[str, float]) -> None:
 
 
 def run_training(
-    data: TrainingData, config: PipelineConfig, run_name: str, mlflow_run_id: str | None
+    data: TrainingData,
+    config: PipelineConfig,
+    run_name: str,
+    mlflow_run_id: str | None,
+    storage: str | None = None,
 ) -> TrainingResult:
-    """The edge: fit a TorchTrainer on the running Ray cluster and return the final weights."""
+    """The edge: fit a TorchTrainer on the running Ray cluster and return the final weights.
+
+    Checkpoints go to ``training.storage_path``, else ``storage`` (the environment's, ``Settings.train_storage``),
+    else ``~/ray_results``.
+    """
     import ray.train
     import torch
     from ray.train.torch import TorchTrainer
 
     training = config.training
-    storage = training.storage_path or os.environ.get(STORAGE_ENV) or str(Path.home() / "ray_results")
+    storage = training.storage_path or storage or str(Path.home() / "ray_results")
     loop_config = {
         "x_train": data.x_train,
         "y_train": data.y_train,

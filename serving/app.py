@@ -23,10 +23,9 @@ from ray.serve.metrics import Counter, Histogram
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from contracts.vocabulary import Header, Role, ServingMetric
 from serving.capture import CaptureBuffer, write_labels
 from serving.routing import (
-    CANDIDATE,
-    CHAMPION,
     ColumnRule,
     RequestError,
     choose_version,
@@ -37,8 +36,7 @@ from serving.routing import (
 from serving.spec import ModelRef, RouterConfig
 
 logger = logging.getLogger("ray.serve")
-VERSION_HEADER = "x-lockgate-version"
-SPLIT_HEADER = "x-lockgate-split"  # the split in force when this request was routed, e.g. "weighted:10"
+VERSION_HEADER, SPLIT_HEADER = Header.version.value, Header.traffic_split.value
 LATENCY_BOUNDARIES = [
     0.001,
     0.002,
@@ -102,36 +100,36 @@ class Router:
         # Ray annotates tag_keys as tuple[str] though it takes any number of keys.
         tags: Any = ("version", "role", "mode")
         self.requests = Counter(
-            "lockgate_requests",
+            ServingMetric.requests.value,
             "Requests answered, by version",
             tag_keys=(*tags, "status"),  # type: ignore[arg-type]
         )
         self.latency = Histogram(
-            "lockgate_request_latency_seconds",
+            ServingMetric.latency.value,
             "Time to answer, by version",
             boundaries=LATENCY_BOUNDARIES,
             tag_keys=tags,
         )
         self.predictions = Histogram(
-            "lockgate_prediction",
+            ServingMetric.prediction.value,
             "Predicted probabilities, by version",
             boundaries=PREDICTION_BOUNDARIES,
             tag_keys=tags,
         )
         self.shadow_divergence = Histogram(
-            "lockgate_shadow_divergence",
+            ServingMetric.shadow_divergence.value,
             "|candidate - champion| in shadow",
             boundaries=[0.01, 0.02, 0.05, 0.1, 0.2, 0.5],
             tag_keys=("version",),
         )
         self.rejected = Counter(
-            "lockgate_rejected_requests", "Client errors, by status", tag_keys=("status",)
+            ServingMetric.rejected.value, "Client errors, by status", tag_keys=("status",)
         )
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Apply a new split and model set; load new versions first, then swap everything at once."""
         config = RouterConfig.model_validate(user_config)
-        wanted = {CHAMPION: config.champion, CANDIDATE: config.candidate}
+        wanted = {Role.champion: config.champion, Role.candidate: config.candidate}
         loaded: dict[str, LoadedModel] = {}
         for role, ref in wanted.items():
             if ref is None:
@@ -161,13 +159,13 @@ class Router:
         # Serve's proxy owns x-request-id: it takes the client's or makes one, and echoes it on the response.
         request_id = _get_serve_request_context().request_id or uuid.uuid4().hex
         config, models = self.config, self.models
-        if config is None or CHAMPION not in models:
+        if config is None or Role.champion not in models:
             return _error(503, "router has no model configured yet", request_id)
         if request.method != "POST":
             return _error(405, "use POST with a JSON body", request_id)
         if request.url.path.rstrip("/").endswith("/labels"):
             return await self._labels(request, config, request_id)
-        champion = models[CHAMPION]
+        champion = models[Role.champion]
         try:
             declared = int(request.headers.get("content-length") or 0)
             if declared > config.max_body_bytes:
@@ -179,7 +177,7 @@ class Router:
             self.rejected.inc(tags={"status": str(error.status)})
             return _error(error.status, error.message, request_id)
         traffic = config.traffic
-        has_candidate = CANDIDATE in models
+        has_candidate = Role.candidate in models
         role = choose_version(
             traffic, has_candidate, request.headers.get(traffic.sticky_header), random.random() * 100
         )
@@ -218,7 +216,7 @@ class Router:
                 asyncio.get_running_loop().create_task(self._flush(capture))
         if should_shadow(traffic, has_candidate, random.random() * 100):
             asyncio.get_running_loop().create_task(
-                self._shadow(models[CANDIDATE], rows, scored, traffic.mode.value)
+                self._shadow(models[Role.candidate], rows, scored, traffic.mode.value)
             )
         body = {
             "request_id": request_id,
@@ -296,7 +294,7 @@ class Router:
         self, candidate: LoadedModel, rows: list[dict], answered: list[dict[str, Any]], mode: str
     ) -> None:
         """Score the mirrored request with the candidate; record, never return."""
-        tags = {"version": candidate.ref.version, "role": "shadow", "mode": mode}
+        tags = {"version": candidate.ref.version, "role": Role.shadow, "mode": mode}
         start = time.perf_counter()
         try:
             shadow = await asyncio.to_thread(candidate.predict, rows)

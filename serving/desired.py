@@ -7,43 +7,31 @@ A weight written in the serving file is a pin and always wins; without one, the 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import Field, ValidationError
 
+from contracts.settings import Settings
+from contracts.strict import StrictModel, format_problems
+from contracts.vocabulary import Alias
 from serving.spec import (
+    CaptureFields,
     CaptureSpec,
     ModelRef,
     RouterConfig,
     ServingSpec,
-    StrictModel,
+    TrafficFields,
     TrafficMode,
     TrafficSpec,
 )
 
-CHAMPION_ALIAS, CANDIDATE_ALIAS = "champion", "candidate"
-CAPTURE_URI_ENV = "LOCKGATE_CAPTURE_URI"  # the environment's default capture location
 
-
-class TrafficIntent(StrictModel):
+class TrafficIntent(TrafficFields):
     """Traffic as the serving file states it; ``candidate_weight`` set means pinned."""
 
-    mode: TrafficMode = TrafficMode.weighted
     candidate_weight: float | None = Field(default=None, ge=0.0, le=100.0)
-    sticky_header: str = "x-lockgate-key"
-    shadow_percent: float = Field(default=0.0, ge=0.0, le=100.0)
-
-
-class CaptureIntent(StrictModel):
-    """Capture as the serving file states it; without ``uri`` the environment's artefact store is used."""
-
-    sample_percent: float = Field(default=0.0, ge=0.0, le=100.0)
-    uri: str | None = None
-    batch_rows: int = Field(default=1_000, ge=1, le=1_000_000)
-    flush_interval_s: float = Field(default=30.0, gt=0.0)
 
 
 class ServingFile(StrictModel):
@@ -52,7 +40,7 @@ class ServingFile(StrictModel):
     model_name: str = Field(min_length=1)
     serving: ServingSpec = ServingSpec()
     traffic: TrafficIntent = TrafficIntent()
-    capture: CaptureIntent = CaptureIntent()
+    capture: CaptureFields = CaptureFields()
 
 
 class RolloutState(StrictModel):
@@ -76,8 +64,7 @@ def load_serving_file(path: str | Path) -> ServingFile:
     except yaml.YAMLError as error:
         raise ServingFileError(f"{path}: invalid YAML: {error}") from None
     except ValidationError as error:
-        lines = [f"{'.'.join(map(str, e['loc'])) or '<root>'}: {e['msg']}" for e in error.errors()]
-        raise ServingFileError(f"{path}: " + "; ".join(lines)) from None
+        raise ServingFileError(f"{path}: " + "; ".join(format_problems(error))) from None
 
 
 def read_rollout_state(path: Path) -> RolloutState:
@@ -109,12 +96,12 @@ def resolve_router_config(
     file: ServingFile, state: RolloutState, aliases: dict[str, str], capture_uri: str | None = None
 ) -> RouterConfig:
     """The router's user_config from the file, the rollout state, the registry's aliases and capture."""
-    if CHAMPION_ALIAS not in aliases:
+    if Alias.champion not in aliases:
         raise ServingFileError(
-            f"model '{file.model_name}' has no '{CHAMPION_ALIAS}' alias: nothing to serve yet"
+            f"model '{file.model_name}' has no '{Alias.champion}' alias: nothing to serve yet"
         )
-    champion = ModelRef(name=file.model_name, version=aliases[CHAMPION_ALIAS])
-    candidate_version = aliases.get(CANDIDATE_ALIAS)
+    champion = ModelRef(name=file.model_name, version=aliases[Alias.champion])
+    candidate_version = aliases.get(Alias.candidate)
     candidate = None
     if candidate_version is not None and candidate_version != champion.version:
         candidate = ModelRef(name=file.model_name, version=candidate_version)
@@ -154,7 +141,7 @@ def apply_desired(
         file,
         read_rollout_state(state_path),
         registry_aliases(file.model_name),
-        capture_uri or os.environ.get(CAPTURE_URI_ENV),
+        capture_uri or Settings.from_environ().capture_uri,
     )
     deploy_config(dashboard_url, headers, render_serve_config(file.serving, router))
     wait_running(dashboard_url, headers, file.serving.app_name)

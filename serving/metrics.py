@@ -8,9 +8,11 @@ from dataclasses import dataclass, field
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-REQUESTS_METRIC = "ray_lockgate_requests"
-LATENCY_METRIC = "ray_lockgate_request_latency_seconds"
-PREDICTION_METRIC = "ray_lockgate_prediction"
+from contracts.vocabulary import ServingMetric
+
+REQUESTS_METRIC = ServingMetric.requests.exported
+LATENCY_METRIC = ServingMetric.latency.exported
+PREDICTION_METRIC = ServingMetric.prediction.exported
 
 
 @dataclass

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator
 
+from contracts.strict import StrictModel, format_problems
 from serving.spec import RouterConfig, ServingSpec, check_env_var_names
 
 ROUTER_DEPLOYMENT_NAME = "Router"
@@ -22,7 +23,7 @@ class ServeConfigError(ValueError):
         super().__init__(f"serve config refused by {source}: " + "; ".join(problems))
 
 
-class StrictServeModel(BaseModel):
+class StrictServeModel(StrictModel):
     """Base for the mirror of Ray's Serve schema: unknown keys and type coercion both refused."""
 
     # Ray's ServeDeploySchema ignores unknown keys for forward compatibility, so a misspelled
@@ -140,13 +141,3 @@ def validate_serve_config(config: dict[str, Any]) -> dict[str, Any]:
     except ValidationError as error:
         raise ServeConfigError("ray ServeDeploySchema", format_problems(error)) from None
     return config
-
-
-def format_problems(error: ValidationError) -> list[str]:
-    """One line per pydantic error: ``dotted.field.path: message``."""
-    problems = []
-    for item in error.errors():
-        path = ".".join(str(part) for part in item["loc"]) or "<root>"
-        message = item["msg"].removeprefix("Value error, ")
-        problems.append(f"{path}: {message[:1].lower()}{message[1:]}")
-    return problems

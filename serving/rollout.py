@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from statistics import NormalDist
 from typing import Any
 
+from contracts.vocabulary import Role, RolloutOutcome
 from serving.metrics import VersionStats
 from serving.spec import AnalysisSpec, RolloutPolicy
 
-CHAMPION_ROLE, CANDIDATE_ROLE = "champion", "candidate"
 POLL_S = 1.0
 
 
@@ -105,9 +105,9 @@ def analyse_step(
 
 @dataclass
 class RolloutResult:
-    """How a rollout ended: promoted, rolled_back, stalled or pinned; with every step's verdict."""
+    """How a rollout ended (promoted, rolled_back, stalled or pinned; None while running), with every step."""
 
-    outcome: str
+    outcome: RolloutOutcome | None
     steps: list[dict[str, Any]] = field(default_factory=list)
     reason: str = ""
 
@@ -133,8 +133,8 @@ class RolloutController:
         self, policy: RolloutPolicy, champion_version: str, candidate_version: str, effects: RolloutEffects
     ):
         self.policy, self.effects = policy, effects
-        self.champion_key = (champion_version, CHAMPION_ROLE)
-        self.candidate_key = (candidate_version, CANDIDATE_ROLE)
+        self.champion_key = (champion_version, Role.champion.value)
+        self.candidate_key = (candidate_version, Role.candidate.value)
         self.candidate_version = candidate_version
 
     def _delta(self, baseline: dict, key: tuple[str, str]) -> VersionStats:
@@ -143,11 +143,11 @@ class RolloutController:
 
     def run(self) -> RolloutResult:
         """Run to the end; every exit leaves traffic and aliases consistent."""
-        result = RolloutResult("running")
+        result = RolloutResult(None)
         for weight in self.policy.steps:
             if self.effects.is_pinned():
                 result.outcome, result.reason = (
-                    "pinned",
+                    RolloutOutcome.pinned,
                     "the serving config pins the weight; automation yields",
                 )
                 self.effects.emit("rollout_step", result.reason, {"weight": None})
@@ -167,7 +167,7 @@ class RolloutController:
             )
             if verdict.status != "pass":
                 stalled = verdict.status == "wait"
-                outcome = "stalled" if stalled else "rolled_back"
+                outcome = RolloutOutcome.stalled if stalled else RolloutOutcome.rolled_back
                 reason = (
                     f"too few requests at {weight:g}% within {self.policy.max_step_wait_s:g}s"
                     if stalled
@@ -186,7 +186,7 @@ class RolloutController:
         self.effects.emit(
             "promotion", f"candidate v{self.candidate_version} promoted to champion", {"steps": result.steps}
         )
-        result.outcome = "promoted"
+        result.outcome = RolloutOutcome.promoted
         return result
 
     def _hold(self, weight: float) -> StepVerdict:

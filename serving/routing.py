@@ -8,9 +8,9 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from contracts.vocabulary import Role
 from serving.spec import TrafficMode, TrafficSpec
 
-CHAMPION, CANDIDATE = "champion", "candidate"
 _BUCKETS = 10_000
 
 
@@ -36,9 +36,9 @@ def choose_version(traffic: TrafficSpec, has_candidate: bool, sticky_key: str | 
     keys from champion to candidate, never back. Shadow mode always answers from the champion.
     """
     if not has_candidate or traffic.mode == TrafficMode.shadow:
-        return CHAMPION
+        return Role.champion
     position = sticky_bucket(sticky_key) if traffic.mode == TrafficMode.sticky and sticky_key else draw
-    return CANDIDATE if position < traffic.candidate_weight else CHAMPION
+    return Role.candidate if position < traffic.candidate_weight else Role.champion
 
 
 def should_shadow(traffic: TrafficSpec, has_candidate: bool, draw: float) -> bool:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import re
 from enum import StrEnum
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from contracts.strict import StrictModel
+from contracts.vocabulary import Header
 
 # Registered-model names end up inside a ``models:/<name>/<version>`` URI, so a slash or a leading dot
 # would change which model the URI points at.
@@ -25,12 +28,6 @@ SERVE_INGRESS_ENV: dict[str, dict[str, str]] = {
 }
 # The rendered serve config is committed and shown in cluster state; a secret must travel another way.
 SECRET_NAME_MARKERS: tuple[str, ...] = ("PASSWORD", "TOKEN", "SECRET")
-
-
-class StrictModel(BaseModel):
-    """Base for every spec model: immutable, unknown keys refused."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 class ModelRef(StrictModel):
@@ -53,13 +50,18 @@ class TrafficMode(StrEnum):
     shadow = "shadow"
 
 
-class TrafficSpec(StrictModel):
-    """The traffic split the router applies; changed in place through ``reconfigure()``."""
+class TrafficFields(StrictModel):
+    """What every statement of traffic shares (the serving file's and the router's)."""
 
     mode: TrafficMode = TrafficMode.weighted
-    candidate_weight: float = Field(default=0.0, ge=0.0, le=100.0)
-    sticky_header: str = Field(default="x-lockgate-key", pattern=HEADER_TOKEN_PATTERN)
+    sticky_header: str = Field(default=Header.sticky_key.value, pattern=HEADER_TOKEN_PATTERN)
     shadow_percent: float = Field(default=0.0, ge=0.0, le=100.0)
+
+
+class TrafficSpec(TrafficFields):
+    """The traffic split the router applies; changed in place through ``reconfigure()``."""
+
+    candidate_weight: float = Field(default=0.0, ge=0.0, le=100.0)
 
     @model_validator(mode="after")
     def _shadow_candidate_never_answers(self) -> TrafficSpec:
@@ -71,13 +73,20 @@ class TrafficSpec(StrictModel):
         return self
 
 
-class CaptureSpec(StrictModel):
-    """Which share of answered requests is recorded, and where (a directory or a pyarrow URI such as s3://)."""
+class CaptureFields(StrictModel):
+    """Which share of answered requests is recorded, and where (a directory or a pyarrow URI such as s3://).
+
+    As a serving file states it, ``uri`` may be left out: the environment's capture location is used.
+    """
 
     sample_percent: float = Field(default=0.0, ge=0.0, le=100.0)
     uri: str | None = None
     batch_rows: int = Field(default=1_000, ge=1, le=1_000_000)
     flush_interval_s: float = Field(default=30.0, gt=0.0)
+
+
+class CaptureSpec(CaptureFields):
+    """Capture as the router applies it: a location is required whenever anything is sampled."""
 
     @model_validator(mode="after")
     def _uri_when_sampling(self) -> CaptureSpec:

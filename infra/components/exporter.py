@@ -13,6 +13,7 @@ from typing import Any, TypedDict
 import pulumi
 import pulumi_kubernetes as k8s
 
+from contracts.settings import EnvVar
 from infra import kube
 
 EXPORTER_USER_ID = 1000  # the code image's user
@@ -74,9 +75,9 @@ class MetricsExporter(pulumi.ComponentResource):
             "command": ["lockgate", "export", "--config", args["pipeline_file"]],
             "args": ["--host", "0.0.0.0", "--port", str(METRICS_PORT)],
             "env": [
-                {"name": "LOCKGATE_EVENTS_URI", "value": args["events_uri"]},
-                {"name": "LOCKGATE_STATE_URI", "value": args["state_uri"]},
-                {"name": "LOCKGATE_SERVING_FILE", "value": f"{CONFIG_DIR}/{SERVING_FILE}"},
+                {"name": EnvVar.events_uri.value, "value": args["events_uri"]},
+                {"name": EnvVar.state_uri.value, "value": args["state_uri"]},
+                {"name": EnvVar.serving_file.value, "value": f"{CONFIG_DIR}/{SERVING_FILE}"},
                 {"name": "HOME", "value": "/tmp"},
                 *args["store_env"],
             ],

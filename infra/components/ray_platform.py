@@ -13,6 +13,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 import yaml
 
+from contracts.settings import EnvVar
 from infra import kube
 from serving.spec import SERVE_INGRESS_ENV
 
@@ -25,7 +26,7 @@ CLIENT_PORT = 10001
 GCS_PORT = 6379
 METRICS_PORT = 8080
 DASHBOARD_METRICS_PORT = 44227
-TRAIN_STORAGE_ENV = "LOCKGATE_TRAIN_STORAGE"  # read by pipeline/train.py
+TRAIN_STORAGE_ENV = EnvVar.train_storage.value  # read by pipeline/train.py
 # Where the trigger-check pod finds the training RayJob template (lockgate/kuberay.py reads it).
 TEMPLATE_DIR, TEMPLATE_FILE, SERVING_FILE = "/etc/lockgate", "rayjob.yaml", "serving.yaml"
 # Label on every training RayJob: the trigger checks count runs in flight by it (lockgate/kuberay.py).
@@ -110,9 +111,9 @@ def ray_container(
         "image": args["image"],
         "ports": ports,
         "env": [
-            {"name": "MLFLOW_TRACKING_URI", "value": args["mlflow_tracking_uri"]},
+            {"name": EnvVar.mlflow_tracking_uri.value, "value": args["mlflow_tracking_uri"]},
             {"name": TRAIN_STORAGE_ENV, "value": args["train_storage_uri"]},
-            {"name": "LOCKGATE_EVENTS_URI", "value": args["events_uri"]},
+            {"name": EnvVar.events_uri.value, "value": args["events_uri"]},
             {"name": "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "value": "5"},
             {"name": "RAY_USAGE_STATS_ENABLED", "value": "0"},
             *args["store_env"],
@@ -423,14 +424,14 @@ class RayPlatform(pulumi.ComponentResource):
             "workingDir": WORKDIR,
             "command": ["lockgate", "triggers", "check", "--config", args["pipeline_file"]],
             "env": [
-                {"name": "MLFLOW_TRACKING_URI", "value": args["mlflow_tracking_uri"]},
-                {"name": "LOCKGATE_CAPTURE_URI", "value": args["capture_uri"]},
-                {"name": "LOCKGATE_STATE_URI", "value": args["state_uri"]},
-                {"name": "LOCKGATE_EVENTS_URI", "value": args["events_uri"]},
-                {"name": "LOCKGATE_JOB_TEMPLATE", "value": f"{TEMPLATE_DIR}/{TEMPLATE_FILE}"},
+                {"name": EnvVar.mlflow_tracking_uri.value, "value": args["mlflow_tracking_uri"]},
+                {"name": EnvVar.capture_uri.value, "value": args["capture_uri"]},
+                {"name": EnvVar.state_uri.value, "value": args["state_uri"]},
+                {"name": EnvVar.events_uri.value, "value": args["events_uri"]},
+                {"name": EnvVar.job_template.value, "value": f"{TEMPLATE_DIR}/{TEMPLATE_FILE}"},
                 # What the RayService serves is stack config: the checks judge that model, not the image's file.
-                {"name": "LOCKGATE_SERVING_FILE", "value": f"{TEMPLATE_DIR}/{SERVING_FILE}"},
-                {"name": "LOCKGATE_EVENTS_FILE", "value": "/tmp/lockgate/events.jsonl"},
+                {"name": EnvVar.serving_file.value, "value": f"{TEMPLATE_DIR}/{SERVING_FILE}"},
+                {"name": EnvVar.events_file.value, "value": "/tmp/lockgate/events.jsonl"},
                 {"name": "HOME", "value": "/tmp"},
                 *args["store_env"],
             ],

@@ -13,6 +13,7 @@ import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 import pulumi_random as random
 
+from contracts.settings import EnvVar
 from infra import kube
 
 POSTGRES_PORT = 5432
@@ -372,8 +373,8 @@ class ModelRegistry(pulumi.ComponentResource):
             f"{name}-mlflow-client",
             metadata=kube.metadata(f"{name}-mlflow-client", namespace, name, component),
             string_data={
-                "MLFLOW_TRACKING_USERNAME": args["admin_username"],
-                "MLFLOW_TRACKING_PASSWORD": admin_password,
+                EnvVar.mlflow_username.value: args["admin_username"],
+                EnvVar.mlflow_password.value: admin_password,
             },
             opts=child,
         )

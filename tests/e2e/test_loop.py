@@ -14,8 +14,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from lockgate.cli import _watcher
 from lockgate.jobs import job_client, submit_pipeline, wait_pipeline
+from lockgate.runtime import local_watcher
 from lockgate.traffic import TrafficSimulator
 from pipeline.config import load_config
 from pipeline.data import make_loans, write_table
@@ -85,7 +85,7 @@ def test_drifted_traffic_triggers_one_retraining_run(local_env, tmp_path) -> Non
     store = str(local_env.capture_dir)
     # A strong population shift: most features and the prediction drift in every window, not just on average.
     shifted = write_table(make_loans(8_000, seed=5, shift=1.0), tmp_path / "shifted.parquet")
-    watcher = _watcher(config, local_env.state_dir, str(shifted))
+    watcher = local_watcher(config, local_env.state_dir, str(shifted))
     url = f"http://127.0.0.1:{SERVE_PORT}/loop"
     features = list(load_config(config).features)
 
@@ -133,7 +133,9 @@ def test_drifted_traffic_triggers_one_retraining_run(local_env, tmp_path) -> Non
         assert again.decision.suppressed_by in ("dedup", "cooldown", "cap"), again.summary()
         # Users keep coming while the triggered run trains and rolls out: its rollout judges their traffic.
         parsed = with_data(load_config(config), str(shifted))
-        triggered = wait_pipeline(job_client(local_env), drifted.submission_id, parsed, stream=lambda _: None)
+        triggered = wait_pipeline(
+            job_client(local_env), drifted.submission_id, parsed, stream=lambda _: None, env=local_env
+        )
     finally:
         users.stop()
     assert triggered.outcome in ("promoted", "rolled_back", "registered", "blocked"), triggered.message

@@ -12,6 +12,7 @@ import requests
 from lockgate.exporter import Exporter
 from pipeline.config import EventsConfig
 from pipeline.events import EVENTS_URI_ENV, Event, EventType, emit, read_events
+from pipeline.history import DRIFT_HISTORY, QUALITY_HISTORY, history_store
 from pipeline.store import StateStore
 from tests.conftest import write_pipeline
 
@@ -112,9 +113,63 @@ def test_events_from_many_pods_meet_in_the_event_store(tmp_path, monkeypatch) ->
     history.append("quality.jsonl", {"time": 2.0, "version": "1", "metrics": {"auc": 0.7, "rows": 300}})
     exporter.read_history(history)
     now = exporter.snapshot()
-    assert now['lockgate_drift_score{feature="age",model="m"}'] == 0.3
-    assert now['lockgate_drift_detected{model="m"}'] == 1
-    assert now['lockgate_model_quality{metric="auc",model="m",version="1"}'] == 0.7
+    assert now['lockgate_drift_score{feature="age",model="m"}'] == 0.3, "the latest drift row's score"
+    assert now['lockgate_drift_detected{model="m"}'] == 1, "the latest drift row's verdict"
+    assert now['lockgate_model_quality{metric="auc",model="m",version="1"}'] == 0.7, "the latest quality"
+
+
+def test_every_known_label_value_is_exported_at_zero_from_the_start(tmp_path) -> None:
+    # Given an empty event log
+    log = tmp_path / "events.jsonl"
+    log.write_text("")
+
+    # When an exporter starts
+    samples = Exporter("loans", "m", log).snapshot()
+
+    # Then every run outcome, rollout outcome and trigger reason is present at 0, and no other
+    def values(prefix: str, label: str) -> set[str]:
+        return {
+            name.split(f'{label}="')[1].split('"')[0]
+            for name, value in samples.items()
+            if name.startswith(prefix + "{") and value == 0
+        }
+
+    assert values("lockgate_pipeline_runs_total", "outcome") == {
+        "registered",
+        "promoted",
+        "blocked",
+        "rolled_back",
+        "failed",
+    }, "the run outcomes dashboards and alerts select on"
+    assert values("lockgate_rollouts_total", "outcome") == {"promoted", "rolled_back", "stalled", "pinned"}, (
+        "the rollout outcomes"
+    )
+    assert values("lockgate_triggers_total", "reason") == {"drift", "degradation", "schedule"}, (
+        "the trigger reasons"
+    )
+
+
+def test_the_checks_history_gives_the_latest_rows_and_skips_a_half_written_line(tmp_path) -> None:
+    # Given a model's history in today's format whose last drift append was cut off
+    log = tmp_path / "events.jsonl"
+    log.write_text("")
+    history = history_store(tmp_path / "state", "m")
+    history.append(DRIFT_HISTORY, {"time": 1.0, "version": "2", "drifted": True, "scores": {"age": 0.4}})
+    history.append(QUALITY_HISTORY, {"time": 1.0, "version": "2", "metrics": {"auc": 0.8, "rows": 250.0}})
+    history.write_text(DRIFT_HISTORY, (history.read_text(DRIFT_HISTORY) or "") + '{"time": 2.0, "ver')
+    exporter = Exporter("loans", "m", log)
+
+    # When the exporter reads it
+    exporter.read_history(history)
+
+    # Then the latest valid rows are exported and the broken line is ignored
+    samples = exporter.snapshot()
+    assert samples['lockgate_drift_score{feature="age",model="m"}'] == 0.4, "the last valid drift row"
+    assert samples['lockgate_drift_detected{model="m"}'] == 1, "its verdict"
+    assert samples['lockgate_model_quality{metric="auc",model="m",version="2"}'] == 0.8, "the latest quality"
+    assert not any("rows" in name for name in samples if name.startswith("lockgate_model_quality")), (
+        "the row count is not a quality metric"
+    )
 
 
 def test_an_unreachable_event_store_never_fails_the_emitter(tmp_path, monkeypatch) -> None:

@@ -7,12 +7,11 @@ import pandas as pd
 import pytest
 
 from pipeline.config import DataSchema, load_config
+from pipeline.config.drift import DriftConfig, FeatureDriftRule
 from pipeline.data import make_loans
 from pipeline.drift import (
     PREDICTION,
-    DriftConfig,
     DriftInputError,
-    FeatureDriftRule,
     ReferenceProfile,
     build_profile,
     check_drift,

@@ -9,9 +9,11 @@ from html.parser import HTMLParser
 
 import pytest
 
+import pipeline.report
 from pipeline.delivery import delivery_metrics, estimate_cost, runs_from_events
 from pipeline.events import Event, EventType
-from pipeline.report import ReportInputs, render_report
+from pipeline.history import DRIFT_HISTORY, SERVING_HISTORY, DriftRow, ServingSample, history_store
+from pipeline.report import ReportInputs, collect_inputs, render_report
 
 T0 = 1_800_000_000.0
 
@@ -145,12 +147,20 @@ def test_report_renders_every_figure_and_number() -> None:
             {"version": "2", "created": T0 + 1_000, "test.auc": 0.76},
         ],
         serving=[
-            {"time": T0 + s, "version": v, "requests_per_s": 50.0 + s, "p99_s": 0.02}
+            ServingSample(
+                time=T0 + s,
+                version=v,
+                role="champion",
+                requests_per_s=50.0 + s,
+                error_rate=0.0,
+                p50_s=0.01,
+                p99_s=0.02,
+            )
             for s in range(0, 60, 10)
             for v in ("1", "2")
         ],
         drift=[
-            {"time": T0 + s, "version": "1", "drifted": s > 30, "scores": {"age": s / 100}}
+            DriftRow(time=T0 + s, version="1", drifted=s > 30, scores={"age": s / 100})
             for s in range(0, 60, 10)
         ],
     )
@@ -163,12 +173,12 @@ def test_report_renders_every_figure_and_number() -> None:
         "serving-throughput": True,
         "serving-latency": True,
         "drift-scores": True,
-    }
-    assert outline.rows == {"delivery": 6, "runs": 4}
+    }, "every figure drawn"
+    assert outline.rows == {"delivery": 6, "runs": 4}, "six delivery metrics, four runs"
     summary = json.loads(outline.summary)
-    assert summary["runs"] == 4 and summary["total_cost"] == pytest.approx(0.03)
-    assert summary["delivery"]["promotions"] == 2
-    assert "33% (1/3)" in page
+    assert summary["runs"] == 4 and summary["total_cost"] == pytest.approx(0.03), "runs and their cost"
+    assert summary["delivery"]["promotions"] == 2, "two promotions"
+    assert "33% (1/3)" in page, "one rollback in three ended rollouts"
     assert re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", page) is None, (
         "self-contained: no external loads"
     )
@@ -178,3 +188,36 @@ def test_report_renders_every_figure_and_number() -> None:
     assert not any(empty.figures.values()) and len(empty.figures) == 5, (
         "empty figures say so instead of failing"
     )
+
+
+def test_the_report_reads_the_watch_history_typed_and_skips_a_bad_line(tmp_path, monkeypatch) -> None:
+    # Given a watch history in today's format with a half-written last line, and no registry to ask
+    monkeypatch.setattr(pipeline.report, "registered_versions", lambda model_name: [])
+    history = history_store(tmp_path / "state", "m")
+    history.append(DRIFT_HISTORY, {"time": T0, "version": "1", "drifted": False, "scores": {"age": 0.01}})
+    history.append(
+        SERVING_HISTORY,
+        {
+            "time": T0,
+            "version": "1",
+            "role": "champion",
+            "requests_per_s": 20.0,
+            "error_rate": 0.0,
+            "p50_s": 0.01,
+            "p99_s": None,
+        },
+    )
+    history.write_text(DRIFT_HISTORY, (history.read_text(DRIFT_HISTORY) or "") + '{"time": ')
+
+    # When the report's inputs are collected
+    inputs = collect_inputs("loans", "m", tmp_path / "events.jsonl", history)
+
+    # Then the rows arrive typed, the bad line left out
+    assert inputs.drift == [DriftRow(time=T0, version="1", drifted=False, scores={"age": 0.01})], (
+        "one drift row"
+    )
+    assert [(row.version, row.p99_s) for row in inputs.serving] == [("1", None)], "one serving sample"
+    page = render_report(inputs, generated_at=T0 + 60)
+    outline = Outline()
+    outline.feed(page)
+    assert outline.figures["drift-scores"] and outline.figures["serving-throughput"], "both drawn"

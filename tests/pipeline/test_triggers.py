@@ -10,17 +10,19 @@ import pandas as pd
 import pytest
 
 from pipeline.config import load_config
-from pipeline.data import make_loans
-from pipeline.drift import DriftReport, build_profile, check_drift, describe_report
-from pipeline.triggers import (
+from pipeline.config.triggers import (
     BreachRule,
-    Decision,
     DegradationTrigger,
     DriftTrigger,
     GuardrailsConfig,
     ScheduleTrigger,
     TriggerReason,
     TriggersConfig,
+)
+from pipeline.data import make_loans
+from pipeline.drift import DriftReport, build_profile, check_drift, describe_report
+from pipeline.triggers import (
+    Decision,
     TriggerState,
     WindowSignal,
     decide,

@@ -113,7 +113,7 @@ def test_misspelled_deployment_key_is_refused_though_ray_accepts_it(correct: str
         validate_serve_config(config)
     # Then the error names the field path of the misspelled key
     message = str(caught.value)
-    expected = f"applications.0.deployments.0.{misspelled}: extra inputs are not permitted"
+    expected = f"applications.0.deployments.0.{misspelled}: Extra inputs are not permitted"
     assert expected in message, f"the error names the misspelled key's path, got: {message}"
     assert isinstance(caught.value, ValueError), "ServeConfigError is a ValueError"
 

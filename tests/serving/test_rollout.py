@@ -18,7 +18,7 @@ from pipeline.data import make_loans
 from pipeline.events import read_events
 from tests.conftest import write_pipeline
 from tests.serving.conftest import SERVE_PORT, register_version
-from tests.serving.test_router import Load
+from tests.serving.test_router import closed_loop, tally
 
 pytestmark = pytest.mark.e2e
 PASSED = {"lockgate.gate.thresholds": "passed", "lockgate.gate.regression": "passed"}
@@ -92,7 +92,7 @@ URL = f"http://127.0.0.1:{SERVE_PORT}/rollout"
 
 def test_good_candidate_is_promoted_then_rollback_restores_previous(local_env, tmp_path) -> None:
     name, champion, candidate, config = serving_setup(tmp_path, local_env)
-    with Load(URL, clients=4) as load:
+    with closed_loop(URL, clients=4) as load:
         done = lockgate("rollout", "run", "--config", str(config), env=local_env)
     result = rollout_result(done)
     assert done.returncode == 0 and result["outcome"] == "promoted", result
@@ -100,21 +100,21 @@ def test_good_candidate_is_promoted_then_rollback_restores_previous(local_env, t
     assert aliases(name) == {"champion": candidate, "previous": champion}, (
         "traffic and aliases moved together"
     )
-    assert Load.tally(URL, 20) == {candidate: 20}, "the router now serves the promoted version"
+    assert tally(URL, 20) == {candidate: 20}, "the router now serves the promoted version"
     events = [e.type for e in read_events(tmp_path / "events.jsonl")]
     assert events == ["rollout_step", "rollout_step", "promotion"], events
     lockgate("rollout", "rollback", "--config", str(config), env=local_env)
     assert aliases(name) == {"champion": champion}, "rollback restores previous"
     assert MlflowClient().get_model_version(name, candidate).tags["lockgate.rollout"] == "rolled_back"
-    assert Load.tally(URL, 20) == {champion: 20}
-    assert load.failures == [], load.failures[:3]
+    assert tally(URL, 20) == {champion: 20}
+    assert load.failed == 0, load.failures.most_common(3)
 
 
 @pytest.mark.parametrize("fault", [{"fail_rate": 0.5}, {"delay_s": 0.3}], ids=["errors", "slow"])
 def test_bad_candidate_is_rolled_back_automatically(local_env, tmp_path, fault) -> None:
     name, champion, candidate, config = serving_setup(tmp_path, local_env, **fault)
     started = time.monotonic()
-    with Load(URL, clients=4) as load:
+    with closed_loop(URL, clients=4) as load:
         done = lockgate("rollout", "run", "--config", str(config), env=local_env)
     took = time.monotonic() - started
     result = rollout_result(done)
@@ -125,8 +125,8 @@ def test_bad_candidate_is_rolled_back_automatically(local_env, tmp_path, fault) 
     assert tags["lockgate.rollout"] == "rejected" and tags["lockgate.rollout.reason"], tags
     rollbacks = [e for e in read_events(tmp_path / "events.jsonl") if e.type == "rollback"]
     assert len(rollbacks) == 1, f"exactly one alert event, got {len(rollbacks)}"
-    assert Load.tally(URL, 50) == {champion: 50}, "after the rollback every answer comes from the champion"
-    assert load.total > 0
+    assert tally(URL, 50) == {champion: 50}, "after the rollback every answer comes from the champion"
+    assert load.responses > 0
 
 
 CAS_SCRIPT = """

@@ -14,6 +14,7 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from lockgate.traffic import LoadClient
 from pipeline.data import make_loans
 from serving.app import SPLIT_HEADER, VERSION_HEADER
 from serving.capture import read_captured, read_labels
@@ -33,81 +34,43 @@ def body(**changes) -> dict:
     return {"rows": [{**ROW, **changes}]}
 
 
-class Load:
-    """Closed-loop HTTP clients posting single rows; every outcome recorded with the split that routed it."""
+def closed_loop(url: str, clients: int) -> LoadClient:
+    """Closed-loop clients posting the test row (2 s timeout); answers counted by version under their split."""
+    return LoadClient(
+        url, [ROW], clients=clients, timeout_s=2, version_header=VERSION_HEADER, split_header=SPLIT_HEADER
+    )
 
-    ROW = ROW
 
-    @staticmethod
-    def tally(url: str, count: int) -> Counter:
-        """Versions answering ``count`` sequential requests."""
-        with requests.Session() as session:
-            return Counter(
-                session.post(url, json=body(), timeout=5).headers[VERSION_HEADER] for _ in range(count)
-            )
-
-    def __init__(self, url: str, clients: int):
-        self.url, self.clients = url, clients
-        self.by_split: dict[str, Counter] = defaultdict(Counter)
-        self.failures: list[str] = []
-        self.total = 0
-        self.lock = threading.Lock()
-        self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self._client, daemon=True) for _ in range(clients)]
-
-    def _client(self) -> None:
-        session = requests.Session()
-        while not self.stop.is_set():
-            try:
-                response = session.post(self.url, json=body(), timeout=2)
-            except requests.RequestException as error:
-                with self.lock:
-                    self.failures.append(type(error).__name__)
-                continue
-            with self.lock:
-                self.total += 1
-                if response.status_code != 200:
-                    self.failures.append(f"{response.status_code} {response.text[:200]}")
-                else:
-                    self.by_split[response.headers[SPLIT_HEADER]][response.headers[VERSION_HEADER]] += 1
-
-    def count(self, split: str) -> int:
-        with self.lock:
-            return sum(self.by_split[split].values())
-
-    def __enter__(self) -> Load:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(timeout=10)
+def tally(url: str, count: int) -> Counter:
+    """Versions answering ``count`` sequential requests."""
+    with requests.Session() as session:
+        return Counter(
+            session.post(url, json=body(), timeout=5).headers[VERSION_HEADER] for _ in range(count)
+        )
 
 
 def test_split_follows_weight_changes_under_load_without_failures(deployed) -> None:
     # Enough answers that +-5 points is at least 5 standard deviations of the observed share at each weight.
     settings = [(0, 400), (10, 1000), (50, 2500), (100, 400), (0, 0)]
     candidate = deployed.candidate.version
-    with Load(deployed.url, clients=10) as load:
+    with closed_loop(deployed.url, clients=10) as load:
         for weight, needed in settings:
             deployed.apply(TrafficSpec(candidate_weight=weight))
             split = f"weighted:{weight}"
             deadline = time.monotonic() + 240
-            while load.count(split) < max(needed, 1) and time.monotonic() < deadline:
+            while sum(load.answers_in(split).values()) < max(needed, 1) and time.monotonic() < deadline:
                 time.sleep(0.1)
-        settle = load.total + 300
-        while load.total < settle:
+        settle = load.responses + 300
+        while load.responses < settle:
             time.sleep(0.1)
-    assert load.failures == [], f"{len(load.failures)} failed of {load.total}: {load.failures[:5]}"
-    assert load.total >= 1500, f"at least 1,500 requests under load, got {load.total}"
+    assert load.failed == 0, f"{load.failed} failed of {load.responses}: {load.failures.most_common(5)}"
+    assert load.responses >= 1500, f"at least 1,500 requests under load, got {load.responses}"
     for weight, needed in settings[1:4]:
-        seen = load.by_split[f"weighted:{weight}"]
+        seen = load.answers_in(f"weighted:{weight}")
         share = 100 * seen[candidate] / sum(seen.values())
         assert sum(seen.values()) >= needed, f"weight {weight}: {sum(seen.values())} answers"
         assert abs(share - weight) <= 5, f"weight {weight}: candidate answered {share:.1f}% of {seen}"
-    assert load.by_split["weighted:0"][candidate] == 0, "weight 0 sends nothing to the candidate"
+    assert load.answers_in("weighted:0")[candidate] == 0, "weight 0 sends nothing to the candidate"
 
 
 def test_sticky_keys_keep_their_version_and_only_move_to_the_candidate(deployed) -> None:
@@ -372,13 +335,13 @@ def test_replica_killed_under_load_recovers(deployed, local_env) -> None:
     deployed.apply(TrafficSpec(), spec=two)
     headers = local_env.ray_auth_header()
     try:
-        with Load(deployed.url, clients=6) as load:
+        with closed_loop(deployed.url, clients=6) as load:
             time.sleep(3)
             replicas = application_status(local_env.dashboard_url, headers, two.app_name)["deployments"][
                 "Router"
             ]["replicas"]
             victim = replicas[0]["pid"]
-            before, killed_at = load.total, time.monotonic()
+            before, killed_at = load.responses, time.monotonic()
             os.kill(victim, signal.SIGKILL)
             recovered_at = None
             while time.monotonic() - killed_at < 120:
@@ -389,14 +352,14 @@ def test_replica_killed_under_load_recovers(deployed, local_env) -> None:
                     break
                 time.sleep(0.5)
             time.sleep(2)
-            during = load.total - before
+            during = load.responses - before
     finally:
         deployed.apply(TrafficSpec())
     assert recovered_at is not None, "Serve replaced the killed replica"
     recovery_s = recovered_at - killed_at
-    failed = len(load.failures)
+    failed = load.failed
     print(
         f"replica kill: {failed} failed of {during} requests after the kill; recovered in {recovery_s:.1f}s"
     )
     assert recovery_s < 60, f"a new replica ran within 60 s, took {recovery_s:.1f}s"
-    assert failed <= max(10, 0.02 * during), f"{failed} failed of {during}: {load.failures[:5]}"
+    assert failed <= max(10, 0.02 * during), f"{failed} failed of {during}: {load.failures.most_common(5)}"

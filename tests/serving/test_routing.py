@@ -6,9 +6,8 @@ import json
 
 import pytest
 
+from contracts.vocabulary import Role
 from serving.routing import (
-    CANDIDATE,
-    CHAMPION,
     ColumnRule,
     RequestError,
     choose_version,
@@ -24,9 +23,9 @@ ROW = {"age": 40, "income": 50_000.0, "region": "north"}
 
 def test_weighted_choice_follows_the_draw() -> None:
     traffic = TrafficSpec(candidate_weight=30)
-    assert choose_version(traffic, True, None, 29.9) == CANDIDATE
-    assert choose_version(traffic, True, None, 30.0) == CHAMPION
-    assert choose_version(traffic, False, None, 0.0) == CHAMPION, "no candidate, no candidate traffic"
+    assert choose_version(traffic, True, None, 29.9) == Role.candidate
+    assert choose_version(traffic, True, None, 30.0) == Role.champion
+    assert choose_version(traffic, False, None, 0.0) == Role.champion, "no candidate, no candidate traffic"
 
 
 def test_sticky_assignment_is_stable_and_monotone() -> None:
@@ -35,7 +34,7 @@ def test_sticky_assignment_is_stable_and_monotone() -> None:
     previous: set[str] = set()
     for weight in (0, 5, 10, 25, 50, 75, 100):
         traffic = TrafficSpec(mode=TrafficMode.sticky, candidate_weight=weight)
-        on_candidate = {k for k in keys if choose_version(traffic, True, k, 99.9) == CANDIDATE}
+        on_candidate = {k for k in keys if choose_version(traffic, True, k, 99.9) == Role.candidate}
         assert previous <= on_candidate, f"raising to {weight} moved keys back to the champion"
         assert abs(len(on_candidate) / len(keys) * 100 - weight) < 4, f"{weight}: {len(on_candidate)}"
         previous = on_candidate
@@ -43,7 +42,7 @@ def test_sticky_assignment_is_stable_and_monotone() -> None:
 
 def test_shadow_answers_from_champion() -> None:
     traffic = TrafficSpec(mode=TrafficMode.shadow, shadow_percent=40)
-    assert choose_version(traffic, True, "k", 0.0) == CHAMPION
+    assert choose_version(traffic, True, "k", 0.0) == Role.champion
     assert should_shadow(traffic, True, 39.0) and not should_shadow(traffic, True, 41.0)
     assert not should_shadow(TrafficSpec(candidate_weight=50), True, 0.0), "only shadow mode mirrors"
 

@@ -1,6 +1,8 @@
 """Typed pipeline definition: the validated config *is* the job.
 
-Every model is frozen and forbids unknown keys; defaults live here and nowhere else.
+Every model is frozen and forbids unknown keys; defaults live here and nowhere else. This package is a
+leaf: it needs pydantic, PyYAML, the shared vocabulary and serving's rollout policy model, nothing that
+computes (so ``lockgate validate`` loads no pandas, scipy, Ray or MLflow).
 """
 
 from __future__ import annotations
@@ -12,17 +14,12 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from contracts.vocabulary import ColumnType, MetricName
-from pipeline.triggers import TriggersConfig
+from contracts.strict import StrictModel, format_problems
+from contracts.vocabulary import Alias, ColumnType, MetricName
+from pipeline.config.triggers import TriggersConfig
 from serving.spec import RolloutPolicy
-
-
-class StrictModel(BaseModel):
-    """Base for every config model: immutable, unknown keys refused."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 class ColumnSpec(StrictModel):
@@ -178,7 +175,7 @@ class RegistryConfig(StrictModel):
 
     model_name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
     experiment: str | None = None
-    first_model_alias: Literal["champion", "candidate"] = "champion"
+    first_model_alias: Literal[Alias.champion, Alias.candidate] = Alias.champion
 
 
 class WebhookSink(StrictModel):
@@ -278,18 +275,6 @@ class ConfigError(Exception):
         super().__init__(f"{path}: {len(problems)} problem(s)\n" + "\n".join(f"  - {p}" for p in problems))
 
 
-def format_validation_error(error: ValidationError) -> list[str]:
-    """Turn a pydantic error into one line per problem, each starting with its dotted field path."""
-    lines = []
-    for item in error.errors():
-        path = ".".join(str(part) for part in item["loc"]) or "<root>"
-        message = item["msg"].removeprefix("Value error, ")
-        given = item.get("input")
-        shown = "" if isinstance(given, dict | list) or given is None else f" (got {given!r})"
-        lines.append(f"{path}: {message}{shown}")
-    return lines
-
-
 def parse_config(raw: Any, source: str = "<config>") -> PipelineConfig:
     """Validate an already-parsed mapping; raise ConfigError with every problem."""
     if not isinstance(raw, dict):
@@ -297,7 +282,7 @@ def parse_config(raw: Any, source: str = "<config>") -> PipelineConfig:
     try:
         return PipelineConfig.model_validate(raw)
     except ValidationError as error:
-        raise ConfigError(source, format_validation_error(error)) from None
+        raise ConfigError(source, format_problems(error)) from None
 
 
 def load_config(path: str | Path) -> PipelineConfig:

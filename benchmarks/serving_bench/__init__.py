@@ -1,0 +1,1 @@
+"""The serving benchmark's parts; ``benchmarks/bench_serving.py`` is the entry point."""

@@ -1,0 +1,197 @@
+"""What is served and its rollout: apply, and rollout status, set-weight, run, promote, rollback, pause, resume."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from contracts.settings import rollout_state_path
+from contracts.vocabulary import Alias, RolloutOutcome
+from lockgate.cli.common import (
+    BACKEND_CAUSES,
+    PIPELINE_FILE,
+    SERVING_FILE,
+    CommandError,
+    ConfigFile,
+    ServingFileOption,
+    StateDir,
+    exits_on_error,
+)
+from lockgate.localenv import LocalEnvironment
+from lockgate.runtime import connect_ray, connected, local_environment, rollout_context
+from serving.desired import (
+    RolloutState,
+    apply_desired,
+    describe,
+    load_serving_file,
+    read_rollout_state,
+    registry_aliases,
+    write_rollout_state,
+)
+
+if TYPE_CHECKING:
+    from pipeline.config import PipelineConfig
+
+Emit = Callable[[str, str, dict[str, Any]], None]
+
+commands = typer.Typer()
+rollout_app = typer.Typer(no_args_is_help=True, help="Inspect and steer the candidate's traffic share.")
+
+ENDED_WELL = frozenset({RolloutOutcome.promoted, RolloutOutcome.pinned})
+NOT_PROMOTED = 3
+"""``rollout run``'s exit code when the candidate was rolled back or stalled (a pipeline run's "blocked")."""
+
+
+def _apply(env: LocalEnvironment, serving_file: Path) -> str:
+    """Deploy the desired serving state in place; returns what is now served."""
+    file = load_serving_file(serving_file)
+    with connected(env):
+        router = apply_desired(
+            env.dashboard_url, env.ray_auth_header(), file, rollout_state_path(env.state_dir, file.model_name)
+        )
+    return describe(file, router)
+
+
+def _update_rollout_state(env: LocalEnvironment, model_name: str, **changes: Any) -> None:
+    """Change some fields of a model's rollout state, keeping the others."""
+    path = rollout_state_path(env.state_dir, model_name)
+    write_rollout_state(path, read_rollout_state(path).model_copy(update=changes))
+
+
+@commands.command()
+@exits_on_error()
+def apply(serving_file: ServingFileOption = SERVING_FILE, state_dir: StateDir = None) -> None:
+    """Render the desired serving state (file + rollout state + registry aliases) and deploy it in place."""
+    typer.echo(_apply(local_environment(state_dir), serving_file))
+
+
+@rollout_app.command("status")
+@exits_on_error()
+def rollout_status(serving_file: ServingFileOption = SERVING_FILE, state_dir: StateDir = None) -> None:
+    """Show the rollout state and whether the serving file pins the weight."""
+    file = load_serving_file(serving_file)
+    env = local_environment(state_dir)
+    state = read_rollout_state(rollout_state_path(env.state_dir, file.model_name))
+    pinned = file.traffic.candidate_weight
+    typer.echo(
+        f"model {file.model_name}: rollout weight {state.candidate_weight:g}%"
+        f"{' (paused)' if state.paused else ''}; "
+        + (f"pinned to {pinned:g}% by {serving_file}" if pinned is not None else "not pinned")
+    )
+
+
+@rollout_app.command("set-weight")
+@exits_on_error()
+def rollout_set_weight(
+    weight: Annotated[float, typer.Argument(min=0, max=100, help="candidate share in percent")],
+    serving_file: ServingFileOption = SERVING_FILE,
+    state_dir: StateDir = None,
+) -> None:
+    """Write the candidate's share to the rollout state and apply it (a pin in the serving file still wins)."""
+    env = local_environment(state_dir)
+    _update_rollout_state(env, load_serving_file(serving_file).model_name, candidate_weight=weight)
+    typer.echo(_apply(env, serving_file))
+
+
+def _event_sender(config: PipelineConfig, config_dir: Path, model_name: str, candidate: str) -> Emit:
+    """Print each rollout event and emit it to the pipeline's event sinks, as the candidate's."""
+    from pipeline.events import Event, EventType, emit
+
+    def send(kind: str, message: str, details: dict[str, Any]) -> None:
+        typer.echo(f"[{kind}] {message}")
+        event = Event(
+            type=EventType(kind),
+            pipeline=config.name,
+            model_name=model_name,
+            model_version=candidate,
+            message=message,
+            details=details,
+        )
+        emit(event, config.events, config_dir)
+
+    return send
+
+
+@rollout_app.command("run")
+@exits_on_error()
+def rollout_run(config: ConfigFile = PIPELINE_FILE, state_dir: StateDir = None) -> None:
+    """Roll the current candidate out step by step: promote at 100%, roll back on the first breach."""
+    from serving.live import rollout_controller
+
+    with rollout_context(config, state_dir) as context:
+        model_name = context.serving.model_name
+        aliases = registry_aliases(model_name)
+        if Alias.candidate not in aliases or Alias.champion not in aliases:
+            raise CommandError(
+                f"model {model_name} needs a champion and a candidate to roll out, has {aliases}"
+            )
+        champion, candidate = aliases[Alias.champion], aliases[Alias.candidate]
+        send = _event_sender(context.config, config.resolve().parent, model_name, candidate)
+        connect_ray(context.env)
+        target = context.env.serving_target()
+        versions = (champion, candidate)
+        result = rollout_controller(
+            context.config.rollout, target, context.serving_file, versions, send
+        ).run()
+    typer.echo(
+        "ROLLOUT_RESULT "
+        + json.dumps({"outcome": result.outcome, "reason": result.reason, "steps": result.steps}, default=str)
+    )
+    raise typer.Exit(0 if result.outcome in ENDED_WELL else NOT_PROMOTED)
+
+
+@rollout_app.command("promote")
+@exits_on_error(causes=BACKEND_CAUSES)
+def rollout_promote(config: ConfigFile = PIPELINE_FILE, state_dir: StateDir = None) -> None:
+    """Promote the candidate now (compare-and-set on the aliases), then serve it as champion."""
+    from serving import promotion
+
+    with rollout_context(config, state_dir) as context:
+        model_name = context.serving.model_name
+        aliases = registry_aliases(model_name)
+        if Alias.candidate not in aliases:
+            raise CommandError(f"model {model_name} has no candidate to promote")
+        connect_ray(context.env)
+        change = promotion.promote(model_name, aliases[Alias.candidate], aliases.get(Alias.champion))
+        if not change.ok:
+            raise CommandError(f"promotion refused: {change.reason}")
+        write_rollout_state(rollout_state_path(context.env.state_dir, model_name), RolloutState())
+        typer.echo(_apply(context.env, context.serving_file))
+
+
+@rollout_app.command("rollback")
+@exits_on_error(causes=BACKEND_CAUSES)
+def rollout_rollback(config: ConfigFile = PIPELINE_FILE, state_dir: StateDir = None) -> None:
+    """Restore the previous champion (compare-and-set), then serve it."""
+    from serving import promotion
+
+    with rollout_context(config, state_dir) as context:
+        connect_ray(context.env)
+        change = promotion.restore_previous(context.serving.model_name)
+        if not change.ok:
+            raise CommandError(f"rollback refused: {change.reason}")
+        typer.echo(_apply(context.env, context.serving_file))
+
+
+@rollout_app.command("pause")
+@exits_on_error()
+def rollout_pause(serving_file: ServingFileOption = SERVING_FILE, state_dir: StateDir = None) -> None:
+    """Stop automation at its next step; the current weight stays."""
+    _set_paused(serving_file, state_dir, True)
+
+
+@rollout_app.command("resume")
+@exits_on_error()
+def rollout_resume(serving_file: ServingFileOption = SERVING_FILE, state_dir: StateDir = None) -> None:
+    """Allow automation again (start it with `lockgate rollout run`)."""
+    _set_paused(serving_file, state_dir, False)
+
+
+def _set_paused(serving_file: Path, state_dir: Path | None, paused: bool) -> None:
+    file = load_serving_file(serving_file)
+    _update_rollout_state(local_environment(state_dir), file.model_name, paused=paused)
+    typer.echo(f"rollout of {file.model_name} {'paused' if paused else 'resumed'}")

@@ -1,0 +1,263 @@
+"""The run's stages as functions: plain data in, a typed result out, MLflow only through the tracker.
+
+prepare → :class:`Prepared`, train → :class:`Trained`, package → :class:`Packaged`, evaluate →
+:class:`Evaluated`, gate → :class:`GateOutcome`, register → ``Registration``, rollout → ``DeployResult``.
+The wiring (order, timing, events, the run's outcome) is in ``pipeline.run``; :class:`StageFunctions`
+is what it calls, so a test can swap any stage for a fake.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from contracts.settings import ServingTarget, Settings
+from contracts.vocabulary import Alias, Tag
+from pipeline.config import PipelineConfig
+from pipeline.deploy import DeployResult, deploy_and_roll_out
+from pipeline.drift import PROFILE_ARTIFACT, ReferenceProfile, build_profile
+from pipeline.evaluate import evaluate_predictions, flatten_metrics
+from pipeline.events import RolloutSink
+from pipeline.gates import GateDecision, evaluate_regression, evaluate_thresholds
+from pipeline.prepare import DataError, PreparedData, load_table, prepare_frame
+from pipeline.tracking import Tracker
+
+if TYPE_CHECKING:  # training and registration import torch, Ray and MLflow: loaded when their stage runs
+    from pipeline.register import Lineage, Registration
+    from pipeline.train import TrainingData, TrainingResult
+
+DATA_VALIDATION_ARTIFACT = "data_validation.json"
+EVALUATION_ARTIFACT = "evaluation.json"
+GATES_ARTIFACT = "gates.json"
+ROLLOUT_ARTIFACT = "rollout.json"
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The prepare stage's result: the table as read, where it came from, and its validated split."""
+
+    frame: pd.DataFrame
+    location: str
+    data: PreparedData
+
+
+@dataclass(frozen=True)
+class Trained:
+    """The train stage's result: the encoded training data (with its encoder) and the trained weights."""
+
+    data: TrainingData
+    result: TrainingResult
+
+
+@dataclass(frozen=True)
+class Packaged:
+    """The package stage's result: the logged model."""
+
+    model_uri: str
+
+
+@dataclass(frozen=True)
+class Evaluated:
+    """The evaluate stage's result: metrics (overall and per slice), held-out predictions, drift reference."""
+
+    evaluation: dict[str, dict[str, float]]
+    probability: np.ndarray
+    profile: ReferenceProfile
+
+
+@dataclass(frozen=True)
+class GateOutcome:
+    """The gate stage's result: every gate's decision and the tags that record them."""
+
+    decisions: tuple[GateDecision, ...]
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def blocking(self) -> list[GateDecision]:
+        """The decisions that stop the candidate."""
+        return [decision for decision in self.decisions if decision.blocks]
+
+    @property
+    def reason(self) -> str:
+        """Why the candidate was blocked ('' when it was not)."""
+        return "; ".join(f"{d.gate}: {d.reason}" for d in self.blocking)
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        """Every decision as plain data, for artefacts, events and the run's result."""
+        return [decision.to_dict() for decision in self.decisions]
+
+
+def score(model: Any, frame: pd.DataFrame) -> np.ndarray:
+    """Positive-class probabilities from a pyfunc model, fed exactly the columns its signature declares."""
+    columns = model.metadata.get_input_schema().input_names()
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ValueError(f"model {model.metadata.model_uuid} needs columns {missing} that the data lacks")
+    return np.asarray(model.predict(frame[columns])["probability"].to_numpy())
+
+
+def prepare(config: PipelineConfig, base_dir: Path, tracker: Tracker) -> Prepared:
+    """Read, validate and split the data; log the validation report, the data set and its size."""
+    frame, location = load_table(config.data, base_dir)
+    try:
+        data = prepare_frame(frame, config.data_schema, config.split)
+    except DataError as error:
+        if error.report is not None:
+            tracker.log_dict(error.report.to_dict(), DATA_VALIDATION_ARTIFACT)
+        raise
+    tracker.log_dict(data.report.to_dict(), DATA_VALIDATION_ARTIFACT)
+    tracker.log_dataset(
+        frame,
+        source=location,
+        name=config.data.name,
+        target=config.data_schema.label,
+        digest=data.fingerprint,
+    )
+    tracker.set_tags({Tag.data_fingerprint: data.fingerprint})
+    tracker.log_params(
+        {
+            "data.rows": len(frame),
+            "data.train_rows": len(data.train),
+            "data.test_rows": len(data.test),
+            "data.uri": location,
+        }
+    )
+    return Prepared(frame, location, data)
+
+
+def train(
+    config: PipelineConfig, prepared: Prepared, tracker: Tracker, run_id: str, settings: Settings
+) -> Trained:
+    """Fit the model with Ray Train on the cluster this job runs in; log its parameters and checkpoint."""
+    import ray
+
+    from pipeline.train import encode_training_data, run_training
+
+    data = encode_training_data(prepared.data.train, config)
+    if not ray.is_initialized():
+        ray.init(address=settings.ray_address or "auto", log_to_driver=True)
+    tracker.log_params(
+        {
+            "train.epochs": config.training.epochs,
+            "train.batch_size": config.training.batch_size,
+            "train.learning_rate": config.training.learning_rate,
+            "train.num_workers": config.training.scaling.num_workers,
+            "model.hidden_units": list(config.model.hidden_units),
+        }
+    )
+    result = run_training(
+        data,
+        config,
+        run_name=f"{config.name}-{run_id}",
+        mlflow_run_id=run_id,
+        storage=settings.train_storage,
+    )
+    tracker.log_metric("train.resumed_from_epoch_final", result.resumed_from_epoch)
+    tracker.set_tags({Tag.train_checkpoint: result.checkpoint_path})
+    return Trained(data, result)
+
+
+def package(config: PipelineConfig, prepared: Prepared, trained: Trained, tracker: Tracker) -> Packaged:
+    """Log the servable model (encoder + weights), with a few held-out rows as its input example."""
+    example = prepared.data.test[list(config.features)].head(5)
+    return Packaged(tracker.log_model(trained.data.encoder, trained.result.state_dict, example))
+
+
+def evaluate(config: PipelineConfig, prepared: Prepared, packaged: Packaged, tracker: Tracker) -> Evaluated:
+    """Score the held-out rows with the packaged model; log metrics, the evaluation and the drift reference."""
+    test = prepared.data.test
+    probability = score(tracker.load_model(packaged.model_uri), test)
+    evaluation = evaluate_predictions(test, config.data_schema.label, probability, config.slices)
+    tracker.log_metrics(flatten_metrics(evaluation))
+    tracker.log_dict(evaluation, EVALUATION_ARTIFACT)
+    # The training reference the serving model's traffic is judged against for drift (lockgate watch):
+    # the training rows' features and this model's predictions on held-out rows.
+    profile = build_profile(prepared.data.train, config.data_schema, list(config.features), probability)
+    tracker.log_text(profile.to_json(), PROFILE_ARTIFACT)
+    return Evaluated(evaluation, probability, profile)
+
+
+def gate(config: PipelineConfig, prepared: Prepared, evaluated: Evaluated, tracker: Tracker) -> GateOutcome:
+    """Judge the candidate: absolute thresholds, and no regression against the current champion."""
+    from pipeline.register import gate_tags
+
+    name = config.registry.model_name
+    test = prepared.data.test
+    champion_version = tracker.alias_version(name, Alias.champion.value)
+    champion_probability = None
+    if champion_version is not None and config.gates.regression.mode != "disabled":
+        champion_probability = score(tracker.load_model(f"models:/{name}/{champion_version}"), test)
+    y_test = test[config.data_schema.label].to_numpy(dtype="float64")
+    decisions = (
+        evaluate_thresholds(evaluated.evaluation, config.gates.thresholds),
+        evaluate_regression(
+            y_test, evaluated.probability, champion_probability, champion_version, config.gates.regression
+        ),
+    )
+    outcome = GateOutcome(decisions, gate_tags(list(decisions)))
+    tracker.log_dict({"gates": outcome.records}, GATES_ARTIFACT)
+    tracker.set_tags(outcome.tags)
+    for decision in decisions:
+        if "delta" in decision.details:
+            tracker.log_metrics(
+                {
+                    f"gate.{decision.gate}.delta": decision.details["delta"],
+                    f"gate.{decision.gate}.ci_low": decision.details["ci_low"],
+                    f"gate.{decision.gate}.ci_high": decision.details["ci_high"],
+                }
+            )
+    return outcome
+
+
+def register(
+    config: PipelineConfig, packaged: Packaged, lineage: Lineage, gated: GateOutcome, tracker: Tracker
+) -> Registration:
+    """Register the packaged model with its lineage and gate tags; record the version on the run."""
+    registration = tracker.register(
+        config.registry.model_name,
+        packaged.model_uri,
+        {**lineage.tags(), **gated.tags},
+        config.registry.first_model_alias,
+    )
+    tracker.set_tags(
+        {
+            Tag.registered_version: registration.version,
+            Tag.registered_aliases: ",".join(registration.aliases),
+        }
+    )
+    return registration
+
+
+def rollout(
+    config: PipelineConfig,
+    base_dir: Path,
+    target: ServingTarget | None,
+    registration: Registration,
+    emit: RolloutSink,
+    tracker: Tracker,
+) -> DeployResult:
+    """Hand the registered version to serving (see ``pipeline.deploy``); log how that ended."""
+    result = deploy_and_roll_out(config, base_dir, target, registration.aliases, registration.version, emit)
+    tracker.log_dict(result.to_dict(), ROLLOUT_ARTIFACT)
+    return result
+
+
+@dataclass(frozen=True)
+class StageFunctions:
+    """The stages a run calls, in order; each may be replaced (tests pass fakes)."""
+
+    prepare: Callable[[PipelineConfig, Path, Tracker], Prepared] = prepare
+    train: Callable[[PipelineConfig, Prepared, Tracker, str, Settings], Trained] = train
+    package: Callable[[PipelineConfig, Prepared, Trained, Tracker], Packaged] = package
+    evaluate: Callable[[PipelineConfig, Prepared, Packaged, Tracker], Evaluated] = evaluate
+    gate: Callable[[PipelineConfig, Prepared, Evaluated, Tracker], GateOutcome] = gate
+    register: Callable[[PipelineConfig, Packaged, Lineage, GateOutcome, Tracker], Registration] = register
+    rollout: Callable[
+        [PipelineConfig, Path, ServingTarget | None, Registration, RolloutSink, Tracker], DeployResult
+    ] = rollout
