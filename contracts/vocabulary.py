@@ -113,8 +113,24 @@ class ColumnType(StrEnum):
     boolean = "boolean"
 
 
-MetricName = Literal["auc", "accuracy", "f1", "log_loss", "brier"]
-LOWER_IS_BETTER: frozenset[str] = frozenset({"log_loss", "brier"})
+class Task(StrEnum):
+    """What a model predicts, declared as ``task:`` in the pipeline file; it decides metrics and answers."""
+
+    binary = "binary"  # P(positive class); labels 0/1 or booleans
+    multiclass = "multiclass"  # class probabilities (or hard labels); labels integers or strings
+    regression = "regression"  # a number; labels finite numbers
+
+
+MetricName = Literal["auc", "accuracy", "f1", "log_loss", "brier", "macro_f1", "rmse", "mae", "r2"]
+TASK_METRICS: dict[Task, tuple[str, ...]] = {
+    Task.binary: ("auc", "accuracy", "f1", "log_loss", "brier"),
+    Task.multiclass: ("accuracy", "macro_f1", "log_loss"),
+    Task.regression: ("rmse", "mae", "r2"),
+}
+"""The metrics each task is evaluated, gated and monitored on (pipeline/tasks.py computes them)."""
+DEFAULT_METRIC: dict[Task, str] = {Task.binary: "auc", Task.multiclass: "macro_f1", Task.regression: "rmse"}
+"""The no-regression gate's metric when the pipeline file names none."""
+LOWER_IS_BETTER: frozenset[str] = frozenset({"log_loss", "brier", "rmse", "mae"})
 
 
 class ServingMetric(StrEnum):

@@ -10,14 +10,17 @@ interval sits below the tolerance is blocked.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
-from contracts.vocabulary import LOWER_IS_BETTER
+from contracts.vocabulary import DEFAULT_METRIC, Task
+from pipeline import tasks
 from pipeline.config import GateMode, RegressionGateConfig, ThresholdGateConfig
-from pipeline.evaluate import METRICS, OVERALL
+from pipeline.evaluate import OVERALL, as_predictions
+from pipeline.tasks import Predictions
 
 
 @dataclass(frozen=True)
@@ -83,7 +86,7 @@ def evaluate_thresholds(evaluation: dict[str, dict[str, float]], config: Thresho
             ]
         )
         for scope in scopes:
-            value = evaluation[scope][rule.metric]
+            value = evaluation[scope].get(rule.metric, math.nan)  # absent: the model cannot give it
             ok = not math.isnan(value)
             bounds = []
             if rule.min is not None:
@@ -103,43 +106,42 @@ def evaluate_thresholds(evaluation: dict[str, dict[str, float]], config: Thresho
 
 
 def paired_bootstrap(
-    y: np.ndarray,
-    candidate: np.ndarray,
-    champion: np.ndarray,
+    y: Any,
+    candidate: Predictions | np.ndarray,
+    champion: Predictions | np.ndarray,
     metric: str,
     samples: int,
     confidence: float,
     seed: int,
+    task: Task = Task.binary,
 ) -> dict[str, float]:
     """Point difference and percentile interval of (candidate - champion), oriented so higher is better."""
-    fn = METRICS[metric]
-    sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
-    rng = np.random.default_rng(seed)
-    n = len(y)
-    deltas = np.empty(samples)
-    for i in range(samples):
-        index = rng.integers(0, n, n)
-        deltas[i] = sign * (fn(y[index], candidate[index]) - fn(y[index], champion[index]))
-    deltas = deltas[~np.isnan(deltas)]
-    alpha = (1 - confidence) / 2
-    return {
-        "candidate": fn(y, candidate),
-        "champion": fn(y, champion),
-        "delta": sign * (fn(y, candidate) - fn(y, champion)),
-        "ci_low": float(np.quantile(deltas, alpha)),
-        "ci_high": float(np.quantile(deltas, 1 - alpha)),
-        "resamples": float(len(deltas)),
-    }
+    return tasks.paired_bootstrap(
+        task,
+        metric,
+        np.asarray(y),
+        as_predictions(task, candidate),
+        as_predictions(task, champion),
+        samples,
+        confidence,
+        seed,
+    ).to_dict()
 
 
 def evaluate_regression(
-    y: np.ndarray,
-    candidate: np.ndarray,
-    champion: np.ndarray | None,
+    y: Any,
+    candidate: Predictions | np.ndarray,
+    champion: Predictions | np.ndarray | None,
     champion_version: str | None,
     config: RegressionGateConfig,
+    task: Task = Task.binary,
+    slice_masks: Mapping[str, np.ndarray] | None = None,
 ) -> GateDecision:
-    """Non-inferiority of the candidate against the champion on the same rows."""
+    """Non-inferiority of the candidate against the champion on the same rows, overall and per slice.
+
+    ``slice_masks`` (``column=value`` → row mask) holds the declared slices; those of ``config.slices`` with
+    at least ``config.min_slice_rows`` rows are each judged with their own interval, and every one must pass.
+    """
     if config.mode == GateMode.disabled:
         return GateDecision("regression", config.mode, True, "gate disabled")
     if champion is None:
@@ -150,21 +152,59 @@ def evaluate_regression(
             "no champion yet: nothing to regress against",
             details={"skipped": True},
         )
-    stats = paired_bootstrap(
-        y, candidate, champion, config.metric, config.bootstrap_samples, config.confidence, config.seed
+    metric = config.metric or DEFAULT_METRIC[task]
+    y = np.asarray(y)
+    ours, theirs = as_predictions(task, candidate), as_predictions(task, champion)
+    scopes: dict[str, np.ndarray | None] = {OVERALL: None}
+    scopes.update(
+        (scope, mask)
+        for scope, mask in (slice_masks or {}).items()
+        if scope.split("=", 1)[0] in config.slices and int(mask.sum()) >= config.min_slice_rows
     )
-    passed = stats["ci_low"] >= -config.tolerance
+    results = {}
+    for scope, mask in scopes.items():
+        if mask is None:
+            results[scope] = paired_bootstrap(
+                y, ours, theirs, metric, config.bootstrap_samples, config.confidence, config.seed, task
+            )
+        else:
+            results[scope] = paired_bootstrap(
+                y[mask],
+                ours.subset(mask),
+                theirs.subset(mask),
+                metric,
+                config.bootstrap_samples,
+                config.confidence,
+                config.seed,
+                task,
+            )
+    bound = f"CI low >= {-config.tolerance:g}"
+    checks = tuple(
+        Check(scope, metric, stats["delta"], bound, stats["ci_low"] >= -config.tolerance)
+        for scope, stats in results.items()
+    )
+    passed = all(check.passed for check in checks)
+    stats = results[OVERALL]
     level = f"{config.confidence:.0%}"
     reason = (
-        f"{config.metric}: candidate {stats['candidate']:.4f} vs champion v{champion_version} "
+        f"{metric}: candidate {stats['candidate']:.4f} vs champion v{champion_version} "
         f"{stats['champion']:.4f}, improvement {stats['delta']:+.4f} ({level} CI [{stats['ci_low']:+.4f}, "
-        f"{stats['ci_high']:+.4f}]) {'within' if passed else 'exceeds'} tolerance {config.tolerance:g}"
+        f"{stats['ci_high']:+.4f}]) {'within' if checks[0].passed else 'exceeds'} tolerance {config.tolerance:g}"
     )
-    check = Check(OVERALL, config.metric, stats["delta"], f"CI low >= {-config.tolerance:g}", passed)
-    details = {
+    failed_slices = [check for check in checks[1:] if not check.passed]
+    if failed_slices:
+        reason += "; " + "; ".join(
+            f"{check.scope}: improvement {results[check.scope]['delta']:+.4f} "
+            f"(CI low {results[check.scope]['ci_low']:+.4f}) exceeds tolerance {config.tolerance:g}"
+            for check in failed_slices
+        )
+    details: dict[str, Any] = {
         **stats,
+        "metric": metric,
         "champion_version": champion_version,
         "tolerance": config.tolerance,
         "confidence": config.confidence,
     }
-    return GateDecision("regression", config.mode, passed, reason, (check,), details)
+    if len(results) > 1:
+        details["slices"] = {scope: value for scope, value in results.items() if scope != OVERALL}
+    return GateDecision("regression", config.mode, passed, reason, checks, details)

@@ -10,7 +10,9 @@ from urllib.parse import urlparse
 import numpy as np
 import pandas as pd
 
+from contracts.vocabulary import Task
 from pipeline.config import ColumnType, DataSchema, DataSource, SplitConfig
+from pipeline.tasks import check_labels
 
 
 class DataError(Exception):
@@ -84,7 +86,7 @@ def _examples(values: pd.Series, limit: int = 3) -> tuple[str, ...]:
     return tuple(repr(v) for v in pd.unique(values)[:limit])
 
 
-def validate_frame(frame: pd.DataFrame, schema: DataSchema) -> ValidationReport:
+def validate_frame(frame: pd.DataFrame, schema: DataSchema, task: Task = Task.binary) -> ValidationReport:
     """Check columns, types, nulls, ranges and categories; report every violation with its row count."""
     problems: list[ColumnProblem] = []
     declared = list(schema.columns)
@@ -157,12 +159,11 @@ def validate_frame(frame: pd.DataFrame, schema: DataSchema) -> ValidationReport:
                 problems.append(
                     ColumnProblem(name, "not a boolean", int(not_bool.sum()), _examples(present[not_bool]))
                 )
-    if schema.label in frame.columns and not frame[schema.label].isna().any():
-        label_values = set(pd.unique(frame[schema.label]).tolist())
-        if not label_values <= {0, 1}:
-            problems.append(ColumnProblem(schema.label, "label is not binary 0/1", len(frame)))
-        elif len(label_values) < 2:
-            problems.append(ColumnProblem(schema.label, "label has a single class", len(frame)))
+    if schema.label in frame.columns and not frame[schema.label].isna().any() and not frame.empty:
+        problems.extend(
+            ColumnProblem(schema.label, message, len(frame))
+            for message in check_labels(task, frame[schema.label].to_numpy(), schema.label)
+        )
     if frame.empty:
         problems.append(ColumnProblem("<table>", "no rows", 0))
     return ValidationReport(rows=len(frame), columns=tuple(map(str, frame.columns)), problems=tuple(problems))
@@ -192,13 +193,15 @@ def fingerprint_frame(frame: pd.DataFrame) -> str:
     return digest.hexdigest()[:16]
 
 
-def split_frame(frame: pd.DataFrame, label: str, config: SplitConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Deterministic split: a seeded permutation, stratified on the label when asked."""
+def split_frame(
+    frame: pd.DataFrame, label: str, config: SplitConfig, task: Task = Task.binary
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Deterministic split: a seeded permutation, stratified on the label when asked (classification only)."""
     rng = np.random.default_rng(config.seed)
     test_index: list[np.ndarray] = []
     groups = (
         [frame.index.to_numpy()]
-        if not config.stratify
+        if not config.stratify or task == Task.regression
         else [frame.index[frame[label] == value].to_numpy() for value in sorted(pd.unique(frame[label]))]
     )
     for group in groups:
@@ -241,11 +244,13 @@ def load_table(source: DataSource, base_dir: Path) -> tuple[pd.DataFrame, str]:
     return frame, location
 
 
-def prepare_frame(frame: pd.DataFrame, schema: DataSchema, split: SplitConfig) -> PreparedData:
+def prepare_frame(
+    frame: pd.DataFrame, schema: DataSchema, split: SplitConfig, task: Task = Task.binary
+) -> PreparedData:
     """The pure core of the stage: validate, coerce, fingerprint and split, or raise with the report."""
-    report = validate_frame(frame, schema)
+    report = validate_frame(frame, schema, task)
     if not report.ok:
         raise DataError("data violates the declared schema:\n" + report.describe(), report)
     typed = coerce_types(frame, schema)
-    train, test = split_frame(typed, schema.label, split)
+    train, test = split_frame(typed, schema.label, split, task)
     return PreparedData(train=train, test=test, fingerprint=fingerprint_frame(typed), report=report)

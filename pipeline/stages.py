@@ -21,7 +21,7 @@ from contracts.vocabulary import Alias, Tag
 from pipeline.config import PipelineConfig
 from pipeline.deploy import DeployResult, deploy_and_roll_out
 from pipeline.drift import PROFILE_ARTIFACT, ReferenceProfile, build_profile
-from pipeline.evaluate import evaluate_predictions, flatten_metrics
+from pipeline.evaluate import evaluate_predictions, flatten_metrics, label_values, slice_masks
 from pipeline.events import RolloutSink
 from pipeline.gates import GateDecision, evaluate_regression, evaluate_thresholds
 from pipeline.prepare import DataError, PreparedData, load_table, prepare_frame
@@ -106,7 +106,7 @@ def prepare(config: PipelineConfig, base_dir: Path, tracker: Tracker) -> Prepare
     """Read, validate and split the data; log the validation report, the data set and its size."""
     frame, location = load_table(config.data, base_dir)
     try:
-        data = prepare_frame(frame, config.data_schema, config.split)
+        data = prepare_frame(frame, config.data_schema, config.split, config.task)
     except DataError as error:
         if error.report is not None:
             tracker.log_dict(error.report.to_dict(), DATA_VALIDATION_ARTIFACT)
@@ -173,7 +173,7 @@ def evaluate(config: PipelineConfig, prepared: Prepared, packaged: Packaged, tra
     """Score the held-out rows with the packaged model; log metrics, the evaluation and the drift reference."""
     test = prepared.data.test
     probability = score(tracker.load_model(packaged.model_uri), test)
-    evaluation = evaluate_predictions(test, config.data_schema.label, probability, config.slices)
+    evaluation = evaluate_predictions(test, config.data_schema.label, probability, config.slices, config.task)
     tracker.log_metrics(flatten_metrics(evaluation))
     tracker.log_dict(evaluation, EVALUATION_ARTIFACT)
     # The training reference the serving model's traffic is judged against for drift (lockgate watch):
@@ -193,11 +193,16 @@ def gate(config: PipelineConfig, prepared: Prepared, evaluated: Evaluated, track
     champion_probability = None
     if champion_version is not None and config.gates.regression.mode != "disabled":
         champion_probability = score(tracker.load_model(f"models:/{name}/{champion_version}"), test)
-    y_test = test[config.data_schema.label].to_numpy(dtype="float64")
     decisions = (
         evaluate_thresholds(evaluated.evaluation, config.gates.thresholds),
         evaluate_regression(
-            y_test, evaluated.probability, champion_probability, champion_version, config.gates.regression
+            label_values(test, config.data_schema.label, config.task),
+            evaluated.probability,
+            champion_probability,
+            champion_version,
+            config.gates.regression,
+            config.task,
+            slice_masks(test, config.slices),
         ),
     )
     outcome = GateOutcome(decisions, gate_tags(list(decisions)))

@@ -22,11 +22,12 @@ import math
 import numbers
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
 import numpy as np
 from scipy.stats import rankdata
+
+from contracts.vocabulary import Task
 
 _EPS = 1e-7  # probability clipping for log loss, as pipeline.evaluate
 _ROW_SUM_TOLERANCE = 1e-4  # float32 softmax outputs over many classes sum to 1 only to about 1e-6
@@ -34,14 +35,6 @@ _CHUNK_CELLS = 1 << 20  # cells of a resample matrix per chunk: memory stays at 
 _SHOWN = 5  # offending values quoted in a message
 
 Resampled = Callable[[np.ndarray], np.ndarray]
-
-
-class Task(StrEnum):
-    """What a model predicts, declared as ``task:`` in the pipeline file."""
-
-    binary = "binary"  # P(positive class); labels 0/1 or booleans
-    multiclass = "multiclass"  # class probabilities (or hard labels); labels integers or strings
-    regression = "regression"  # a number; labels finite numbers
 
 
 def parse_task(value: str | Task) -> Task:

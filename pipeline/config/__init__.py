@@ -16,10 +16,19 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from contracts.strict import StrictModel, format_problems
-from contracts.vocabulary import Alias, ColumnType, MetricName
+from contracts.strict import Problems, StrictModel, format_problems
+from contracts.vocabulary import DEFAULT_METRIC, TASK_METRICS, Alias, ColumnType, MetricName, Task
 from pipeline.config.triggers import TriggersConfig
 from serving.spec import RolloutPolicy
+
+LABEL_TYPES: dict[Task, tuple[ColumnType, ...]] = {
+    Task.binary: (ColumnType.integer, ColumnType.boolean),
+    Task.multiclass: (ColumnType.integer, ColumnType.category),
+    Task.regression: (ColumnType.float, ColumnType.integer),
+}
+"""The label column types each task accepts (the values themselves are checked when the data is read)."""
+BUILTIN_MODEL_TASKS: frozenset[Task] = frozenset({Task.binary})
+"""The tasks the built-in model (``model:``) trains."""
 
 
 class ColumnSpec(StrictModel):
@@ -56,9 +65,6 @@ class DataSchema(StrictModel):
     def _label_is_declared(self) -> DataSchema:
         if self.label not in self.columns:
             raise ValueError(f"label column '{self.label}' is not among the declared columns")
-        label_spec = self.columns[self.label]
-        if label_spec.type not in (ColumnType.integer, ColumnType.boolean):
-            raise ValueError(f"label column '{self.label}' must be integer (0/1) or boolean for a classifier")
         return self
 
     @property
@@ -153,10 +159,17 @@ class ThresholdGateConfig(StrictModel):
 
 
 class RegressionGateConfig(StrictModel):
-    """No regression against the champion, decided on a paired bootstrap confidence interval."""
+    """No regression against the champion, decided on a paired bootstrap confidence interval.
+
+    ``metric``: any metric of the pipeline's task (default: the task's, e.g. AUC for binary). ``slices``:
+    columns whose every value with at least ``min_slice_rows`` held-out rows must also pass, each with its
+    own interval, so a model that is better overall but worse for one group is caught.
+    """
 
     mode: GateMode = GateMode.enforced
-    metric: MetricName = "auc"
+    metric: MetricName | None = None
+    slices: tuple[str, ...] = ()
+    min_slice_rows: int = Field(default=200, ge=2)
     tolerance: float = Field(default=0.01, ge=0.0)
     confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
     bootstrap_samples: int = Field(default=1000, ge=100, le=100_000)
@@ -211,6 +224,7 @@ class PipelineConfig(StrictModel):
     """The whole pipeline definition."""
 
     name: str = Field(min_length=1, pattern=r"^[a-z0-9][a-z0-9\-]*$")
+    task: Task = Task.binary
     data: DataSource
     data_schema: DataSchema = Field(alias="schema")
     split: SplitConfig = SplitConfig()
@@ -236,7 +250,7 @@ class PipelineConfig(StrictModel):
     @model_validator(mode="after")
     def _cross_references(self) -> PipelineConfig:
         columns = self.data_schema.columns
-        problems = []
+        problems = self._task_problems()
         for column in self.slices:
             if column not in columns:
                 problems.append(f"slices: '{column}' is not a declared column")
@@ -251,9 +265,50 @@ class PipelineConfig(StrictModel):
                     problems.append(
                         f"gates.thresholds.rules.{index}.slices: '{column}' is not in the declared slices"
                     )
+        for column in self.gates.regression.slices:
+            if column not in self.slices:
+                problems.append(f"gates.regression.slices: '{column}' is not in the declared slices")
         if problems:
-            raise ValueError("; ".join(problems))
+            raise Problems(problems)
         return self
+
+    def _task_problems(self) -> list[str]:
+        """What contradicts the declared task: the label column's type, metrics the task has not, the trainer."""
+        task, label = self.task, self.data_schema.label
+        problems = []
+        label_types = LABEL_TYPES[task]
+        if label in self.data_schema.columns and self.data_schema.columns[label].type not in label_types:
+            allowed = " or ".join(t.value for t in label_types)
+            problems.append(
+                f"schema.columns.{label}.type: the label of a {task.value} task must be {allowed}, "
+                f"not {self.data_schema.columns[label].type.value}"
+            )
+        metrics = TASK_METRICS[task]
+        named = [
+            *(
+                (f"gates.thresholds.rules.{index}.metric", rule.metric)
+                for index, rule in enumerate(self.gates.thresholds.rules)
+            ),
+            ("gates.regression.metric", self.gates.regression.metric),
+        ]
+        if self.triggers.degradation.enabled:
+            named.append(("triggers.degradation.metric", self.triggers.degradation.metric))
+        problems.extend(
+            f"{where}: task '{task.value}' has no metric '{metric}'; its metrics are: {', '.join(metrics)}"
+            for where, metric in named
+            if metric is not None and metric not in metrics
+        )
+        if task not in BUILTIN_MODEL_TASKS:
+            problems.append(
+                f"task: the built-in model (model:, an MLP classifier) trains '{Task.binary.value}' tasks only, "
+                f"not '{task.value}'"
+            )
+        return problems
+
+    @property
+    def regression_metric(self) -> str:
+        """The metric the no-regression gate compares: the file's, or the task's default."""
+        return self.gates.regression.metric or DEFAULT_METRIC[self.task]
 
     @property
     def features(self) -> tuple[str, ...]:

@@ -88,3 +88,68 @@ def test_json_schema_describes_the_file() -> None:
     assert schema["additionalProperties"] is False, "unknown top-level keys must be refused"
     json.dumps(schema)
     assert PipelineConfig.model_config["frozen"] is True
+
+
+def problems_of(override: dict) -> list[str]:
+    """The problems a pipeline file with ``override`` merged into the shipped one has (asserts it is refused)."""
+    with pytest.raises(ConfigError) as caught:
+        parse_config(deep_merge(shipped_config(), override), "team.yaml")
+    assert str(caught.value).startswith("team.yaml:"), "the error names the file"
+    return caught.value.problems
+
+
+def test_the_task_defaults_to_binary_and_decides_the_regression_gates_metric() -> None:
+    config = parse_config(shipped_config())
+    assert config.task == "binary", "a file without task: keeps today's meaning"
+    assert config.regression_metric == "auc", "binary's default no-regression metric"
+
+
+def test_a_gate_on_a_metric_the_task_does_not_have_is_refused_before_any_training() -> None:
+    problems = problems_of(
+        {
+            "gates": {
+                "thresholds": {"rules": [{"metric": "rmse", "max": 1.0}]},
+                "regression": {"metric": "r2"},
+            }
+        }
+    )
+    assert any(
+        p.startswith(
+            "gates.thresholds.rules.0.metric: task 'binary' has no metric 'rmse'; its metrics are: auc"
+        )
+        for p in problems
+    ), problems
+    assert any(p.startswith("gates.regression.metric: task 'binary' has no metric 'r2'") for p in problems), (
+        problems
+    )
+
+
+def test_a_label_column_that_contradicts_the_task_is_refused() -> None:
+    raw = shipped_config()
+    raw["schema"]["columns"][raw["schema"]["label"]] = {"type": "float"}
+    with pytest.raises(ConfigError) as caught:
+        parse_config(raw, "team.yaml")
+    label = raw["schema"]["label"]
+    expected = (
+        f"schema.columns.{label}.type: the label of a binary task must be integer or boolean, not float"
+    )
+    assert any(p.startswith(expected) for p in caught.value.problems), caught.value.problems
+
+
+def test_the_built_in_model_refuses_tasks_it_cannot_train() -> None:
+    problems = problems_of({"task": "regression"})
+    assert any(p.startswith("task: the built-in model") and "'regression'" in p for p in problems), problems
+
+
+def test_regression_gate_slices_must_be_declared() -> None:
+    problems = problems_of({"gates": {"regression": {"slices": ["nowhere"]}}})
+    assert any(
+        p.startswith("gates.regression.slices: 'nowhere' is not in the declared slices") for p in problems
+    )
+
+
+def test_an_unknown_task_names_the_field() -> None:
+    problems = problems_of({"task": "clustering"})
+    assert any(
+        p.startswith("task: Input should be 'binary', 'multiclass' or 'regression'") for p in problems
+    ), problems

@@ -86,3 +86,28 @@ def test_loading_csv_parquet_and_errors(tmp_path) -> None:
         load_table(DataSource(uri="junk.parquet"), tmp_path)
     with pytest.raises(DataError, match="cannot tell the format"):
         load_table(DataSource(uri="data.bin"), tmp_path)
+
+
+def test_labels_that_contradict_the_task_are_reported_before_training() -> None:
+    # Given a batch whose label holds a value that is not 0/1, and one with a single class,
+    two_valued = make_loans(300, seed=3)
+    two_valued.loc[:4, "default"] = 2
+    one_class = make_loans(300, seed=3).assign(default=0)
+    # when each is validated for the binary task,
+    problems = [p.problem for p in validate_frame(two_valued, SCHEMA).problems if p.column == "default"]
+    single = [p.problem for p in validate_frame(one_class, SCHEMA).problems if p.column == "default"]
+    # then each problem names the task and the label column.
+    assert any("task 'binary', label column 'default'" in p and "2" in p for p in problems), problems
+    assert any("task 'binary', label column 'default'" in p for p in single), single
+    with pytest.raises(DataError):
+        prepare_frame(two_valued, SCHEMA, SplitConfig())
+
+
+def test_a_regression_split_is_not_stratified_on_the_target() -> None:
+    from contracts.vocabulary import Task
+
+    frame = make_loans(1_000, seed=5).assign(default=np.random.default_rng(0).normal(size=1_000))
+    train, test = split_frame(frame, "default", SplitConfig(test_fraction=0.2), Task.regression)
+    assert len(test) == 200 and len(train) == 800, (
+        f"an unstratified 80/20 split, got {len(train)}/{len(test)}"
+    )

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from sklearn import metrics as sk
 
-from pipeline import evaluate, gates
 from pipeline.tasks import (
     Predictions,
     Task,
@@ -73,17 +72,25 @@ CASE_IDS = [f"{task}-{name}{'' if probabilities else '-labels'}" for task, name,
 # -- metrics --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_binary_metrics_are_identical_to_the_evaluate_stage(seed: int) -> None:
-    # Given binary labels and probabilities, some of them tied,
-    y = make_labels(Task.binary, 1_500, seed)
-    p = make_predictions(Task.binary, y, 0.8, seed + 10).values.copy()
-    p[:300] = np.round(p[:300], 1)
-    # when both modules compute the metrics,
+def test_binary_metrics_equal_the_numbers_the_evaluate_stage_gave_before_tasks() -> None:
+    # Given the seeded case whose metrics the binary-only evaluate stage (ae70981) computed,
+    rng = np.random.default_rng(7)
+    y = (rng.random(1000) < 0.3).astype(float)
+    p = np.clip(0.3 + 0.4 * (y - 0.3) + rng.normal(0, 0.2, 1000), 0, 1)
+    p[:200] = np.round(p[:200], 1)
+    # when the task core computes them,
     ours = compute_metrics(Task.binary, y, Predictions(Task.binary, p))
-    theirs = evaluate.compute_metrics(y, p)
-    # then every number and name is the same, bit for bit.
-    assert ours == theirs, f"tasks {ours} differ from evaluate {theirs}"
+    # then every number is what it was, so gates and histories keep their meaning.
+    before = {
+        "auc": 0.9247101071205306,
+        "accuracy": 0.862,
+        "f1": 0.7553191489361702,
+        "log_loss": 0.35659824563507675,
+        "brier": 0.11258072348656162,
+        "rows": 1000.0,
+        "positive_rate": 0.307,
+    }
+    assert ours == pytest.approx(before, rel=1e-12), f"binary metrics changed: {ours} vs {before}"
 
 
 def test_multiclass_metrics_on_a_hand_computed_case() -> None:
@@ -323,9 +330,43 @@ def test_binary_bootstrap_reproduces_todays_gate(metric: str) -> None:
     champion = make_predictions(Task.binary, y, 1.0, 17)
     # when both compare the models,
     ours = paired_bootstrap(Task.binary, metric, y, candidate, champion, 300, 0.9, 4).to_dict()
-    theirs = gates.paired_bootstrap(y, candidate.values, champion.values, metric, 300, 0.9, 4)
+    theirs = loop_bootstrap(y, candidate.values, champion.values, metric, 300, 0.9, 4)
     # then the numbers agree, so wiring the task core into the gate changes no binary decision.
-    assert ours == pytest.approx(theirs, rel=1e-9, abs=1e-12), f"tasks {ours} vs gates {theirs}"
+    assert ours == pytest.approx(theirs, rel=1e-9, abs=1e-12), f"tasks {ours} vs the loop {theirs}"
+
+
+def loop_bootstrap(
+    y: np.ndarray,
+    candidate: np.ndarray,
+    champion: np.ndarray,
+    metric: str,
+    samples: int,
+    confidence: float,
+    seed: int,
+) -> dict[str, float]:
+    """The regression gate's bootstrap before the task core (ae70981): one resample at a time, in a loop."""
+
+    def value(index: np.ndarray, p: np.ndarray) -> float:
+        return compute_metrics(Task.binary, y[index], Predictions(Task.binary, p[index]))[metric]
+
+    sign = -1.0 if metric in ("log_loss", "brier") else 1.0
+    rng, n, everything = np.random.default_rng(seed), len(y), np.arange(len(y))
+    deltas = np.array(
+        [
+            sign * (value(index, candidate) - value(index, champion))
+            for index in (rng.integers(0, n, n) for _ in range(samples))
+        ]
+    )
+    deltas = deltas[~np.isnan(deltas)]
+    alpha = (1 - confidence) / 2
+    return {
+        "candidate": value(everything, candidate),
+        "champion": value(everything, champion),
+        "delta": sign * (value(everything, candidate) - value(everything, champion)),
+        "ci_low": float(np.quantile(deltas, alpha)),
+        "ci_high": float(np.quantile(deltas, 1 - alpha)),
+        "resamples": float(len(deltas)),
+    }
 
 
 def test_bootstrap_is_reproducible_and_drops_undefined_resamples() -> None:
@@ -491,3 +532,16 @@ def test_divergence_per_task() -> None:
     assert math.isnan(mean_probability_shift(np.array([]), np.array([0.5]))), "no rows: undefined"
     with pytest.raises(ValueError, match="the same rows"):
         disagreement_rate(["a", "b"], ["a"])
+
+
+@pytest.mark.parametrize("task", list(Task))
+def test_the_registry_matches_the_shared_vocabulary(task: Task) -> None:
+    from contracts.vocabulary import DEFAULT_METRIC, LOWER_IS_BETTER, TASK_METRICS
+
+    # Given the metrics the config validates against and the ones this module computes,
+    names = metric_names(task)
+    # then they are the same, in the same order, with the same directions, and the default is one of them.
+    assert names == TASK_METRICS[task], f"{task}: computed {names}, declared {TASK_METRICS[task]}"
+    for spec in metrics_for(task):
+        assert spec.higher_is_better == (spec.name not in LOWER_IS_BETTER), f"{task}.{spec.name}: direction"
+    assert DEFAULT_METRIC[task] in names, f"{task}: default metric {DEFAULT_METRIC[task]} is not the task's"
