@@ -104,6 +104,13 @@ class Header(StrEnum):
     sticky_key = "x-lockgate-key"  # the default request key of sticky A/B assignment
 
 
+class ModelMetadata(StrEnum):
+    """Keys Lockgate writes into a logged model's MLflow metadata (``MLmodel``), read by scoring and serving."""
+
+    task = "lockgate.task"  # the task the model was trained for
+    classes = "lockgate.classes"  # a classifier's class labels, in the order of its probability columns
+
+
 class ColumnType(StrEnum):
     """Logical column types the data validator understands."""
 

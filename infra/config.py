@@ -38,7 +38,8 @@ SECRET_KEYS: tuple[str, ...] = ("mlflowAdminPassword",)
 class InfraModel(StrictModel):
     """Base of every stack config model: immutable, unknown keys refused, camelCase keys."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", alias_generator=to_camel, populate_by_name=True)
+    # Merged with StrictModel's (frozen, extra forbidden): camelCase keys, as Pulumi config writes them.
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
 
 
 class ExistingClusterConfig(InfraModel):

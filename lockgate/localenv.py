@@ -596,12 +596,21 @@ def _ray_ready(dashboard_url: str, headers: dict[str, str]) -> bool:
     )
 
 
-def require_healthy(env: LocalEnvironment) -> LocalEnvironment:
-    """The environment, with its recorded ports, if it is up and healthy; else an error saying what to do."""
-    if not env.is_healthy():
-        raise EnvironmentError_(
-            f"the local environment in {env.state_dir} is not running or not healthy: run `lockgate up`"
-        )
+def require_healthy(env: LocalEnvironment, attempts: int = 3) -> LocalEnvironment:
+    """The environment, with its recorded ports, if it is up and healthy; else an error saying what to do.
+
+    A service whose process is alive but slow to answer (a busy 2-core machine) is asked again, up to
+    ``attempts`` times a second apart, before the environment is called unhealthy.
+    """
+    for attempt in range(attempts):
+        report = env.health()
+        if report and all(s["alive"] and s["healthy"] for s in report.values()):
+            break
+        if not report or not all(s["alive"] for s in report.values()) or attempt == attempts - 1:
+            raise EnvironmentError_(
+                f"the local environment in {env.state_dir} is not running or not healthy: run `lockgate up`"
+            )
+        time.sleep(1.0)
     state = env.read_state()
     if state is not None:
         env.ports = state.ports

@@ -99,6 +99,8 @@ class ReferenceProfile(StrictModel):
     bins: int
     columns: dict[str, ColumnProfile]
     prediction: NumericProfile | None = None
+    # Probabilities (a binary model) must lie in [0, 1]; a regression model's values may be any number.
+    prediction_is_probability: bool = True
 
     def to_json(self) -> str:
         """The profile as JSON text, for the model's artefacts."""
@@ -176,6 +178,7 @@ def build_profile(
     features: Sequence[str] | None = None,
     predictions: Sequence[float] | np.ndarray | pd.Series | None = None,
     config: ProfileConfig | None = None,
+    probabilities: bool = True,
 ) -> ReferenceProfile:
     """Profile the reference data of one model at training time.
 
@@ -184,7 +187,8 @@ def build_profile(
     columns counted (declared categories first, anything else counts as unseen).
     ``features``: the model's input columns (default: every declared non-label column).
     ``predictions``: the model's probabilities on reference rows (the held-out split is best: scores on
-    training rows are over-confident); they may come from other rows than ``frame``.
+    training rows are over-confident); they may come from other rows than ``frame``. With
+    ``probabilities=False`` (a regression model) they are values of any size.
     Store the result with the model: ``mlflow.log_text(profile.to_json(), PROFILE_ARTIFACT)``.
     """
     settings = config or ProfileConfig()
@@ -207,8 +211,15 @@ def build_profile(
             columns[name] = _profile_numeric(_numeric_values(frame[name], name), settings.bins, name)
     prediction = None
     if predictions is not None:
-        prediction = _profile_numeric(_prediction_values(predictions, None), settings.bins, PREDICTION)
-    return ReferenceProfile(rows=len(frame), bins=settings.bins, columns=columns, prediction=prediction)
+        values = _prediction_values(predictions, None, probabilities)
+        prediction = _profile_numeric(values, settings.bins, PREDICTION)
+    return ReferenceProfile(
+        rows=len(frame),
+        bins=settings.bins,
+        columns=columns,
+        prediction=prediction,
+        prediction_is_probability=probabilities,
+    )
 
 
 # -- the drift check ---------------------------------------------------------------------------------
@@ -273,7 +284,9 @@ def _psi_and_test(reference: np.ndarray, current: np.ndarray) -> tuple[float, fl
     return psi, float(test.statistic), float(test.pvalue)
 
 
-def _prediction_values(predictions: Sequence[float] | np.ndarray | pd.Series, rows: int | None) -> np.ndarray:
+def _prediction_values(
+    predictions: Sequence[float] | np.ndarray | pd.Series, rows: int | None, probabilities: bool = True
+) -> np.ndarray:
     try:
         values = np.asarray(predictions, dtype="float64").reshape(-1)
     except (TypeError, ValueError) as error:
@@ -281,7 +294,9 @@ def _prediction_values(predictions: Sequence[float] | np.ndarray | pd.Series, ro
     if rows is not None and values.size != rows:
         raise DriftInputError(f"column '{PREDICTION}': {values.size} predictions for a batch of {rows} rows")
     present = values[~np.isnan(values)]
-    if present.size and (present.min() < 0.0 or present.max() > 1.0):
+    if not np.isfinite(present).all():
+        raise DriftInputError(f"column '{PREDICTION}': predictions must be finite numbers")
+    if probabilities and present.size and (present.min() < 0.0 or present.max() > 1.0):
         raise DriftInputError(
             f"column '{PREDICTION}': probabilities must lie in [0, 1], got [{present.min():g}, {present.max():g}]"
         )
@@ -396,7 +411,7 @@ def check_drift(
         prediction = _numeric_drift(
             PREDICTION,
             profile.prediction,
-            _prediction_values(predictions, rows),
+            _prediction_values(predictions, rows, profile.prediction_is_probability),
             threshold,
             sufficient and rule.enabled,
             settings.alpha,

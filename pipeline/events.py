@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from contracts.settings import EnvVar, Settings
+from contracts.strict import StrictModel
 from pipeline.config import EventsConfig, WebhookSink
 from pipeline.store import StateStore
 
@@ -47,10 +48,8 @@ class EventType(StrEnum):
     trigger_fired = "trigger_fired"
 
 
-class Event(BaseModel):
+class Event(StrictModel):
     """A structured platform event."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     schema_version: int = SCHEMA_VERSION
     event_id: str = Field(default_factory=lambda: uuid.uuid4().hex)

@@ -11,7 +11,7 @@ from importlib.metadata import version as installed_version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from contracts.vocabulary import Alias, Tag
+from contracts.vocabulary import Alias, ModelMetadata, Tag, Task
 from pipeline.gates import GateDecision
 
 if (
@@ -19,6 +19,7 @@ if (
 ):  # the model module imports MLflow: loaded when a model is logged, not with the lineage types
     import pandas as pd
 
+    from pipeline.config import PipelineConfig
     from pipeline.model import FeatureEncoder
 
 logger = logging.getLogger(__name__)
@@ -104,6 +105,53 @@ def log_model(encoder: FeatureEncoder, state_dict: dict[str, Any], input_example
             input_example=input_example,
             pip_requirements=pinned_requirements(),
         )
+
+
+def log_trained_model(model: Any, flavour: str, input_example: pd.DataFrame, config: PipelineConfig) -> Any:
+    """Log a team trainer's model under the active run, as its own MLflow flavour.
+
+    A classifier is logged so that its pyfunc answers ``predict_proba`` (gates and rollout need
+    probabilities), with its class labels in the model's metadata. The trainer's module is pickled by
+    value, so a class the team defined there loads where their repository is not installed (the router).
+    """
+    import importlib
+
+    import cloudpickle
+    import mlflow
+    from mlflow.models import infer_signature
+
+    task = config.task
+    metadata: dict[str, Any] = {ModelMetadata.task.value: task.value}
+    if config.training.trainer is not None:
+        cloudpickle.register_pickle_by_value(importlib.import_module(config.training.trainer.split(":")[0]))
+    if flavour == "pyfunc":
+        output = model.predict(None, input_example)
+        return mlflow.pyfunc.log_model(
+            name="model",
+            python_model=model,
+            signature=infer_signature(input_example, output),
+            input_example=input_example,
+            metadata=metadata,
+        )
+    predict_fn = "predict"
+    if task != Task.regression and callable(getattr(model, "predict_proba", None)):
+        predict_fn = "predict_proba"
+        metadata[ModelMetadata.classes.value] = [_plain(label) for label in getattr(model, "classes_", ())]
+    output = getattr(model, predict_fn)(input_example)
+    return mlflow.sklearn.log_model(
+        sk_model=model,
+        name="model",
+        signature=infer_signature(input_example, output),
+        input_example=input_example,
+        serialization_format="cloudpickle",
+        pyfunc_predict_fn=predict_fn,
+        metadata=metadata,
+    )
+
+
+def _plain(label: Any) -> Any:
+    """A class label as JSON has it (numpy scalars become Python numbers)."""
+    return label.item() if hasattr(label, "item") else label
 
 
 def current_alias_version(client: Any, name: str, alias: str) -> str | None:

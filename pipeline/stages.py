@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from contracts.settings import ServingTarget, Settings
-from contracts.vocabulary import Alias, Tag
+from contracts.vocabulary import Alias, ModelMetadata, Tag, Task
 from pipeline.config import PipelineConfig
 from pipeline.deploy import DeployResult, deploy_and_roll_out
 from pipeline.drift import PROFILE_ARTIFACT, ReferenceProfile, build_profile
@@ -25,7 +25,9 @@ from pipeline.evaluate import evaluate_predictions, flatten_metrics, label_value
 from pipeline.events import RolloutSink
 from pipeline.gates import GateDecision, evaluate_regression, evaluate_thresholds
 from pipeline.prepare import DataError, PreparedData, load_table, prepare_frame
+from pipeline.tasks import Predictions
 from pipeline.tracking import Tracker
+from pipeline.trainer import CustomTrained, load_trainer, run_custom_training
 
 if TYPE_CHECKING:  # training and registration import torch, Ray and MLflow: loaded when their stage runs
     from pipeline.register import Lineage, Registration
@@ -48,10 +50,11 @@ class Prepared:
 
 @dataclass(frozen=True)
 class Trained:
-    """The train stage's result: the encoded training data (with its encoder) and the trained weights."""
+    """The train stage's result: the built-in model's encoded data and weights, or a team trainer's model."""
 
-    data: TrainingData
-    result: TrainingResult
+    data: TrainingData | None = None
+    result: TrainingResult | None = None
+    custom: CustomTrained | None = None
 
 
 @dataclass(frozen=True)
@@ -66,7 +69,7 @@ class Evaluated:
     """The evaluate stage's result: metrics (overall and per slice), held-out predictions, drift reference."""
 
     evaluation: dict[str, dict[str, float]]
-    probability: np.ndarray
+    predictions: Predictions
     profile: ReferenceProfile
 
 
@@ -93,13 +96,32 @@ class GateOutcome:
         return [decision.to_dict() for decision in self.decisions]
 
 
-def score(model: Any, frame: pd.DataFrame) -> np.ndarray:
-    """Positive-class probabilities from a pyfunc model, fed exactly the columns its signature declares."""
+def score(model: Any, frame: pd.DataFrame, task: Task = Task.binary) -> Predictions:
+    """A pyfunc model's predictions as the task reads them, fed exactly the columns its signature declares.
+
+    Lockgate's own model answers a ``probability`` column; a classifier logged from a team's trainer answers
+    ``predict_proba``'s matrix (its class labels are in the model's metadata, ``lockgate.classes``); a
+    regressor, or a classifier without probabilities, answers one value per row.
+    """
     columns = model.metadata.get_input_schema().input_names()
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise ValueError(f"model {model.metadata.model_uuid} needs columns {missing} that the data lacks")
-    return np.asarray(model.predict(frame[columns])["probability"].to_numpy())
+    output = model.predict(frame[columns])
+    if isinstance(output, pd.DataFrame) and "probability" in output.columns:
+        return Predictions(task, output["probability"].to_numpy(dtype="float64"))
+    values = np.asarray(output)
+    classes = tuple((model.metadata.metadata or {}).get(ModelMetadata.classes, ()))
+    if task == Task.binary and values.ndim == 2 and values.shape[1] == 2:
+        return Predictions(task, values[:, 1].astype("float64"))
+    if task == Task.multiclass and values.ndim == 2:
+        return Predictions(task, values.astype("float64"), classes)
+    return Predictions(task, values.ravel() if values.ndim == 2 and values.shape[1] == 1 else values)
+
+
+def prediction_values(predictions: Predictions) -> np.ndarray | None:
+    """The one number per row that prediction drift profiles: P(positive) or the value; none for classes."""
+    return None if predictions.task == Task.multiclass else np.asarray(predictions.values, dtype="float64")
 
 
 def prepare(config: PipelineConfig, base_dir: Path, tracker: Tracker) -> Prepared:
@@ -139,6 +161,22 @@ def train(
 
     from pipeline.train import encode_training_data, run_training
 
+    if config.training.trainer is not None:
+        load_trainer(config.training.trainer)  # a trainer that does not import fails here, before Ray starts
+        if not ray.is_initialized():
+            ray.init(address=settings.ray_address or "auto", log_to_driver=True)
+        tracker.log_params(
+            {
+                "train.trainer": config.training.trainer,
+                "train.num_workers": config.training.scaling.num_workers,
+                **{f"param.{name}": value for name, value in config.training.params.items()},
+            }
+        )
+        custom = run_custom_training(
+            config, prepared.data.train, run_name=f"{config.name}-{run_id}", storage=settings.train_storage
+        )
+        tracker.set_tags({Tag.train_checkpoint: custom.checkpoint_path})
+        return Trained(custom=custom)
     data = encode_training_data(prepared.data.train, config)
     if not ray.is_initialized():
         ray.init(address=settings.ray_address or "auto", log_to_driver=True)
@@ -166,21 +204,33 @@ def train(
 def package(config: PipelineConfig, prepared: Prepared, trained: Trained, tracker: Tracker) -> Packaged:
     """Log the servable model (encoder + weights), with a few held-out rows as its input example."""
     example = prepared.data.test[list(config.features)].head(5)
+    if trained.custom is not None:
+        return Packaged(
+            tracker.log_trained_model(trained.custom.model, trained.custom.flavour, example, config)
+        )
+    if trained.data is None or trained.result is None:
+        raise ValueError("the train stage produced no model")
     return Packaged(tracker.log_model(trained.data.encoder, trained.result.state_dict, example))
 
 
 def evaluate(config: PipelineConfig, prepared: Prepared, packaged: Packaged, tracker: Tracker) -> Evaluated:
     """Score the held-out rows with the packaged model; log metrics, the evaluation and the drift reference."""
     test = prepared.data.test
-    probability = score(tracker.load_model(packaged.model_uri), test)
-    evaluation = evaluate_predictions(test, config.data_schema.label, probability, config.slices, config.task)
+    predictions = score(tracker.load_model(packaged.model_uri), test, config.task)
+    evaluation = evaluate_predictions(test, config.data_schema.label, predictions, config.slices, config.task)
     tracker.log_metrics(flatten_metrics(evaluation))
     tracker.log_dict(evaluation, EVALUATION_ARTIFACT)
     # The training reference the serving model's traffic is judged against for drift (lockgate watch):
     # the training rows' features and this model's predictions on held-out rows.
-    profile = build_profile(prepared.data.train, config.data_schema, list(config.features), probability)
+    profile = build_profile(
+        prepared.data.train,
+        config.data_schema,
+        list(config.features),
+        prediction_values(predictions),
+        probabilities=config.task == Task.binary,
+    )
     tracker.log_text(profile.to_json(), PROFILE_ARTIFACT)
-    return Evaluated(evaluation, probability, profile)
+    return Evaluated(evaluation, predictions, profile)
 
 
 def gate(config: PipelineConfig, prepared: Prepared, evaluated: Evaluated, tracker: Tracker) -> GateOutcome:
@@ -190,15 +240,17 @@ def gate(config: PipelineConfig, prepared: Prepared, evaluated: Evaluated, track
     name = config.registry.model_name
     test = prepared.data.test
     champion_version = tracker.alias_version(name, Alias.champion.value)
-    champion_probability = None
+    champion_predictions = None
     if champion_version is not None and config.gates.regression.mode != "disabled":
-        champion_probability = score(tracker.load_model(f"models:/{name}/{champion_version}"), test)
+        champion_predictions = score(
+            tracker.load_model(f"models:/{name}/{champion_version}"), test, config.task
+        )
     decisions = (
         evaluate_thresholds(evaluated.evaluation, config.gates.thresholds),
         evaluate_regression(
             label_values(test, config.data_schema.label, config.task),
-            evaluated.probability,
-            champion_probability,
+            evaluated.predictions,
+            champion_predictions,
             champion_version,
             config.gates.regression,
             config.task,

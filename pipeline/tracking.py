@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:  # the model and registry modules import MLflow: only the real tracker needs them, lazily
     import pandas as pd
 
+    from pipeline.config import PipelineConfig
     from pipeline.model import FeatureEncoder
     from pipeline.register import Registration
 
@@ -69,6 +70,12 @@ class Tracker(Protocol):
         self, encoder: FeatureEncoder, state_dict: dict[str, Any], input_example: pd.DataFrame
     ) -> str:
         """Log the packaged model under the run; returns its model URI."""
+        ...
+
+    def log_trained_model(
+        self, model: Any, flavour: str, input_example: pd.DataFrame, config: PipelineConfig
+    ) -> str:
+        """Log a team trainer's model as its own flavour; returns its model URI."""
         ...
 
     def load_model(self, model_uri: str) -> Any:
@@ -172,6 +179,14 @@ class MlflowTracker:
         from pipeline.register import log_model
 
         return str(log_model(encoder, state_dict, input_example).model_uri)
+
+    def log_trained_model(
+        self, model: Any, flavour: str, input_example: pd.DataFrame, config: PipelineConfig
+    ) -> str:
+        """Log a team trainer's model as its own flavour; returns its model URI."""
+        from pipeline.register import log_trained_model
+
+        return str(log_trained_model(model, flavour, input_example, config).model_uri)
 
     def load_model(self, model_uri: str) -> Any:
         """Load a pyfunc model (logged or registered)."""

@@ -28,7 +28,7 @@ class StrictServeModel(StrictModel):
 
     # Ray's ServeDeploySchema ignores unknown keys for forward compatibility, so a misspelled
     # `user_confg` would deploy silently with no split at all; this mirror is what catches it.
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+    model_config = ConfigDict(strict=True)  # merged with StrictModel's: frozen, extra forbidden
 
 
 class ActorOptionsModel(StrictServeModel):

@@ -18,8 +18,12 @@ from lockgate.localenv import LocalEnvironment, Ports
 from pipeline.data import make_loans, write_table
 
 ROOT = Path(__file__).resolve().parents[1]
-# Ports apart from the defaults, so a developer's own `lockgate up` is left alone.
-SESSION_PORTS = Ports.from_base(mlflow=17055, ray_gcs=17390, ray_dashboard=17275)
+# Ports apart from the defaults, so a developer's own `lockgate up` is left alone. A second test session on the
+# same machine (a developer's, beside CI's) moves all of them with LOCKGATE_TEST_PORT_OFFSET.
+PORT_OFFSET = int(os.environ.get("LOCKGATE_TEST_PORT_OFFSET", "0"))
+SESSION_PORTS = Ports.from_base(
+    mlflow=17055 + PORT_OFFSET, ray_gcs=17390 + PORT_OFFSET, ray_dashboard=17275 + PORT_OFFSET
+)
 
 
 def shipped_config() -> dict[str, Any]:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, JsonValue, ValidationError, field_validator, model_validator
 
 from contracts.strict import Problems, StrictModel, format_problems
 from contracts.vocabulary import DEFAULT_METRIC, TASK_METRICS, Alias, ColumnType, MetricName, Task
@@ -105,8 +105,18 @@ class ScalingSpec(StrictModel):
 
 
 class TrainingConfig(StrictModel):
-    """Optimisation settings, scaling and fault tolerance for the Ray Train run."""
+    """Which code trains the model, its hyperparameters, scaling and fault tolerance for the Ray Train run.
 
+    ``trainer``: a team's training function as ``package.module:function``, importable from the pipeline
+    file's directory (the job's working directory); unset, the built-in model (``model:``) trains with
+    ``epochs``, ``batch_size``, ``learning_rate`` and ``weight_decay``. ``params``: the team's own
+    hyperparameters, handed to its function and logged to MLflow as ``param.<name>``.
+    """
+
+    trainer: str | None = Field(
+        default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
+    )
+    params: dict[str, JsonValue] = Field(default_factory=dict)
     epochs: int = Field(default=6, ge=1, le=1000)
     batch_size: int = Field(default=256, ge=1)
     learning_rate: float = Field(default=3e-3, gt=0.0)
@@ -238,7 +248,7 @@ class PipelineConfig(StrictModel):
     cost: CostConfig = CostConfig()
     triggers: TriggersConfig = TriggersConfig()
 
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(populate_by_name=True)  # merged with StrictModel's: frozen, extra forbidden
 
     @field_validator("slices")
     @classmethod
@@ -298,10 +308,10 @@ class PipelineConfig(StrictModel):
             for where, metric in named
             if metric is not None and metric not in metrics
         )
-        if task not in BUILTIN_MODEL_TASKS:
+        if self.training.trainer is None and task not in BUILTIN_MODEL_TASKS:
             problems.append(
                 f"task: the built-in model (model:, an MLP classifier) trains '{Task.binary.value}' tasks only, "
-                f"not '{task.value}'"
+                f"not '{task.value}': name your own with training.trainer"
             )
         return problems
 

@@ -1,0 +1,1 @@
+"""The wine example's training code (a team's own repository would hold this)."""
