@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
                 # Ray stopped: the model servers get the machine that the router runs get (MLflow idle).
                 state = env.read_state()
                 if state is not None:
-                    stop_pid(state.ray.pid, "ray")
+                    stop_pid(state.ray.pid, env.bin_dir / "ray")
                 measured, extra["mlflow_champion_probability"] = bench_mlflow(
                     env, champion.uri, row, lua_mlflow, args, log_dir
                 )

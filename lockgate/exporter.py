@@ -91,6 +91,9 @@ class Exporter:
             ["model", "version", "metric"],
             registry=r,
         )
+        self.skipped = Counter(
+            "lockgate_events_skipped", "Stored events that could not be read (truncated, unknown)", registry=r
+        )
         self.last_event = Gauge(
             "lockgate_last_event_timestamp_seconds", "Time of the last event of a type", ["type"], registry=r
         )
@@ -105,6 +108,14 @@ class Exporter:
         history = self.events.read_new()
         for event in history:
             self._set_gauges(event)
+        self._count_skipped()
+
+    def _count_skipped(self) -> None:
+        """Add the events the reader skipped since the last look to ``lockgate_events_skipped_total``."""
+        new = self.events.skipped - getattr(self, "_skipped_seen", 0)
+        if new > 0:
+            self.skipped.inc(new)
+        self._skipped_seen = self.events.skipped
 
     def _set_gauges(self, event: Event) -> None:
         self.last_event.labels(event.type.value).set(datetime.fromisoformat(event.time).timestamp())
@@ -121,6 +132,7 @@ class Exporter:
     def poll(self) -> int:
         """Count the events appended since the last poll; returns how many were read."""
         events = self.events.read_new()
+        self._count_skipped()
         for event in events:
             self._set_gauges(event)
             if event.pipeline == self.pipeline and (outcome := run_outcome(event)) is not None:

@@ -118,6 +118,15 @@ def _write_private(path: Path, text: str) -> None:
         handle.write(text)
 
 
+def make_private_dir(path: Path) -> None:
+    """Create the state directory (or tighten an existing one) readable by its owner only: 0700.
+
+    It holds the MLflow database, the auth database's password hashes, credentials and captured traffic.
+    """
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.chmod(0o700)
+
+
 def _tail(path: Path, lines: int = 25) -> str:
     try:
         content = path.read_text(errors="replace").splitlines()
@@ -151,21 +160,31 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
-def _pid_matches(pid: int, marker: str) -> bool:
-    """Guard against a recycled PID: the recorded process must still be the one we started."""
+def _pid_matches(pid: int, executable: Path) -> bool:
+    """Guard against a recycled PID: the recorded process must still be the one we started.
+
+    It is ours when one of its first two arguments *is* the executable we started (``…/bin/ray``; a
+    console script runs as ``python …/bin/ray``), compared as whole arguments, never as a substring: an
+    unrelated ``array-job`` or ``grayscale`` process does not match ``ray``.
+    """
     try:
-        return marker in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        arguments = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:2]
     except OSError:
         return False
+    return os.fsencode(str(executable)) in arguments
 
 
-def stop_pid(pid: int, marker: str, timeout_s: float = 30.0) -> None:
+def stop_pid(pid: int, executable: Path, timeout_s: float = 30.0) -> None:
     """Stop a process we started: SIGTERM to it, then to what is left of its group, then SIGKILL.
 
     The leader goes first and alone: `ray start --block` drains its children itself on SIGTERM, and a
-    group-wide signal would kill them under it and leave it waiting out its own timeout.
+    group-wide signal would kill them under it and leave it waiting out its own timeout. A recorded PID that
+    now belongs to another program is left alone, and so is its group: the kernel reuses a PID only once
+    no process is left in the group that carried it, so none of ours can be in that group.
     """
-    if pid_alive(pid) and _pid_matches(pid, marker):
+    if pid_alive(pid):
+        if not _pid_matches(pid, executable):
+            return
         os.kill(pid, signal.SIGTERM)
         _wait_gone(lambda: pid_alive(pid), pid, timeout_s * 2 / 3)
     for sig, wait_s in ((signal.SIGTERM, timeout_s / 3), (signal.SIGKILL, 5.0)):
@@ -256,7 +275,7 @@ class LocalEnvironment:
             "mlflow_password": secrets.token_urlsafe(24),
             "mlflow_flask_secret": secrets.token_hex(32),
         }
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.state_dir)
         _write_private(path, json.dumps(creds, indent=2))
         return creds
 
@@ -379,10 +398,20 @@ class LocalEnvironment:
     def _auth_header_or_empty(self) -> dict[str, str]:
         return self.ray_auth_header() if self.ray_token_path.exists() else {}
 
-    def is_healthy(self) -> bool:
-        """Both services alive and answering."""
-        report = self.health()
-        return bool(report) and all(s["alive"] and s["healthy"] for s in report.values())
+    def is_healthy(self, attempts: int = 3) -> bool:
+        """Both services alive and answering.
+
+        A service whose process is alive but slow to answer (a busy 2-core machine: training, a benchmark)
+        is asked again, up to ``attempts`` times a second apart, before the environment is called unhealthy.
+        """
+        for attempt in range(attempts):
+            report = self.health()
+            if report and all(s["alive"] and s["healthy"] for s in report.values()):
+                return True
+            if not report or not all(s["alive"] for s in report.values()) or attempt == attempts - 1:
+                return False
+            time.sleep(1.0)
+        return False
 
     # -- lifecycle --------------------------------------------------------------------------------
     def up(self, log: Callable[[str], None] = print) -> tuple[EnvState, bool]:
@@ -401,19 +430,20 @@ class LocalEnvironment:
                 f"cannot start: {', '.join(taken)} on {HOST} already in use; pick free ports with "
                 "--mlflow-port / --ray-port / --dashboard-port, or stop what holds them"
             )
+        make_private_dir(self.state_dir)
         for directory in ("logs", "mlflow/artifacts", "ray_results"):
             (self.state_dir / directory).mkdir(parents=True, exist_ok=True)
         creds = self.credentials()
         self._ensure_ray_token()
-        started: list[tuple[int, str]] = []
+        started: list[tuple[int, Path]] = []
         try:
             mlflow_state = self._start_mlflow(creds, log)
-            started.append((mlflow_state.pid, "mlflow"))
+            started.append((mlflow_state.pid, self.bin_dir / "mlflow"))
             ray_state = self._start_ray(log)
-            started.append((ray_state.pid, "ray"))
+            started.append((ray_state.pid, self.bin_dir / "ray"))
         except BaseException:
-            for pid, marker in reversed(started):
-                stop_pid(pid, marker)
+            for pid, program in reversed(started):
+                stop_pid(pid, program)
             raise
         state = EnvState(
             ports=self.ports,
@@ -444,12 +474,12 @@ class LocalEnvironment:
         probe: Callable[[], bool],
         log_path: Path,
         timeout_s: float,
-        marker: str,
+        program: str,
     ) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if process.poll() is not None:
-                stop_pid(process.pid, marker)
+                stop_pid(process.pid, self.bin_dir / program)
                 raise EnvironmentError_(
                     f"{name} exited with code {process.returncode} while starting; last lines of {log_path}:\n"
                     + _tail(log_path)
@@ -457,7 +487,7 @@ class LocalEnvironment:
             if probe():
                 return
             time.sleep(0.5)
-        stop_pid(process.pid, marker)
+        stop_pid(process.pid, self.bin_dir / program)
         raise EnvironmentError_(
             f"{name} did not become healthy within {timeout_s:.0f}s; last lines of {log_path}:\n"
             + _tail(log_path)
@@ -571,10 +601,13 @@ class LocalEnvironment:
         if state is None:
             log(f"nothing recorded in {self.state_dir}: nothing to stop")
             return False
-        for name, service, marker in (("Ray", state.ray, "ray"), ("MLflow", state.mlflow, "mlflow")):
-            if pid_alive(service.pid):
+        for name, service, program in (("Ray", state.ray, "ray"), ("MLflow", state.mlflow, "mlflow")):
+            executable = self.bin_dir / program
+            if pid_alive(service.pid) and _pid_matches(service.pid, executable):
                 log(f"stopping {name} (pid {service.pid})")
-            stop_pid(service.pid, marker)
+            elif pid_alive(service.pid):
+                log(f"{name}'s recorded pid {service.pid} now runs another program: left alone")
+            stop_pid(service.pid, executable)
         self.state_path.unlink(missing_ok=True)
         still = [p for p in asdict(state.ports).values() if not port_is_free(p)]
         if still:
@@ -596,21 +629,12 @@ def _ray_ready(dashboard_url: str, headers: dict[str, str]) -> bool:
     )
 
 
-def require_healthy(env: LocalEnvironment, attempts: int = 3) -> LocalEnvironment:
-    """The environment, with its recorded ports, if it is up and healthy; else an error saying what to do.
-
-    A service whose process is alive but slow to answer (a busy 2-core machine) is asked again, up to
-    ``attempts`` times a second apart, before the environment is called unhealthy.
-    """
-    for attempt in range(attempts):
-        report = env.health()
-        if report and all(s["alive"] and s["healthy"] for s in report.values()):
-            break
-        if not report or not all(s["alive"] for s in report.values()) or attempt == attempts - 1:
-            raise EnvironmentError_(
-                f"the local environment in {env.state_dir} is not running or not healthy: run `lockgate up`"
-            )
-        time.sleep(1.0)
+def require_healthy(env: LocalEnvironment) -> LocalEnvironment:
+    """The environment, with its recorded ports, if it is up and healthy; else an error saying what to do."""
+    if not env.is_healthy():
+        raise EnvironmentError_(
+            f"the local environment in {env.state_dir} is not running or not healthy: run `lockgate up`"
+        )
     state = env.read_state()
     if state is not None:
         env.ports = state.ports

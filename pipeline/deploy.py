@@ -57,12 +57,11 @@ def deploy_and_roll_out(
             f"no serving target in this environment ({EnvVar.dashboard_url.value} unset)",
         )
     from serving.desired import (
-        RolloutState,
         apply_desired,
         describe,
         load_serving_file,
         registry_aliases,
-        write_rollout_state,
+        update_rollout_state,
     )
     from serving.live import rollout_controller
 
@@ -78,7 +77,8 @@ def deploy_and_roll_out(
         router = apply_desired(target.dashboard_url, headers, file, state_path)
         return DeployResult(RolloutOutcome.deployed, describe(file, router))
     champion = registry_aliases(file.model_name)[Alias.champion]
-    write_rollout_state(state_path, RolloutState())
+    # The new candidate starts from nothing; a pause a person set stays (the controller then yields at once).
+    update_rollout_state(state_path, candidate_weight=0.0)
     apply_desired(target.dashboard_url, headers, file, state_path)
     controller = rollout_controller(config.rollout, target, serving_file, (champion, version), emit)
     result = controller.run()

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from pydantic import Field
+from pydantic import Field, ValidationError
 
 from contracts.settings import EnvVar, Settings
 from contracts.strict import StrictModel
@@ -208,11 +208,24 @@ def object_name(event: Event) -> str:
     return f"{stamp:%Y-%m-%d}/{stamp:%Y%m%dT%H%M%S%f}-{event.event_id}.json"
 
 
+def parse_event(text: str | bytes, where: str) -> Event | None:
+    """One stored event, or None (logged) when it is not one: a truncated line, an unknown type, bad JSON.
+
+    Readers skip such an event and count it, so one bad line never stops an exporter or a report.
+    """
+    try:
+        return Event.model_validate_json(text)
+    except (ValidationError, ValueError) as error:
+        logger.warning("skipped an unreadable event in %s: %s", where, str(error).splitlines()[0][:200])
+        return None
+
+
 class EventLog:
-    """New events of a JSON-lines log file, read incrementally (whole lines only)."""
+    """New events of a JSON-lines log file, read incrementally (whole lines only); bad lines skipped, counted."""
 
     def __init__(self, path: Path):
         self.path, self._offset = path, 0
+        self.skipped = 0
 
     def read_new(self) -> list[Event]:
         """Events appended since the last read."""
@@ -223,7 +236,15 @@ class EventLog:
             chunk = handle.read()
         complete = chunk[: chunk.rfind(b"\n") + 1]
         self._offset += len(complete)
-        return [Event.model_validate_json(line) for line in complete.decode().splitlines() if line.strip()]
+        events = []
+        for line in complete.splitlines():
+            if line.strip():
+                event = parse_event(line, str(self.path))
+                if event is None:
+                    self.skipped += 1
+                else:
+                    events.append(event)
+        return events
 
 
 class EventObjects:
@@ -231,6 +252,7 @@ class EventObjects:
 
     def __init__(self, uri: str):
         self.store, self._seen = StateStore(uri), set[str]()
+        self.skipped = 0
 
     def read_new(self) -> list[Event]:
         """Events written since the last read, in time order."""
@@ -238,8 +260,11 @@ class EventObjects:
         events = []
         for name in fresh:
             text = self.store.read_text(name)
-            if text is not None:
-                events.append(Event.model_validate_json(text))
+            event = parse_event(text, f"{self.store.uri}/{name}") if text is not None else None
+            if event is not None:
+                events.append(event)
+            elif text is not None:
+                self.skipped += 1
             self._seen.add(name)
         return sorted(events, key=lambda event: event.time)
 

@@ -7,6 +7,8 @@ A weight written in the serving file is a pin and always wins; without one, the 
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -73,11 +75,32 @@ def read_rollout_state(path: Path) -> RolloutState:
 
 
 def write_rollout_state(path: Path, state: RolloutState) -> None:
-    """Replace the rollout state atomically (write a sibling, then rename)."""
+    """Replace the rollout state atomically: a sibling file of a name no other writer uses, then a rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_suffix(".tmp")
-    staging.write_text(json.dumps(state.model_dump(mode="json"), indent=2, sort_keys=True))
-    staging.replace(path)
+    descriptor, staging = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(json.dumps(state.model_dump(mode="json"), indent=2, sort_keys=True))
+        os.replace(staging, path)
+    except BaseException:
+        Path(staging).unlink(missing_ok=True)
+        raise
+
+
+def update_rollout_state(path: Path, **changes: Any) -> RolloutState:
+    """Change some fields of the rollout state and keep the others, as one step among concurrent writers.
+
+    The controller, the CLI (`rollout set-weight|pause|resume`) and a pipeline run all write this file: a
+    lock beside it makes each read-modify-write whole, so a pause is never lost to a weight change.
+    """
+    from filelock import FileLock
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path.with_name(f".{path.name}.lock")), timeout=30):
+        state = read_rollout_state(path).model_copy(update=changes)
+        RolloutState.model_validate(state.model_dump())  # a bad value is refused, never written
+        write_rollout_state(path, state)
+    return state
 
 
 def resolve_capture(file: ServingFile, default_uri: str | None) -> CaptureSpec:

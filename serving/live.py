@@ -8,7 +8,7 @@ from typing import Any
 
 from contracts.settings import ServingTarget
 from serving import promotion
-from serving.desired import apply_desired, load_serving_file, read_rollout_state, write_rollout_state
+from serving.desired import apply_desired, load_serving_file, read_rollout_state, update_rollout_state
 from serving.metrics import scrape_version_stats
 from serving.rollout import RolloutController, RolloutEffects
 from serving.spec import RolloutPolicy
@@ -37,9 +37,7 @@ def live_effects(
         apply_desired(dashboard_url, headers, file(), state_path)
 
     def set_weight(weight: float) -> None:
-        write_rollout_state(
-            state_path, read_rollout_state(state_path).model_copy(update={"candidate_weight": weight})
-        )
+        update_rollout_state(state_path, candidate_weight=weight)
 
     def apply_weight(weight: float) -> None:
         set_weight(weight)

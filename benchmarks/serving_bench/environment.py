@@ -54,7 +54,7 @@ def stop_leftover_haproxy(directory: Path) -> None:
             continue
         if str(directory) in cmdline and "haproxy" in cmdline:
             progress(f"  stopping leftover HAProxy pid {entry.name}")
-            stop_pid(int(entry.name), "haproxy", timeout_s=6)
+            stop_pid(int(entry.name), Path(cmdline.split("\0")[0]), timeout_s=6)
 
 
 def phase_environ(phase: str, scratch: Path) -> dict[str, str]:

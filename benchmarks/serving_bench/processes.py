@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from lockgate.localenv import stop_pid
@@ -34,16 +35,17 @@ class Processes:
     """Every process this script starts directly, by PID, so ``finally`` can stop each one."""
 
     def __init__(self) -> None:
-        self.started: dict[int, str] = {}
+        self.started: dict[int, Path] = {}
 
     def spawn(self, command: list[str], marker: str, **kwargs: Any) -> subprocess.Popen:
+        """Start ``command`` in its own session; ``marker`` names it in progress lines only."""
         process = subprocess.Popen(command, start_new_session=True, stdin=subprocess.DEVNULL, **kwargs)
-        self.started[process.pid] = marker
+        self.started[process.pid] = Path(command[0])  # stop_pid matches the program by this exact argument
         return process
 
     def stop(self, process: subprocess.Popen, timeout_s: float = 15.0) -> None:
         """SIGTERM the leader, then its group, SIGKILL as the last resort (``stop_pid``)."""
-        stop_pid(process.pid, self.started.get(process.pid, ""), timeout_s=timeout_s)
+        stop_pid(process.pid, self.started.get(process.pid, Path(str(process.args[0]))), timeout_s=timeout_s)
         try:
             process.wait(timeout=1)
         except subprocess.TimeoutExpired:
@@ -54,8 +56,8 @@ class Processes:
         return set(self.started)
 
     def stop_all(self) -> None:
-        for pid, marker in list(self.started.items()):
-            stop_pid(pid, marker, timeout_s=15.0)
+        for pid, program in list(self.started.items()):
+            stop_pid(pid, program, timeout_s=15.0)
             self.started.pop(pid, None)
 
 

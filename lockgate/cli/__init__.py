@@ -8,7 +8,10 @@ import typer
 
 from lockgate.cli import demo, env, observe, pipeline, serving
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+# A traceback never prints local variables: they include credentials (the MLflow admin password in `up`).
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_show_locals=False
+)
 # Top-level commands first, in the order `--help` lists them, then the command groups.
 for group_commands in (env.commands, pipeline.commands, demo.commands, serving.commands, observe.commands):
     app.add_typer(group_commands)

@@ -24,13 +24,12 @@ from lockgate.cli.common import (
 from lockgate.localenv import LocalEnvironment
 from lockgate.runtime import connect_ray, connected, local_environment, rollout_context
 from serving.desired import (
-    RolloutState,
     apply_desired,
     describe,
     load_serving_file,
     read_rollout_state,
     registry_aliases,
-    write_rollout_state,
+    update_rollout_state,
 )
 
 if TYPE_CHECKING:
@@ -58,8 +57,7 @@ def _apply(env: LocalEnvironment, serving_file: Path) -> str:
 
 def _update_rollout_state(env: LocalEnvironment, model_name: str, **changes: Any) -> None:
     """Change some fields of a model's rollout state, keeping the others."""
-    path = rollout_state_path(env.state_dir, model_name)
-    write_rollout_state(path, read_rollout_state(path).model_copy(update=changes))
+    update_rollout_state(rollout_state_path(env.state_dir, model_name), **changes)
 
 
 @commands.command()
@@ -159,7 +157,8 @@ def rollout_promote(config: ConfigFile = PIPELINE_FILE, state_dir: StateDir = No
         change = promotion.promote(model_name, aliases[Alias.candidate], aliases.get(Alias.champion))
         if not change.ok:
             raise CommandError(f"promotion refused: {change.reason}")
-        write_rollout_state(rollout_state_path(context.env.state_dir, model_name), RolloutState())
+        # The next candidate starts from nothing; a pause a person set stays.
+        update_rollout_state(rollout_state_path(context.env.state_dir, model_name), candidate_weight=0.0)
         typer.echo(_apply(context.env, context.serving_file))
 
 

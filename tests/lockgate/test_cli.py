@@ -236,3 +236,10 @@ def test_rollout_status_of_a_fresh_state_dir_is_weight_zero_and_not_pinned(tmp_p
     model_name = yaml.safe_load(serving.read_text())["model_name"]
     expected = f"model {model_name}: rollout weight 0%; not pinned\n"
     assert result.stdout == expected, f"expected {expected!r}, got {result.stdout!r}"
+
+
+def test_an_unexpected_traceback_never_prints_local_variables() -> None:
+    from lockgate.cli import app
+
+    # Typer's pretty tracebacks print every frame's locals by default: `up` holds the MLflow admin password.
+    assert app.pretty_exceptions_show_locals is False, "tracebacks must not print locals (secrets)"

@@ -215,3 +215,25 @@ def test_export_command_serves_metrics_until_stopped(tmp_path, monkeypatch) -> N
     finally:
         process.terminate()
         assert process.wait(timeout=30) == 0, "SIGTERM stops it cleanly"
+
+
+def test_the_exporter_starts_and_counts_past_a_bad_event_line(tmp_path) -> None:
+    from lockgate.exporter import Exporter
+    from pipeline.events import Event, EventType
+
+    # Given an event log whose second line is cut short,
+    log = tmp_path / "events.jsonl"
+    good = Event(type=EventType.pipeline_failed, pipeline="p", stage="train").model_dump_json()
+    log.write_text(good + "\n" + good[:30] + "\n")
+    # when the exporter starts on it and later reads one more good event,
+    exporter = Exporter("p", "m", log)
+    with log.open("a") as handle:
+        handle.write(good + "\n")
+    exporter.poll()
+    # then it runs, counts the failure, and reports the skipped line.
+    skipped = exporter.registry.get_sample_value("lockgate_events_skipped_total")
+    failed = exporter.registry.get_sample_value(
+        "lockgate_pipeline_runs_total", {"pipeline": "p", "outcome": "failed"}
+    )
+    assert skipped == 1, f"one unreadable line counted, got {skipped}"
+    assert failed == 1, f"the event after the bad line is counted, got {failed}"

@@ -109,3 +109,45 @@ def test_haproxy_ingress_is_opt_in_and_pinned_to_the_environments_ports(tmp_path
     assert int(levers["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"]) > high
     with pytest.raises(EnvironmentError_, match="serve_ingress: 'nginx'"):
         LocalEnvironment(tmp_path, ports, serve_ingress="nginx")
+
+
+def test_down_leaves_an_unrelated_process_that_took_a_recorded_pid_alone(tmp_path) -> None:
+    # Given a state file whose recorded Ray and MLflow PIDs now belong to another program, leading its own
+    # process group, whose command line merely contains the words ("array", "mlflow-unrelated"),
+    stranger = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)", "array", "mlflow-unrelated"],
+        start_new_session=True,
+    )
+    try:
+        env = LocalEnvironment(tmp_path / "state", ENV_PORTS)
+        env.state_dir.mkdir(parents=True)
+        service = {"pid": stranger.pid, "url": "http://127.0.0.1:1", "log": str(tmp_path / "log")}
+        state = {
+            "ports": vars(ENV_PORTS),
+            "mlflow": service,
+            "ray": service,
+            "ray_gcs_address": "127.0.0.1:1",
+            "started_at": 0.0,
+        }
+        (env.state_dir / "state.json").write_text(json.dumps(state))
+        # when the environment is stopped,
+        said: list[str] = []
+        env.down(log=said.append)
+        # then the stranger and its group still run, and down says why it left them alone.
+        assert stranger.poll() is None and pid_alive(stranger.pid), "down killed a process it did not start"
+        assert any("now runs another program: left alone" in line for line in said), said
+    finally:
+        stranger.kill()
+        stranger.wait(timeout=10)
+
+
+def test_the_state_directory_is_private(tmp_path) -> None:
+    # Given a state directory another user could read,
+    state = tmp_path / "state"
+    state.mkdir(mode=0o755)
+    state.chmod(0o755)
+    # when the environment creates its credentials there,
+    LocalEnvironment(state, ENV_PORTS).credentials()
+    # then only its owner can list or read it (it holds the MLflow database and password hashes).
+    mode = stat.S_IMODE(state.stat().st_mode)
+    assert mode == 0o700, f"the state directory must be 0700, is {oct(mode)}"

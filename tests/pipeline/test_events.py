@@ -97,3 +97,19 @@ def test_the_emitter_writes_where_its_settings_say_not_the_environment(tmp_path,
     assert not (tmp_path / "from-environ.jsonl").exists(), "not the environment's file"
     assert not (tmp_path / "environ-store").exists(), "nor its store"
     assert not (tmp_path / "ignored.jsonl").exists(), "the settings' file overrides the config's"
+
+
+def test_a_truncated_or_unknown_event_is_skipped_and_counted_not_fatal(tmp_path) -> None:
+    from pipeline.events import EventLog
+
+    # Given a log with a good event, a line cut short by a crash, an event of an unknown type, and another good one,
+    log = tmp_path / "events.jsonl"
+    good = Event(type=EventType.pipeline_started, pipeline="p").model_dump_json()
+    unknown = good.replace('"pipeline_started"', '"from_the_future"')
+    log.write_text("\n".join([good, good[:40], unknown, good]) + "\n")
+    # when it is read,
+    reader = EventLog(log)
+    events = reader.read_new()
+    # then the two good events come back and the two bad lines are counted, not raised.
+    assert [e.type for e in events] == ["pipeline_started", "pipeline_started"], events
+    assert reader.skipped == 2, f"two unreadable lines counted, got {reader.skipped}"
