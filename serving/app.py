@@ -12,11 +12,11 @@ import asyncio
 import json
 import logging
 import random
+import sys
 import time
 import uuid
 from typing import Any
 
-import pandas as pd
 from ray import serve
 from ray.serve.context import _get_serve_request_context
 from ray.serve.metrics import Counter, Histogram
@@ -24,16 +24,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from contracts.vocabulary import Header, Role, ServingMetric
+from serving.answers import binary_probability
 from serving.capture import CaptureBuffer, write_labels
-from serving.routing import (
-    ColumnRule,
-    RequestError,
-    choose_version,
-    parse_rows,
-    rules_from_signature,
-    should_shadow,
-)
-from serving.spec import ModelRef, RouterConfig
+from serving.routing import RequestError, choose_version, parse_invocation, parse_rows, should_shadow
+from serving.scoring import LoadedModel, OutputError, Scored
+from serving.spec import RouterConfig
 
 logger = logging.getLogger("ray.serve")
 VERSION_HEADER, SPLIT_HEADER = Header.version.value, Header.traffic_split.value
@@ -60,29 +55,8 @@ LATENCY_BOUNDARIES = [
     5.0,
 ]
 PREDICTION_BOUNDARIES = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
-
-
-class LoadedModel:
-    """A registered version, loaded, with the column rules its signature declares."""
-
-    def __init__(self, ref: ModelRef):
-        import mlflow.pyfunc
-
-        self.ref = ref
-        self.model = mlflow.pyfunc.load_model(ref.uri)
-        self.rules: tuple[ColumnRule, ...] = rules_from_signature(self.model.metadata.get_input_schema())
-        self.columns = [rule.name for rule in self.rules]
-        # A model whose code offers a record-level predict (pipeline/model.py does) skips pandas: for the few
-        # rows of a request, building a DataFrame and the pyfunc checks cost several times the network.
-        python_model = getattr(self.model, "unwrap_python_model", lambda: None)()
-        self.fast = getattr(python_model, "predict_records", None)
-
-    def predict(self, rows: list[dict]) -> list[dict[str, Any]]:
-        """Score validated rows: one dict per row (``probability`` among its keys)."""
-        if self.fast is not None:
-            return self.fast(rows)
-        scored = self.model.predict(pd.DataFrame.from_records(rows, columns=self.columns))
-        return scored.to_dict("records")
+INVOCATIONS_ENDPOINT = "invocations"  # MLflow's scoring path, under the route prefix
+HEALTH_ENDPOINTS = ("ping", "health")  # as `mlflow models serve` answers them
 
 
 @serve.deployment(name="Router")
@@ -90,9 +64,6 @@ class Router:
     """The ingress: validates, routes, scores, and measures per version and mode."""
 
     def __init__(self) -> None:
-        import torch
-
-        torch.set_num_threads(1)  # replicas share few cores; intra-op threads only contend
         self.config: RouterConfig | None = None
         self.models: dict[str, LoadedModel] = {}
         self.capture: CaptureBuffer | None = None
@@ -135,7 +106,8 @@ class Router:
             if ref is None:
                 continue
             reuse = [m for m in self.models.values() if m.ref == ref]
-            loaded[role] = reuse[0] if reuse else await asyncio.to_thread(LoadedModel, ref)
+            loaded[role] = reuse[0] if reuse else await asyncio.to_thread(LoadedModel.load, ref)
+        _limit_torch_threads()
         previous = self.config.capture if self.config is not None else None
         self.models, self.config = loaded, config
         if config.capture != previous:
@@ -155,16 +127,20 @@ class Router:
         )
 
     async def __call__(self, request: Request) -> JSONResponse:
-        """Answer one scoring request."""
+        """Answer one request: ``{"rows": ...}`` at the route, MLflow's scoring protocol at ``/invocations``."""
         # Serve's proxy owns x-request-id: it takes the client's or makes one, and echoes it on the response.
         request_id = _get_serve_request_context().request_id or uuid.uuid4().hex
         config, models = self.config, self.models
         if config is None or Role.champion not in models:
             return _error(503, "router has no model configured yet", request_id)
+        endpoint = request.url.path.rstrip("/").rsplit("/", 1)[-1]
+        if request.method == "GET" and endpoint in HEALTH_ENDPOINTS:
+            return JSONResponse({"status": "ok", "request_id": request_id})
         if request.method != "POST":
             return _error(405, "use POST with a JSON body", request_id)
-        if request.url.path.rstrip("/").endswith("/labels"):
+        if endpoint == "labels":
             return await self._labels(request, config, request_id)
+        invocation = endpoint == INVOCATIONS_ENDPOINT
         champion = models[Role.champion]
         try:
             declared = int(request.headers.get("content-length") or 0)
@@ -172,7 +148,8 @@ class Router:
                 raise RequestError(
                     413, f"body is {declared} bytes, more than the limit of {config.max_body_bytes}"
                 )
-            rows = parse_rows(await request.body(), champion.rules, config.max_rows, config.max_body_bytes)
+            parse = parse_invocation if invocation else parse_rows
+            rows = parse(await request.body(), champion.rules, config.max_rows, config.max_body_bytes)
         except RequestError as error:
             self.rejected.inc(tags={"status": str(error.status)})
             return _error(error.status, error.message, request_id)
@@ -188,24 +165,32 @@ class Router:
             # Our record-level path takes well under a millisecond: run it inline. Any other model's
             # predict is arbitrary code: run it off the event loop, so a slow version cannot stall the other.
             scored = chosen.predict(rows) if chosen.fast else await asyncio.to_thread(chosen.predict, rows)
-        except Exception:
+        except Exception as error:
             logger.exception("model %s failed on request %s", chosen.ref.uri, request_id)
             self.requests.inc(tags={**tags, "status": "error"})
+            # An unreturnable answer (NaN, wrong length) says what was wrong; other failures stay in the logs.
+            reason = (
+                f"gave an answer the router cannot return: {error}"
+                if isinstance(error, OutputError)
+                else "failed"
+            )
             return _error(
                 500,
-                f"model {chosen.ref.uri} failed; see server logs for request {request_id}",
+                f"model {chosen.ref.uri} {reason}; see server logs for request {request_id}"[:1000],
                 request_id,
                 chosen.ref.version,
             )
         self.latency.observe(time.perf_counter() - start, tags=tags)
         self.requests.inc(tags={**tags, "status": "ok"})
-        for answer in scored:
-            self.predictions.observe(answer["probability"], tags=tags)
+        for answer in scored.answers:
+            probability = binary_probability(answer)
+            if probability is not None:
+                self.predictions.observe(probability, tags=tags)
         capture = self.capture
         if capture is not None and random.random() * 100 < config.capture.sample_percent:
             capture.add(
                 rows,
-                scored,
+                scored.answers,
                 request_id=request_id,
                 model=chosen.ref.name,
                 version=chosen.ref.version,
@@ -218,14 +203,17 @@ class Router:
             asyncio.get_running_loop().create_task(
                 self._shadow(models[Role.candidate], rows, scored, traffic.mode.value)
             )
+        headers = {VERSION_HEADER: chosen.ref.version, SPLIT_HEADER: split_label(config)}
+        if invocation:
+            # Exactly what `mlflow models serve` answers; who answered travels in the headers.
+            return JSONResponse({"predictions": scored.predictions}, headers=headers)
         body = {
             "request_id": request_id,
             "model": chosen.ref.name,
             "version": chosen.ref.version,
             "role": role,
-            "predictions": scored,
+            "predictions": scored.answers,
         }
-        headers = {VERSION_HEADER: chosen.ref.version, SPLIT_HEADER: split_label(config)}
         return JSONResponse(body, headers=headers)
 
     async def _labels(self, request: Request, config: RouterConfig, request_id: str) -> JSONResponse:
@@ -290,9 +278,7 @@ class Router:
         if capture is not None:
             self._flush_quietly(capture)
 
-    async def _shadow(
-        self, candidate: LoadedModel, rows: list[dict], answered: list[dict[str, Any]], mode: str
-    ) -> None:
+    async def _shadow(self, candidate: LoadedModel, rows: list[dict], answered: Scored, mode: str) -> None:
         """Score the mirrored request with the candidate; record, never return."""
         tags = {"version": candidate.ref.version, "role": Role.shadow, "mode": mode}
         start = time.perf_counter()
@@ -304,9 +290,20 @@ class Router:
             return
         self.latency.observe(time.perf_counter() - start, tags=tags)
         self.requests.inc(tags={**tags, "status": "ok"})
-        for mirrored, returned in zip(shadow, answered, strict=True):
-            gap = abs(mirrored["probability"] - returned["probability"])
-            self.shadow_divergence.observe(gap, tags={"version": candidate.ref.version})
+        # Divergence is measured between binary probabilities; other answers are counted, not compared.
+        for mirrored, returned in zip(shadow.answers, answered.answers, strict=True):
+            mirrored_p, returned_p = binary_probability(mirrored), binary_probability(returned)
+            if mirrored_p is not None and returned_p is not None:
+                self.shadow_divergence.observe(
+                    abs(mirrored_p - returned_p), tags={"version": candidate.ref.version}
+                )
+
+
+def _limit_torch_threads() -> None:
+    """One intra-op thread for torch, when a loaded model brought it in: replicas share few cores."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(1)
 
 
 def split_label(config: RouterConfig) -> str:

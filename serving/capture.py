@@ -5,10 +5,15 @@ Each router replica buffers the sampled rows it answered and writes them as one 
 The store is any ``pyarrow.fs`` URI: a local directory in the embedded default, ``s3://`` on AWS. Files are
 written under a temporary name and renamed, so a reader never sees half a batch; nothing is appended in place,
 so any number of replicas can write side by side.
+
+A binary classifier's answer is stored as ``probability`` and ``prediction`` columns; any other answer (a
+regression value, a class label, class probabilities) as its JSON text in ``answer``, so files written for
+different kinds of model read back together.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -22,8 +27,13 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from serving.answers import PREDICTION, PROBABILITY, binary_probability
+
 REQUESTS_DIR, LABELS_DIR = "requests", "labels"
-META_COLUMNS = ("request_id", "captured_at", "model", "version", "role", "probability", "prediction")
+ANSWER = "answer"
+META_COLUMNS = ("request_id", "captured_at", "model", "version", "role", PROBABILITY, PREDICTION, ANSWER)
+# Typed so that a batch with none of them set still writes a column every reader can combine.
+ANSWER_TYPES = {PROBABILITY: pa.float64(), PREDICTION: pa.int64(), ANSWER: pa.string()}
 
 
 def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -82,8 +92,7 @@ class CaptureBuffer:
                         "model": model,
                         "version": version,
                         "role": role,
-                        "probability": float(answer["probability"]),
-                        "prediction": int(answer["prediction"]),
+                        **answer_columns(answer),
                     }
                 )
 
@@ -108,7 +117,7 @@ class CaptureBuffer:
         try:
             stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
             path = _write_atomically(
-                pa.Table.from_pylist(rows), self.uri, REQUESTS_DIR, f"{stamp}-{self.writer_id}-{sequence:06d}"
+                _table(rows), self.uri, REQUESTS_DIR, f"{stamp}-{self.writer_id}-{sequence:06d}"
             )
         except Exception:
             with self._lock:
@@ -118,6 +127,23 @@ class CaptureBuffer:
         self.written_files += 1
         self.written_rows += len(rows)
         return path
+
+
+def answer_columns(answer: dict[str, Any]) -> dict[str, Any]:
+    """How one answer is stored: a binary classifier's as probability and 0/1 prediction, any other as JSON."""
+    probability = binary_probability(answer)
+    prediction = answer.get(PREDICTION)
+    if probability is not None and prediction in (0, 1) and not isinstance(prediction, bool):
+        return {PROBABILITY: probability, PREDICTION: int(prediction)}
+    return {ANSWER: json.dumps(answer, sort_keys=True)}
+
+
+def _table(rows: list[dict[str, Any]]) -> pa.Table:
+    """Rows with differing keys (binary and other answers in one batch) as one table, missing cells null."""
+    names = list(dict.fromkeys(name for row in rows for name in row))
+    return pa.table(
+        {name: pa.array([row.get(name) for row in rows], type=ANSWER_TYPES.get(name)) for name in names}
+    )
 
 
 def write_labels(uri: str, labels: Iterable[tuple[str, int]]) -> tuple[str, int]:
@@ -154,7 +180,16 @@ def _read(uri: str, directory: str) -> pa.Table | None:
     )
     if not files:
         return None
-    return ds.dataset(files, filesystem=store, format="parquet").to_table()
+    # Files differ in columns (answers of other kinds, other feature sets): read them under one schema,
+    # or columns missing from the first file would be dropped from all.
+    schema: pa.Schema | None
+    try:
+        schema = pa.unify_schemas(
+            [pq.read_schema(path, filesystem=store) for path in files], promote_options="permissive"
+        )
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        schema = None  # a column whose type conflicts between files: the first file's schema decides
+    return ds.dataset(files, schema=schema, filesystem=store, format="parquet").to_table()
 
 
 def read_captured(uri: str, since: float = 0.0, until: float | None = None) -> Any:

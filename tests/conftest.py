@@ -18,9 +18,10 @@ from lockgate.localenv import LocalEnvironment, Ports
 from pipeline.data import make_loans, write_table
 
 ROOT = Path(__file__).resolve().parents[1]
-# Ports apart from the defaults, so a developer's own `lockgate up` is left alone. A second test session on the
-# same machine (a developer's, beside CI's) moves all of them with LOCKGATE_TEST_PORT_OFFSET.
+# Two suites on one machine (two checkouts, say) each need their own ports: this shifts every port the
+# session listens on, Serve's HTTP port included (tests/serving/conftest.py). Tests only; 0 by default.
 PORT_OFFSET = int(os.environ.get("LOCKGATE_TEST_PORT_OFFSET", "0"))
+# Ports apart from the defaults, so a developer's own `lockgate up` is left alone.
 SESSION_PORTS = Ports.from_base(
     mlflow=17055 + PORT_OFFSET, ray_gcs=17390 + PORT_OFFSET, ray_dashboard=17275 + PORT_OFFSET
 )
@@ -86,13 +87,18 @@ def write_pipeline(directory: Path, override: dict[str, Any], frame=None) -> Pat
 def local_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalEnvironment]:
     """A real Ray head and MLflow server for the whole session, stopped by PID at the end."""
     env = LocalEnvironment(tmp_path_factory.mktemp("lockgate-session") / "state", SESSION_PORTS, num_cpus=4)
-    env.up(log=lambda _: None)
-    saved = {key: os.environ.get(key) for key in env.client_env()}
-    os.environ.update(env.client_env())
+    # Ray's workers (Serve replicas, job drivers) import this checkout's packages, not whichever checkout
+    # the virtualenv's editable install points at: the head passes its environment on to them.
+    saved = {key: os.environ.get(key) for key in [*env.client_env(), "PYTHONPATH"]}
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     try:
-        yield env
+        env.up(log=lambda _: None)
+        os.environ.update(env.client_env())
+        try:
+            yield env
+        finally:
+            env.down(log=lambda _: None)
     finally:
-        env.down(log=lambda _: None)
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)

@@ -14,9 +14,9 @@ from pipeline.data import make_loans, write_table
 from pipeline.events import read_events
 from pipeline.run import EXIT_BLOCKED, EXIT_OK
 from tests.conftest import FAST_ROLLOUT, write_pipeline
+from tests.serving.conftest import SERVE_PORT  # Serve's HTTP port is cluster-wide: another route on it
 
 pytestmark = pytest.mark.e2e
-SERVE_PORT = 17800  # Serve's HTTP port is cluster-wide: the same as the serving tests, another route
 
 
 def test_pipeline_deploys_promotes_and_rolls_back_by_itself(local_env, tmp_path) -> None:

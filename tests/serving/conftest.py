@@ -21,9 +21,9 @@ from pipeline.train import encode_training_data
 from serving.deploy import APPLICATIONS_PATH, deploy_config, wait_running
 from serving.render import render_serve_config
 from serving.spec import CaptureSpec, ModelRef, RouterConfig, ServingSpec, TrafficSpec
-from tests.conftest import ROOT
+from tests.conftest import PORT_OFFSET, ROOT
 
-SERVE_PORT = 17800
+SERVE_PORT = 17800 + PORT_OFFSET  # Serve's HTTP port is cluster-wide: one per session
 
 
 def register_version(
@@ -65,7 +65,7 @@ class Deployed:
     env: LocalEnvironment
     spec: ServingSpec
     champion: ModelRef
-    candidate: ModelRef
+    candidate: ModelRef | None
     url: str
 
     def apply(

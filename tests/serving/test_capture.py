@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from serving.capture import CaptureBuffer, read_captured, read_labels, write_labels
@@ -91,3 +96,39 @@ def test_labels_are_validated_and_the_latest_wins(tmp_path) -> None:
         write_labels(str(tmp_path), [("", 1)])
     with pytest.raises(ValueError, match="no labels"):
         write_labels(str(tmp_path), [])
+
+
+def test_binary_answers_keep_their_columns_and_types(tmp_path) -> None:
+    # Given a batch of the built-in classifier's answers only, when written and read back,
+    buffer = CaptureBuffer(str(tmp_path), batch_rows=10, flush_s=10)
+    answered(buffer, "a")
+    path = buffer.flush()
+    assert path is not None
+    schema = pq.read_schema(path)
+    # then the file holds probability (double) and prediction (int64) and no answer column, as before.
+    assert schema.field("probability").type == pa.float64(), schema
+    assert schema.field("prediction").type == pa.int64(), schema
+    assert "answer" not in schema.names, f"binary batches are written as they always were: {schema.names}"
+
+
+def test_other_answers_are_stored_as_json_and_read_back_beside_binary_ones(tmp_path) -> None:
+    # Given one binary batch, then a batch mixing a classifier's label, a regression value and a binary answer,
+    buffer = CaptureBuffer(str(tmp_path), batch_rows=10, flush_s=10)
+    answered(buffer, "binary")
+    buffer.flush()
+    labelled = {"prediction": "yes", "probabilities": {"no": 0.25, "yes": 0.75}}
+    for request_id, answer in [
+        ("label", labelled),
+        ("value", {"prediction": 12.5}),
+        ("mixed", {"probability": 0.5, "prediction": 1}),
+    ]:
+        buffer.add([ROW], [answer], request_id=request_id, model="m", version="2", role="candidate")
+    buffer.flush()
+    # when everything is read back,
+    frame = read_captured(str(tmp_path)).set_index("request_id")
+    # then binary answers keep probability and prediction, the others are JSON in "answer", nothing dropped.
+    assert frame.loc["binary", "probability"] == 0.25 and frame.loc["mixed", "prediction"] == 1, frame
+    assert json.loads(frame.loc["label", "answer"]) == labelled, frame.loc["label"].to_dict()
+    assert json.loads(frame.loc["value", "answer"]) == {"prediction": 12.5}, frame.loc["value"].to_dict()
+    assert pd.isna(frame.loc["value", "probability"]), "no binary probability for a regression answer"
+    assert pd.isna(frame.loc["binary", "answer"]), "binary answers have no JSON copy"

@@ -11,6 +11,7 @@ from serving.routing import (
     ColumnRule,
     RequestError,
     choose_version,
+    parse_invocation,
     parse_rows,
     should_shadow,
     sticky_bucket,
@@ -74,3 +75,144 @@ def test_bad_bodies_are_named(payload: bytes, status: int, fragment: str) -> Non
 def test_valid_rows_pass() -> None:
     rows = parse_rows(json.dumps({"rows": [ROW, {**ROW, "income": 3}]}).encode(), RULES, 10, 10_000)
     assert len(rows) == 2, "ints are accepted where numbers are declared"
+
+
+SECOND = {"age": 51, "income": 3, "region": "south"}
+COLUMNS = ["region", "age", "income"]  # any order, as a client may send them
+
+
+def invoke(payload: object, max_rows: int = 10, max_body_bytes: int = 10_000) -> list[dict]:
+    return parse_invocation(json.dumps(payload).encode(), RULES, max_rows, max_body_bytes)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"dataframe_split": {"columns": COLUMNS, "data": [[r[c] for c in COLUMNS] for r in (ROW, SECOND)]}},
+        {
+            "dataframe_split": {
+                "index": [7, 8],
+                "columns": COLUMNS,
+                "data": [[r[c] for c in COLUMNS] for r in (ROW, SECOND)],
+            }
+        },
+        {"dataframe_records": [ROW, SECOND]},
+        {"instances": [ROW, SECOND]},
+        {"instances": {c: [ROW[c], SECOND[c]] for c in COLUMNS}},
+        {"inputs": [ROW, SECOND]},
+        {"inputs": {c: [ROW[c], SECOND[c]] for c in COLUMNS}},
+        {"inputs": [ROW, SECOND], "params": {}},
+    ],
+    ids=[
+        "split",
+        "split-index",
+        "records",
+        "instances",
+        "instances-columns",
+        "inputs",
+        "inputs-columns",
+        "params",
+    ],
+)
+def test_every_mlflow_format_gives_the_same_rows(payload: dict) -> None:
+    # Given the same two rows in one of MLflow's scoring formats, when parsed,
+    rows = invoke(payload)
+    # then they are the rows {"rows": ...} would give.
+    assert rows == [ROW, SECOND], f"{sorted(payload)}: {rows}"
+
+
+def test_an_object_of_single_values_is_one_row() -> None:
+    assert invoke({"inputs": dict(ROW)}) == [ROW], "as MLflow reads a dict of scalars: one row"
+
+
+def test_a_plain_list_fills_a_one_column_signature() -> None:
+    rows = parse_invocation(
+        json.dumps({"instances": [1.5, 2]}).encode(), (ColumnRule("x", "number"),), 10, 1000
+    )
+    assert rows == [{"x": 1.5}, {"x": 2}], "a one-column model takes a plain list, as MLflow maps it"
+
+
+@pytest.mark.parametrize(
+    ("payload", "status", "fragment"),
+    [
+        ([ROW], 422, "exactly one of"),
+        ({"rows": [ROW]}, 422, "exactly one of"),
+        ({"inputs": [ROW], "instances": [ROW]}, 422, "found ['instances', 'inputs']"),
+        ({"inputs": [ROW], "extra": 1}, 422, "unknown key(s) ['extra']"),
+        ({"inputs": [ROW], "params": {"temperature": 1}}, 422, '"params" are not supported'),
+        ({"dataframe_split": [ROW]}, 422, '"dataframe_split" must be an object'),
+        ({"dataframe_split": {"data": [[1]]}}, 422, "dataframe_split.columns must be a list of column names"),
+        (
+            {"dataframe_split": {"columns": COLUMNS, "data": [], "orient": 1}},
+            422,
+            "unknown key(s) ['orient']",
+        ),
+        (
+            {"dataframe_split": {"columns": ["age", "income"], "data": [[1, 2]]}},
+            422,
+            "missing column(s) ['region']",
+        ),
+        (
+            {"dataframe_split": {"columns": [*COLUMNS, "age"], "data": [[1, 2, 3, 4]]}},
+            422,
+            "names a column more than once",
+        ),
+        (
+            {"dataframe_split": {"columns": COLUMNS, "data": []}},
+            422,
+            "dataframe_split.data must be a non-empty",
+        ),
+        (
+            {"dataframe_split": {"columns": COLUMNS, "data": [["x", 1]]}},
+            422,
+            "data[0] must be a list of 3 values",
+        ),
+        (
+            {"dataframe_split": {"columns": COLUMNS, "data": [["x", 1, 2.0]], "index": [1, 2]}},
+            422,
+            "index must be a list with one entry per row",
+        ),
+        (
+            {"dataframe_split": {"columns": COLUMNS, "data": [["x", 1, 2.0], ["y", 1.5, 2.0]]}},
+            422,
+            "dataframe_split.data[1].age must be an integer",
+        ),
+        ({"dataframe_records": {"age": [1]}}, 422, '"dataframe_records" must be a non-empty list'),
+        ({"dataframe_records": [ROW, [1, 2, 3]]}, 422, "dataframe_records[1] must be an object, got list"),
+        ({"dataframe_records": [{**ROW, "x": 1}]}, 422, "dataframe_records[0] has unknown column(s) ['x']"),
+        ({"instances": [ROW, {**ROW, "income": "high"}]}, 422, "instances[1].income must be a number"),
+        ({"instances": []}, 422, '"instances" must be a non-empty list'),
+        ({"inputs": {"age": [1], "income": [2.0]}}, 422, "inputs is missing column(s) ['region']"),
+        ({"inputs": {"age": [1, 2], "income": [2.0], "region": ["a", "b"]}}, 422, "one value per row each"),
+        ({"inputs": {"age": [1], "income": 2.0, "region": ["a"]}}, 422, "['income'] are not lists"),
+        ({"inputs": {"age": [], "income": [], "region": []}}, 422, "at least one value"),
+        (
+            {"inputs": {"age": [1, None], "income": [2.0, 3.0], "region": ["a", "b"]}},
+            422,
+            "inputs.age[1] is null",
+        ),
+        ({"inputs": {**ROW, "age": "old"}}, 422, "inputs.age must be an integer"),
+        ({"inputs": [ROW] * 11}, 413, "11 rows, more than the limit of 10"),
+        ({"inputs": {c: [ROW[c]] * 11 for c in COLUMNS}}, 413, "11 rows, more than the limit of 10"),
+        ({"dataframe_split": {"columns": COLUMNS, "data": [["x", 1, 2.0]] * 11}}, 413, "11 rows"),
+    ],
+)
+def test_malformed_invocations_are_named(payload: object, status: int, fragment: str) -> None:
+    with pytest.raises(RequestError) as caught:
+        invoke(payload)
+    assert caught.value.status == status, caught.value.message
+    assert fragment in caught.value.message, caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("raw", "status", "fragment"),
+    [
+        (b"{", 400, "malformed JSON"),
+        (b'{"inputs": [{"age": 1, "income": NaN, "region": "x"}]}', 400, "NaN"),
+        (b"x" * 600, 413, "more than the limit of 500"),
+    ],
+)
+def test_malformed_invocation_bodies_are_named(raw: bytes, status: int, fragment: str) -> None:
+    with pytest.raises(RequestError) as caught:
+        parse_invocation(raw, RULES, 10, 500)
+    assert caught.value.status == status and fragment in caught.value.message, caught.value.message
