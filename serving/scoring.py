@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from serving.answers import PREDICTION, PROBABILITIES
+from contracts.vocabulary import ModelMetadata, Task
+from serving.answers import PREDICTION, PROBABILITIES, PROBABILITY
 from serving.routing import ColumnRule, rules_from_signature
 from serving.spec import ModelRef
 
@@ -115,6 +116,20 @@ def add_probabilities(answers: list[dict[str, Any]], classes: Any, probabilities
         }
 
 
+def label_answers(answers: list[dict[str, Any]], classes: list[Any], matrix: Any, binary: bool) -> None:
+    """Answers of a classifier that returns class probabilities: the likeliest label and every probability.
+
+    A binary model's answer also carries ``probability`` (of its second class, the positive one), which
+    the router's prediction histogram, shadow divergence, capture and drift read, as for the built-in model.
+    """
+    probabilities = np.asarray(matrix, dtype="float64")
+    add_probabilities(answers, classes, probabilities)
+    for answer, row in zip(answers, probabilities, strict=True):
+        answer[PREDICTION] = json_value(classes[int(np.argmax(row))], "a class label")
+        if binary and len(classes) == 2:
+            answer[PROBABILITY] = json_value(float(row[1]), PROBABILITY)
+
+
 def record_level_predict(model: Any) -> Callable[[list[dict[str, Any]]], list[dict[str, Any]]] | None:
     """The optional fast path: ``predict_records(rows)`` of a Python model that offers it, else None."""
     from mlflow.exceptions import MlflowException
@@ -158,6 +173,10 @@ class LoadedModel:
         # rows of a request, building a DataFrame and the pyfunc checks cost several times the network.
         self.fast = record_level_predict(model)
         self.classifier = None if self.fast is not None else probability_source(model)
+        # A classifier a team's trainer produced answers predict_proba; Lockgate wrote its labels beside it.
+        metadata = getattr(model.metadata, "metadata", None) or {}
+        self.classes: list[Any] | None = metadata.get(ModelMetadata.classes.value)
+        self.binary = metadata.get(ModelMetadata.task.value) == Task.binary.value
 
     @classmethod
     def load(cls, ref: ModelRef) -> LoadedModel:
@@ -171,7 +190,10 @@ class LoadedModel:
         if self.fast is not None:
             return normalise_output(self.fast(rows), len(rows))
         frame = pd.DataFrame.from_records(rows, columns=self.columns)
-        scored = normalise_output(self.model.predict(frame), len(rows))
-        if self.classifier is not None:
+        output = self.model.predict(frame)
+        scored = normalise_output(output, len(rows))
+        if self.classes and np.ndim(output) == 2 and np.shape(output)[1] == len(self.classes):
+            label_answers(scored.answers, self.classes, output, self.binary)
+        elif self.classifier is not None:
             add_probabilities(scored.answers, self.classifier.classes_, self.classifier.predict_proba(frame))
         return scored

@@ -214,3 +214,50 @@ def test_a_real_scikit_learn_pyfunc_answers_labels_and_probabilities(tmp_path) -
     assert scored.predictions == estimator.predict(frame.head(2)).tolist(), scored.predictions
     for answer, row in zip(scored.answers, expected, strict=True):
         assert answer["probabilities"] == pytest.approx({"down": row[0], "up": row[1]}), answer
+
+
+@pytest.mark.parametrize("task", ["binary", "multiclass"])
+def test_a_classifier_a_team_trainer_made_answers_label_probabilities_and_for_binary_probability(
+    tmp_path, task: str
+) -> None:
+    # Given a classifier logged as Lockgate packages a team's model: its pyfunc answers predict_proba, and
+    # the model's metadata names the task and the class labels,
+    import mlflow.pyfunc
+    import mlflow.sklearn
+    from mlflow.models import infer_signature
+    from sklearn.linear_model import LogisticRegression
+
+    from contracts.vocabulary import ModelMetadata
+
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame({"x": rng.normal(size=150), "y": rng.normal(size=150)})
+    score = frame["x"] - frame["y"]
+    labels = (score > 0).astype(int) if task == "binary" else np.digitize(score, [-0.5, 0.5])
+    estimator = LogisticRegression().fit(frame, labels)
+    classes = [int(c) for c in estimator.classes_]
+    path = tmp_path / "model"
+    mlflow.sklearn.save_model(
+        estimator,
+        str(path),
+        signature=infer_signature(frame, estimator.predict_proba(frame)),
+        pip_requirements=["scikit-learn"],
+        pyfunc_predict_fn="predict_proba",
+        metadata={ModelMetadata.task.value: task, ModelMetadata.classes.value: classes},
+    )
+    # when the router's loader scores three rows,
+    loaded = LoadedModel(REF, mlflow.pyfunc.load_model(str(path)))
+    scored = loaded.predict(frame.head(3).to_dict("records"))
+    # then each answer names the likeliest class and every class's probability, and a binary answer also
+    # carries the positive class's probability that rollout analysis, shadow, capture and drift read;
+    # /invocations answers what mlflow models serve would (the probability rows).
+    expected = estimator.predict_proba(frame.head(3))
+    for answer, row in zip(scored.answers, expected, strict=True):
+        assert answer["prediction"] == classes[int(np.argmax(row))], answer
+        assert answer["probabilities"] == pytest.approx(
+            {str(c): p for c, p in zip(classes, row, strict=True)}
+        ), answer
+        if task == "binary":
+            assert answer["probability"] == pytest.approx(row[1]), answer
+        else:
+            assert "probability" not in answer, "only a binary answer has one probability"
+    assert np.allclose(scored.predictions, expected), "invocations keep the pyfunc's own output"
