@@ -26,7 +26,14 @@ from starlette.responses import JSONResponse
 from contracts.vocabulary import Header, Role, ServingMetric
 from serving.answers import binary_probability
 from serving.capture import CaptureBuffer, write_labels
-from serving.routing import RequestError, choose_version, parse_invocation, parse_rows, should_shadow
+from serving.routing import (
+    RequestError,
+    choose_version,
+    parse_invocation,
+    parse_rows,
+    read_bounded,
+    should_shadow,
+)
 from serving.scoring import LoadedModel, OutputError, Scored
 from serving.spec import RouterConfig
 
@@ -143,13 +150,11 @@ class Router:
         invocation = endpoint == INVOCATIONS_ENDPOINT
         champion = models[Role.champion]
         try:
-            declared = int(request.headers.get("content-length") or 0)
-            if declared > config.max_body_bytes:
-                raise RequestError(
-                    413, f"body is {declared} bytes, more than the limit of {config.max_body_bytes}"
-                )
+            body = await read_bounded(
+                request.stream(), request.headers.get("content-length"), config.max_body_bytes
+            )
             parse = parse_invocation if invocation else parse_rows
-            rows = parse(await request.body(), champion.rules, config.max_rows, config.max_body_bytes)
+            rows = parse(body, champion.rules, config.max_rows, config.max_body_bytes)
         except RequestError as error:
             self.rejected.inc(tags={"status": str(error.status)})
             return _error(error.status, error.message, request_id)
@@ -207,14 +212,14 @@ class Router:
         if invocation:
             # Exactly what `mlflow models serve` answers; who answered travels in the headers.
             return JSONResponse({"predictions": scored.predictions}, headers=headers)
-        body = {
+        answer = {
             "request_id": request_id,
             "model": chosen.ref.name,
             "version": chosen.ref.version,
             "role": role,
             "predictions": scored.answers,
         }
-        return JSONResponse(body, headers=headers)
+        return JSONResponse(answer, headers=headers)
 
     async def _labels(self, request: Request, config: RouterConfig, request_id: str) -> JSONResponse:
         """Record labels that arrived after the answers: ``{"labels": [{"request_id": ..., "label": 0|1}]}``."""
@@ -223,14 +228,15 @@ class Router:
             return _error(
                 409, "capture is off (capture.sample_percent is 0): labels have nowhere to go", request_id
             )
-        body = await request.body()
-        if len(body) > config.max_body_bytes:
-            return _error(
-                413, f"body is {len(body)} bytes, more than the limit of {config.max_body_bytes}", request_id
+        try:
+            body = await read_bounded(
+                request.stream(), request.headers.get("content-length"), config.max_body_bytes
             )
+        except RequestError as error:
+            return _error(error.status, error.message, request_id)
         try:
             payload = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
             return _error(400, f"body is not valid JSON: {error}", request_id)
         items = payload.get("labels") if isinstance(payload, dict) else None
         if not isinstance(items, list) or not items:

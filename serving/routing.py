@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,6 +80,33 @@ def rules_from_signature(input_schema: Any) -> tuple[ColumnRule, ...]:
     return tuple(rules)
 
 
+FLOAT32_LIMIT = 3.4028234663852886e38
+"""The largest magnitude a "number" column may carry: beyond it a float32 model computes inf, then NaN."""
+INTEGER_LIMIT = 2**53
+"""The largest magnitude an integer may carry: every integer up to it is exact as a double."""
+
+
+async def read_bounded(chunks: AsyncIterator[bytes], declared_length: str | None, limit: int) -> bytes:
+    """A request body read chunk by chunk, stopping with a 413 as soon as it passes ``limit`` bytes.
+
+    A declared ``Content-Length`` over the limit is refused before anything is read; a chunked body (no
+    length declared) or one that lies about its length is cut off at the limit, never read whole.
+    """
+    if declared_length is not None:
+        try:
+            declared = int(declared_length)
+        except ValueError:
+            raise RequestError(400, f"Content-Length is not a number: {declared_length[:40]!r}") from None
+        if declared > limit:
+            raise RequestError(413, f"body is {declared} bytes, more than the limit of {limit}")
+    body = bytearray()
+    async for chunk in chunks:
+        body.extend(chunk)
+        if len(body) > limit:
+            raise RequestError(413, f"body is more than the limit of {limit} bytes")
+    return bytes(body)
+
+
 def _reject_constant(value: str) -> None:
     raise ValueError(f"{value} is not valid JSON")
 
@@ -89,6 +117,8 @@ def _decode(body: bytes, max_body_bytes: int) -> Any:
         raise RequestError(413, f"body is {len(body)} bytes, more than the limit of {max_body_bytes}")
     try:
         return json.loads(body, parse_constant=_reject_constant)
+    except RecursionError:
+        raise RequestError(400, "malformed JSON: nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as error:
         raise RequestError(400, f"malformed JSON: {error}") from None
 
@@ -239,13 +269,18 @@ def _check_value(where: str, rule: ColumnRule, value: Any) -> None:
     if rule.kind == "integer":
         if isinstance(value, bool) or not isinstance(value, int):
             raise RequestError(422, f"{where} must be an integer, got {type(value).__name__} {value!r}"[:300])
-        if abs(value) > 2**53:
-            raise RequestError(422, f"{where} is out of range")
+        if abs(value) > INTEGER_LIMIT:
+            raise RequestError(422, f"{where} is out of range (more than 2**53 in magnitude)")
     elif rule.kind == "number":
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise RequestError(422, f"{where} must be a number, got {type(value).__name__} {value!r}"[:300])
-        if not math.isfinite(value):
+        if isinstance(value, int):
+            if abs(value) > INTEGER_LIMIT:  # also keeps 400-digit integers away from float conversion
+                raise RequestError(422, f"{where} is out of range (more than 2**53 in magnitude)")
+        elif not math.isfinite(value):
             raise RequestError(422, f"{where} must be finite")
+        elif abs(value) > FLOAT32_LIMIT:
+            raise RequestError(422, f"{where} is out of range ({value:g} overflows a float32 model)")
     elif rule.kind == "boolean":
         if not isinstance(value, bool):
             raise RequestError(422, f"{where} must be true or false")
@@ -253,3 +288,8 @@ def _check_value(where: str, rule: ColumnRule, value: Any) -> None:
         raise RequestError(422, f"{where} must be a string, got {type(value).__name__}")
     elif len(value) > 1000:
         raise RequestError(422, f"{where} is longer than 1000 characters")
+    else:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise RequestError(422, f"{where} is not valid Unicode (a lone surrogate)") from None

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -13,6 +15,7 @@ from serving.routing import (
     choose_version,
     parse_invocation,
     parse_rows,
+    read_bounded,
     should_shadow,
     sticky_bucket,
 )
@@ -216,3 +219,65 @@ def test_malformed_invocation_bodies_are_named(raw: bytes, status: int, fragment
     with pytest.raises(RequestError) as caught:
         parse_invocation(raw, RULES, 10, 500)
     assert caught.value.status == status and fragment in caught.value.message, caught.value.message
+
+
+ONE_NUMBER = (ColumnRule("x", "number"),)
+ONE_STRING = (ColumnRule("s", "string"),)
+
+
+@pytest.mark.parametrize(
+    ("body", "rules", "status", "fragment"),
+    [
+        (b'{"rows": [{"x": ' + b"9" * 400 + b"}]}", ONE_NUMBER, 422, "rows[0].x is out of range"),
+        (b'{"rows": [{"x": 1e300}]}', ONE_NUMBER, 422, "overflows a float32 model"),
+        (b'{"rows": [{"x": -1e39}]}', ONE_NUMBER, 422, "overflows a float32 model"),
+        (
+            b'{"rows": [{"s": "\\ud800"}]}',
+            ONE_STRING,
+            422,
+            "rows[0].s is not valid Unicode (a lone surrogate)",
+        ),
+        (b'{"rows": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", ONE_NUMBER, 400, "nested too deeply"),
+    ],
+)
+def test_hostile_values_are_refused_at_the_door_with_a_client_error(
+    body: bytes, rules: tuple[ColumnRule, ...], status: int, fragment: str
+) -> None:
+    # Given a body that once passed validation and broke the router later (a 500, a NaN answer, capture
+    # that never flushed again), when it is parsed, then it is a 4xx naming the field.
+    with pytest.raises(RequestError) as caught:
+        parse_rows(body, rules, max_rows=10, max_body_bytes=10_000_000)
+    assert caught.value.status == status and fragment in caught.value.message, caught.value.message
+
+
+def test_numbers_within_range_still_pass() -> None:
+    rows = parse_rows(b'{"rows": [{"x": 3.4e38}, {"x": 9007199254740992}]}', ONE_NUMBER, 10, 1000)
+    assert [row["x"] for row in rows] == [3.4e38, 9007199254740992], "the edges of the range are accepted"
+
+
+async def chunks_of(total: int, size: int = 1000) -> AsyncIterator[bytes]:
+    """A chunked body of ``total`` bytes that counts how much of it was read."""
+    sent = 0
+    while sent < total:
+        chunks_of.read = sent + size  # type: ignore[attr-defined]
+        yield b"x" * size
+        sent += size
+
+
+def test_a_chunked_body_is_cut_off_at_the_limit_not_read_whole() -> None:
+    # Given a body with no Content-Length, far beyond the limit,
+    # when the router reads it,
+    with pytest.raises(RequestError) as caught:
+        asyncio.run(read_bounded(chunks_of(100_000_000), None, limit=5_000))
+    # then it stops with 413 having read just past the limit, not 100 MB.
+    assert caught.value.status == 413, caught.value.message
+    assert chunks_of.read <= 6_000, f"read {chunks_of.read} bytes of a 100 MB body"  # type: ignore[attr-defined]
+
+
+def test_a_declared_length_over_the_limit_is_refused_before_reading_and_a_bad_one_is_a_400() -> None:
+    with pytest.raises(RequestError) as over:
+        asyncio.run(read_bounded(chunks_of(10), "999999", limit=5_000))
+    with pytest.raises(RequestError) as bad:
+        asyncio.run(read_bounded(chunks_of(10), "lots", limit=5_000))
+    assert over.value.status == 413 and bad.value.status == 400, (over.value.message, bad.value.message)
+    assert asyncio.run(read_bounded(chunks_of(3_000), "3000", limit=5_000)) == b"x" * 3_000
