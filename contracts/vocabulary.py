@@ -148,6 +148,8 @@ class ServingMetric(StrEnum):
     prediction = "lockgate_prediction"
     shadow_divergence = "lockgate_shadow_divergence"
     rejected = "lockgate_rejected_requests"
+    prediction_moments = "lockgate_prediction_moments"  # n, sum and sum of squares of numeric predictions
+    predicted_class = "lockgate_predicted_class"  # answers by predicted class label (classifiers)
 
     @property
     def exported(self) -> str:

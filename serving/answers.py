@@ -23,3 +23,25 @@ def binary_probability(answer: Mapping[str, Any]) -> float | None:
         return None
     value = float(value)
     return value if math.isfinite(value) and 0.0 <= value <= 1.0 else None
+
+
+MAX_CLASS_LABEL = 64
+"""Longer class labels are cut in the predicted-class metric (a label is a metric tag: bounded)."""
+
+
+def numeric_prediction(answer: Mapping[str, Any]) -> float | None:
+    """A regression answer's finite value (``prediction`` a number, no class probabilities), else None."""
+    if PROBABILITY in answer or PROBABILITIES in answer:
+        return None
+    value = answer.get(PREDICTION)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def class_label(answer: Mapping[str, Any]) -> str | None:
+    """A classifier's predicted label (an answer with class probabilities), as a bounded tag value."""
+    if PROBABILITIES not in answer or PREDICTION not in answer:
+        return None
+    return str(answer[PREDICTION])[:MAX_CLASS_LABEL]

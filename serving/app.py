@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from contracts.vocabulary import Header, Role, ServingMetric
-from serving.answers import binary_probability
+from serving.answers import binary_probability, class_label, numeric_prediction
 from serving.capture import CaptureBuffer, write_labels
 from serving.routing import (
     RequestError,
@@ -61,6 +61,7 @@ LATENCY_BOUNDARIES = [
     2.5,
     5.0,
 ]
+MAX_CLASSES = 100  # distinct class labels a replica counts (each is a metric series)
 PREDICTION_BOUNDARIES = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 INVOCATIONS_ENDPOINT = "invocations"  # MLflow's scoring path, under the route prefix
 HEALTH_ENDPOINTS = ("ping", "health")  # as `mlflow models serve` answers them
@@ -103,6 +104,19 @@ class Router:
         self.rejected = Counter(
             ServingMetric.rejected.value, "Client errors, by status", tag_keys=("status",)
         )
+        # Outputs that are not one probability: a regression's value (its moments give mean and variance
+        # exactly) and a classifier's predicted class; rollout analysis compares them between versions.
+        self.moments = Counter(
+            ServingMetric.prediction_moments.value,
+            "Numeric predictions: count (n), sum (sum_pos - sum_neg) and sum of squares, by version",
+            tag_keys=(*tags, "moment"),  # type: ignore[arg-type]
+        )
+        self.classes = Counter(
+            ServingMetric.predicted_class.value,
+            "Answers by predicted class, by version",
+            tag_keys=(*tags, "class"),  # type: ignore[arg-type]
+        )
+        self.class_labels: set[str] = set()
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Apply a new split and model set; load new versions first, then swap everything at once."""
@@ -187,10 +201,7 @@ class Router:
             )
         self.latency.observe(time.perf_counter() - start, tags=tags)
         self.requests.inc(tags={**tags, "status": "ok"})
-        for answer in scored.answers:
-            probability = binary_probability(answer)
-            if probability is not None:
-                self.predictions.observe(probability, tags=tags)
+        self._observe_predictions(scored.answers, tags)
         capture = self.capture
         if capture is not None and random.random() * 100 < config.capture.sample_percent:
             capture.add(
@@ -220,6 +231,34 @@ class Router:
             "predictions": scored.answers,
         }
         return JSONResponse(answer, headers=headers)
+
+    def _observe_predictions(self, answers: list[dict[str, Any]], tags: dict[str, str]) -> None:
+        """Record each answer's prediction in the metric that fits its kind (probability, value, class)."""
+        values = []
+        for answer in answers:
+            probability = binary_probability(answer)
+            if probability is not None:
+                self.predictions.observe(probability, tags=tags)
+                continue
+            value = numeric_prediction(answer)
+            if value is not None:
+                values.append(value)
+                continue
+            label = class_label(answer)
+            if label is not None and (label in self.class_labels or len(self.class_labels) < MAX_CLASSES):
+                self.class_labels.add(label)
+                self.classes.inc(tags={**tags, "class": label})
+        if values:
+            # A counter only grows: the sum is kept as its positive and negative parts.
+            moments = {
+                "n": float(len(values)),
+                "sum_pos": sum(v for v in values if v > 0),
+                "sum_neg": -sum(v for v in values if v < 0),
+                "sum_sq": sum(v * v for v in values),
+            }
+            for moment, amount in moments.items():
+                if amount > 0:
+                    self.moments.inc(amount, tags={**tags, "moment": moment})
 
     async def _labels(self, request: Request, config: RouterConfig, request_id: str) -> JSONResponse:
         """Record labels that arrived after the answers: ``{"labels": [{"request_id": ..., "label": 0|1}]}``."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -13,6 +14,8 @@ from contracts.vocabulary import ServingMetric
 REQUESTS_METRIC = ServingMetric.requests.exported
 LATENCY_METRIC = ServingMetric.latency.exported
 PREDICTION_METRIC = ServingMetric.prediction.exported
+MOMENTS_METRIC = ServingMetric.prediction_moments.exported
+CLASS_METRIC = ServingMetric.predicted_class.exported
 
 
 @dataclass
@@ -25,6 +28,33 @@ class VersionStats:
     prediction_sum: float = 0.0
     prediction_count: float = 0.0
     prediction_buckets: dict[float, float] = field(default_factory=dict)
+    # A regression's values (exact moments) and a classifier's answers by predicted class.
+    value_moments: dict[str, float] = field(default_factory=dict)
+    class_counts: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def value_count(self) -> float:
+        """How many numeric (regression) predictions."""
+        return self.value_moments.get("n", 0.0)
+
+    @property
+    def value_mean(self) -> float:
+        """Mean of the numeric predictions (NaN before any)."""
+        n = self.value_count
+        return (
+            (self.value_moments.get("sum_pos", 0.0) - self.value_moments.get("sum_neg", 0.0)) / n
+            if n
+            else math.nan
+        )
+
+    @property
+    def value_variance(self) -> float:
+        """Variance of the numeric predictions (NaN with fewer than two)."""
+        n = self.value_count
+        if n < 2:
+            return math.nan
+        mean = self.value_mean
+        return max(self.value_moments.get("sum_sq", 0.0) / n - mean * mean, 0.0) * n / (n - 1)
 
     @property
     def mean_prediction(self) -> float:
@@ -64,6 +94,8 @@ class VersionStats:
             prediction_buckets={
                 b: c - earlier.prediction_buckets.get(b, 0.0) for b, c in self.prediction_buckets.items()
             },
+            value_moments={m: v - earlier.value_moments.get(m, 0.0) for m, v in self.value_moments.items()},
+            class_counts={c: v - earlier.class_counts.get(c, 0.0) for c, v in self.class_counts.items()},
         )
 
     @property
@@ -89,7 +121,13 @@ def parse_version_stats(text: str) -> dict[tuple[str, str], VersionStats]:
     """Sum the router's counters and latency buckets over replicas, keyed by (version, role)."""
     stats: dict[tuple[str, str], VersionStats] = defaultdict(VersionStats)
     for family in text_string_to_metric_families(text):
-        if family.name not in (REQUESTS_METRIC, LATENCY_METRIC, PREDICTION_METRIC):
+        if family.name not in (
+            REQUESTS_METRIC,
+            LATENCY_METRIC,
+            PREDICTION_METRIC,
+            MOMENTS_METRIC,
+            CLASS_METRIC,
+        ):
             continue
         for sample in family.samples:
             key = (sample.labels.get("version", ""), sample.labels.get("role", ""))
@@ -109,6 +147,12 @@ def parse_version_stats(text: str) -> dict[tuple[str, str], VersionStats]:
                 stats[key].prediction_sum += sample.value
             elif family.name == PREDICTION_METRIC and sample.name.endswith("_count"):
                 stats[key].prediction_count += sample.value
+            elif family.name == MOMENTS_METRIC and sample.name.endswith("_total"):
+                moments, moment = stats[key].value_moments, sample.labels.get("moment", "")
+                moments[moment] = moments.get(moment, 0.0) + sample.value
+            elif family.name == CLASS_METRIC and sample.name.endswith("_total"):
+                counts, label = stats[key].class_counts, sample.labels.get("class", "")
+                counts[label] = counts.get(label, 0.0) + sample.value
     return dict(stats)
 
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from statistics import NormalDist
 from typing import Any
 
+import numpy as np
+
 from contracts.vocabulary import Role, RolloutOutcome
 from serving.metrics import VersionStats
 from serving.spec import AnalysisSpec, RolloutPolicy
@@ -51,6 +53,72 @@ def divergence_interval(
     return (abs(difference), closest, max(abs(low), abs(high)))
 
 
+def value_shift_interval(
+    champion: VersionStats, candidate: VersionStats, confidence: float
+) -> tuple[float, float, float]:
+    """|difference of mean values| in champion standard deviations, with its confidence interval's ends.
+
+    For regression outputs: the moments are exact, so the standard error is that of two independent means.
+    NaN when either version has fewer than two values.
+    """
+    variances = (candidate.value_variance, champion.value_variance)
+    if any(math.isnan(v) for v in variances):
+        return (math.nan, math.nan, math.nan)
+    scale = math.sqrt(variances[1]) or math.sqrt((variances[0] + variances[1]) / 2) or 1.0
+    difference = (candidate.value_mean - champion.value_mean) / scale
+    error = math.sqrt(variances[0] / candidate.value_count + variances[1] / champion.value_count) / scale
+    return _interval_ends(difference, error, confidence)
+
+
+def _interval_ends(difference: float, error: float, confidence: float) -> tuple[float, float, float]:
+    """|difference| and the distances from 0 of the nearest and farthest ends of its two-sided interval."""
+    margin = NormalDist().inv_cdf(0.5 + confidence / 2) * error
+    low, high = difference - margin, difference + margin
+    closest = 0.0 if low <= 0.0 <= high else min(abs(low), abs(high))
+    return (abs(difference), closest, max(abs(low), abs(high)))
+
+
+def class_distance_interval(
+    champion: VersionStats, candidate: VersionStats, confidence: float, draws: int = 400, seed: int = 0
+) -> tuple[float, float, float]:
+    """Total-variation distance between the versions' predicted-class shares, with a bootstrap interval.
+
+    For multiclass outputs. The interval comes from redrawing each version's class counts from its own
+    shares (parametric bootstrap); NaN when either version predicted nothing.
+    """
+    labels = sorted(set(champion.class_counts) | set(candidate.class_counts))
+    counts = [
+        np.array([stats.class_counts.get(label, 0.0) for label in labels]) for stats in (champion, candidate)
+    ]
+    totals = [float(c.sum()) for c in counts]
+    if min(totals) <= 0:
+        return (math.nan, math.nan, math.nan)
+    shares = [c / t for c, t in zip(counts, totals, strict=True)]
+    distance = 0.5 * float(np.abs(shares[1] - shares[0]).sum())
+    rng = np.random.default_rng(seed)
+    redrawn = [rng.multinomial(int(t), s, size=draws) / t for s, t in zip(shares, totals, strict=True)]
+    distances = 0.5 * np.abs(redrawn[1] - redrawn[0]).sum(axis=1)
+    alpha = (1 - confidence) / 2
+    return (distance, float(np.quantile(distances, alpha)), float(np.quantile(distances, 1 - alpha)))
+
+
+def prediction_divergence(
+    champion: VersionStats, candidate: VersionStats, analysis: AnalysisSpec
+) -> tuple[str, float, tuple[float, float, float]]:
+    """The divergence that fits what the versions answer: (what it measures, its bound, its interval)."""
+    confidence = analysis.divergence_confidence
+    binary = divergence_interval(champion, candidate, confidence)
+    if not math.isnan(binary[0]):
+        return "mean prediction", analysis.max_prediction_divergence, binary
+    if champion.value_count and candidate.value_count:
+        shift = value_shift_interval(champion, candidate, confidence)
+        return "mean value (in champion standard deviations)", analysis.max_standardised_shift, shift
+    if champion.class_counts and candidate.class_counts:
+        distance = class_distance_interval(champion, candidate, confidence)
+        return "predicted-class shares (total variation)", analysis.max_class_share_distance, distance
+    return "mean prediction", analysis.max_prediction_divergence, binary
+
+
 def analyse_step(
     champion: VersionStats, candidate: VersionStats, analysis: AnalysisSpec, final: bool = True
 ) -> StepVerdict:
@@ -67,8 +135,8 @@ def analyse_step(
         "candidate_p99_s": candidate.latency_quantile(0.99),
         "champion_p99_s": champion.latency_quantile(0.99),
     }
-    divergence, divergence_low, divergence_high = divergence_interval(
-        champion, candidate, analysis.divergence_confidence
+    measured, bound, (divergence, divergence_low, divergence_high) = prediction_divergence(
+        champion, candidate, analysis
     )
     numbers |= {
         "prediction_divergence": divergence,
@@ -94,11 +162,11 @@ def analyse_step(
                 f"p99 latency {candidate_p99:.3f}s is {ratio:.1f}x the champion's {champion_p99:.3f}s "
                 f"(> {analysis.max_p99_latency_ratio:g}x)"
             )
-    if final and not math.isnan(divergence_low) and divergence_low > analysis.max_prediction_divergence:
+    if final and not math.isnan(divergence_low) and divergence_low > bound:
         reasons.append(
-            f"mean prediction differs from the champion's by {divergence:.3f} "
+            f"{measured} differs from the champion's by {divergence:.3f} "
             f"({analysis.divergence_confidence:.0%} CI [{divergence_low:.3f}, {divergence_high:.3f}] "
-            f"> {analysis.max_prediction_divergence:g})"
+            f"> {bound:g})"
         )
     return StepVerdict("breach" if reasons else "pass", tuple(reasons), numbers)
 

@@ -214,7 +214,12 @@ class AnalysisSpec(StrictModel):
     max_p99_latency_ratio: float = Field(default=3.0, gt=1.0)
     # Below this p99 a ratio is noise (a few ms of scheduling jitter doubles a 5 ms p99): not judged.
     p99_latency_floor_s: float = Field(default=0.05, ge=0.0)
+    # How far the candidate's predictions may move from the champion's, by the kind of output: the mean
+    # probability (binary), the mean value in champion standard deviations (regression), the total-variation
+    # distance between predicted-class shares (multiclass).
     max_prediction_divergence: float = Field(default=0.1, ge=0.0, le=1.0)
+    max_standardised_shift: float = Field(default=0.5, ge=0.0)
+    max_class_share_distance: float = Field(default=0.1, ge=0.0, le=1.0)
     # The two versions answer different requests: a divergence breaches only when even the low end of its
     # confidence interval exceeds the bound, and only when a step's hold is over (no repeated peeking).
     divergence_confidence: float = Field(default=0.95, gt=0.5, lt=1.0)

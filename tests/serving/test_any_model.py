@@ -299,6 +299,45 @@ def test_shadowing_a_non_binary_candidate_counts_requests_without_divergence(
     assert mirrored >= 40 and answered >= 40, f"40 mirrored and 40 answered, saw {mirrored} and {answered}"
     assert shadow_now.errors == before_shadow.errors, "the shadow scored without errors"
     assert champion_now.prediction_count == before_champion.prediction_count, "no probability histogram"
+    # and each version's predicted classes are counted, which the rollout's class-share analysis reads.
+    answered_classes = sum(champion_now.class_counts.values()) - sum(before_champion.class_counts.values())
+    assert answered_classes >= 40 * len(RECORDS), f"predicted classes counted: {champion_now.class_counts}"
+
+
+def test_a_regressors_values_reach_the_rollout_analysis_as_exact_moments(models, router, local_env) -> None:
+    # Given the regressor served as champion,
+    ref = models["regressor"]
+    router(ref)
+
+    def stats() -> VersionStats:
+        return scrape_version_stats(local_env.metrics_url).get((ref.version, "champion"), VersionStats())
+
+    # (the router's readiness probe was answered too: wait until what it exported has settled)
+    before = stats()
+    for _ in range(30):
+        time.sleep(2.5)  # Ray exports metrics every 2 s here (RAY_metrics_report_interval_ms)
+        settled = stats()
+        if settled.value_count == before.value_count:
+            break
+        before = settled
+    # when 30 requests are answered,
+    values: list[float] = []
+    with requests.Session() as session:
+        for _ in range(30):
+            answered = session.post(URL, json={"rows": RECORDS}, timeout=30)
+            assert answered.status_code == 200, answered.text
+            values += [a["prediction"] for a in answered.json()["predictions"]]
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and stats().value_count - before.value_count < len(values):
+        time.sleep(1)
+    # then the metrics hold their count and mean exactly (what the standardised-shift analysis judges).
+    now = stats()
+    count = now.value_count - before.value_count
+    total = (now.value_mean * now.value_count) - (
+        before.value_mean * before.value_count if before.value_count else 0.0
+    )
+    assert count == len(values), f"{len(values)} values answered, {count} counted"
+    assert total / count == pytest.approx(float(np.mean(values)), rel=1e-6), "the mean of what was answered"
 
 
 def test_the_built_in_classifier_answers_invocations_as_mlflow_serve_does(

@@ -147,3 +147,73 @@ def test_controller_rolls_back_on_errors_and_yields_to_a_pin() -> None:
     pinned = World(candidate_errors_per_tick=0, pinned_after=3)
     assert RolloutController(POLICY, "1", "2", pinned.effects()).run().outcome == "pinned"
     assert ("promote",) not in pinned.actions, "a pin in config wins over automation"
+
+
+def latency(ok: float) -> dict[float, float]:
+    return {0.01: ok, float("inf"): ok}
+
+
+def regression_stats(values, errors: float = 0) -> VersionStats:
+    import numpy as np
+
+    values = np.asarray(values, dtype=float)
+    moments = {
+        "n": float(len(values)),
+        "sum_pos": float(values[values > 0].sum()),
+        "sum_neg": float(-values[values < 0].sum()),
+        "sum_sq": float((values**2).sum()),
+    }
+    return VersionStats(
+        ok=len(values), errors=errors, latency_buckets=latency(len(values)), value_moments=moments
+    )
+
+
+def classifier_stats(counts: dict[str, float]) -> VersionStats:
+    total = sum(counts.values())
+    return VersionStats(ok=total, latency_buckets=latency(total), class_counts=counts)
+
+
+def test_a_regression_candidate_is_judged_on_its_mean_value_in_champion_standard_deviations() -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    # Given a champion predicting around 150 (sd 50) and candidates predicting the same, or 2 sd higher,
+    champion = regression_stats(rng.normal(150, 50, 2_000))
+    same = analyse_step(champion, regression_stats(rng.normal(150, 50, 400)), ANALYSIS)
+    shifted = analyse_step(champion, regression_stats(rng.normal(250, 50, 400)), ANALYSIS)
+    # then the first passes and the second breaches, the reason naming what was measured.
+    assert same.status == "pass", same
+    assert same.numbers["prediction_divergence_low"] < 0.5, same.numbers
+    assert (
+        shifted.status == "breach" and "mean value (in champion standard deviations)" in shifted.reasons[0]
+    ), shifted
+    assert shifted.numbers["prediction_divergence"] > 1.5, shifted.numbers
+
+
+def test_a_multiclass_candidate_is_judged_on_its_predicted_class_shares() -> None:
+    champion = classifier_stats({"a": 600, "b": 300, "c": 100})
+    similar = analyse_step(champion, classifier_stats({"a": 118, "b": 62, "c": 20}), ANALYSIS)
+    different = analyse_step(champion, classifier_stats({"a": 40, "b": 60, "c": 100}), ANALYSIS)
+    assert similar.status == "pass", similar
+    assert different.status == "breach" and "predicted-class shares" in different.reasons[0], different
+    assert different.numbers["prediction_divergence_low"] > 0.1, different.numbers
+
+
+def test_moments_and_class_counts_are_read_back_from_prometheus_text() -> None:
+    text = "\n".join(
+        [
+            "# TYPE ray_lockgate_prediction_moments_total counter",
+            'ray_lockgate_prediction_moments_total{version="3",role="candidate",mode="weighted",moment="n"} 4',
+            'ray_lockgate_prediction_moments_total{version="3",role="candidate",mode="weighted",moment="sum_pos"} 10',
+            'ray_lockgate_prediction_moments_total{version="3",role="candidate",mode="weighted",moment="sum_neg"} 2',
+            'ray_lockgate_prediction_moments_total{version="3",role="candidate",mode="weighted",moment="sum_sq"} 40',
+            "# TYPE ray_lockgate_predicted_class_total counter",
+            'ray_lockgate_predicted_class_total{version="2",role="champion",mode="weighted",class="a"} 5',
+            'ray_lockgate_predicted_class_total{version="2",role="champion",mode="weighted",class="b"} 7',
+        ]
+    )
+    parsed = parse_version_stats(text + "\n")
+    candidate, champion = parsed[("3", "candidate")], parsed[("2", "champion")]
+    assert candidate.value_count == 4 and candidate.value_mean == 2.0, candidate.value_moments
+    assert candidate.value_variance == (40 / 4 - 4) * 4 / 3, "the sample variance from exact moments"
+    assert champion.class_counts == {"a": 5, "b": 7}, champion.class_counts
