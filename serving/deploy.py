@@ -36,6 +36,19 @@ def application_status(dashboard_url: str, headers: dict[str, str], app_name: st
     return dict(response.json().get("applications", {}).get(app_name, {}))
 
 
+def router_user_config(dashboard_url: str, headers: dict[str, str], app_name: str) -> dict[str, Any] | None:
+    """The router's ``user_config`` as deployed now (what serves), or None when the app is not deployed."""
+    from serving.render import ROUTER_DEPLOYMENT_NAME
+
+    deployed = application_status(dashboard_url, headers, app_name).get("deployed_app_config") or {}
+    for deployment in deployed.get("deployments") or ():
+        if deployment.get("name") == ROUTER_DEPLOYMENT_NAME and isinstance(
+            deployment.get("user_config"), dict
+        ):
+            return dict(deployment["user_config"])
+    return None
+
+
 def wait_running(dashboard_url: str, headers: dict[str, str], app_name: str, timeout_s: float = 180) -> None:
     """Poll until the application is RUNNING; fail with Serve's own message when it is DEPLOY_FAILED."""
     deadline = time.monotonic() + timeout_s

@@ -6,6 +6,7 @@ A weight written in the serving file is a pin and always wins; without one, the 
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import tempfile
@@ -156,9 +157,14 @@ def apply_desired(
     state_path: Path,
     capture_uri: str | None = None,
 ) -> RouterConfig:
-    """Resolve file + rollout state + aliases, render, deploy declaratively, wait until RUNNING."""
-    from serving.deploy import deploy_config, wait_running
-    from serving.render import render_serve_config
+    """Resolve file + rollout state + aliases, render, deploy declaratively, wait until RUNNING.
+
+    Serving never goes down for a bad model: a version that is not served yet is first loaded and scored
+    here (:func:`preflight`), and nothing is deployed when it fails. Should the application still fail to
+    deploy, the router's previous ``user_config`` is deployed again, and the error says so.
+    """
+    from serving.deploy import DeployError, deploy_config, router_user_config, wait_running
+    from serving.render import ROUTER_DEPLOYMENT_NAME, render_serve_config
 
     router = resolve_router_config(
         file,
@@ -166,9 +172,67 @@ def apply_desired(
         registry_aliases(file.model_name),
         capture_uri or Settings.from_environ().capture_uri,
     )
-    deploy_config(dashboard_url, headers, render_serve_config(file.serving, router))
-    wait_running(dashboard_url, headers, file.serving.app_name)
+    app_name = file.serving.app_name
+    previous = router_user_config(dashboard_url, headers, app_name)
+    preflight(router, previous)
+    rendered = render_serve_config(file.serving, router)
+    deploy_config(dashboard_url, headers, rendered)
+    try:
+        wait_running(dashboard_url, headers, app_name)
+    except DeployError as error:
+        if previous is None:
+            raise
+        rendered = copy.deepcopy(rendered)  # the same shape, with what served before
+        for application in rendered["applications"]:
+            for deployment in application["deployments"]:
+                if application["name"] == app_name and deployment["name"] == ROUTER_DEPLOYMENT_NAME:
+                    deployment["user_config"] = previous
+        deploy_config(dashboard_url, headers, rendered)
+        wait_running(dashboard_url, headers, app_name)
+        raise DeployError(
+            f"{error}; the previous configuration (champion v{previous['champion']['version']}) was deployed "
+            "again and keeps serving"
+        ) from None
     return router
+
+
+def preflight(router: RouterConfig, previous: dict[str, Any] | None) -> None:
+    """Load and score every version the router does not serve yet, before anything is deployed.
+
+    It is scored on its own input example (or another version's, same model name, when it logged none).
+    A version that cannot load or answer raises ``DeployError`` naming it; the running router is untouched.
+    """
+    from serving.deploy import DeployError
+    from serving.scoring import LoadedModel
+
+    served = {
+        (ref.get("name"), ref.get("version"))
+        for ref in ((previous or {}).get("champion"), (previous or {}).get("candidate"))
+        if isinstance(ref, dict)
+    }
+    refs = [ref for ref in (router.champion, router.candidate) if ref is not None]
+    loaded: dict[str, Any] = {}
+    for ref in refs:
+        if (ref.name, ref.version) in served:
+            continue
+        try:
+            loaded[ref.uri] = LoadedModel.load(ref)
+        except Exception as error:  # any failure to load is this version's: it must not reach the router
+            raise DeployError(f"model {ref.uri} cannot be served: it does not load: {error}") from None
+    examples = [m.model.input_example for m in loaded.values() if m.model.input_example is not None]
+    for uri, model in loaded.items():
+        example = (
+            model.model.input_example if model.model.input_example is not None else next(iter(examples), None)
+        )
+        if example is None:
+            continue
+        rows = example.to_dict("records") if hasattr(example, "to_dict") else list(example)
+        try:
+            model.predict(rows)
+        except Exception as error:  # any failure to answer is this version's
+            raise DeployError(
+                f"model {uri} cannot be served: it fails on its input example: {error}"
+            ) from None
 
 
 def describe(file: ServingFile, router: RouterConfig) -> str:

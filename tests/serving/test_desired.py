@@ -72,3 +72,56 @@ def test_capture_uses_the_environment_store_unless_the_file_names_one() -> None:
         resolve_router_config(sampled, RolloutState(), aliases, capture_uri=None)
     with pytest.raises(ValueError, match="capture.uri is required"):
         CaptureSpec(sample_percent=1)
+
+
+def test_a_deploy_that_fails_puts_the_previous_router_config_back(tmp_path, monkeypatch) -> None:
+    from serving import deploy, desired
+    from serving.deploy import DeployError
+    from serving.desired import ServingFile, apply_desired, update_rollout_state
+
+    # Given a router serving v1, and a registry whose aliases now name v2 as champion,
+    previous = {"champion": {"name": "m", "version": "1"}, "candidate": None}
+    puts: list[dict] = []
+    statuses = iter(["DEPLOY_FAILED", "RUNNING"])
+    monkeypatch.setattr(desired, "registry_aliases", lambda name: {"champion": "2"})
+    monkeypatch.setattr(desired, "preflight", lambda router, before: None)
+    monkeypatch.setattr(deploy, "router_user_config", lambda url, headers, app: previous)
+    monkeypatch.setattr(deploy, "deploy_config", lambda url, headers, config: puts.append(config))
+
+    def wait(url, headers, app):
+        if next(statuses) != "RUNNING":
+            raise DeployError(f"application {app} is DEPLOY_FAILED: replica failed to start")
+
+    monkeypatch.setattr(deploy, "wait_running", wait)
+    update_rollout_state(tmp_path / "state.json", candidate_weight=0.0)
+    # when the new config fails to deploy,
+    with pytest.raises(DeployError) as caught:
+        apply_desired("http://127.0.0.1:1", {}, ServingFile(model_name="m"), tmp_path / "state.json")
+    # then the previous user_config was deployed again, and the error says v1 keeps serving.
+    user_configs = [c["applications"][0]["deployments"][0]["user_config"] for c in puts]
+    assert [u["champion"]["version"] for u in user_configs] == ["2", "1"], user_configs
+    assert "champion v1) was deployed again and keeps serving" in str(caught.value), caught.value
+
+
+def test_concurrent_writers_of_the_rollout_state_lose_nothing(tmp_path) -> None:
+    import threading
+
+    from serving.desired import read_rollout_state, update_rollout_state
+
+    # Given a pause and a stream of weight changes written at once from several threads,
+    path = tmp_path / "state.json"
+    update_rollout_state(path, candidate_weight=0.0)
+    workers = [
+        threading.Thread(
+            target=lambda w=w: [update_rollout_state(path, candidate_weight=w) for _ in range(20)]
+        )
+        for w in (10.0, 50.0)
+    ]
+    pauser = threading.Thread(target=lambda: update_rollout_state(path, paused=True))
+    for thread in (*workers, pauser):
+        thread.start()
+    for thread in (*workers, pauser):
+        thread.join()
+    # then the pause survived every read-modify-write, and no staging file is left behind.
+    assert read_rollout_state(path).paused, "a concurrent weight change lost the pause"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".tmp") == [], "no temp file left"
