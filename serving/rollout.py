@@ -11,6 +11,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from statistics import NormalDist
 from typing import Any
 
@@ -21,6 +22,11 @@ from serving.metrics import VersionStats
 from serving.spec import AnalysisSpec, RolloutPolicy
 
 POLL_S = 1.0
+RETRIES = 3  # attempts of one effect, 1 s and 2 s apart
+
+
+class EffectFailed(RuntimeError):
+    """An effect (metrics, Serve, the registry) still failed after its retries."""
 
 
 @dataclass(frozen=True)
@@ -205,13 +211,61 @@ class RolloutController:
         self.candidate_key = (candidate_version, Role.candidate.value)
         self.candidate_version = candidate_version
 
-    def _delta(self, baseline: dict, key: tuple[str, str]) -> VersionStats:
-        now = self.effects.scrape().get(key, VersionStats())
-        return now.minus(baseline.get(key, VersionStats()))
+    def _retried(self, what: str, action: Callable[[], Any]) -> Any:
+        """An effect retried with backoff (1, 2, 4 s): a scrape or a Serve call may fail for a moment."""
+        for attempt in range(RETRIES):
+            try:
+                return action()
+            except Exception as error:  # the last failure is re-raised with what was being done
+                if attempt == RETRIES - 1:
+                    raise EffectFailed(
+                        f"{what} failed {RETRIES} times: {type(error).__name__}: {error}"
+                    ) from error
+                self.effects.sleep(2.0**attempt)
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+    def _scrape(self) -> dict[tuple[str, str], VersionStats]:
+        return dict(self._retried("reading the router's metrics", self.effects.scrape))
+
+    def _delta(self, now: dict, baseline: dict, key: tuple[str, str]) -> VersionStats:
+        return now.get(key, VersionStats()).minus(baseline.get(key, VersionStats()))
 
     def run(self) -> RolloutResult:
-        """Run to the end; every exit leaves traffic and aliases consistent."""
+        """Run to the end; every exit leaves traffic and aliases consistent.
+
+        An effect that keeps failing (metrics unreachable, Serve or MLflow refusing) ends the rollout as a
+        rollback: the candidate's weight goes to 0, it is tagged rejected, and one ``rollback`` event says
+        why. Only if even that fails does the error propagate, after the event.
+        """
         result = RolloutResult(None)
+        try:
+            return self._walk(result)
+        except Exception as error:
+            weight = max((float(step["weight"]) for step in result.steps), default=0.0)
+            reason = f"the rollout could not continue: {error}"
+            failures = []
+            cleanup: tuple[tuple[str, Callable[[], Any]], ...] = (
+                ("setting the candidate's weight to 0", partial(self.effects.apply_weight, 0.0)),
+                ("tagging the candidate rejected", partial(self.effects.reject, reason)),
+            )
+            for what, action in cleanup:
+                try:
+                    self._retried(what, action)
+                except EffectFailed as failed:
+                    failures.append(str(failed))
+            self.effects.emit(
+                "rollback",
+                f"candidate v{self.candidate_version} rolled back at {weight:g}%: {reason}"
+                + (f"; and {'; '.join(failures)}" if failures else ""),
+                {"weight": weight, "outcome": RolloutOutcome.rolled_back, "error": str(error)},
+            )
+            if failures:
+                raise
+            result.outcome, result.reason = RolloutOutcome.rolled_back, reason
+            return result
+
+    def _walk(self, result: RolloutResult) -> RolloutResult:
+        """The steps, the holds and the end: promotion, or the rollback a verdict asks for."""
         for weight in self.policy.steps:
             if self.effects.is_pinned():
                 result.outcome, result.reason = (
@@ -220,7 +274,10 @@ class RolloutController:
                 )
                 self.effects.emit("rollout_step", result.reason, {"weight": None})
                 return result
-            self.effects.apply_weight(weight)
+            self._retried(
+                f"setting the candidate's weight to {weight:g}%",
+                partial(self.effects.apply_weight, weight),
+            )
             self.effects.emit(
                 "rollout_step", f"candidate v{self.candidate_version} at {weight:g}%", {"weight": weight}
             )
@@ -241,8 +298,8 @@ class RolloutController:
                     if stalled
                     else "; ".join(verdict.reasons)
                 )
-                self.effects.apply_weight(0.0)
-                self.effects.reject(reason)
+                self._retried("setting the candidate's weight to 0", partial(self.effects.apply_weight, 0.0))
+                self._retried("tagging the candidate rejected", partial(self.effects.reject, reason))
                 self.effects.emit(
                     "rollback",
                     f"candidate v{self.candidate_version} rolled back at {weight:g}%: {reason}",
@@ -250,7 +307,7 @@ class RolloutController:
                 )
                 result.outcome, result.reason = outcome, reason
                 return result
-        self.effects.promote()
+        self.effects.promote()  # a refused promotion is not retried: the aliases moved meanwhile
         self.effects.emit(
             "promotion", f"candidate v{self.candidate_version} promoted to champion", {"steps": result.steps}
         )
@@ -259,15 +316,16 @@ class RolloutController:
 
     def _hold(self, weight: float) -> StepVerdict:
         """Hold a weight for the interval (longer if evidence is short); stop early on a breach."""
-        baseline = self.effects.scrape()
+        baseline = self._scrape()
         started = self.effects.clock()
         verdict = StepVerdict("wait", (), {})
         while True:
             self.effects.sleep(POLL_S)
             elapsed = self.effects.clock() - started
+            now = self._scrape()
             verdict = analyse_step(
-                self._delta(baseline, self.champion_key),
-                self._delta(baseline, self.candidate_key),
+                self._delta(now, baseline, self.champion_key),
+                self._delta(now, baseline, self.candidate_key),
                 self.policy.analysis,
                 final=elapsed >= min(self.policy.interval_s, self.policy.max_step_wait_s),
             )

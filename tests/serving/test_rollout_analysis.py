@@ -217,3 +217,65 @@ def test_moments_and_class_counts_are_read_back_from_prometheus_text() -> None:
     assert candidate.value_count == 4 and candidate.value_mean == 2.0, candidate.value_moments
     assert candidate.value_variance == (40 / 4 - 4) * 4 / 3, "the sample variance from exact moments"
     assert champion.class_counts == {"a": 5, "b": 7}, champion.class_counts
+
+
+class FlakyWorld(World):
+    """A world whose metrics endpoint or Serve fails: ``scrape_failures`` ticks in a row, or for good."""
+
+    def __init__(
+        self, scrape_fails_at: int | None = None, scrape_failures: int = 0, weight_fails: bool = False
+    ):
+        super().__init__(candidate_errors_per_tick=0)
+        self.scrapes, self.fails_at, self.failures, self.weight_fails = (
+            0,
+            scrape_fails_at,
+            scrape_failures,
+            weight_fails,
+        )
+
+    def effects(self) -> RolloutEffects:
+        effects = super().effects()
+        scrape, apply_weight = effects.scrape, effects.apply_weight
+
+        def flaky_scrape():
+            self.scrapes += 1
+            if self.fails_at is not None and self.fails_at <= self.scrapes < self.fails_at + self.failures:
+                raise ConnectionError("Prometheus is not answering")
+            return scrape()
+
+        def flaky_weight(weight: float) -> None:
+            if self.weight_fails and weight > 0:
+                raise RuntimeError("Serve refused the config")
+            apply_weight(weight)
+
+        effects.scrape, effects.apply_weight = flaky_scrape, flaky_weight
+        return effects
+
+
+def test_a_scrape_failing_for_a_moment_is_retried_and_the_rollout_goes_on() -> None:
+    # Given metrics that fail twice in a row mid-step (fewer than the retries),
+    world = FlakyWorld(scrape_fails_at=3, scrape_failures=2)
+    # when the rollout runs, then it promotes as if nothing happened.
+    result = RolloutController(POLICY, "1", "2", world.effects()).run()
+    assert result.outcome == "promoted", result
+
+
+def test_metrics_gone_for_good_end_in_one_rollback_at_weight_zero_never_stuck() -> None:
+    # Given metrics that stop answering for good in the first step,
+    world = FlakyWorld(scrape_fails_at=3, scrape_failures=10_000)
+    # when the rollout runs,
+    result = RolloutController(POLICY, "1", "2", world.effects()).run()
+    # then the candidate ends at weight 0, tagged rejected, with exactly one rollback event saying why.
+    assert (
+        result.outcome == "rolled_back" and "reading the router's metrics failed 3 times" in result.reason
+    ), result
+    assert world.weight == 0.0, f"the candidate is left at {world.weight}%"
+    assert [a for a in world.actions if a[0] == "event" and a[1] == "rollback"] == [("event", "rollback")]
+    assert any(a[0] == "reject" for a in world.actions) and ("promote",) not in world.actions, world.actions
+
+
+def test_serve_refusing_a_weight_rolls_back_instead_of_leaving_the_last_weight() -> None:
+    world = FlakyWorld(weight_fails=True)
+    result = RolloutController(POLICY, "1", "2", world.effects()).run()
+    assert result.outcome == "rolled_back" and "Serve refused the config" in result.reason, result
+    assert world.weight == 0.0 and ("event", "rollback") in world.actions, world.actions
