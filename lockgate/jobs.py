@@ -96,7 +96,14 @@ def start_pipeline(
         config = with_data(config, data)
         entrypoint += f" --data {shlex.quote(data)}"
     client = job_client(env)
-    submission_id = f"lockgate-{config.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+    key = (trigger or {}).get("run_key")
+    if key:
+        # A triggered run is named by its event: a second check deciding the same event finds it started.
+        submission_id = f"lockgate-{config.name}-{key}"
+        if _job_exists(client, submission_id):
+            return client, submission_id, config
+    else:
+        submission_id = f"lockgate-{config.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
     runtime_env = job_runtime_env(config_path, submission_id)
     if not Path(config.events.log_file).is_absolute():
         runtime_env["env_vars"][EnvVar.events_file.value] = str(log_path(config.events, config_path.parent))
@@ -108,6 +115,17 @@ def start_pipeline(
         entrypoint=entrypoint, submission_id=submission_id, runtime_env=runtime_env, metadata=metadata
     )
     return client, submission_id, config
+
+
+def _job_exists(client: Any, submission_id: str) -> bool:
+    """Whether the cluster knows a job by this submission id (in any state)."""
+    try:
+        client.get_job_info(submission_id)
+    except RuntimeError as error:  # Ray's SDK raises RuntimeError for a 404 and for a failed request alike
+        if "status code 404" in str(error):
+            return False
+        raise
+    return True
 
 
 def running_pipeline_jobs(env: LocalEnvironment, pipeline_name: str) -> int:

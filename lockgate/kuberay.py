@@ -74,7 +74,13 @@ def training_job(
     job = copy.deepcopy(template)
     metadata = job.setdefault("metadata", {})
     prefix = metadata.pop("generateName")
-    name = f"{prefix}{time.strftime('%Y%m%d%H%M%S')}-{suffix or secrets.token_hex(3)}"
+    key = (trigger or {}).get("run_key")
+    # A triggered run is named by its event (one RayJob per event, however many checks decide it).
+    name = (
+        f"{prefix}{key}"
+        if key
+        else f"{prefix}{time.strftime('%Y%m%d%H%M%S')}-{suffix or secrets.token_hex(3)}"
+    )
     metadata["name"] = name
     metadata["labels"] = {**metadata.get("labels", {}), ROLE_LABEL: TRAINING_ROLE, PIPELINE_LABEL: pipeline}
     spec = job["spec"]
@@ -123,6 +129,8 @@ class KubeRayLauncher:
         try:
             created = self.api.create_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, job)
         except ApiException as error:
+            if error.status == 409 and (trigger or {}).get("run_key"):
+                return str(job["metadata"]["name"])  # this event's run was started already: not again
             raise _refused("creating", self.namespace, error) from None
         return str(created["metadata"]["name"])
 

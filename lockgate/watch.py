@@ -39,7 +39,7 @@ from pipeline.history import (
     read_cursor,
     write_cursor,
 )
-from pipeline.triggers import Decision, TriggerState, decide, make_window
+from pipeline.triggers import Decision, TriggerState, decide, event_slug, make_window
 
 logger = logging.getLogger(__name__)
 
@@ -245,6 +245,8 @@ class Watcher:
                 "reason": decision.reason.value,
                 "event_id": decision.event_id or "",
                 "fired_at": now.timestamp(),
+                # The same for every check that decides about this event: the run starts once.
+                "run_key": event_slug(decision.event_id or now.strftime("%Y%m%dT%H%M%S")),
             }
             # If this raises, nothing below happens: no event, no state, so the next check decides again.
             submission = self.submit(trigger)

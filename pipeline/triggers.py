@@ -378,3 +378,17 @@ def _quiet(
         )
         return Decision(fire=False, at=now, explanation=explanation), new_state
     return Decision(fire=False, at=now, explanation="no trigger is due"), new_state
+
+
+def event_slug(event_id: str) -> str:
+    """A name part that is the same for every decision about one event: lowercase, ``[a-z0-9-]``, 32 at most.
+
+    Runs are named from it (a Ray job's submission id, a RayJob's name), so a second check that decides
+    to start the same event's run finds it already there instead of starting another.
+    """
+    import hashlib
+    import re
+
+    readable = re.sub(r"[^a-z0-9]+", "-", event_id.lower()).strip("-")[:23].strip("-")
+    digest = hashlib.sha256(event_id.encode()).hexdigest()[:8]
+    return f"{readable}-{digest}" if readable else digest
