@@ -132,3 +132,29 @@ def test_other_answers_are_stored_as_json_and_read_back_beside_binary_ones(tmp_p
     assert json.loads(frame.loc["value", "answer"]) == {"prediction": 12.5}, frame.loc["value"].to_dict()
     assert pd.isna(frame.loc["value", "probability"]), "no binary probability for a regression answer"
     assert pd.isna(frame.loc["binary", "answer"]), "binary answers have no JSON copy"
+
+
+def test_an_all_integer_first_batch_does_not_fix_the_schema_for_later_reads(tmp_path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from serving.capture import REQUESTS_DIR, read_captured
+
+    # Given a first capture file whose number column happened to hold only integers, and a later one with
+    # fractions (two flushes of the same column),
+    folder = tmp_path / REQUESTS_DIR
+    folder.mkdir(parents=True)
+    base = {"request_id": ["a"], "model": ["m"], "version": ["1"], "role": ["champion"]}
+    pq.write_table(
+        pa.table({**base, "income": pa.array([52_000], pa.int64()), "captured_at": [1.0]}),
+        folder / "1.parquet",
+    )
+    pq.write_table(
+        pa.table({**base, "request_id": ["b"], "income": [52_000.5], "captured_at": [2.0]}),
+        folder / "2.parquet",
+    )
+    # when the checks read what was captured,
+    frame = read_captured(str(tmp_path))
+    # then both rows come back, the column as numbers, the fraction kept.
+    assert list(frame["request_id"]) == ["a", "b"], frame
+    assert list(frame["income"]) == [52_000.0, 52_000.5], frame["income"]
