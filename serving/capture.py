@@ -14,6 +14,7 @@ different kinds of model read back together.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import time
@@ -29,7 +30,10 @@ import pyarrow.parquet as pq
 
 from serving.answers import PREDICTION, PROBABILITY, binary_probability
 
-REQUESTS_DIR, LABELS_DIR = "requests", "labels"
+logger = logging.getLogger("ray.serve")
+REQUESTS_DIR, LABELS_DIR, QUARANTINE_DIR = "requests", "labels", "quarantine"
+BUFFER_BATCHES = 10
+"""A replica buffers at most this many batches while the store refuses writes; older rows are dropped."""
 ANSWER = "answer"
 META_COLUMNS = ("request_id", "captured_at", "model", "version", "role", PROBABILITY, PREDICTION, ANSWER)
 # Typed so that a batch with none of them set still writes a column every reader can combine.
@@ -67,6 +71,9 @@ class CaptureBuffer:
         self._sequence = 0
         self.written_files = 0
         self.written_rows = 0
+        self.quarantined_rows = 0  # rows no table could hold (written aside as JSON lines, never retried)
+        self.dropped_rows = 0  # rows dropped because the store refused writes for too long (buffer full)
+        self.max_rows = BUFFER_BATCHES * batch_rows
 
     def add(
         self,
@@ -83,6 +90,15 @@ class CaptureBuffer:
         with self._lock:
             if self._oldest is None:
                 self._oldest = now
+            overflow = len(self._rows) + len(rows) - self.max_rows
+            if (
+                overflow > 0
+            ):  # the store has refused writes for long: the oldest rows go, memory stays bounded
+                del self._rows[:overflow]
+                self.dropped_rows += overflow
+                logger.warning(
+                    "capture buffer full (%d rows): dropped the oldest %d", self.max_rows, overflow
+                )
             for index, (row, answer) in enumerate(zip(rows, answers, strict=True)):
                 self._rows.append(
                     {
@@ -114,19 +130,40 @@ class CaptureBuffer:
             sequence = self._sequence
         if not rows:
             return None
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
+        stem = f"{stamp}-{self.writer_id}-{sequence:06d}"
+        table, bad = _writable(rows)
+        if bad:
+            self._quarantine(bad, stem)
+        if table is None:
+            return None
         try:
-            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
-            path = _write_atomically(
-                _table(rows), self.uri, REQUESTS_DIR, f"{stamp}-{self.writer_id}-{sequence:06d}"
-            )
+            path = _write_atomically(table, self.uri, REQUESTS_DIR, stem)
         except Exception:
+            good = [row for row in rows if not any(row is b for b in bad)]
             with self._lock:
-                self._rows[:0] = rows
+                room = max(self.max_rows - len(self._rows), 0)
+                self.dropped_rows += max(len(good) - room, 0)
+                self._rows[:0] = good[len(good) - min(room, len(good)) :]
                 self._oldest = oldest if self._oldest is None else min(oldest or 0, self._oldest)
             raise
         self.written_files += 1
-        self.written_rows += len(rows)
+        self.written_rows += table.num_rows
         return path
+
+    def _quarantine(self, rows: list[dict[str, Any]], stem: str) -> None:
+        """Write rows no table could hold as JSON lines under ``quarantine/`` (escaped, so always writable)."""
+        self.quarantined_rows += len(rows)
+        logger.warning("capture: %d row(s) cannot be stored as a table; quarantined", len(rows))
+        try:
+            store, root = filesystem(self.uri)
+            folder = f"{root.rstrip('/')}/{QUARANTINE_DIR}"
+            store.create_dir(folder, recursive=True)
+            with store.open_output_stream(f"{folder}/{stem}.jsonl") as stream:
+                for row in rows:
+                    stream.write((json.dumps(row, default=repr, ensure_ascii=True) + "\n").encode())
+        except Exception:  # the quarantine is a courtesy: its failure must not stop good rows
+            logger.exception("capture: the quarantined rows could not be written either")
 
 
 def answer_columns(answer: dict[str, Any]) -> dict[str, Any]:
@@ -136,6 +173,28 @@ def answer_columns(answer: dict[str, Any]) -> dict[str, Any]:
     if probability is not None and prediction in (0, 1) and not isinstance(prediction, bool):
         return {PROBABILITY: probability, PREDICTION: int(prediction)}
     return {ANSWER: json.dumps(answer, sort_keys=True)}
+
+
+def _writable(rows: list[dict[str, Any]]) -> tuple[pa.Table | None, list[dict[str, Any]]]:
+    """The rows as one table, and the rows no table could hold (found one by one only when the batch fails)."""
+    try:
+        return _table(rows), []
+    except (pa.ArrowException, OverflowError, UnicodeError, TypeError, ValueError):
+        pass
+    good, bad = [], []
+    for row in rows:
+        try:
+            _table([row])
+        except (pa.ArrowException, OverflowError, UnicodeError, TypeError, ValueError):
+            bad.append(row)
+        else:
+            good.append(row)
+    if not good:
+        return None, bad
+    try:
+        return _table(good), bad
+    except (pa.ArrowException, OverflowError, UnicodeError, TypeError, ValueError):
+        return None, rows  # rows fine alone that conflict together: set them all aside rather than loop
 
 
 def _table(rows: list[dict[str, Any]]) -> pa.Table:

@@ -158,3 +158,46 @@ def test_an_all_integer_first_batch_does_not_fix_the_schema_for_later_reads(tmp_
     # then both rows come back, the column as numbers, the fraction kept.
     assert list(frame["request_id"]) == ["a", "b"], frame
     assert list(frame["income"]) == [52_000.0, 52_000.5], frame["income"]
+
+
+def test_a_row_no_table_can_hold_is_quarantined_and_the_good_rows_are_written(tmp_path) -> None:
+    # Given a batch where one request carried a value Parquet cannot store (a lone surrogate, an integer
+    # beyond 64 bits) between two good ones,
+    buffer = CaptureBuffer(str(tmp_path), batch_rows=10, flush_s=10)
+    answered(buffer, "good-1")
+    for request_id, row in (("bad-str", {**ROW, "region": "\ud800"}), ("bad-int", {**ROW, "age": 10**30})):
+        buffer.add(
+            [row],
+            [{"probability": 0.5, "prediction": 1}],
+            request_id=request_id,
+            model="loans",
+            version="1",
+            role="champion",
+        )
+    answered(buffer, "good-2")
+    # when it is flushed,
+    buffer.flush()
+    # then the good rows are readable, the bad ones were set aside (not retried for ever), nothing is buffered.
+    assert read_captured(str(tmp_path))["request_id"].tolist() == ["good-1", "good-2"], "good rows written"
+    quarantined = [line for f in (tmp_path / "quarantine").iterdir() for line in f.read_text().splitlines()]
+    assert sorted(json.loads(line)["request_id"] for line in quarantined) == ["bad-int", "bad-str"], (
+        quarantined
+    )
+    assert buffer.quarantined_rows == 2 and not buffer.due(), "the bad rows are not kept to fail again"
+
+
+def test_the_buffer_stays_bounded_while_the_store_refuses_writes(tmp_path) -> None:
+    # Given a store that refuses every write,
+    blocked = tmp_path / "not-a-dir"
+    blocked.write_text("a file where the store should be")
+    buffer = CaptureBuffer(str(blocked), batch_rows=5, flush_s=1)
+    # when far more requests arrive than the bound, with failed flushes in between,
+    for index in range(200):
+        answered(buffer, f"r{index}")
+        if index % 5 == 4:
+            with pytest.raises(OSError):
+                buffer.flush()
+    # then memory stays at the bound, the oldest rows were dropped and counted, and the newest are kept.
+    assert len(buffer._rows) <= buffer.max_rows == 50, len(buffer._rows)
+    assert buffer.dropped_rows == 200 - len(buffer._rows), buffer.dropped_rows
+    assert buffer._rows[-1]["request_id"] == "r199", "the newest rows are the ones kept"
