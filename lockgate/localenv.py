@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -493,21 +493,33 @@ class LocalEnvironment:
             + _tail(log_path)
         )
 
+    def mlflow_server_env(
+        self, creds: dict[str, str], auth_config: Path, inherited: Mapping[str, str] | None = None
+    ) -> dict[str, str]:
+        """The MLflow server's environment: the shell's, minus anything that would change who it trusts.
+
+        MLflow's ``MLFLOW_AUTH_ADMIN_*`` variables override the auth config file: one left in a user's shell
+        would make the server's admin someone else than ``credentials.json`` says (every client a 401).
+        Client variables are dropped too: the server is not a client of itself.
+        """
+        env = {
+            key: value
+            for key, value in (os.environ if inherited is None else inherited).items()
+            if not key.startswith(("MLFLOW_AUTH_", "MLFLOW_TRACKING_", "MLFLOW_FLASK_SERVER_SECRET_KEY"))
+        }
+        env.update(
+            {
+                "MLFLOW_AUTH_CONFIG_PATH": str(auth_config),
+                "MLFLOW_FLASK_SERVER_SECRET_KEY": creds["mlflow_flask_secret"],
+                # The server's background job runner (7 worker processes) serves features we do not use.
+                "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+            }
+        )
+        return env
+
     def _start_mlflow(self, creds: dict[str, str], log: Callable[[str], None]) -> ServiceState:
         auth_config = self._write_mlflow_auth_config(creds)
-        env = {
-            **os.environ,
-            "MLFLOW_AUTH_CONFIG_PATH": str(auth_config),
-            "MLFLOW_FLASK_SERVER_SECRET_KEY": creds["mlflow_flask_secret"],
-            # The server's background job runner (7 worker processes) serves features we do not use.
-            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-        }
-        for leaked in (
-            EnvVar.mlflow_tracking_uri.value,
-            EnvVar.mlflow_username.value,
-            EnvVar.mlflow_password.value,
-        ):
-            env.pop(leaked, None)
+        env = self.mlflow_server_env(creds, auth_config)
         log_path = self.state_dir / "logs" / "mlflow.log"
         mlflow_dir = self.state_dir / "mlflow"
         command = [

@@ -151,3 +151,22 @@ def test_the_state_directory_is_private(tmp_path) -> None:
     # then only its owner can list or read it (it holds the MLflow database and password hashes).
     mode = stat.S_IMODE(state.stat().st_mode)
     assert mode == 0o700, f"the state directory must be 0700, is {oct(mode)}"
+
+
+def test_the_mlflow_server_trusts_only_the_environments_own_admin(tmp_path) -> None:
+    # Given a user's shell that happens to carry MLflow's admin override and client credentials,
+    shell = {
+        "PATH": "/usr/bin",
+        "MLFLOW_AUTH_ADMIN_USERNAME": "someone-else",
+        "MLFLOW_AUTH_ADMIN_PASSWORD": "their-password",
+        "MLFLOW_TRACKING_PASSWORD": "a-client-secret",
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": "not-ours",
+    }
+    env = LocalEnvironment(tmp_path / "state", ENV_PORTS)
+    creds = {"mlflow_username": "lockgate-admin", "mlflow_password": "p", "mlflow_flask_secret": "ours"}
+    # when the server's environment is built,
+    server = env.mlflow_server_env(creds, tmp_path / "auth.ini", shell)
+    # then nothing of the shell decides who the admin is: only the environment's own auth config does.
+    assert not any(key.startswith(("MLFLOW_AUTH_ADMIN", "MLFLOW_TRACKING_")) for key in server), server
+    assert server["MLFLOW_AUTH_CONFIG_PATH"] == str(tmp_path / "auth.ini"), server
+    assert server["MLFLOW_FLASK_SERVER_SECRET_KEY"] == "ours" and server["PATH"] == "/usr/bin", server
