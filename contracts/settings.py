@@ -146,3 +146,31 @@ class Settings:
         except json.JSONDecodeError:
             return {}
         return value if isinstance(value, dict) else {}
+
+
+SECRET_QUERY_MARKERS = ("sig", "signature", "token", "key", "secret", "password", "credential", "auth")
+
+
+def redact_uri(uri: str) -> str:
+    """A URI safe to log, tag or show: its password and secret-looking query values become ``***``.
+
+    Secret-looking: a parameter name with ``sig``, ``token``, ``key``… (``X-Amz-Signature``); the rest stays.
+    """
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    if "://" not in uri:
+        return uri
+    parts = urlsplit(uri)
+    netloc = parts.netloc
+    if "@" in netloc:
+        credentials, host = netloc.rsplit("@", 1)
+        user = credentials.split(":", 1)[0]
+        netloc = f"{user}:***@{host}" if ":" in credentials else f"***@{host}"
+    query = urlencode(
+        [
+            (name, "***" if any(marker in name.lower() for marker in SECRET_QUERY_MARKERS) else value)
+            for name, value in parse_qsl(parts.query, keep_blank_values=True)
+        ],
+        safe="*",
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))

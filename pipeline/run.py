@@ -20,7 +20,7 @@ from typing import Any
 
 import requests
 
-from contracts.settings import RESULT_MARKER, EnvVar, Settings
+from contracts.settings import RESULT_MARKER, EnvVar, Settings, redact_uri
 from contracts.vocabulary import RunOutcome, Tag
 from pipeline.config import ConfigError, PipelineConfig, load_config, parse_config
 from pipeline.delivery import estimate_cost, outcome_after_rollout
@@ -119,6 +119,16 @@ def trigger_event_details(trigger: dict[str, Any]) -> dict[str, Any]:
     return {f"trigger_{key}" if key != "reason" else "trigger": value for key, value in trigger.items()}
 
 
+def loggable_config(config: PipelineConfig) -> dict[str, Any]:
+    """The validated config as an artefact, with webhook URLs (secrets) and data-URI credentials redacted."""
+    raw = config.model_dump(mode="json", by_alias=True)
+    raw["data"]["uri"] = redact_uri(raw["data"]["uri"])
+    for sink in raw.get("events", {}).get("webhooks", []):
+        if sink.get("url"):
+            sink["url"] = "***"
+    return raw
+
+
 def with_data(config: PipelineConfig, uri: str) -> PipelineConfig:
     """The same pipeline on another data set (a new batch): only ``data.uri`` changes, and is re-validated."""
     raw = config.model_dump(mode="json", by_alias=True)
@@ -180,7 +190,7 @@ def start_run(config: PipelineConfig, base_dir: Path, settings: Settings, tracke
             Tag.outcome: RunOutcome.running,
         }
     )
-    tracker.log_dict(config.model_dump(mode="json", by_alias=True), "pipeline_config.json")
+    tracker.log_dict(loggable_config(config), "pipeline_config.json")
     trigger = settings.trigger_details()
     if trigger:
         tracker.set_tags({f"{Tag.trigger_prefix}{key}": value for key, value in trigger.items()})

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from contracts.settings import ServingTarget, Settings
+from contracts.settings import ServingTarget, Settings, redact_uri
 from contracts.vocabulary import Alias, ModelMetadata, Tag, Task
 from pipeline.config import PipelineConfig
 from pipeline.deploy import DeployResult, deploy_and_roll_out
@@ -127,6 +127,7 @@ def prediction_values(predictions: Predictions) -> np.ndarray | None:
 def prepare(config: PipelineConfig, base_dir: Path, tracker: Tracker) -> Prepared:
     """Read, validate and split the data; log the validation report, the data set and its size."""
     frame, location = load_table(config.data, base_dir)
+    location = redact_uri(location)  # what is logged, tagged and shown: never a password or a signature
     try:
         data = prepare_frame(frame, config.data_schema, config.split, config.task)
     except DataError as error:

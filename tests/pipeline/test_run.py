@@ -365,3 +365,26 @@ def test_main_prints_the_result_line_and_maps_the_outcome(
     }, "the result line holds the run's result"
     assert exit_code == code, f"a {outcome} run exits {code}"
     assert received[0].submission_id == "sub-9", "main reads the environment once and passes it down"
+
+
+def test_secrets_in_the_data_uri_and_webhooks_never_reach_the_logged_config() -> None:
+    from contracts.settings import redact_uri
+    from pipeline.config import parse_config
+    from pipeline.run import loggable_config
+    from tests.conftest import deep_merge, shipped_config
+
+    # Given a pipeline reading a signed URL and posting to a webhook whose URL is its secret,
+    signed = "https://bucket.example/loans.parquet?X-Amz-Credential=AKIA1&X-Amz-Signature=abc123&part=1"
+    raw = deep_merge(
+        shipped_config(),
+        {"data": {"uri": signed}, "events": {"webhooks": [{"url": "https://hooks.example/T0/B0/secret"}]}},
+    )
+    # when the config is prepared for the run's artefacts,
+    logged = loggable_config(parse_config(raw))
+    text = str(logged)
+    # then neither the signature, the credential nor the webhook URL is in it; the rest stays readable.
+    for secret in ("abc123", "AKIA1", "hooks.example/T0/B0/secret"):
+        assert secret not in text, f"{secret} leaked into pipeline_config.json"
+    assert logged["data"]["uri"].startswith("https://bucket.example/loans.parquet?") and "part=1" in text
+    assert redact_uri("s3://user:pass@bucket/key") == "s3://user:***@bucket/key", "a password in a URI"
+    assert redact_uri("data/loans.parquet") == "data/loans.parquet", "a path is left as it is"
