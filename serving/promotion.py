@@ -69,18 +69,49 @@ class AliasWriter:
                 why_not = eligible_for_champion(dict(client.get_model_version(name, move.version).tags))
                 if why_not:
                     return AliasChange(False, f"v{move.version} cannot be champion: {why_not}", current)
-        for move in moves:
-            if current.get(move.alias) != move.expected:
-                continue  # an optional move whose expectation no longer holds
-            if move.version is None:
-                client.delete_registered_model_alias(name, move.alias)
-            else:
-                client.set_registered_model_alias(name, move.alias, move.version)
+        applied: list[AliasMove] = []
+        try:
+            for move in moves:
+                if current.get(move.alias) != move.expected:
+                    continue  # an optional move whose expectation no longer holds
+                _point(client, name, move.alias, move.version)
+                applied.append(move)
+        except Exception as error:  # MLflow refused one move: put back the ones made, so none is half-done
+            restored = _restore(client, name, applied, current)
+            return AliasChange(
+                False,
+                f"MLflow refused moving '{move.alias}' ({type(error).__name__}: {error}); "
+                + (
+                    "the aliases were put back as they were"
+                    if restored
+                    else "putting the aliases back failed too"
+                ),
+                current,
+            )
         for version, version_tags in tags.items():
             for key, value in version_tags.items():
                 client.set_model_version_tag(name, version, key, value)
         aliases = {alias: str(v) for alias, v in client.get_registered_model(name).aliases.items()}
         return AliasChange(True, "", aliases)
+
+
+def _point(client: Any, name: str, alias: str, version: str | None) -> None:
+    """Point ``alias`` at ``version`` (None: remove it)."""
+    if version is None:
+        client.delete_registered_model_alias(name, alias)
+    else:
+        client.set_registered_model_alias(name, alias, version)
+
+
+def _restore(client: Any, name: str, applied: list[AliasMove], before: dict[str, str]) -> bool:
+    """Undo the moves made, newest first; whether every alias is back where it was."""
+    ok = True
+    for move in reversed(applied):
+        try:
+            _point(client, name, move.alias, before.get(move.alias))
+        except Exception:  # keep restoring the others; the caller says the restore was incomplete
+            ok = False
+    return ok
 
 
 def alias_writer() -> Any:
