@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -21,11 +23,33 @@ def lockgate(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-def public_listeners() -> set[str]:
-    """Listening TCP sockets not bound to loopback (IPv4, or IPv4-mapped IPv6)."""
-    lines = subprocess.run(["ss", "-ltnH"], capture_output=True, text=True, check=True).stdout.splitlines()
-    local = {line.split()[3] for line in lines}
-    return {a for a in local if not a.startswith(("127.0.0.1:", "[::ffff:127.0.0.1]:", "[::1]:"))}
+def sessions_of(leaders: list[int]) -> set[int]:
+    """Every process in the sessions the given leaders started (each service runs in a session of its own)."""
+    wanted, members = set(leaders), set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().split(")")[-1].split()
+            except OSError:
+                continue
+            if int(fields[3]) in wanted:  # the session id
+                members.add(int(entry.name))
+    return members
+
+
+LOOPBACK = ("127.0.0.1:", "[::ffff:127.0.0.1]:", "[::1]:")
+
+
+def listeners(owners: set[int]) -> set[str]:
+    """Addresses the given processes listen on (TCP), as ``ss`` attributes sockets to processes.
+
+    Restricted to the environment's own processes: other programs on the machine (another test session, a
+    developer's tools) neither fail the check nor hide a listener of ours.
+    """
+    lines = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout.splitlines()
+    return {
+        line.split()[3] for line in lines if {int(pid) for pid in re.findall(r"pid=(\d+)", line)} & owners
+    }
 
 
 def own_ports(ports: Ports) -> list[int]:
@@ -37,7 +61,6 @@ def test_up_status_down_leaves_no_process_or_listener(tmp_path) -> None:
     state = tmp_path / "state"
     common = ["--state-dir", str(state)]
     ports = ["--mlflow-port", "18055", "--ray-port", "18390", "--dashboard-port", "18275"]
-    exposed_before = public_listeners()
     started = lockgate("up", *common, *ports, "--num-cpus", "1")
     try:
         assert started.returncode == 0, started.stderr
@@ -55,7 +78,9 @@ def test_up_status_down_leaves_no_process_or_listener(tmp_path) -> None:
             "a second up reuses the healthy environment"
         )
         assert json.loads((state / "state.json").read_text())["ray"]["pid"] == pids[1]
-        exposed = public_listeners() - exposed_before
+        owned = listeners(sessions_of(pids))
+        assert {"127.0.0.1:18055", "127.0.0.1:18275"} <= owned, f"the environment's sockets are its own: {owned}"
+        exposed = {address for address in owned if not address.startswith(LOOPBACK)}
         assert not exposed, f"every listener must be on 127.0.0.1, found {exposed}"
     finally:
         stopped = lockgate("down", *common)
