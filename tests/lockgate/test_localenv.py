@@ -79,7 +79,9 @@ def test_up_status_down_leaves_no_process_or_listener(tmp_path) -> None:
         )
         assert json.loads((state / "state.json").read_text())["ray"]["pid"] == pids[1]
         owned = listeners(sessions_of(pids))
-        assert {"127.0.0.1:18055", "127.0.0.1:18275"} <= owned, f"the environment's sockets are its own: {owned}"
+        assert {"127.0.0.1:18055", "127.0.0.1:18275"} <= owned, (
+            f"the environment's sockets are its own: {owned}"
+        )
         exposed = {address for address in owned if not address.startswith(LOOPBACK)}
         assert not exposed, f"every listener must be on 127.0.0.1, found {exposed}"
     finally:
