@@ -91,6 +91,7 @@ class Exporter:
             ["model", "version", "metric"],
             registry=r,
         )
+        self._skipped_seen = 0  # of the reader's skipped count, what the counter already holds
         self.skipped = Counter(
             "lockgate_events_skipped", "Stored events that could not be read (truncated, unknown)", registry=r
         )
@@ -112,7 +113,7 @@ class Exporter:
 
     def _count_skipped(self) -> None:
         """Add the events the reader skipped since the last look to ``lockgate_events_skipped_total``."""
-        new = self.events.skipped - getattr(self, "_skipped_seen", 0)
+        new = self.events.skipped - self._skipped_seen
         if new > 0:
             self.skipped.inc(new)
         self._skipped_seen = self.events.skipped

@@ -806,21 +806,6 @@ def paired_bootstrap(
     )
 
 
-def paired_bootstrap_delta(
-    task: Task | str,
-    metric: str,
-    y: Any,
-    candidate: Predictions,
-    champion: Predictions,
-    samples: int,
-    confidence: float,
-    seed: int,
-) -> tuple[float, float, float]:
-    """(delta, ci_low, ci_high) of :func:`paired_bootstrap`: positive means the candidate is better."""
-    result = paired_bootstrap(task, metric, y, candidate, champion, samples, confidence, seed)
-    return result.delta, result.ci_low, result.ci_high
-
-
 # -- label checks ---------------------------------------------------------------------------------------
 
 

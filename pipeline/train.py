@@ -13,6 +13,7 @@ import pandas as pd
 
 from pipeline.config import ColumnType, PipelineConfig
 from pipeline.model import WEIGHTS_FILE, FeatureEncoder, build_mlp, predict_proba
+from pipeline.trainer import ray_train_configs
 
 logger = logging.getLogger(__name__)
 
@@ -180,12 +181,10 @@ def run_training(
     Checkpoints go to ``training.storage_path``, else ``storage`` (the environment's, ``Settings.train_storage``),
     else ``~/ray_results``.
     """
-    import ray.train
     import torch
     from ray.train.torch import TorchTrainer
 
     training = config.training
-    storage = training.storage_path or storage or str(Path.home() / "ray_results")
     loop_config = {
         "x_train": data.x_train,
         "y_train": data.y_train,
@@ -202,20 +201,9 @@ def run_training(
         "mlflow_run_id": mlflow_run_id,
         "inject_failure_at_epoch": training.inject_failure_at_epoch,
     }
+    scaling, run = ray_train_configs(training, run_name, storage, checkpoints_kept=2)
     trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config=loop_config,
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=training.scaling.num_workers,
-            use_gpu=False,
-            resources_per_worker={"CPU": training.scaling.cpus_per_worker},
-        ),
-        run_config=ray.train.RunConfig(
-            name=run_name,
-            storage_path=storage,
-            failure_config=ray.train.FailureConfig(max_failures=training.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-        ),
+        train_loop_per_worker, train_loop_config=loop_config, scaling_config=scaling, run_config=run
     )
     result = trainer.fit()
     if result.error is not None:

@@ -31,10 +31,34 @@ from typing import Any
 import pandas as pd
 
 from contracts.vocabulary import Task
-from pipeline.config import DataSchema, PipelineConfig
+from pipeline.config import DataSchema, PipelineConfig, TrainingConfig
 
 MODEL_FILE = "model.pkl"
 IMPORT_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def ray_train_configs(
+    training: TrainingConfig, run_name: str, storage: str | None, checkpoints_kept: int | None = None
+) -> tuple[Any, Any]:
+    """Ray Train's ``ScalingConfig`` and ``RunConfig`` for a run, the built-in model's and a team's alike.
+
+    Workers and their CPUs from ``training.scaling``, restarts from ``training.max_failures``; checkpoints
+    go to ``training.storage_path``, else ``storage`` (the environment's), else ``~/ray_results``.
+    """
+    import ray.train
+
+    scaling = ray.train.ScalingConfig(
+        num_workers=training.scaling.num_workers,
+        use_gpu=False,
+        resources_per_worker={"CPU": training.scaling.cpus_per_worker},
+    )
+    run = ray.train.RunConfig(
+        name=run_name,
+        storage_path=training.storage_path or storage or str(Path.home() / "ray_results"),
+        failure_config=ray.train.FailureConfig(max_failures=training.max_failures),
+        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=checkpoints_kept),
+    )
+    return scaling, run
 
 
 class TrainerError(ValueError):
@@ -163,13 +187,12 @@ def run_custom_training(
 ) -> CustomTrained:
     """The edge: run the team's trainer under Ray Train on the running cluster and return rank 0's model."""
     import cloudpickle
-    import ray.train
     from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer  # Train V2, as ray.train.RunConfig
 
     training = config.training
     if training.trainer is None:
         raise TrainerError("training.trainer: not set (the built-in model trains through pipeline.train)")
-    storage = training.storage_path or storage or str(Path.home() / "ray_results")
+    scaling, run = ray_train_configs(training, run_name, storage)
     trainer = DataParallelTrainer(
         _train_loop,
         train_loop_config={
@@ -182,16 +205,8 @@ def run_custom_training(
             "params": dict(training.params),
             "seed": training.seed,
         },
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=training.scaling.num_workers,
-            use_gpu=False,
-            resources_per_worker={"CPU": training.scaling.cpus_per_worker},
-        ),
-        run_config=ray.train.RunConfig(
-            name=run_name,
-            storage_path=storage,
-            failure_config=ray.train.FailureConfig(max_failures=training.max_failures),
-        ),
+        scaling_config=scaling,
+        run_config=run,
     )
     result = trainer.fit()
     if result.error is not None:

@@ -53,10 +53,7 @@ def divergence_interval(
     if any(math.isnan(v) for v in variances):
         return (abs(difference), abs(difference), abs(difference))
     error = math.sqrt(variances[0] / candidate.prediction_count + variances[1] / champion.prediction_count)
-    margin = NormalDist().inv_cdf(0.5 + confidence / 2) * error
-    low, high = difference - margin, difference + margin
-    closest = 0.0 if low <= 0.0 <= high else min(abs(low), abs(high))
-    return (abs(difference), closest, max(abs(low), abs(high)))
+    return _interval_ends(difference, error, confidence)
 
 
 def value_shift_interval(
