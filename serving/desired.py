@@ -196,11 +196,17 @@ def apply_desired(
     return router
 
 
+SMOKE_ATTEMPTS = 20
+"""A version is refused when it fails its input example this many times in a row: it cannot answer at all.
+One that fails only sometimes is the rollout's to judge, on live traffic against its error-rate bound."""
+
+
 def preflight(router: RouterConfig, previous: dict[str, Any] | None) -> None:
     """Load and score every version the router does not serve yet, before anything is deployed.
 
     It is scored on its own input example (or another version's, same model name, when it logged none).
-    A version that cannot load or answer raises ``DeployError`` naming it; the running router is untouched.
+    A version that does not load, or fails every one of ``SMOKE_ATTEMPTS`` tries, raises ``DeployError``
+    naming it; the running router is untouched.
     """
     from serving.deploy import DeployError
     from serving.scoring import LoadedModel
@@ -227,11 +233,19 @@ def preflight(router: RouterConfig, previous: dict[str, Any] | None) -> None:
         if example is None:
             continue
         rows = example.to_dict("records") if hasattr(example, "to_dict") else list(example)
-        try:
-            model.predict(rows)
-        except Exception as error:  # any failure to answer is this version's
+        failure: Exception | None = None
+        for _ in range(SMOKE_ATTEMPTS):
+            try:
+                model.predict(rows)
+            except Exception as error:  # any failure to answer is this version's
+                failure = error
+            else:
+                failure = None
+                break
+        if failure is not None:
             raise DeployError(
-                f"model {uri} cannot be served: it fails on its input example: {error}"
+                f"model {uri} cannot be served: it fails on its input example "
+                f"({SMOKE_ATTEMPTS} attempts): {failure}"
             ) from None
 
 

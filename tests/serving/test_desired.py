@@ -125,3 +125,38 @@ def test_concurrent_writers_of_the_rollout_state_lose_nothing(tmp_path) -> None:
     # then the pause survived every read-modify-write, and no staging file is left behind.
     assert read_rollout_state(path).paused, "a concurrent weight change lost the pause"
     assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".tmp") == [], "no temp file left"
+
+
+class SmokeModel:
+    """A loaded version whose predict fails its first ``failures`` calls, then answers."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures, self.calls = failures, 0
+        self.model = type("Pyfunc", (), {"input_example": [{"x": 1.0}]})()
+
+    def predict(self, rows: list) -> list:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise RuntimeError("injected model failure")
+        return [{"prediction": 1.0}]
+
+
+@pytest.mark.parametrize(("failures", "refused"), [(10_000, True), (3, False)])
+def test_preflight_refuses_a_version_that_never_answers_and_leaves_intermittent_errors_to_the_rollout(
+    monkeypatch, failures: int, refused: bool
+) -> None:
+    from serving import scoring
+    from serving.deploy import DeployError
+    from serving.desired import SMOKE_ATTEMPTS, preflight
+    from serving.spec import ModelRef, RouterConfig
+
+    model = SmokeModel(failures)
+    monkeypatch.setattr(scoring.LoadedModel, "load", classmethod(lambda cls, ref: model))
+    router = RouterConfig(champion=ModelRef(name="m", version="2"))
+    if refused:
+        with pytest.raises(DeployError, match=f"models:/m/2 cannot be served.*{SMOKE_ATTEMPTS} attempts"):
+            preflight(router, None)
+        assert model.calls == SMOKE_ATTEMPTS, f"tried {model.calls} times"
+    else:
+        preflight(router, None)
+        assert model.calls == 4, "it stops at the first answer"
