@@ -23,9 +23,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from contracts.vocabulary import Alias
+import numpy as np
+import pandas as pd
+
+from contracts.vocabulary import Alias, Task
 from pipeline.config import PipelineConfig
-from pipeline.drift import PROFILE_ARTIFACT, DriftReport, ReferenceProfile, check_drift, measure_quality
+from pipeline.drift import (
+    PROFILE_ARTIFACT,
+    DriftReport,
+    ReferenceProfile,
+    check_drift,
+    class_key,
+    measure_quality,
+)
 from pipeline.events import Event, EventType, emit
 from pipeline.history import (
     TRIGGER_STATE,
@@ -39,7 +49,16 @@ from pipeline.history import (
     read_cursor,
     write_cursor,
 )
+from pipeline.tasks import Predictions
 from pipeline.triggers import Decision, TriggerState, decide, event_slug, make_window
+from serving.answers import (
+    PREDICTION,
+    PROBABILITIES,
+    PROBABILITY,
+    binary_probability,
+    class_label,
+    numeric_prediction,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -200,6 +219,7 @@ class Watcher:
         spec = self.config.triggers
         now = self.clock()
         self._pending = []
+        self._notes: list[str] = []
         self._sample_serving()
         champion = self.registry.champion_version(self.model_name)
         notes: list[str] = []
@@ -215,7 +235,8 @@ class Watcher:
             served = captured[(captured["model"] == self.model_name) & (captured["version"] == champion)]
             window_rows = len(served)
             if spec.drift.enabled and window_rows >= spec.drift.window_rows:
-                report = check_drift(profile, served, served["probability"], spec.drift.check)
+                answered = served_predictions(served, self.config.task)
+                report = check_drift(profile, served, answered.drift_values(), spec.drift.check)
                 cursor = cursor.model_copy(update={"drift_since": float(served["captured_at"].max()) + 1e-6})
                 scores = {name: f.score for name, f in report.features.items()}
                 if report.prediction is not None:
@@ -268,7 +289,7 @@ class Watcher:
             append_row(self.store, pending)
         write_cursor(self.store, cursor)
         self.store.write(TRIGGER_STATE, new_state.model_dump(mode="json"))
-        return CheckResult(champion, window_rows, report, quality, decision, submission, notes)
+        return CheckResult(champion, window_rows, report, quality, decision, submission, notes + self._notes)
 
     def _quality(
         self, read_captured: Callable, read_labels: Callable, cursor: WatchCursor, champion: str
@@ -287,8 +308,20 @@ class Watcher:
         joined = mine.merge(fresh, on="request_id")
         if len(joined) < spec.min_labelled_rows:
             return None, cursor
+        answered = served_predictions(joined, self.config.task)
+        usable = answered.usable_labels(joined["label"])
+        if (~usable).any():
+            # A label the model cannot have (a typo, another model's) must not stop every later check.
+            self._notes.append(
+                f"{int((~usable).sum())} labelled answers set aside: no usable answer, or a label a "
+                f"{self.config.task.value} model cannot predict"
+            )
+        if int(usable.sum()) < spec.min_labelled_rows:
+            return None, cursor
         cursor = cursor.model_copy(update={"labels_since": float(fresh["labelled_at"].max()) + 1e-6})
-        quality = measure_quality(joined["label"], joined["probability"])
+        quality = measure_quality(
+            joined["label"][usable], answered.quality_predictions(usable), self.config.task
+        )
         self._pending.append(QualityRow(time=self.clock().timestamp(), version=champion, metrics=quality))
         if self.exporter is not None:
             self.exporter.set_quality(champion, quality)
@@ -311,3 +344,80 @@ class Watcher:
 
 def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
+
+
+@dataclass(frozen=True)
+class ServedPredictions:
+    """What the champion answered on captured rows, per task, read back from the capture files."""
+
+    task: Task
+    answers: list[dict[str, Any] | None]
+
+    def _numbers(self, key: str) -> np.ndarray:
+        reader = binary_probability if key == PROBABILITY else numeric_prediction
+        return np.asarray(
+            [math.nan if a is None or reader(a) is None else reader(a) for a in self.answers], dtype="float64"
+        )
+
+    def drift_values(self) -> np.ndarray:
+        """Per row: P(positive) (binary), the value (regression) or the predicted class (multiclass)."""
+        if self.task == Task.binary:
+            return self._numbers(PROBABILITY)
+        if self.task == Task.regression:
+            return self._numbers(PREDICTION)
+        return np.asarray([None if a is None else class_label(a) for a in self.answers], dtype=object)
+
+    def _classes(self) -> tuple[str, ...] | None:
+        """The classes of the first answer that gives class probabilities (the model's own order)."""
+        for answer in self.answers:
+            if answer is not None and isinstance(answer.get(PROBABILITIES), dict):
+                return tuple(class_key(label) for label in answer[PROBABILITIES])
+        return None
+
+    def usable_labels(self, labels: pd.Series) -> np.ndarray:
+        """Which labelled rows quality can be measured on: an answer of the task and a label it could be."""
+        labels = pd.Series(labels).reset_index(drop=True)
+        present = labels.notna().to_numpy()
+        if self.task == Task.multiclass:
+            classes = self._classes()
+            predicted = self.drift_values()
+            ok = np.asarray([p is not None for p in predicted])
+            if classes is not None:
+                ok &= np.asarray([_has_probabilities(a, classes) for a in self.answers])
+                known = np.asarray([v is not None and v == v and class_key(v) in classes for v in labels])
+                return present & ok & known
+            return present & ok
+        numbers = pd.to_numeric(labels, errors="coerce").to_numpy(dtype="float64")
+        answered = ~np.isnan(self.drift_values())
+        if self.task == Task.binary:
+            return present & answered & np.isin(numbers, (0.0, 1.0))
+        return present & answered & np.isfinite(numbers)
+
+    def quality_predictions(self, rows: np.ndarray) -> np.ndarray | Predictions:
+        """The predictions of the ``rows`` selected, as :func:`pipeline.drift.measure_quality` takes them."""
+        if self.task != Task.multiclass:
+            return self.drift_values()[rows]
+        chosen = [a for a, keep in zip(self.answers, rows, strict=True) if keep]
+        classes = self._classes()
+        if classes is None:
+            return Predictions(self.task, np.asarray([class_label(a) for a in chosen], dtype=object))
+        matrix = np.asarray(
+            [[_probability_of(a, label) for label in classes] for a in chosen], dtype="float64"
+        ).reshape(len(chosen), len(classes))
+        return Predictions(self.task, matrix, classes)
+
+
+def _has_probabilities(answer: dict[str, Any] | None, classes: tuple[str, ...]) -> bool:
+    found = answer.get(PROBABILITIES) if answer is not None else None
+    return isinstance(found, dict) and {class_key(label) for label in found} == set(classes)
+
+
+def _probability_of(answer: dict[str, Any], label: str) -> float:
+    return float(next(v for k, v in answer[PROBABILITIES].items() if class_key(k) == label))
+
+
+def served_predictions(captured: pd.DataFrame, task: Task) -> ServedPredictions:
+    """The answers of captured rows, ready for the drift and quality checks of ``task``."""
+    from serving.capture import captured_answers
+
+    return ServedPredictions(task, captured_answers(captured))

@@ -28,8 +28,9 @@ The drift check (:func:`check_drift`) bins a captured batch the same way and, pe
   nobody cares about, so it never decides alone: a column drifts when PSI >= its threshold *and* the
   p-value is below ``alpha`` (which only protects small batches from noisy PSI values).
 
-Prediction drift is the same check on the model's predicted probability. A batch drifts overall when the
-share of drifted features reaches ``drift_share`` or (by default) when the prediction drifts.
+Prediction drift is the same check on what the model answers: its probability (binary) or value
+(regression) binned, its predicted class (multiclass) counted. A batch drifts overall when the share of
+drifted features reaches ``drift_share`` or (by default) when the prediction drifts.
 
 Degradation is :func:`measure_quality`: the very metrics the gates use offline
 (:func:`pipeline.evaluate.compute_metrics`), on captured rows whose labels have arrived.
@@ -38,7 +39,7 @@ Degradation is :func:`measure_quality`: the very metrics the gates use offline
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -46,9 +47,10 @@ from pydantic import Field
 from scipy.stats import chi2_contingency, entropy
 
 from contracts.strict import StrictModel
-from contracts.vocabulary import ColumnType
+from contracts.vocabulary import ColumnType, Task
 from pipeline.config.drift import DriftConfig, FeatureDriftRule, ProfileConfig
 from pipeline.evaluate import compute_metrics
+from pipeline.tasks import Predictions
 
 if TYPE_CHECKING:
     from pipeline.config import DataSchema
@@ -98,7 +100,9 @@ class ReferenceProfile(StrictModel):
     rows: int
     bins: int
     columns: dict[str, ColumnProfile]
-    prediction: NumericProfile | None = None
+    # The served prediction: binned numbers (a binary model's probability, a regression value) or counted
+    # classes (a multiclass model's predicted label).
+    prediction: ColumnProfile | None = None
     # Probabilities (a binary model) must lie in [0, 1]; a regression model's values may be any number.
     prediction_is_probability: bool = True
 
@@ -179,6 +183,7 @@ def build_profile(
     predictions: Sequence[float] | np.ndarray | pd.Series | None = None,
     config: ProfileConfig | None = None,
     probabilities: bool = True,
+    prediction_classes: Sequence[str] | None = None,
 ) -> ReferenceProfile:
     """Profile the reference data of one model at training time.
 
@@ -188,7 +193,8 @@ def build_profile(
     ``features``: the model's input columns (default: every declared non-label column).
     ``predictions``: the model's probabilities on reference rows (the held-out split is best: scores on
     training rows are over-confident); they may come from other rows than ``frame``. With
-    ``probabilities=False`` (a regression model) they are values of any size.
+    ``probabilities=False`` (a regression model) they are values of any size. With ``prediction_classes``
+    (a multiclass model) they are predicted class labels, counted per class like a category column.
     Store the result with the model: ``mlflow.log_text(profile.to_json(), PROFILE_ARTIFACT)``.
     """
     settings = config or ProfileConfig()
@@ -209,8 +215,10 @@ def build_profile(
             columns[name] = _profile_categorical(frame[name], schema.columns[name].categories)
         else:
             columns[name] = _profile_numeric(_numeric_values(frame[name], name), settings.bins, name)
-    prediction = None
-    if predictions is not None:
+    prediction: NumericProfile | CategoricalProfile | None = None
+    if predictions is not None and prediction_classes is not None:
+        prediction = _profile_categorical(_class_labels(predictions, None), prediction_classes)
+    elif predictions is not None:
         values = _prediction_values(predictions, None, probabilities)
         prediction = _profile_numeric(values, settings.bins, PREDICTION)
     return ReferenceProfile(
@@ -301,6 +309,27 @@ def _prediction_values(
             f"column '{PREDICTION}': probabilities must lie in [0, 1], got [{present.min():g}, {present.max():g}]"
         )
     return values
+
+
+def _class_labels(predictions: Sequence[Any] | np.ndarray | pd.Series, rows: int | None) -> pd.Series:
+    """Predicted class labels as text (as categories are profiled); missing ones stay missing."""
+    labels = pd.Series(np.asarray(predictions, dtype=object).reshape(-1))
+    if rows is not None and len(labels) != rows:
+        raise DriftInputError(f"column '{PREDICTION}': {len(labels)} predictions for a batch of {rows} rows")
+    present = labels.notna()
+    labels[present] = labels[present].map(class_key)
+    return labels
+
+
+def class_key(value: Any) -> str:
+    """A class label as text, the same whichever way it travelled: ``2``, ``2.0`` and ``"2"`` are ``"2"``."""
+    if isinstance(value, bool | np.bool_):
+        return str(bool(value))
+    if isinstance(value, float | np.floating) and float(value).is_integer():
+        return str(int(value))
+    if isinstance(value, int | np.integer):
+        return str(int(value))
+    return str(value)
 
 
 def _numeric_drift(
@@ -408,14 +437,24 @@ def check_drift(
     if predictions is not None and profile.prediction is not None:
         rule = settings.features.get(PREDICTION, FeatureDriftRule())
         threshold = rule.psi_threshold or settings.prediction_psi_threshold
-        prediction = _numeric_drift(
-            PREDICTION,
-            profile.prediction,
-            _prediction_values(predictions, rows, profile.prediction_is_probability),
-            threshold,
-            sufficient and rule.enabled,
-            settings.alpha,
-        )
+        if isinstance(profile.prediction, CategoricalProfile):
+            prediction = _categorical_drift(
+                PREDICTION,
+                profile.prediction,
+                _class_labels(predictions, rows),
+                threshold,
+                sufficient and rule.enabled,
+                settings.alpha,
+            )
+        else:
+            prediction = _numeric_drift(
+                PREDICTION,
+                profile.prediction,
+                _prediction_values(predictions, rows, profile.prediction_is_probability),
+                threshold,
+                sufficient and rule.enabled,
+                settings.alpha,
+            )
     judged = [f for f in features.values() if f.checked]
     drifted_features = tuple(f.column for f in judged if f.drifted)
     share = len(drifted_features) / len(judged) if judged else 0.0
@@ -456,29 +495,50 @@ def _explain(
 
 # -- degradation -------------------------------------------------------------------------------------
 def measure_quality(
-    labels: Sequence[float] | np.ndarray | pd.Series, predictions: Sequence[float] | np.ndarray | pd.Series
+    labels: Sequence[Any] | np.ndarray | pd.Series,
+    predictions: Sequence[float] | np.ndarray | pd.Series | Predictions,
+    task: Task | str = Task.binary,
 ) -> dict[str, float]:
-    """Model quality on captured rows whose labels have arrived.
+    """Model quality on captured rows whose labels have arrived, with the task's own metrics.
 
-    Returns the gates' metrics (auc, accuracy, f1, log_loss, brier) plus ``rows`` and ``positive_rate``.
+    ``predictions`` per task: binary, P(positive) per row; regression, the predicted values; multiclass, a
+    :class:`~pipeline.tasks.Predictions` (class probabilities with their classes, or predicted labels).
+    Returns the task's gate metrics (binary: auc, accuracy, f1, log_loss, brier; multiclass: accuracy,
+    macro_f1 and, with probabilities, log_loss; regression: rmse, mae, r2) plus ``rows`` and the label
+    statistics, so a degradation trigger compares like with like with the offline ``test.<metric>``.
 
-    Rows whose label is still missing (NaN) are skipped, so the caller may pass every captured row. The
-    metric names match the offline ``test.<metric>`` the model was registered with, so a degradation
-    trigger compares like with like. ``auc`` is NaN while only one class has been labelled.
+    Rows whose label is still missing are skipped, so the caller may pass every captured row. A label the
+    task cannot have (not 0/1 for binary, not a number for regression, not one of the model's classes)
+    raises :class:`DriftInputError` naming it: the caller decides whether to drop such rows first. ``auc``
+    is NaN while only one class has been labelled.
     """
+    task = Task(task)
+    if task == Task.multiclass:
+        if not isinstance(predictions, Predictions):
+            predictions = Predictions(task, np.asarray(predictions, dtype=object))
+        y_any = pd.Series(np.asarray(labels, dtype=object).reshape(-1))
+        if len(y_any) != len(predictions):
+            raise DriftInputError(f"column 'label': {len(y_any)} labels for {len(predictions)} predictions")
+        labelled = y_any.notna().to_numpy()
+        truth = np.asarray([class_key(v) for v in y_any[labelled]], dtype=object)
+        try:
+            return compute_metrics(truth, predictions.subset(labelled), task)
+        except ValueError as error:
+            raise DriftInputError(f"column 'label': {error}") from None
     y = np.asarray(pd.to_numeric(pd.Series(labels), errors="coerce"), dtype="float64").reshape(-1)
-    p = _prediction_values(predictions, None)
+    values = predictions.values if isinstance(predictions, Predictions) else predictions
+    p = _prediction_values(values, None, probabilities=task == Task.binary)
     if y.size != p.size:
         raise DriftInputError(f"column 'label': {y.size} labels for {p.size} predictions")
     labelled = ~np.isnan(y)
     if np.isnan(p[labelled]).any():
         raise DriftInputError(f"column '{PREDICTION}': missing prediction for a labelled row")
     y, p = y[labelled], p[labelled]
-    if not np.isin(y, (0.0, 1.0)).all():
+    if task == Task.binary and not np.isin(y, (0.0, 1.0)).all():
         raise DriftInputError(
             f"column 'label': labels must be 0 or 1, got {sorted(set(y.tolist()) - {0.0, 1.0})[:3]}"
         )
-    return compute_metrics(y, p)
+    return compute_metrics(y, p, task)
 
 
 def describe_report(report: DriftReport, top: int = 5) -> str:

@@ -119,9 +119,21 @@ def score(model: Any, frame: pd.DataFrame, task: Task = Task.binary) -> Predicti
     return Predictions(task, values.ravel() if values.ndim == 2 and values.shape[1] == 1 else values)
 
 
-def prediction_values(predictions: Predictions) -> np.ndarray | None:
-    """The one number per row that prediction drift profiles: P(positive) or the value; none for classes."""
-    return None if predictions.task == Task.multiclass else np.asarray(predictions.values, dtype="float64")
+def prediction_values(predictions: Predictions) -> np.ndarray:
+    """What prediction drift profiles per row: P(positive), the value, or the predicted class."""
+    if predictions.task == Task.multiclass:
+        return np.asarray(predictions.labels, dtype=object)
+    return np.asarray(predictions.values, dtype="float64")
+
+
+def prediction_classes(config: PipelineConfig, predictions: Predictions) -> list[str] | None:
+    """The classes a multiclass model's predicted label is counted over (None: a numeric prediction)."""
+    if predictions.task != Task.multiclass:
+        return None
+    from pipeline.drift import class_key
+
+    declared = config.data_schema.columns[config.data_schema.label].categories or ()
+    return [class_key(label) for label in (predictions.classes or declared)]
 
 
 def prepare(config: PipelineConfig, base_dir: Path, tracker: Tracker) -> Prepared:
@@ -229,6 +241,7 @@ def evaluate(config: PipelineConfig, prepared: Prepared, packaged: Packaged, tra
         list(config.features),
         prediction_values(predictions),
         probabilities=config.task == Task.binary,
+        prediction_classes=prediction_classes(config, predictions),
     )
     tracker.log_text(profile.to_json(), PROFILE_ARTIFACT)
     return Evaluated(evaluation, predictions, profile)

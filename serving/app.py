@@ -261,7 +261,10 @@ class Router:
                     self.moments.inc(amount, tags={**tags, "moment": moment})
 
     async def _labels(self, request: Request, config: RouterConfig, request_id: str) -> JSONResponse:
-        """Record labels that arrived after the answers: ``{"labels": [{"request_id": ..., "label": 0|1}]}``."""
+        """Record labels that arrived after the answers: ``{"labels": [{"request_id": ..., "label": ...}]}``.
+
+        A label is what the model predicts: 0/1 (binary), a class name (multiclass), a number (regression).
+        """
         uri = config.capture.uri
         if config.capture.sample_percent <= 0 or not uri:
             return _error(
@@ -280,7 +283,9 @@ class Router:
         items = payload.get("labels") if isinstance(payload, dict) else None
         if not isinstance(items, list) or not items:
             return _error(
-                400, 'body must be {"labels": [{"request_id": "...", "label": 0 or 1}, ...]}', request_id
+                400,
+                'body must be {"labels": [{"request_id": "...", "label": <0/1, class or number>}, ...]}',
+                request_id,
             )
         if len(items) > config.max_rows:
             return _error(413, f"{len(items)} labels, more than the limit of {config.max_rows}", request_id)

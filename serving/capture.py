@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -205,20 +206,51 @@ def _table(rows: list[dict[str, Any]]) -> pa.Table:
     )
 
 
-def write_labels(uri: str, labels: Iterable[tuple[str, int]]) -> tuple[str, int]:
-    """Record late labels (request id, label); returns the file written and how many labels it holds."""
+MAX_LABEL_CHARS = 256
+"""A class label longer than this is refused: labels are joined and counted, not stored as documents."""
+LABEL, LABEL_CLASS = "label", "label_class"
+
+
+def _label_columns(request_id: Any, label: Any) -> tuple[float | None, str | None]:
+    """One label as stored: a number in ``label``, a class name in ``label_class``; ValueError when neither."""
+    if not isinstance(request_id, str) or not request_id:
+        raise ValueError(f"request_id must be a non-empty string, got {request_id!r}")
+    if isinstance(label, bool):
+        raise ValueError(f"label for request {request_id!r} must be a number or a class name, not {label!r}")
+    if isinstance(label, int | float):
+        if not math.isfinite(label) or abs(label) > 2.0**53:
+            raise ValueError(f"label for request {request_id!r} must be a finite number, got {label!r}")
+        return float(label), None
+    if isinstance(label, str) and 0 < len(label) <= MAX_LABEL_CHARS:
+        try:
+            label.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(
+                f"label for request {request_id!r} is not valid text (a lone surrogate)"
+            ) from None
+        return None, label
+    raise ValueError(
+        f"label for request {request_id!r} must be a number or a class name of 1 to {MAX_LABEL_CHARS} "
+        f"characters, got {label!r:.80}"
+    )
+
+
+def write_labels(uri: str, labels: Iterable[tuple[str, Any]]) -> tuple[str, int]:
+    """Record late labels (request id, label); returns the file written and how many labels it holds.
+
+    A label is what the model predicts: 0/1 for a binary classifier, a class name (or number) for a
+    multiclass one, a number for a regression. Whether it fits the model is judged where quality is
+    measured, per task; here every pair is checked for shape, and nothing is written when one fails.
+    """
     pairs = list(labels)
     if not pairs:
         raise ValueError("no labels given")
-    for request_id, label in pairs:
-        if not isinstance(request_id, str) or not request_id:
-            raise ValueError(f"request_id must be a non-empty string, got {request_id!r}")
-        if label not in (0, 1) or isinstance(label, bool):
-            raise ValueError(f"label for request {request_id!r} must be 0 or 1, got {label!r}")
+    columns = [_label_columns(request_id, label) for request_id, label in pairs]
     table = pa.table(
         {
             "request_id": [p[0] for p in pairs],
-            "label": pa.array([p[1] for p in pairs], pa.int64()),
+            LABEL: pa.array([c[0] for c in columns], pa.float64()),
+            LABEL_CLASS: pa.array([c[1] for c in columns], pa.string()),
             "labelled_at": [time.time()] * len(pairs),
         }
     )
@@ -266,11 +298,42 @@ def read_captured(uri: str, since: float = 0.0, until: float | None = None) -> A
 
 
 def read_labels(uri: str) -> Any:
-    """Every label recorded so far (the latest label wins for a request id)."""
+    """Every label recorded so far (the latest label wins for a request id).
+
+    ``label`` holds each label as it was given: a number, or a class name (files of earlier releases hold
+    integer labels only).
+    """
     import pandas as pd
 
     table = _read(uri, LABELS_DIR)
     if table is None:
-        return pd.DataFrame(columns=["request_id", "label", "labelled_at"])
-    frame = table.to_pandas().sort_values("labelled_at")
-    return frame.drop_duplicates("request_id", keep="last").reset_index(drop=True)
+        return pd.DataFrame(columns=["request_id", LABEL, "labelled_at"])
+    frame = table.to_pandas().sort_values("labelled_at", kind="stable")
+    if LABEL_CLASS in frame.columns:
+        named = frame[LABEL_CLASS].notna()
+        if named.any():
+            frame[LABEL] = frame[LABEL].astype(object)
+            frame.loc[named, LABEL] = frame.loc[named, LABEL_CLASS]
+        frame = frame.drop(columns=[LABEL_CLASS])
+    frame = frame.drop_duplicates("request_id", keep="last").reset_index(drop=True)
+    return frame
+
+
+def captured_answers(frame: Any) -> list[dict[str, Any] | None]:
+    """Each captured row's answer as the router gave it (a binary one from its columns), None when unreadable."""
+    answers: list[dict[str, Any] | None] = []
+    texts = frame[ANSWER] if ANSWER in frame.columns else [None] * len(frame)
+    probabilities = frame[PROBABILITY] if PROBABILITY in frame.columns else [None] * len(frame)
+    predictions = frame[PREDICTION] if PREDICTION in frame.columns else [None] * len(frame)
+    for text, probability, prediction in zip(texts, probabilities, predictions, strict=True):
+        if isinstance(text, str):
+            try:
+                answer = json.loads(text)
+            except (json.JSONDecodeError, RecursionError):
+                answer = None
+            answers.append(answer if isinstance(answer, dict) else None)
+        elif probability is not None and probability == probability:
+            answers.append({PROBABILITY: float(probability), PREDICTION: prediction})
+        else:
+            answers.append(None)
+    return answers

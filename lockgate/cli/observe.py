@@ -187,7 +187,10 @@ def export(
 @commands.command()
 @exits_on_error(causes=BACKEND_CAUSES)
 def labels(
-    file: Annotated[Path, typer.Argument(help="CSV or Parquet with columns request_id and label (0/1)")],
+    file: Annotated[
+        Path,
+        typer.Argument(help="CSV or Parquet with columns request_id and label (0/1, a class or a number)"),
+    ],
     config: ConfigFile = PIPELINE_FILE,
     state_dir: StateDir = None,
 ) -> None:

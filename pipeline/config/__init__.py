@@ -250,6 +250,32 @@ class PipelineConfig(StrictModel):
 
     model_config = ConfigDict(populate_by_name=True)  # merged with StrictModel's: frozen, extra forbidden
 
+    @model_validator(mode="before")
+    @classmethod
+    def _degradation_metric_of_task(cls, data: Any) -> Any:
+        """An unnamed degradation metric is the task's default (auc, macro_f1, rmse), as for the gates."""
+        if not isinstance(data, dict):
+            return data
+        triggers = data.get("triggers")
+        degradation = triggers.get("degradation") if isinstance(triggers, dict) else None
+        if triggers is not None and not isinstance(triggers, dict):
+            return data  # a typed object or nonsense: the model's own validation speaks
+        if isinstance(degradation, dict) and "metric" in degradation:
+            return data
+        if degradation is not None and not isinstance(degradation, dict):
+            return data
+        try:
+            task = Task(data.get("task", cls.model_fields["task"].default))
+        except ValueError:
+            return data  # the task field's own error names it
+        return {
+            **data,
+            "triggers": {
+                **(triggers or {}),
+                "degradation": {**(degradation or {}), "metric": DEFAULT_METRIC[task]},
+            },
+        }
+
     @field_validator("slices")
     @classmethod
     def _unique_slices(cls, value: tuple[str, ...]) -> tuple[str, ...]:

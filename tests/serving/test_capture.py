@@ -90,8 +90,17 @@ def test_labels_are_validated_and_the_latest_wins(tmp_path) -> None:
     assert count == 1
     labels = read_labels(str(tmp_path)).set_index("request_id")["label"].to_dict()
     assert labels == {"a": 0, "b": 0}
-    with pytest.raises(ValueError, match="label for request 'c' must be 0 or 1, got 2"):
-        write_labels(str(tmp_path), [("c", 2)])
+    for bad, why in (
+        (True, "a number or a class name"),
+        (float("nan"), "a finite number"),
+        ("", "a number or a class name of 1 to 256"),
+    ):
+        with pytest.raises(ValueError, match=f"label for request 'c' must be {why}"):
+            write_labels(str(tmp_path), [("c", bad)])
+    with pytest.raises(ValueError, match="a number or a class name of 1 to 256"):
+        write_labels(str(tmp_path), [("c", "x" * 257)])
+    with pytest.raises(ValueError, match="lone surrogate"):
+        write_labels(str(tmp_path), [("c", "\ud800")])
     with pytest.raises(ValueError, match="request_id must be a non-empty string"):
         write_labels(str(tmp_path), [("", 1)])
     with pytest.raises(ValueError, match="no labels"):
@@ -201,3 +210,35 @@ def test_the_buffer_stays_bounded_while_the_store_refuses_writes(tmp_path) -> No
     assert len(buffer._rows) <= buffer.max_rows == 50, len(buffer._rows)
     assert buffer.dropped_rows == 200 - len(buffer._rows), buffer.dropped_rows
     assert buffer._rows[-1]["request_id"] == "r199", "the newest rows are the ones kept"
+
+
+def test_labels_of_every_task_read_back_as_given_beside_older_integer_files(tmp_path) -> None:
+    # Given a label file of an earlier release (integer labels only) and new ones: a class, a number,
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "labels").mkdir()
+    old = pa.table({"request_id": ["old"], "label": pa.array([1], pa.int64()), "labelled_at": [1.0]})
+    pq.write_table(old, tmp_path / "labels" / "00-old.parquet")
+    write_labels(str(tmp_path), [("cls", "cultivar_b"), ("num", 151.5), ("bin", 0)])
+    # when read back,
+    labels = read_labels(str(tmp_path)).set_index("request_id")["label"].to_dict()
+    # then each label is what was given, the old file's included.
+    assert labels == {"old": 1, "cls": "cultivar_b", "num": 151.5, "bin": 0}, labels
+
+
+def test_captured_answers_read_back_every_kind_of_answer(tmp_path) -> None:
+    # Given a batch mixing a binary answer, a regression value and a class with its probabilities,
+    from serving.capture import captured_answers, read_captured
+
+    buffer = CaptureBuffer(str(tmp_path), batch_rows=10, flush_s=10)
+    answers = [
+        {"probability": 0.25, "prediction": 0},
+        {"prediction": 151.5},
+        {"prediction": "b", "probabilities": {"a": 0.1, "b": 0.9}},
+    ]
+    for index, answer in enumerate(answers):
+        buffer.add([{"x": 1.0}], [answer], request_id=f"r{index}", model="m", version="1", role="champion")
+    buffer.flush()
+    # when the captured rows are read back, then each answer is the router's own.
+    assert captured_answers(read_captured(str(tmp_path))) == answers
