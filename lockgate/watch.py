@@ -397,7 +397,8 @@ class ServedPredictions:
         """The predictions of the ``rows`` selected, as :func:`pipeline.drift.measure_quality` takes them."""
         if self.task != Task.multiclass:
             return self.drift_values()[rows]
-        chosen = [a for a, keep in zip(self.answers, rows, strict=True) if keep]
+        # usable_labels keeps only rows with an answer: none of these is None.
+        chosen = [a for a, keep in zip(self.answers, rows, strict=True) if keep and a is not None]
         classes = self._classes()
         if classes is None:
             return Predictions(self.task, np.asarray([class_label(a) for a in chosen], dtype=object))
