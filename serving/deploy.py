@@ -21,9 +21,27 @@ class DeployError(Exception):
 def deploy_config(
     dashboard_url: str, headers: dict[str, str], config: dict[str, Any], timeout_s: float = 30
 ) -> None:
-    """PUT the whole config; Serve diffs it against what runs and changes only what differs."""
+    """Deploy the config's applications, keeping every other application that runs; only what differs changes.
+
+    Serve's declarative API replaces the whole set of applications with the one it is given (an
+    application not named is deleted), so the applications of other models served on the same cluster, for
+    example another pipeline's router on its own route, are sent again as Serve reports them deployed.
+    """
+    names = {application["name"] for application in config.get("applications", ())}
+    routes = {application.get("route_prefix") for application in config.get("applications", ())}
+    response = requests.get(f"{dashboard_url}{APPLICATIONS_PATH}", headers=headers, timeout=timeout_s)
+    response.raise_for_status()
+    # An application on a route the new config claims is replaced, as a second router on one route cannot be.
+    others = [
+        deployed
+        for name, status in (response.json().get("applications") or {}).items()
+        if name not in names
+        and isinstance(deployed := status.get("deployed_app_config"), dict)
+        and deployed.get("route_prefix") not in routes
+    ]
+    merged = {**config, "applications": [*others, *config.get("applications", ())]}
     response = requests.put(
-        f"{dashboard_url}{APPLICATIONS_PATH}", json=config, headers=headers, timeout=timeout_s
+        f"{dashboard_url}{APPLICATIONS_PATH}", json=merged, headers=headers, timeout=timeout_s
     )
     if response.status_code != 200:
         raise DeployError(f"Serve refused the config ({response.status_code}): {response.text[:2000]}")

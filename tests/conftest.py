@@ -83,6 +83,10 @@ def write_pipeline(directory: Path, override: dict[str, Any], frame=None) -> Pat
     return path
 
 
+_SESSION_ENV: dict[str, LocalEnvironment] = {}
+"""The session's environment once a test has started it (module teardowns clean up after it)."""
+
+
 @pytest.fixture(scope="session")
 def local_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalEnvironment]:
     """A real Ray head and MLflow server for the whole session, stopped by PID at the end."""
@@ -94,9 +98,11 @@ def local_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalEnviron
     try:
         env.up(log=lambda _: None)
         os.environ.update(env.client_env())
+        _SESSION_ENV["env"] = env
         try:
             yield env
         finally:
+            _SESSION_ENV.clear()
             env.down(log=lambda _: None)
     finally:
         for key, value in saved.items():
@@ -104,6 +110,24 @@ def local_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalEnviron
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@pytest.fixture(autouse=True, scope="module")
+def serve_applications_removed_after_module() -> Iterator[None]:
+    """Each module that used the session's Ray starts the next one with no Serve application deployed.
+
+    Deploys keep the applications of other routes (as a user's several pipelines share one cluster), so
+    without this one module's routers would hold CPUs the next module's jobs need.
+    """
+    yield
+    env = _SESSION_ENV.get("env")
+    if env is None:
+        return
+    import requests
+
+    from serving.deploy import APPLICATIONS_PATH
+
+    requests.delete(f"{env.dashboard_url}{APPLICATIONS_PATH}", headers=env.ray_auth_header(), timeout=60)
 
 
 class WebhookReceiver:

@@ -5,13 +5,15 @@ from __future__ import annotations
 import time
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from lockgate.cli.common import (
     FAILURE,
     PIPELINE_FILE,
+    USAGE,
+    CommandError,
     ConfigFile,
     DashboardPort,
     MlflowPort,
@@ -25,6 +27,8 @@ from pipeline.config import PipelineConfig, load_config
 from serving.desired import ServingFile, load_serving_file
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from lockgate.jobs import JobOutcome
     from lockgate.traffic import TrafficSimulator
 
@@ -44,6 +48,15 @@ def demo(
     mlflow_port: MlflowPort = DEFAULT_PORTS.mlflow,
     ray_port: RayPort = DEFAULT_PORTS.ray_gcs,
     dashboard_port: DashboardPort = DEFAULT_PORTS.ray_dashboard,
+    example: Annotated[
+        str | None,
+        typer.Option(
+            "--example",
+            "-e",
+            help="run a shipped example instead (a directory of examples/, e.g. wine or diabetes): "
+            "deploy, a rollout to promotion, a planted regression blocked",
+        ),
+    ] = None,
 ) -> None:
     """The main job: start the environment, three runs with rollouts, then the drift loop; summary and report."""
     from lockgate.jobs import submit_pipeline
@@ -51,10 +64,18 @@ def demo(
     from pipeline.report import write_report
     from pipeline.run import EXIT_BLOCKED, EXIT_OK
 
+    if example is not None:
+        config = example_file(example)
     parsed = load_config(config)
     ports = Ports.from_base(mlflow_port, ray_port, dashboard_port)
     LocalEnvironment(state_dir or default_state_dir(), ports).up(log=typer.echo)
     env = local_environment(state_dir, mlflow_port, ray_port, dashboard_port)
+    if example is not None:
+        with connected(env):
+            stories = _example_stories(env, config, parsed)
+        if any(o.exit_code not in (EXIT_OK, EXIT_BLOCKED) for _, o in stories):
+            raise typer.Exit(FAILURE)
+        return
     with connected(env):
         data_dir = env.state_dir / "data"
         runs = _training_batches(data_dir)
@@ -91,6 +112,65 @@ def demo(
         _print_summary(env, parsed, stories, [users, shifted_users], url, report_path)
     if any(o.exit_code not in (EXIT_OK, EXIT_BLOCKED) for _, o in stories) or len(stories) < len(runs) + 1:
         raise typer.Exit(FAILURE)
+
+
+EXAMPLES_DIR = Path("examples")
+
+
+def example_file(name: str) -> Path:
+    """The pipeline file of the shipped example ``name``; a usage error listing the examples otherwise."""
+    found = sorted(path.parent.name for path in EXAMPLES_DIR.glob("*/pipeline.yaml"))
+    path = EXAMPLES_DIR / name / "pipeline.yaml"
+    if name not in found:
+        shown = ", ".join(found) if found else f"none under {EXAMPLES_DIR.resolve()} (run from the checkout)"
+        raise CommandError(f"--example: no example '{name}'; examples: {shown}", USAGE)
+    return path
+
+
+def _example_stories(env: LocalEnvironment, config: Path, parsed: PipelineConfig) -> list[Story]:
+    """An example's story under simulated users: deployed, a retrain promoted, a scrambled batch blocked."""
+    from lockgate.jobs import submit_pipeline
+    from lockgate.traffic import TrafficSimulator
+    from pipeline.data import write_table
+
+    data_file = config.resolve().parent / parsed.data.uri
+    url = _router_url(load_serving_file(serving_path(config, parsed)))
+    # A batch whose labels were shuffled upstream: valid values, no signal. The gates must stop it.
+    frame = _read_table(data_file)
+    label = parsed.data_schema.label
+    frame[label] = frame[label].sample(frac=1.0, random_state=7).to_numpy()
+    scrambled = write_table(frame, env.state_dir / "data" / f"{parsed.name}-scrambled.parquet")
+    runs: list[tuple[str | None, str]] = [
+        (None, "the shipped data set: registered and deployed as champion"),
+        (None, "the same code again: gated against the champion, then rolled out on live traffic"),
+        (str(scrambled), "a batch whose labels were scrambled upstream: the gates must block it"),
+    ]
+    users = TrafficSimulator(url, data_file, list(parsed.features)).start()
+    stories: list[Story] = []
+    try:
+        for attempt, (data, story) in enumerate(runs, 1):
+            typer.echo(f"\n=== {parsed.name}, run {attempt} of {len(runs)}: {story} ===")
+            stories.append((story, submit_pipeline(env, config, stream=typer.echo, data=data)))
+    finally:
+        users.stop()
+    typer.echo("\n=== summary ===")
+    for attempt, (story, outcome) in enumerate(stories, 1):
+        typer.echo(f"run {attempt} ({story}): {outcome.outcome} (MLflow run {outcome.run_id})")
+    from lockgate.summary import format_summary, registry_summary
+
+    typer.echo(format_summary(parsed.registry.model_name, registry_summary(parsed.registry.model_name)))
+    typer.echo(
+        f"simulated users: {dict(users.answers)} answers by version, {users.failed} failed; "
+        f"the router keeps serving at {url}"
+    )
+    typer.echo(f"MLflow UI: {env.mlflow_url}; stop everything with `lockgate down`.")
+    return stories
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    import pandas as pd
+
+    return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
 
 
 def _training_batches(data_dir: Path) -> list[tuple[str | None, str]]:

@@ -8,12 +8,18 @@ import uuid
 from pathlib import Path
 
 import pytest
+import requests
 import yaml
 from mlflow.tracking import MlflowClient
 
 from lockgate.jobs import submit_pipeline
+from lockgate.traffic import TrafficSimulator
+from pipeline.events import read_events
 from pipeline.run import EXIT_BLOCKED, EXIT_FAILED, EXIT_OK
-from tests.conftest import ROOT
+from tests.conftest import FAST_ROLLOUT, ROOT
+from tests.serving.conftest import (
+    SERVE_PORT,
+)  # Serve's HTTP port is cluster-wide: each example on its own route
 
 pytestmark = pytest.mark.e2e
 
@@ -41,50 +47,73 @@ def versions_of(model: str) -> tuple[list[str], dict[str, str]]:
     return sorted((v.version for v in found), key=int), {a: str(v) for a, v in aliases.items()}
 
 
-def test_a_regression_trainer_registers_then_is_gated_and_a_planted_regression_is_blocked(
-    local_env, tmp_path
+CRIPPLED = {
+    # One boosting round at a tiny rate: a model that learned almost nothing, for the gates to block.
+    "diabetes": {"learning_rate": 0.01, "max_iter": 1},
+    "wine": {"learning_rate": 0.01, "n_estimators": 1},
+}
+REGRESSION_METRIC = {"diabetes": "rmse", "wine": "log_loss"}
+TASK_METRICS = {"diabetes": {"test.rmse", "test.mae", "test.r2"}, "wine": {"test.accuracy", "test.macro_f1"}}
+
+
+def served_example(name: str, directory: Path) -> tuple[Path, str, str]:
+    """The example under a fresh model name, served on the tests' Serve port on its own route; its URL."""
+    config, model = example(name, directory, rollout={**FAST_ROLLOUT, "analysis": {"min_requests": 40}})
+    serving = yaml.safe_load((config.parent / "serving.yaml").read_text())
+    serving["model_name"] = model
+    serving["serving"].update(app_name=f"example-{name}", route_prefix=f"/{name}", http_port=SERVE_PORT)
+    (config.parent / "serving.yaml").write_text(yaml.safe_dump(serving, sort_keys=False))
+    return config, model, f"http://127.0.0.1:{SERVE_PORT}/{name}"
+
+
+@pytest.mark.parametrize("name", ["diabetes", "wine"])
+def test_an_example_registers_rolls_out_to_promotion_and_a_planted_regression_is_blocked(
+    name: str, local_env, tmp_path
 ) -> None:
-    # Given the diabetes example (scikit-learn regression, the team's own trainer),
-    config, model = example("diabetes", tmp_path)
-    # when it runs twice with the same code and then once with a crippled model (one boosting round),
-    first = submit_pipeline(local_env, config, stream=lambda _: None)
-    second = submit_pipeline(local_env, config, stream=lambda _: None)
+    # Given a shipped example (the team's own trainer: scikit-learn regression, LightGBM multiclass) and
+    # simulated users replaying its data against its route,
+    config, model, url = served_example(name, tmp_path)
     raw = yaml.safe_load(config.read_text())
-    raw["training"]["params"] = {"learning_rate": 0.01, "max_iter": 1}
-    config.write_text(yaml.safe_dump(raw, sort_keys=False))
-    crippled = submit_pipeline(local_env, config, stream=lambda _: None)
-    # then the first is champion, the second passed its gates against it, the crippled one registered nothing.
-    assert (first.exit_code, second.exit_code) == (EXIT_OK, EXIT_OK), (first.message, second.message)
-    assert crippled.exit_code == EXIT_BLOCKED and crippled.outcome == "blocked", crippled
+    features = [column for column in raw["schema"]["columns"] if column != raw["schema"]["label"]]
+    users = TrafficSimulator(url, config.parent / raw["data"]["uri"], features).start()
+    try:
+        # when it runs twice with the same code (deploy, then a progressive rollout of the second),
+        first = submit_pipeline(local_env, config, stream=lambda _: None)
+        second = submit_pipeline(local_env, config, stream=lambda _: None)
+        # and once with a crippled model,
+        raw["training"]["params"] = {**raw["training"]["params"], **CRIPPLED[name]}
+        config.write_text(yaml.safe_dump(raw, sort_keys=False))
+        crippled = submit_pipeline(local_env, config, stream=lambda _: None)
+        answer = requests.post(url, json={"rows": [users.rows[0]]}, timeout=10).json()
+    finally:
+        users.stop()
+    # then the first deployed as champion, the second passed its gates and was promoted on live traffic,
+    assert (first.exit_code, first.outcome) == (EXIT_OK, "registered"), first.message
+    assert (second.exit_code, second.outcome) == (EXIT_OK, "promoted"), second.message
     versions, aliases = versions_of(model)
-    assert versions == ["1", "2"] and aliases == {"champion": "1", "candidate": "2"}, (versions, aliases)
+    assert versions == ["1", "2"] and aliases == {"champion": "2", "previous": "1"}, (versions, aliases)
+    kinds = [e.type for e in read_events(config.parent / "events.jsonl") if e.run_id == second.run_id]
+    assert kinds.count("rollout_step") == 2 and kinds[-2:] == ["promotion", "pipeline_succeeded"], kinds
+    # and the crippled one was blocked by its no-regression gate: nothing registered, no alias moved;
+    assert (crippled.exit_code, crippled.outcome) == (EXIT_BLOCKED, "blocked"), crippled
     client = MlflowClient()
-    run = client.get_run(second.run_id)
-    assert run.data.params["train.trainer"] == "trainers.progression:train", "the trainer is on the run"
-    assert run.data.params["param.max_iter"] == "200", "the team's hyperparameters are logged"
-    assert {"test.rmse", "test.mae", "test.r2"} <= set(run.data.metrics), (
-        f"metrics: {sorted(run.data.metrics)}"
-    )
-    gates = json.loads(client.get_model_version(model, "2").tags["lockgate.gates"])
-    regression = next(g for g in gates if g["gate"] == "regression")
-    assert regression["details"]["metric"] == "rmse" and regression["status"] == "passed", regression
     blocked = json.loads(client.get_run(crippled.run_id).data.tags["lockgate.gates"])
-    assert next(g for g in blocked if g["gate"] == "regression")["status"] == "blocked", blocked
-
-
-def test_a_multiclass_trainer_registers_with_class_probabilities(local_env, tmp_path) -> None:
-    # Given the wine example (three cultivars, gradient boosting with predict_proba),
-    config, model = example("wine", tmp_path)
-    # when it runs,
-    outcome = submit_pipeline(local_env, config, stream=lambda _: None)
-    # then a champion is registered with the task's metrics, and the model knows its class labels.
-    assert outcome.exit_code == EXIT_OK, outcome.message
-    versions, aliases = versions_of(model)
-    assert aliases == {"champion": "1"}, aliases
-    metrics = MlflowClient().get_run(outcome.run_id).data.metrics
-    assert metrics["test.accuracy"] >= 0.8 and "test.macro_f1" in metrics and "test.log_loss" in metrics, (
-        metrics
-    )
+    regression = next(g for g in blocked if g["gate"] == "regression")
+    assert regression["status"] == "blocked" and regression["details"]["metric"] == REGRESSION_METRIC[name]
+    assert versions_of(model)[0] == ["1", "2"], "the blocked run registered nothing"
+    # the team's trainer and hyperparameters are on the run, with the task's metrics;
+    run = client.get_run(second.run_id)
+    assert run.data.params["train.trainer"] == raw["training"]["trainer"], run.data.params
+    assert TASK_METRICS[name] <= set(run.data.metrics), sorted(run.data.metrics)
+    # both versions answered users, none of whom saw an error, with the task's answer.
+    assert users.answers["1"] > 0 and users.answers["2"] > 0, users.answers
+    assert users.failed == 0, f"{users.failed} failed answers while the weights moved"
+    (row,) = answer["predictions"]
+    if name == "wine":
+        assert set(row["probabilities"]) == {"cultivar_a", "cultivar_b", "cultivar_c"}, row
+        assert row["prediction"] in row["probabilities"], row
+    else:
+        assert isinstance(row["prediction"], float) and "probabilities" not in row, row
 
 
 def test_a_trainer_that_does_not_import_fails_before_training_and_registers_nothing(

@@ -243,3 +243,13 @@ def test_an_unexpected_traceback_never_prints_local_variables() -> None:
 
     # Typer's pretty tracebacks print every frame's locals by default: `up` holds the MLflow admin password.
     assert app.pretty_exceptions_show_locals is False, "tracebacks must not print locals (secrets)"
+
+
+def test_demo_of_an_unknown_example_names_the_examples_and_starts_nothing(monkeypatch, tmp_path) -> None:
+    # Given the checkout (its examples/), when a demo of an example that is not there is asked for,
+    monkeypatch.chdir(ROOT)
+    result = runner.invoke(app, ["demo", "--example", "nope", "--state-dir", str(tmp_path / "state")])
+    # then it is a usage error naming the option and the shipped examples, and no environment was made.
+    assert result.exit_code == 2, result.output
+    assert "--example: no example 'nope'; examples: diabetes, wine" in result.output, result.output
+    assert not (tmp_path / "state").exists(), "nothing was started"
