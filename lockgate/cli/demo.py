@@ -72,8 +72,8 @@ def demo(
     env = local_environment(state_dir, mlflow_port, ray_port, dashboard_port)
     if example is not None:
         with connected(env):
-            stories = _example_stories(env, config, parsed)
-        if any(o.exit_code not in (EXIT_OK, EXIT_BLOCKED) for _, o in stories):
+            told = _example_stories(env, config, parsed)
+        if any(o.exit_code not in (EXIT_OK, EXIT_BLOCKED) for _, o in told):
             raise typer.Exit(FAILURE)
         return
     with connected(env):
