@@ -25,7 +25,14 @@ from typing import Any, Protocol
 
 from contracts.vocabulary import Alias
 from pipeline.config import PipelineConfig
-from pipeline.drift import PROFILE_ARTIFACT, DriftReport, ReferenceProfile, check_drift, measure_quality
+from pipeline.drift import (
+    PROFILE_ARTIFACT,
+    DriftReport,
+    ReferenceProfile,
+    check_drift,
+    drift_histograms,
+    measure_quality,
+)
 from pipeline.events import Event, EventType, emit
 from pipeline.history import (
     TRIGGER_STATE,
@@ -220,7 +227,13 @@ class Watcher:
                 scores = {name: f.score for name, f in report.features.items()}
                 if report.prediction is not None:
                     scores["__prediction__"] = report.prediction.score
-                row = DriftRow(time=now.timestamp(), version=champion, drifted=report.drifted, scores=scores)
+                row = DriftRow(
+                    time=now.timestamp(),
+                    version=champion,
+                    drifted=report.drifted,
+                    scores=scores,
+                    histograms=drift_histograms(profile, served, report),
+                )
                 self._pending.append(row)
                 if self.exporter is not None:
                     self.exporter.set_drift(scores, report.drifted)
