@@ -138,7 +138,7 @@ def _time_axis(axes: Axes) -> None:
     low, high = axes.get_xlim()  # in days: one sample would give a zero-width axis the locator cannot tick
     if high - low < 2 / 1440:
         axes.set_xlim(low - 1 / 1440, high + 1 / 1440)
-    locator = mdates.AutoDateLocator(maxticks=6)
+    locator = mdates.AutoDateLocator(minticks=3, maxticks=8)
     axes.xaxis.set_major_locator(locator)
     axes.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator, tz=UTC))
     axes.set_xlabel("time (UTC)")

@@ -222,7 +222,7 @@ def events() -> list[Event]:
                         -0.02,
                         -0.031,
                         -0.009,
-                        {"region=north": (-0.004, -0.012, 0.004), "region=south": (-0.03, -0.05, -0.012)},
+                        {"region=north": (-0.004, -0.009, 0.004), "region=south": (-0.03, -0.05, -0.012)},
                     ),
                 ],
                 "durations_s": {k: v for k, v in durations.items() if k != "register"},
