@@ -128,7 +128,7 @@ def _axes(figure: Figure) -> list[Axes]:
     return list(figure.axes)
 
 
-def _utc(seconds: Iterable[float]) -> list[datetime]:
+def _utc(seconds: Iterable[float]) -> list[Any]:  # datetimes: matplotlib plots them, its stubs say float
     return [datetime.fromtimestamp(value, UTC) for value in seconds]
 
 
@@ -378,8 +378,8 @@ def rollout_figure(timeline: RolloutTimeline) -> Figure | None:
     divergence_axes.errorbar(
         at, divergence, yerr=errors, marker="o", color=CANDIDATE_COLOUR, capsize=4, label="divergence (CI)"
     )
-    bounds = {s.numbers.get("prediction_divergence_bound") for s in judged} - {None}
-    bounds = {b for b in bounds if b is not None and math.isfinite(b)}
+    bounds = {s.numbers.get("prediction_divergence_bound", math.nan) for s in judged}
+    bounds = {b for b in bounds if math.isfinite(b)}
     for bound in bounds:
         divergence_axes.axhline(
             bound, color=FAIL_COLOUR, linestyle="--", linewidth=1, label=f"bound {bound:g}"
@@ -737,7 +737,12 @@ def serving_figure(
         roles = "/".join(dict.fromkeys(s.role for s in rows))
         colour = PALETTE[index % len(PALETTE)]
         times = _utc(s.time for s in rows)
-        style = {"marker": "o", "markersize": 3, "color": colour, "label": f"v{version} ({roles})"}
+        style: dict[str, Any] = {
+            "marker": "o",
+            "markersize": 3,
+            "color": colour,
+            "label": f"v{version} ({roles})",
+        }
         throughput.plot(times, [s.requests_per_s for s in rows], **style)
         errors.plot(times, [100.0 * s.error_rate for s in rows], **style)
         latency.plot(times, [_finite(s.p99_s) for s in rows], **style)
