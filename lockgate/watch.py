@@ -34,6 +34,7 @@ from pipeline.drift import (
     ReferenceProfile,
     check_drift,
     class_key,
+    drift_histograms,
     measure_quality,
 )
 from pipeline.events import Event, EventType, emit
@@ -241,7 +242,13 @@ class Watcher:
                 scores = {name: f.score for name, f in report.features.items()}
                 if report.prediction is not None:
                     scores["__prediction__"] = report.prediction.score
-                row = DriftRow(time=now.timestamp(), version=champion, drifted=report.drifted, scores=scores)
+                row = DriftRow(
+                    time=now.timestamp(),
+                    version=champion,
+                    drifted=report.drifted,
+                    scores=scores,
+                    histograms=drift_histograms(profile, served, report),
+                )
                 self._pending.append(row)
                 if self.exporter is not None:
                     self.exporter.set_drift(scores, report.drifted)

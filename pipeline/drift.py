@@ -549,3 +549,65 @@ def describe_report(report: DriftReport, top: int = 5) -> str:
         flag = "drifted" if result.drifted else "ok"
         lines.append(f"  {result.column}: PSI {result.score:.3f} (p={result.p_value:.2g}) {flag}")
     return "\n".join(lines)
+
+
+def _bin_labels(edges: Sequence[float]) -> list[str]:
+    if not edges:
+        return ["all"]
+    inner = [f"{low:.3g}–{high:.3g}" for low, high in zip(edges[:-1], edges[1:], strict=True)]
+    return [f"<{edges[0]:.3g}", *inner, f"≥{edges[-1]:.3g}"]
+
+
+def _shares(counts: np.ndarray) -> list[float]:
+    total = counts.sum()
+    return [float(c / total) if total else 0.0 for c in counts]
+
+
+def drift_histograms(
+    profile: ReferenceProfile, batch: pd.DataFrame, report: DriftReport, top: int = 4
+) -> list[dict]:
+    """Reference and current share of rows per bin for the ``top`` features with the highest PSI.
+
+    The bins are the reference profile's (quantile bins, or categories, plus unseen and missing where
+    present), so the bars are exactly what the PSI compared. Plain data, for :mod:`pipeline.figures` and
+    the watcher's history.
+    """
+    ranked = sorted(
+        (f for f in report.features.values() if f.column in batch.columns),
+        key=lambda f: f.score,
+        reverse=True,
+    )[:top]
+    histograms = []
+    for result in ranked:
+        column = profile.columns[result.column]
+        if isinstance(column, NumericProfile):
+            values = _numeric_values(batch[result.column], result.column)
+            present = values[~np.isnan(values)]
+            current = np.bincount(
+                np.searchsorted(np.asarray(column.edges), present, side="right"), minlength=len(column.counts)
+            ).astype("float64")
+            current = np.append(current, values.size - present.size)
+            reference = np.append(np.asarray(column.counts, dtype="float64"), column.missing)
+            labels = [*_bin_labels(column.edges), "missing"]
+            specials = 1
+        else:
+            counts, unseen, missing = _category_counts(batch[result.column], column.categories)
+            current = np.append(counts, [unseen, missing]).astype("float64")
+            reference = np.append(np.asarray(column.counts), [column.unseen, column.missing]).astype(
+                "float64"
+            )
+            labels = [*column.categories, "unseen", "missing"]
+            specials = 2
+        # Empty trailing buckets (no missing, no unseen on either side) are noise in a picture.
+        keep = [i for i in range(len(labels)) if i < len(labels) - specials or reference[i] or current[i]]
+        histograms.append(
+            {
+                "column": result.column,
+                "score": result.score,
+                "threshold": result.threshold,
+                "labels": [labels[i] for i in keep],
+                "reference": [_shares(reference)[i] for i in keep],
+                "current": [_shares(current)[i] for i in keep],
+            }
+        )
+    return histograms

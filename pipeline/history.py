@@ -21,7 +21,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -66,6 +66,9 @@ class DriftRow(HistoryRow):
 
     drifted: bool
     scores: dict[str, float]
+    # Reference vs current shares per bin of the most-drifted features (pipeline.drift.drift_histograms);
+    # rows written before it existed have none.
+    histograms: list[dict[str, Any]] = []
 
 
 class QualityRow(HistoryRow):
@@ -106,7 +109,9 @@ class HistoryRead(Generic[RowT]):
 
 def append_row(store: StateStore, row: HistoryRow) -> None:
     """Add one row to its history (the file its type names)."""
-    store.append(row.history_file, row.model_dump())
+    # Fields left at their default (a newer, optional key such as a drift row's histograms) are not
+    # written, so a row without them is the very line earlier writers wrote.
+    store.append(row.history_file, row.model_dump(exclude_defaults=True))
 
 
 def read_rows(store: StateStore, kind: type[RowT]) -> HistoryRead[RowT]:

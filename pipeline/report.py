@@ -1,29 +1,31 @@
 """The operational picture as one self-contained HTML file.
 
-Runs, stage durations and cost, model metrics over time, serving latency and throughput per version, drift,
-and delivery metrics.
+Runs, stage durations and cost, model metrics per version, the latest gate decision, rollout timelines,
+serving throughput, errors and latency per version over time, drift, and delivery metrics.
 
-``render_report`` is pure (inputs in, HTML out; figures are inline SVG drawn with matplotlib), so it is tested
-by parsing its output. ``collect_inputs`` is the edge that reads the event log, MLflow and the watch history.
+``render_report`` is pure (inputs in, HTML out; figures are inline SVG drawn by :mod:`pipeline.figures`), so
+it is tested by parsing its output and by rendering it in headless Chromium. ``collect_inputs`` is the edge
+that reads the event log, MLflow and the watch history.
 """
 
 from __future__ import annotations
 
 import html
-import io
 import json
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from contracts.vocabulary import TASK_METRICS, Task
+from pipeline import figures
 from pipeline.delivery import DeliveryMetrics, RunRecord, delivery_metrics, runs_from_events
-from pipeline.events import Event, log_path, read_events
+from pipeline.events import Event, EventType, log_path, read_events
 from pipeline.history import DriftRow, ServingSample, history_store, read_rows
 from pipeline.store import StateStore
 
+ROLLOUTS_SHOWN = 3
 STAGES = ("prepare", "train", "package", "evaluate", "gate", "register", "rollout")
 
 
@@ -43,22 +45,9 @@ class ReportInputs:
     currency: str = "USD"
 
 
-def _svg(draw: Callable[[Any], None], width: float = 7.5, height: float = 3.2) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(width, height))
-    try:
-        draw(axes)
-        figure.tight_layout()
-        buffer = io.StringIO()
-        figure.savefig(buffer, format="svg")
-    finally:
-        plt.close(figure)
-    text = buffer.getvalue()
-    return text[text.index("<svg") :]
+def _svg(figure: Any) -> str | None:
+    """A figure as inline SVG (None stays None: the figure says it has nothing to show)."""
+    return None if figure is None else figures.svg(figure)
 
 
 def _time(value: float) -> str:
@@ -72,84 +61,51 @@ def _duration(seconds: float | None) -> str:
 
 
 def _figure(identifier: str, caption: str, svg: str | None, empty: str) -> str:
+    # The caption comes first: placed below, it read as the title of the next figure.
     body = svg if svg is not None else f'<p class="empty">{html.escape(empty)}</p>'
-    return f'<figure id="{identifier}">{body}<figcaption>{html.escape(caption)}</figcaption></figure>'
+    return f'<figure id="{identifier}"><figcaption>{html.escape(caption)}</figcaption>{body}</figure>'
 
 
 def _durations_svg(runs: list[RunRecord]) -> str | None:
     timed = [r for r in runs if r.durations_s]
     if not timed:
         return None
-
-    def draw(axes: Any) -> None:
-        labels = [r.run_id[:8] for r in timed]
-        bottom = [0.0] * len(timed)
-        for stage in STAGES:
-            values = [r.durations_s.get(stage, 0.0) for r in timed]
-            if any(values):
-                axes.bar(labels, values, bottom=bottom, label=stage)
-                bottom = [b + v for b, v in zip(bottom, values, strict=True)]
-        axes.set_ylabel("seconds")
-        axes.set_xlabel("run")
-        axes.legend(fontsize=7, ncol=4)
-        axes.tick_params(axis="x", labelrotation=45, labelsize=7)
-
-    return _svg(draw)
-
-
-def _versions_svg(versions: list[dict[str, Any]]) -> str | None:
-    metrics = sorted({k for row in versions for k in row if k.startswith("test.") and k.count(".") == 1})
-    if not versions or not metrics:
-        return None
-
-    def draw(axes: Any) -> None:
-        ordered = sorted(versions, key=lambda row: row["created"])
-        labels = [f"v{row['version']}" for row in ordered]
-        for metric in metrics:
-            axes.plot(labels, [row.get(metric, math.nan) for row in ordered], marker="o", label=metric)
-        axes.set_xlabel("registered version (oldest first)")
-        axes.legend(fontsize=7)
-
-    return _svg(draw)
+    figure = figures.new_figure(8.0, 3.4)
+    (axes,) = figure.axes
+    labels = [r.run_id[:8] for r in timed]
+    bottom = [0.0] * len(timed)
+    for index, stage in enumerate(STAGES):
+        values = [r.durations_s.get(stage, 0.0) for r in timed]
+        if any(values):
+            axes.bar(labels, values, bottom=bottom, label=stage, color=figures.PALETTE[index])
+            bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+    axes.set_ylabel("seconds")
+    axes.set_xlabel("run")
+    axes.legend(fontsize=7, ncol=4)
+    axes.tick_params(axis="x", labelrotation=45, labelsize=7)
+    return figures.svg(figure)
 
 
-def _serving_svg(
-    serving: list[ServingSample], value: Callable[[ServingSample], float | None], label: str
-) -> str | None:
-    if not serving:
-        return None
-
-    def draw(axes: Any) -> None:
-        start = min(row.time for row in serving)
-        for version in sorted({row.version for row in serving}):
-            points = [(row.time - start, value(row)) for row in serving if row.version == version]
-            shown = [(at, measured) for at, measured in points if measured is not None]
-            axes.plot([at for at, _ in shown], [measured for _, measured in shown], label=f"v{version}")
-        axes.set_xlabel("seconds since first sample")
-        axes.set_ylabel(label)
-        axes.legend(fontsize=7)
-
-    return _svg(draw)
+def _quality_metrics(versions: list[dict[str, Any]]) -> list[str]:
+    """The task metrics the versions carry (``test.<metric>``), in the tasks' order; never row counts."""
+    known = [metric for task in Task for metric in TASK_METRICS[task]]
+    present = {key.split(".", 1)[1] for row in versions for key in row if key.startswith("test.")}
+    return [metric for metric in dict.fromkeys(known) if metric in present]
 
 
-def _drift_svg(drift: list[DriftRow]) -> str | None:
-    if not drift:
-        return None
+def _latest_gates(events: list[Event]) -> tuple[Event, list[dict[str, Any]]] | None:
+    """The most recent gate decision in the events, with its records."""
+    gated = [
+        e
+        for e in events
+        if e.type in (EventType.gate_passed, EventType.gate_blocked) and e.details.get("gates")
+    ]
+    return (gated[-1], list(gated[-1].details["gates"])) if gated else None
 
-    def draw(axes: Any) -> None:
-        start = min(row.time for row in drift)
-        features = sorted({f for row in drift for f in row.scores})
-        for feature in features:
-            axes.plot(
-                [row.time - start for row in drift],
-                [row.scores.get(feature, math.nan) for row in drift],
-                label=feature,
-            )
-        axes.set_xlabel("seconds since first check")
-        axes.set_ylabel("drift score")
-        axes.legend(fontsize=6, ncol=3)
 
-    return _svg(draw)
+def _latest_histograms(drift: list[DriftRow]) -> DriftRow | None:
+    with_bins = [row for row in drift if row.histograms]
+    return with_bins[-1] if with_bins else None
 
 
 def _table(headers: list[str], rows: list[list[str]], identifier: str) -> str:
@@ -187,33 +143,59 @@ def render_report(inputs: ReportInputs, generated_at: float) -> str:
         ["window", f"{delivery.window_days:.2f} days"],
     ]
     total_cost = sum(r.cost for r in runs if r.cost is not None)
-    figures = [
-        _figure(
-            "stage-durations",
-            "Stage durations per run",
-            _durations_svg(runs),
-            "no completed runs yet",
-        ),
+    gates = _latest_gates(inputs.events)
+    rollouts = figures.rollout_timelines(inputs.events)[-ROLLOUTS_SHOWN:][::-1]
+    histograms = _latest_histograms(inputs.drift)
+    shown = [
+        _figure("stage-durations", "Stage durations per run", _durations_svg(runs), "no completed runs yet"),
         _figure(
             "model-metrics",
-            "Test metrics per registered version",
-            _versions_svg(inputs.versions),
+            "Test metrics per registered version (one panel per metric)",
+            _svg(figures.version_metrics_figure(inputs.versions, _quality_metrics(inputs.versions))),
             "no versions",
         ),
         _figure(
-            "serving-throughput",
-            "Serving throughput per version (requests/s)",
-            _serving_svg(inputs.serving, lambda row: row.requests_per_s, "requests/s"),
+            "gate-decision",
+            "Gate decision"
+            + (
+                f" of run {gates[0].run_id} (v{gates[0].model_version})"
+                if gates and gates[0].model_version
+                else f" of run {gates[0].run_id}"
+                if gates
+                else ""
+            ),
+            _svg(figures.gate_figure(gates[1])) if gates else None,
+            "no gate decisions",
+        ),
+        *(
+            _figure(
+                "rollout-timeline" + (f"-{index + 1}" if index else ""),
+                f"Rollout of v{timeline.model_version or '?'}: weight, error rate, p99 and divergence per step",
+                _svg(figures.rollout_figure(timeline)),
+                "no steps",
+            )
+            for index, timeline in enumerate(rollouts)
+        ),
+        *(() if rollouts else (_figure("rollout-timeline", "Rollouts", None, "no rollouts"),)),
+        _figure(
+            "serving",
+            "Serving per version over time: throughput, error rate, p99 latency (rollouts, promotions and "
+            "rollbacks marked)",
+            _svg(figures.serving_figure(inputs.serving, inputs.events)),
             "no serving samples (run `lockgate watch` while serving)",
         ),
         _figure(
-            "serving-latency",
-            "Serving p99 latency per version (s)",
-            _serving_svg(inputs.serving, lambda row: row.p99_s, "p99 s"),
-            "no serving samples",
+            "drift-scores",
+            "Drift score (PSI) per feature over time, most drifted first",
+            _svg(figures.drift_scores_figure(inputs.drift)),
+            "no drift checks",
         ),
         _figure(
-            "drift-scores", "Drift score per feature over time", _drift_svg(inputs.drift), "no drift checks"
+            "drift-histograms",
+            "Reference vs current traffic for the most-drifted features"
+            + (f" (window of {_time(histograms.time)} UTC, v{histograms.version})" if histograms else ""),
+            _svg(figures.drift_figure(histograms.histograms)) if histograms else None,
+            "no drift window with histograms",
         ),
     ]
     summary = {
@@ -225,7 +207,7 @@ def render_report(inputs: ReportInputs, generated_at: float) -> str:
     style = (
         "body{font-family:sans-serif;margin:2em;max-width:60em}table{border-collapse:collapse;margin:1em 0}"
         "td,th{border:1px solid #ccc;padding:.3em .6em;font-size:.9em}figure{margin:1.5em 0}"
-        "figcaption{font-weight:bold}.empty{color:#777}"
+        "figcaption{font-weight:bold;margin-bottom:.4em}figure svg{max-width:100%;height:auto}.empty{color:#777}"
     )
     return (
         "<!DOCTYPE html>\n"
@@ -239,7 +221,7 @@ def render_report(inputs: ReportInputs, generated_at: float) -> str:
             ["run", "started (UTC)", "trigger", "outcome", "version", "duration", "cost"], run_rows, "runs"
         )
         + "<h2>Figures</h2>"
-        + "".join(figures)
+        + "".join(shown)
         + '<script type="application/json" id="summary">'
         + json.dumps(summary).replace("<", "\\u003c")
         + "</script>"

@@ -22,7 +22,15 @@ from pipeline.config import PipelineConfig
 from pipeline.deploy import DeployResult, deploy_and_roll_out
 from pipeline.drift import PROFILE_ARTIFACT, ReferenceProfile, build_profile
 from pipeline.evaluate import evaluate_predictions, flatten_metrics, label_values, slice_masks
-from pipeline.events import RolloutSink
+from pipeline.events import Event, EventType, RolloutSink
+from pipeline.figures import (
+    evaluation_figures,
+    gate_figure,
+    log_figures,
+    rollout_figure,
+    rollout_timelines,
+    validation_table,
+)
 from pipeline.gates import GateDecision, evaluate_regression, evaluate_thresholds
 from pipeline.prepare import DataError, PreparedData, load_table, prepare_frame
 from pipeline.tasks import Predictions
@@ -37,6 +45,7 @@ DATA_VALIDATION_ARTIFACT = "data_validation.json"
 EVALUATION_ARTIFACT = "evaluation.json"
 GATES_ARTIFACT = "gates.json"
 ROLLOUT_ARTIFACT = "rollout.json"
+DATA_VALIDATION_TABLE = "data_validation_table.json"
 
 
 @dataclass(frozen=True)
@@ -145,8 +154,10 @@ def prepare(config: PipelineConfig, base_dir: Path, tracker: Tracker) -> Prepare
     except DataError as error:
         if error.report is not None:
             tracker.log_dict(error.report.to_dict(), DATA_VALIDATION_ARTIFACT)
+            tracker.log_table(validation_table(error.report.to_dict()), DATA_VALIDATION_TABLE)
         raise
     tracker.log_dict(data.report.to_dict(), DATA_VALIDATION_ARTIFACT)
+    tracker.log_table(validation_table(data.report.to_dict()), DATA_VALIDATION_TABLE)
     tracker.log_dataset(
         frame,
         source=location,
@@ -244,6 +255,8 @@ def evaluate(config: PipelineConfig, prepared: Prepared, packaged: Packaged, tra
         prediction_classes=prediction_classes(config, predictions),
     )
     tracker.log_text(profile.to_json(), PROFILE_ARTIFACT)
+    y = label_values(test, config.data_schema.label, config.task)
+    log_figures(tracker, lambda: evaluation_figures(config.task, y, predictions, evaluation))
     return Evaluated(evaluation, predictions, profile)
 
 
@@ -273,6 +286,7 @@ def gate(config: PipelineConfig, prepared: Prepared, evaluated: Evaluated, track
     )
     outcome = GateOutcome(decisions, gate_tags(list(decisions)))
     tracker.log_dict({"gates": outcome.records}, GATES_ARTIFACT)
+    log_figures(tracker, lambda: {"gates.png": gate_figure(outcome.records)})
     tracker.set_tags(outcome.tags)
     for decision in decisions:
         if "delta" in decision.details:
@@ -313,9 +327,24 @@ def rollout(
     emit: RolloutSink,
     tracker: Tracker,
 ) -> DeployResult:
-    """Hand the registered version to serving (see ``pipeline.deploy``); log how that ended."""
-    result = deploy_and_roll_out(config, base_dir, target, registration.aliases, registration.version, emit)
+    """Hand the registered version to serving (see ``pipeline.deploy``); log how that ended, and its timeline."""
+    seen: list[Event] = []
+
+    def record(kind: str, message: str, details: dict[str, Any]) -> None:
+        seen.append(
+            Event(
+                type=EventType(kind),
+                pipeline=config.name,
+                model_version=registration.version,
+                message=message,
+                details=details,
+            )
+        )
+        emit(kind, message, details)
+
+    result = deploy_and_roll_out(config, base_dir, target, registration.aliases, registration.version, record)
     tracker.log_dict(result.to_dict(), ROLLOUT_ARTIFACT)
+    log_figures(tracker, lambda: {"rollout.png": next(map(rollout_figure, rollout_timelines(seen)), None)})
     return result
 
 

@@ -62,6 +62,14 @@ class Tracker(Protocol):
         """Log text as an artefact of the run."""
         ...
 
+    def log_figure(self, png: bytes, artifact_file: str) -> None:
+        """Log a picture (PNG bytes, see ``pipeline.figures.png``) as an artefact of the run."""
+        ...
+
+    def log_table(self, columns: Mapping[str, list[Any]], artifact_file: str) -> None:
+        """Log a table (column name → values) as an MLflow table artefact of the run."""
+        ...
+
     def log_dataset(self, frame: pd.DataFrame, source: str, name: str, target: str, digest: str) -> None:
         """Log the data set the run trained on as its input."""
         ...
@@ -161,6 +169,27 @@ class MlflowTracker:
         import mlflow
 
         mlflow.log_text(text, artifact_file)
+
+    def log_figure(self, png: bytes, artifact_file: str) -> None:
+        """Log a picture (PNG bytes) as an artefact of the run, under ``artifact_file``'s directory."""
+        import tempfile
+        from pathlib import Path
+
+        import mlflow
+
+        folder, _, name = artifact_file.rpartition("/")
+        with tempfile.TemporaryDirectory() as scratch:
+            path = Path(scratch) / name
+            path.write_bytes(png)
+            mlflow.log_artifact(str(path), artifact_path=folder or None)
+
+    def log_table(self, columns: Mapping[str, list[Any]], artifact_file: str) -> None:
+        """Log a table (column name → values) with ``mlflow.log_table``: the UI shows and compares it."""
+        import mlflow
+
+        mlflow.log_table(
+            data={name: list(values) for name, values in columns.items()}, artifact_file=artifact_file
+        )
 
     def log_dataset(self, frame: pd.DataFrame, source: str, name: str, target: str, digest: str) -> None:
         """Log the data set the run trained on as its input (context ``training``)."""

@@ -145,6 +145,7 @@ def analyse_step(
         "prediction_divergence": divergence,
         "prediction_divergence_low": divergence_low,
         "prediction_divergence_high": divergence_high,
+        "prediction_divergence_bound": bound,
     }
     reasons = []
     # Errors breach as soon as they exceed what the minimum sample could excuse; waiting only adds victims.
@@ -254,7 +255,12 @@ class RolloutController:
                 "rollback",
                 f"candidate v{self.candidate_version} rolled back at {weight:g}%: {reason}"
                 + (f"; and {'; '.join(failures)}" if failures else ""),
-                {"weight": weight, "outcome": RolloutOutcome.rolled_back, "error": str(error)},
+                {
+                    "weight": weight,
+                    "outcome": RolloutOutcome.rolled_back,
+                    "error": str(error),
+                    "steps": result.steps,
+                },
             )
             if failures:
                 raise
@@ -300,7 +306,7 @@ class RolloutController:
                 self.effects.emit(
                     "rollback",
                     f"candidate v{self.candidate_version} rolled back at {weight:g}%: {reason}",
-                    {"weight": weight, "verdict": verdict.numbers, "outcome": outcome},
+                    {"weight": weight, "verdict": verdict.numbers, "outcome": outcome, "steps": result.steps},
                 )
                 result.outcome, result.reason = outcome, reason
                 return result

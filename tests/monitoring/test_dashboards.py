@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.monitoring.conftest import DASHBOARD_FILES, require_tool, run_tool
+from tests.monitoring.conftest import DASHBOARD_FILES, MONITORING, require_tool, run_tool
 
 # The metric contract of issue 5. Histograms expose _bucket, _sum and _count; the contract names the
 # prediction histogram by its buckets only, so that is all a dashboard may use of it.
@@ -60,12 +60,12 @@ def all_panels(panels: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def expressions(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
-    """(where, expr) of every query target in a dashboard."""
+    """(where, expr) of every query target and every Prometheus annotation query in a dashboard."""
     return [
         (f"panel {panel['id']} ({panel['title']}) target {target['refId']}", target["expr"])
         for panel in all_panels(dashboard["panels"])
         for target in panel.get("targets", [])
-    ]
+    ] + [(f"annotation {a['name']}", a["expr"]) for a in dashboard["annotations"]["list"] if "expr" in a]
 
 
 def substitute_variables(expr: str) -> str:
@@ -151,3 +151,64 @@ def test_an_unknown_metric_and_a_bad_query_are_caught(tmp_path: Path) -> None:
         yaml.safe_dump({"groups": [{"name": "bad", "rules": [{"record": "x:y", "expr": "sum by (("}]}]})
     )
     assert run_tool(promtool, "check", "rules", path).returncode != 0
+
+
+def panel(dashboard: dict[str, Any], metric: str) -> dict[str, Any]:
+    """The one panel whose query reads ``metric``."""
+    found = [
+        p for p in all_panels(dashboard["panels"]) if any(metric in t["expr"] for t in p.get("targets", []))
+    ]
+    assert len(found) == 1, f"expected one panel reading {metric}, got {[p['title'] for p in found]}"
+    return found[0]
+
+
+def test_psi_has_no_upper_bound_and_a_line_at_the_policy_bound() -> None:
+    from pipeline.config.drift import DriftConfig
+
+    # Given the drift panel of the pipeline dashboard
+    defaults = panel(load(MONITORING / "dashboards" / "pipeline.json"), "lockgate_drift_score")[
+        "fieldConfig"
+    ]["defaults"]
+    # Then PSI is a plain number (percentunit would cap the reading at 100%) with no max
+    assert defaults["unit"] not in ("percentunit", "percent") and "max" not in defaults, defaults
+    # And a threshold line sits at the pipeline's default PSI bound
+    steps = [step["value"] for step in defaults["thresholds"]["steps"] if step["value"] is not None]
+    assert steps == [DriftConfig().psi_threshold], f"expected a line at {DriftConfig().psi_threshold}"
+    assert defaults["custom"]["thresholdsStyle"]["mode"] in ("line", "dashed", "line+area", "dashed+area")
+
+
+def test_cost_is_shown_in_the_pipelines_currency() -> None:
+    import yaml as pyyaml
+
+    from pipeline.config import parse_config
+
+    config = parse_config(
+        pyyaml.safe_load((MONITORING.parent / "pipeline.yaml").read_text()), "pipeline.yaml"
+    )
+    cost = panel(load(MONITORING / "dashboards" / "pipeline.json"), "lockgate_pipeline_cost_estimate")
+    assert cost["fieldConfig"]["defaults"]["unit"] == f"currency{config.cost.currency}", (
+        "Grafana's currency unit"
+    )
+    assert config.cost.currency in cost["title"], "the currency named in the title"
+
+
+def test_rollout_promotion_and_rollback_are_annotations(dashboard: dict[str, Any]) -> None:
+    queries = {a["name"]: a for a in dashboard["annotations"]["list"] if "expr" in a}
+    assert set(queries) == {"Rollout steps", "Promotions", "Rollbacks"}, f"annotations: {sorted(queries)}"
+    assert 'type="rollout_step"' in queries["Rollout steps"]["expr"], (
+        "a rollout step moves the event timestamp"
+    )
+    assert 'outcome="promoted"' in queries["Promotions"]["expr"], "promotions counted by the exporter"
+    assert "rolled_back" in queries["Rollbacks"]["expr"], "rollbacks counted by the exporter"
+    for annotation in queries.values():
+        assert annotation["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, annotation["name"]
+        assert annotation["enable"] and annotation["iconColor"], f"{annotation['name']}: shown, coloured"
+
+
+def test_the_two_dashboards_link_to_each_other() -> None:
+    dashboards = {load(path)["uid"]: load(path) for path in DASHBOARD_FILES}
+    for uid, dashboard in dashboards.items():
+        (other,) = set(dashboards) - {uid}
+        urls = [link["url"] for link in dashboard["links"] if link["type"] == "link"]
+        assert urls == [f"/d/{other}"], f"{uid}: expected a link to {other}, got {urls}"
+        assert all(link["keepTime"] for link in dashboard["links"]), f"{uid}: links keep the time range"

@@ -132,6 +132,17 @@ def test_runbook_points_at_a_readme_section(alertname: str) -> None:
     assert anchor in headings, f"{alertname}: expected a heading for #{anchor} in {path}"
 
 
+RUNBOOK_BASE = "https://github.com/lockgate/lockgate/blob/main/"
+
+
+@pytest.mark.parametrize("alertname", sorted(ALERTS))
+def test_runbook_url_is_the_runbook_as_a_link(alertname: str) -> None:
+    annotations = ALERTS[alertname]["annotations"]
+    assert annotations.get("runbook_url") == RUNBOOK_BASE + annotations["runbook"], (
+        f"{alertname}: expected runbook_url (what Grafana and Alertmanager integrations link) beside runbook"
+    )
+
+
 def test_parse_duration_reads_compound_durations() -> None:
     assert parse_duration("4h10m") == 15000
     assert parse_duration("90s") == 90

@@ -78,3 +78,31 @@ def test_the_rollout_stage_records_its_result_through_the_tracker(tmp_path) -> N
     # Then rollout.json holds the stage's result
     assert tracker.artifacts[ROLLOUT_ARTIFACT] == result.to_dict(), "rollout.json is the stage's result"
     assert result.outcome == RolloutOutcome.skipped, "skipped without a target"
+
+
+def test_the_rollout_stage_logs_its_timeline_from_the_events_it_forwards(tmp_path, monkeypatch) -> None:
+    # Given a rollout that steps to 10% and is rolled back, its events forwarded to the run's sink
+    import pipeline.stages
+
+    def rolled_back(config, base_dir, target, aliases, version, emit) -> DeployResult:
+        emit("rollout_step", "candidate v2 at 10%", {"weight": 10.0})
+        step = {"weight": 10.0, "status": "breach", "candidate_error_rate": 0.2, "champion_error_rate": 0.0}
+        emit(
+            "rollback", "candidate v2 rolled back at 10%", {"weight": 10.0, "verdict": step, "steps": [step]}
+        )
+        return DeployResult(RolloutOutcome.rolled_back, "errors", [step])
+
+    monkeypatch.setattr(pipeline.stages, "deploy_and_roll_out", rolled_back)
+    tracker, forwarded = RecordingTracker(), []
+    # When the stage runs
+    rollout(
+        config(),
+        tmp_path,
+        None,
+        Registration("loan-default", "2", ("candidate",)),
+        lambda kind, message, details: forwarded.append(kind),
+        tracker,  # type: ignore[arg-type]
+    )
+    # Then every event still reaches the sink, and the timeline is a PNG artefact of the run
+    assert forwarded == ["rollout_step", "rollback"], "events forwarded unchanged"
+    assert tracker.artifacts["figures/rollout.png"].startswith(b"\x89PNG"), "the rollout timeline logged"

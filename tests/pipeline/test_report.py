@@ -170,10 +170,15 @@ def test_report_renders_every_figure_and_number() -> None:
     assert outline.figures == {
         "stage-durations": True,
         "model-metrics": True,
-        "serving-throughput": True,
-        "serving-latency": True,
+        "gate-decision": False,
+        "rollout-timeline": True,
+        "rollout-timeline-2": True,
+        "rollout-timeline-3": True,
+        "serving": True,
         "drift-scores": True,
-    }, "every figure drawn"
+        "drift-histograms": False,
+    }, "every figure with data drawn (no gate records, no drift histograms here), newest rollout first"
+    assert page.index("<figcaption>Stage durations") < page.index("<svg"), "the caption sits above its figure"
     assert outline.rows == {"delivery": 6, "runs": 4}, "six delivery metrics, four runs"
     summary = json.loads(outline.summary)
     assert summary["runs"] == 4 and summary["total_cost"] == pytest.approx(0.03), "runs and their cost"
@@ -185,7 +190,7 @@ def test_report_renders_every_figure_and_number() -> None:
 
     empty = Outline()
     empty.feed(render_report(ReportInputs(pipeline="loans", model_name="m", events=[]), generated_at=T0))
-    assert not any(empty.figures.values()) and len(empty.figures) == 5, (
+    assert not any(empty.figures.values()) and len(empty.figures) == 7, (
         "empty figures say so instead of failing"
     )
 
@@ -220,4 +225,4 @@ def test_the_report_reads_the_watch_history_typed_and_skips_a_bad_line(tmp_path,
     page = render_report(inputs, generated_at=T0 + 60)
     outline = Outline()
     outline.feed(page)
-    assert outline.figures["drift-scores"] and outline.figures["serving-throughput"], "both drawn"
+    assert outline.figures["drift-scores"] and outline.figures["serving"], "both drawn"

@@ -88,6 +88,14 @@ class RecordingTracker:
         self._call()
         self.artifacts[artifact_file] = text
 
+    def log_figure(self, png: bytes, artifact_file: str) -> None:
+        self._call()
+        self.artifacts[artifact_file] = png
+
+    def log_table(self, columns: dict[str, list[Any]], artifact_file: str) -> None:
+        self._call()
+        self.artifacts[artifact_file] = columns
+
     def log_dataset(self, frame: pd.DataFrame, source: str, name: str, target: str, digest: str) -> None:
         self._call()
 

@@ -94,3 +94,19 @@ def test_ending_without_a_run_is_a_no_op(local_mlflow) -> None:
     # Given no active run, when the tracker ends one, then nothing happens
     MlflowTracker().end_run("FAILED")
     assert mlflow.active_run() is None, "still no active run"
+
+
+def test_the_mlflow_tracker_logs_figures_and_tables(local_mlflow) -> None:
+    # Given a run, when a PNG and a table are logged through the tracker
+    tracker = MlflowTracker()
+    run_id = tracker.start_run("tracking-test", "run-figures")
+    tracker.log_figure(b"\x89PNG\r\n\x1a\nnot-really", "figures/gates.png")
+    tracker.log_table(
+        {"column": ["age", "income"], "status": ["ok", "problem"]}, "data_validation_table.json"
+    )
+    tracker.end_run("FINISHED")
+    # Then the picture is an artefact under figures/, and the table is one MLflow reads back as a table
+    listed = {item.path for item in MlflowClient().list_artifacts(run_id, "figures")}
+    assert listed == {"figures/gates.png"}, "the figure under figures/"
+    table = mlflow.load_table("data_validation_table.json", run_ids=[run_id])
+    assert list(table["column"]) == ["age", "income"], "the table, row by row"
