@@ -215,7 +215,7 @@ class Watcher:
 
     def check(self) -> CheckResult:
         """One check: judge new traffic, decide, maybe start a run. Never raises for missing data."""
-        from serving.capture import read_captured, read_labels
+        from serving.capture import REQUESTS_DIR, list_files, read_captured, read_labels
 
         spec = self.config.triggers
         now = self.clock()
@@ -232,13 +232,15 @@ class Watcher:
             notes.append(f"model {self.model_name} has no champion yet: only the schedule is checked")
         else:
             profile, baseline = self._profile(champion)
-            captured = read_captured(self.capture_uri, since=cursor.drift_since)
+            # Files, not times: a replica's file may land after newer rows of another were judged.
+            unjudged = cursor.drift_files.unseen(list_files(self.capture_uri, REQUESTS_DIR))
+            captured = read_captured(self.capture_uri, files=unjudged)
             served = captured[(captured["model"] == self.model_name) & (captured["version"] == champion)]
             window_rows = len(served)
             if spec.drift.enabled and window_rows >= spec.drift.window_rows:
                 answered = served_predictions(served, self.config.task)
                 report = check_drift(profile, served, answered.drift_values(), spec.drift.check)
-                cursor = cursor.model_copy(update={"drift_since": float(served["captured_at"].max()) + 1e-6})
+                cursor = cursor.model_copy(update={"drift_files": cursor.drift_files.advance(unjudged)})
                 scores = {name: f.score for name, f in report.features.items()}
                 if report.prediction is not None:
                     scores["__prediction__"] = report.prediction.score
@@ -304,10 +306,12 @@ class Watcher:
         """Quality on champion answers whose labels arrived since the last measured window, and the cursor."""
         # Measured (and exported) whenever labels arrive; only the degradation trigger, if enabled, acts on it.
         spec = self.config.triggers.degradation
-        labels = read_labels(self.capture_uri)
-        if labels.empty:
+        from serving.capture import LABELS_DIR, list_files
+
+        unread = cursor.labels_files.unseen(list_files(self.capture_uri, LABELS_DIR))
+        if not unread:
             return None, cursor
-        fresh = labels[labels["labelled_at"] >= cursor.labels_since]
+        fresh = read_labels(self.capture_uri, files=unread)
         if fresh.empty:
             return None, cursor
         captured = read_captured(self.capture_uri)
@@ -325,7 +329,7 @@ class Watcher:
             )
         if int(usable.sum()) < spec.min_labelled_rows:
             return None, cursor
-        cursor = cursor.model_copy(update={"labels_since": float(fresh["labelled_at"].max()) + 1e-6})
+        cursor = cursor.model_copy(update={"labels_files": cursor.labels_files.advance(unread)})
         quality = measure_quality(
             joined["label"][usable], answered.quality_predictions(usable), self.config.task
         )

@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from pipeline.store import StateStore
 
@@ -131,13 +133,79 @@ def read_rows(store: StateStore, kind: type[RowT]) -> HistoryRead[RowT]:
     return HistoryRead(tuple(rows), skipped)
 
 
+FILE_STAMP = "%Y%m%dT%H%M%S%f"
+"""Capture and label files are named ``<UTC stamp>-…``, the stamp taken when their writer began the file."""
+FILE_GRACE_S = 3600.0
+"""A file may appear this long after newer-named ones were judged (a slow upload) and still be judged."""
+
+
+def _file_key(name: str) -> str:
+    return name.rsplit("/", 1)[-1]
+
+
+def _stamp_minus(key: str, seconds: float) -> str:
+    try:
+        stamp = datetime.strptime(key[: len("20260101T000000000000")], FILE_STAMP).replace(tzinfo=UTC)
+    except ValueError:
+        return ""  # a name that is not stamped: no watermark moves past it
+    return (stamp - timedelta(seconds=seconds)).strftime(FILE_STAMP)
+
+
+def stamp_of(seconds: float) -> str:
+    """The file-name stamp of a UNIX time (what a file begun at that instant is named after)."""
+    return datetime.fromtimestamp(seconds, UTC).strftime(FILE_STAMP) if seconds > 0 else ""
+
+
+class FileCursor(BaseModel):
+    """Which files of a capture directory the checks have judged.
+
+    Several writers (router replicas, `lockgate labels`) write files side by side, and a file can land after
+    newer-named ones were read: a cursor on time would skip its rows for good. This one keeps the names it
+    judged; names below ``before`` count as judged, and ``before`` follows the newest name
+    ``FILE_GRACE_S`` behind, so the list stays bounded.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    before: str = ""
+    seen: tuple[str, ...] = ()
+
+    def unseen(self, names: Iterable[str]) -> list[str]:
+        """The names not judged yet, in order."""
+        seen = set(self.seen)
+        return [name for name in names if _file_key(name) >= self.before and name not in seen]
+
+    def advance(self, names: Iterable[str]) -> FileCursor:
+        """The cursor once ``names`` are judged too."""
+        seen = set(self.seen) | set(names)
+        if not seen:
+            return self
+        newest = max(_file_key(name) for name in seen)
+        before = max(self.before, _stamp_minus(newest, FILE_GRACE_S))
+        return FileCursor(before=before, seen=tuple(sorted(n for n in seen if _file_key(n) >= before)))
+
+
 class WatchCursor(BaseModel):
-    """How far the checks have judged: captured answers since ``drift_since``, labels since ``labels_since``."""
+    """How far the checks have judged: which capture files for drift, which label files for quality.
+
+    ``drift_since``/``labels_since`` are the times earlier releases kept: read from an old cursor, they
+    start the file cursors (a file begun before that time holds only rows judged then).
+    """
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
     drift_since: float = 0.0
     labels_since: float = 0.0
+    drift_files: FileCursor = FileCursor()
+    labels_files: FileCursor = FileCursor()
+
+    @model_validator(mode="after")
+    def _from_times(self) -> WatchCursor:
+        if self.drift_since > 0 and self.drift_files == FileCursor():
+            object.__setattr__(self, "drift_files", FileCursor(before=stamp_of(self.drift_since)))
+        if self.labels_since > 0 and self.labels_files == FileCursor():
+            object.__setattr__(self, "labels_files", FileCursor(before=stamp_of(self.labels_since)))
+        return self
 
 
 def read_cursor(store: StateStore) -> WatchCursor:

@@ -258,17 +258,25 @@ def write_labels(uri: str, labels: Iterable[tuple[str, Any]]) -> tuple[str, int]
     return _write_atomically(table, uri, LABELS_DIR, f"{stamp}-{uuid.uuid4().hex[:8]}"), len(pairs)
 
 
-def _read(uri: str, directory: str) -> pa.Table | None:
+def list_files(uri: str, directory: str = REQUESTS_DIR) -> list[str]:
+    """The finished files under ``<uri>/<directory>``, as paths relative to it, oldest name first."""
     store, root = filesystem(uri)
     folder = f"{root.rstrip('/')}/{directory}"
     if store.get_file_info(folder).type == pafs.FileType.NotFound:
-        return None
+        return []
     selector = pafs.FileSelector(folder, recursive=True)
-    files = sorted(
-        info.path
+    names = [
+        info.path[len(folder) + 1 :]
         for info in store.get_file_info(selector)
         if info.is_file and info.path.endswith(".parquet") and not info.base_name.startswith(".")
-    )
+    ]
+    return sorted(names, key=lambda name: (name.rsplit("/", 1)[-1], name))
+
+
+def _read(uri: str, directory: str, names: Iterable[str] | None = None) -> pa.Table | None:
+    store, root = filesystem(uri)
+    folder = f"{root.rstrip('/')}/{directory}"
+    files = [f"{folder}/{name}" for name in (list_files(uri, directory) if names is None else names)]
     if not files:
         return None
     # Files differ in columns (answers of other kinds, other feature sets): read them under one schema,
@@ -283,11 +291,16 @@ def _read(uri: str, directory: str) -> pa.Table | None:
     return ds.dataset(files, schema=schema, filesystem=store, format="parquet").to_table()
 
 
-def read_captured(uri: str, since: float = 0.0, until: float | None = None) -> Any:
-    """Captured rows answered in [since, until) as a DataFrame (empty when nothing was captured)."""
+def read_captured(
+    uri: str, since: float = 0.0, until: float | None = None, files: Iterable[str] | None = None
+) -> Any:
+    """Captured rows answered in [since, until) as a DataFrame (empty when nothing was captured).
+
+    ``files``: only these files (names :func:`list_files` gives), for example the ones not judged yet.
+    """
     import pandas as pd
 
-    table = _read(uri, REQUESTS_DIR)
+    table = _read(uri, REQUESTS_DIR, files)
     if table is None:
         return pd.DataFrame(columns=list(META_COLUMNS))
     frame = table.to_pandas()
@@ -297,15 +310,15 @@ def read_captured(uri: str, since: float = 0.0, until: float | None = None) -> A
     return frame[keep].sort_values("captured_at", kind="stable").reset_index(drop=True)
 
 
-def read_labels(uri: str) -> Any:
-    """Every label recorded so far (the latest label wins for a request id).
+def read_labels(uri: str, files: Iterable[str] | None = None) -> Any:
+    """Every label recorded so far (the latest label wins for a request id); ``files``: only these files.
 
     ``label`` holds each label as it was given: a number, or a class name (files of earlier releases hold
     integer labels only).
     """
     import pandas as pd
 
-    table = _read(uri, LABELS_DIR)
+    table = _read(uri, LABELS_DIR, files)
     if table is None:
         return pd.DataFrame(columns=["request_id", LABEL, "labelled_at"])
     frame = table.to_pandas().sort_values("labelled_at", kind="stable")

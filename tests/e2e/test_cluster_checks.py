@@ -236,7 +236,8 @@ def test_trigger_checks_in_a_cluster_start_one_rayjob_per_drift_event(
     assert summary["drifted"] is False and summary["window_rows"] == WINDOW, summary
     assert summary["submission_id"] is None and kube_api.jobs == {}, "stable traffic starts nothing"
     history = StateStore(state_uri).child("watch", name)
-    assert history.read("cursor.json")["drift_since"] > 0, "the next pod judges only newer traffic"
+    judged = history.read("cursor.json")["drift_files"]["seen"]
+    assert len(judged) == 1, f"the next pod judges only files not judged yet: {judged}"
 
     shifted = make_loans(WINDOW, seed=12, shift=1.0)
     capture(capture_uri, model, name, "1", shifted, features)

@@ -310,3 +310,21 @@ def test_the_default_registry_is_mlflow_and_opens_nothing_when_built(tmp_path: P
     # Then it asks the MLflow registry, and nothing was written yet
     assert isinstance(watcher.registry, MlflowRegistry), "MLflow is the default registry"
     assert not (tmp_path / "state").exists(), "building a watcher touches no store"
+
+
+def test_rows_a_slower_replica_writes_after_a_judged_window_are_judged_too(tmp_path: Path) -> None:
+    # Given one replica's window, judged,
+    setup = make_setup(tmp_path)
+    capture(setup.capture_uri, setup.config, make_loans(WINDOW, seed=61), "1", setup.clock())
+    first = setup.watcher.check()
+    assert first.drift is not None and first.window_rows == WINDOW, first.notes
+    # when another replica's file lands afterwards, with rows answered a minute *before* that window,
+    earlier = setup.clock() - timedelta(minutes=1)
+    capture(setup.capture_uri, setup.config, make_loans(WINDOW, seed=62, shift=1.0), "1", earlier)
+    setup.clock.tick()
+    second = setup.watcher.check()
+    # then the next check judges those rows (a cursor on answer times skipped them for good), and only them.
+    assert second.window_rows == WINDOW and second.drift is not None, second.notes
+    assert second.drift.drifted, second.drift.explanation
+    setup.clock.tick()
+    assert setup.watcher.check().window_rows == 0, "nothing is judged twice"

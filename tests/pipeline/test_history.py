@@ -14,6 +14,7 @@ from pipeline.history import (
     QUALITY_HISTORY,
     SERVING_HISTORY,
     DriftRow,
+    FileCursor,
     QualityRow,
     ServingSample,
     WatchCursor,
@@ -21,6 +22,7 @@ from pipeline.history import (
     history_store,
     read_cursor,
     read_rows,
+    stamp_of,
     write_cursor,
 )
 from pipeline.store import StateStore
@@ -153,10 +155,29 @@ def test_the_cursor_keeps_its_keys_and_starts_at_zero(store: StateStore) -> None
     # When a cursor is written
     write_cursor(store, WatchCursor(drift_since=5.0, labels_since=6.0))
 
-    # Then a fresh cursor starts at the beginning, and the document keeps today's keys
-    assert fresh == WatchCursor(drift_since=0.0, labels_since=0.0), "nothing judged yet"
-    assert store.read(CURSOR) == {"drift_since": 5.0, "labels_since": 6.0}, "cursor.json unchanged on disk"
-    assert read_cursor(store).drift_since == 5.0, "read back"
+    # Then a fresh cursor starts at the beginning, and a cursor of an earlier release (times only) starts
+    # its file cursors at those times: files begun before then hold only rows judged then
+    assert fresh == WatchCursor(), "nothing judged yet"
+    assert fresh.drift_files.unseen(["day=x/20260101T000000000000-a-000001.parquet"]) != [], "all unseen"
+    back = read_cursor(store)
+    assert back.drift_since == 5.0 and back.drift_files.before == stamp_of(5.0), "read back"
+    store.write(CURSOR, {"drift_since": 5.0, "labels_since": 6.0})  # as earlier releases wrote it
+    assert read_cursor(store).labels_files.before == stamp_of(6.0), "an old cursor is understood"
+
+
+def test_a_file_that_lands_late_is_still_judged_and_the_cursor_stays_bounded() -> None:
+    # Given a cursor that judged replica A's file named 12:00:05,
+    a, b = "day=d/20260302T120005000000-a-000001.parquet", "day=d/20260302T120001000000-b-000001.parquet"
+    cursor = FileCursor().advance([a])
+    # when replica B's file, begun at 12:00:01, lands afterwards, then it is not judged yet,
+    assert cursor.unseen([b, a]) == [b], "the late file is new to the cursor"
+    # and once judged, neither is offered again;
+    cursor = cursor.advance([b])
+    assert cursor.unseen([b, a]) == [], cursor
+    # files named more than the grace behind the newest count as judged, and are forgotten.
+    later = "day=d/20260302T140000000000-a-000002.parquet"
+    cursor = cursor.advance([later])
+    assert cursor.seen == (later,) and cursor.unseen([a, b]) == [], cursor
 
 
 def test_history_store_is_the_models_watch_directory(tmp_path: Path) -> None:
