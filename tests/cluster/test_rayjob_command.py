@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from lockgate.kuberay import TemplateError, load_template, training_job
+from lockgate.kuberay import TemplateError, load_template
 from tests.cluster.kuberay_command import (
     GCS_HEALTH_PATH,
     K8S_JOB_MODE,
@@ -31,7 +31,7 @@ from tests.cluster.kuberay_command import (
     job_id,
     submitter_container_command,
 )
-from tests.infra.conftest import ROOT
+from tests.cluster.stack import render_stack, stack_rayjobs
 
 DASHBOARD_URL = "lockgate-train-x-head-svc.lockgate.svc.cluster.local:8265"  # as status.dashboardURL
 PIPELINE_COMMAND = ["python", "-m", "pipeline.run", "--config", "/home/ray/lockgate/pipeline.yaml"]
@@ -99,27 +99,7 @@ def test_port_builds_what_kuberay_job_test_expects() -> None:
 @pytest.fixture(scope="module")
 def dev_stack(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The dev stack's program run under mocks (tests/infra/driver.py): what it declares and exports."""
-    out = tmp_path_factory.mktemp("dev-stack") / "dev.json"
-    command = [sys.executable, "-m", "tests.infra.driver", str(ROOT / "Pulumi.dev.yaml"), "--out", str(out)]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0 and out.exists(), result.stderr[-3000:]
-    return json.loads(out.read_text())
-
-
-def stack_rayjobs(dev_stack: dict[str, Any], tmp_path: Path) -> dict[str, dict[str, Any]]:
-    """Every training RayJob the stack makes: the one `kubectl create` gets and the one a trigger creates."""
-    (config_map,) = [
-        r["inputs"]
-        for r in dev_stack["resources"]
-        if r["type"] == "kubernetes:core/v1:ConfigMap" and "rayjob.yaml" in r["inputs"].get("data", {})
-    ]
-    template_file = tmp_path / "rayjob.yaml"
-    template_file.write_text(config_map["data"]["rayjob.yaml"])
-    template = load_template(template_file)  # as the trigger-check pod reads it from the mounted ConfigMap
-    by_hand = yaml.safe_load(dev_stack["exports"]["trainingJobManifest"])
-    by_hand["metadata"]["name"] = by_hand["metadata"].pop("generateName") + "abcde"  # the API server names it
-    trigger = {"reason": "drift", "event_id": "drift-20261130T120000Z-w000042", "run_key": "drift-3f2a9c"}
-    return {"kubectl-create": by_hand, "trigger": training_job(template, "loan-default", trigger)}
+    return render_stack(tmp_path_factory.mktemp("dev-stack"))
 
 
 def run_submitter(command: list[str], tmp_path: Path) -> list[list[str]]:
