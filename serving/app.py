@@ -7,7 +7,10 @@ ones have loaded, so requests never see a half-applied change.
 
 A champion the registry does not have yet (a fresh cluster: no version, or no version with the alias the
 config follows) does not fail the deployment: the router starts, answers 503 saying what it waits for, and
-asks the registry again every ``registry_poll_s`` until it can serve, with no redeploy.
+asks the registry again every ``registry_poll_s`` until it can serve, with no redeploy. A failed deployment
+would stay failed in a cluster: KubeRay v1.7.0 calls a RayService ready only when every application is
+RUNNING and does not submit an unchanged ``serveConfigV2`` again (ray-operator/controllers/ray/
+rayservice_controller.go: getAndCheckServeStatus, checkIfNeedSubmitServeApplications).
 """
 
 from __future__ import annotations
