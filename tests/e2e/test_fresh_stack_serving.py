@@ -103,6 +103,16 @@ def test_router_starts_without_a_model_and_serves_the_champion_once_registered(
         assert first_answer_s < WAIT_LIMIT_S, f"took {first_answer_s:.1f}s"
         status = application_status(local_env.dashboard_url, headers, app)
         assert status["status"] == "RUNNING" and status["deployed_app_config"] == deployed, "no redeploy"
+        if champion is None:
+            # And a later champion (the alias moved, as a promotion does) is followed the same way
+            MlflowClient().set_registered_model_alias(
+                name, "champion", register_version(name, seed=2).version
+            )
+            moved = time.monotonic()
+            while ask(rows).json().get("version") != "2" and time.monotonic() - moved < WAIT_LIMIT_S:
+                time.sleep(0.1)
+            assert ask(rows).json()["version"] == "2", "the router follows the alias to the new version"
+            print(f"alias moved -> answers from v2: {time.monotonic() - moved:.2f}s")  # noqa: T201
         print(f"registered champion -> first answer: {first_answer_s:.2f}s (poll {DEFAULT_REGISTRY_POLL_S}s)")  # noqa: T201
     finally:
         requests.delete(f"{local_env.dashboard_url}{APPLICATIONS_PATH}", headers=headers, timeout=30)
