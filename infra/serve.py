@@ -2,7 +2,9 @@
 
 Local mode turns serving.yaml + rollout state + registry aliases into a RouterConfig and renders it; a
 cluster does the same with the stack's ``serve`` block, its pinned versions (``models``) in place of the
-aliases, and ``canaryWeight`` as the pin. Nothing here writes a serve setting of its own.
+aliases, and ``canaryWeight`` as the pin. A stack that pins no champion (a fresh one: nothing is registered
+yet) renders a router that follows the registry's ``champion`` alias instead of naming a version that does
+not exist. Nothing here writes a serve setting of its own.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from contracts.vocabulary import Alias
-from serving.desired import RolloutState, ServingFile, resolve_router_config
+from serving.desired import RolloutState, ServingFile, following_router_config, resolve_router_config
 from serving.render import render_serve_config, render_serve_yaml
 from serving.spec import RouterConfig
 
@@ -32,18 +34,31 @@ def stack_aliases(champion: str, candidate: str | None) -> dict[str, str]:
 
 
 def stack_router_config(
-    serve: ServingFile, canary_weight: float | None, champion: str, candidate: str | None, capture_uri: str
+    serve: ServingFile,
+    canary_weight: float | None,
+    champion: str | None,
+    candidate: str | None,
+    capture_uri: str,
 ) -> RouterConfig:
     """The router's user_config exactly as local mode resolves it (a config pin and no rollout state).
 
+    ``champion`` None: no version is pinned; the router follows the registry's ``champion`` alias.
     ``capture_uri``: the artefact store's capture location, the default where the file names none.
     """
     file = stack_serving_file(serve, canary_weight)
+    if champion is None:
+        if candidate is not None:
+            raise ValueError("models.candidate: a candidate needs models.champion pinned beside it")
+        return following_router_config(file, capture_uri)
     return resolve_router_config(file, RolloutState(), stack_aliases(champion, candidate), capture_uri)
 
 
 def stack_serve_config(
-    serve: ServingFile, canary_weight: float | None, champion: str, candidate: str | None, capture_uri: str
+    serve: ServingFile,
+    canary_weight: float | None,
+    champion: str | None,
+    candidate: str | None,
+    capture_uri: str,
 ) -> dict[str, Any]:
     """The rendered, validated serve config for the RayService."""
     router = stack_router_config(serve, canary_weight, champion, candidate, capture_uri)
@@ -51,7 +66,11 @@ def stack_serve_config(
 
 
 def stack_serve_yaml(
-    serve: ServingFile, canary_weight: float | None, champion: str, candidate: str | None, capture_uri: str
+    serve: ServingFile,
+    canary_weight: float | None,
+    champion: str | None,
+    candidate: str | None,
+    capture_uri: str,
 ) -> str:
     """``serveConfigV2`` text from serving's renderer: sorted keys, so an unchanged config never diffs."""
     router = stack_router_config(serve, canary_weight, champion, candidate, capture_uri)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import secrets
+import shlex
 import time
 from pathlib import Path
 from typing import Any
@@ -56,11 +57,35 @@ def load_template(path: Path) -> dict[str, Any]:
         raise TemplateError(
             f"{path}: apiVersion: expected {GROUP}/{VERSION}, got {manifest.get('apiVersion')!r}"
         )
-    if not manifest.get("spec", {}).get("entrypoint"):
+    entrypoint = manifest.get("spec", {}).get("entrypoint")
+    if not entrypoint:
         raise TemplateError(f"{path}: spec.entrypoint: the template runs nothing")
+    operators = shell_operators(entrypoint)
+    if operators:
+        raise TemplateError(
+            f"{path}: spec.entrypoint: {' '.join(operators)} in {entrypoint!r}: KubeRay pastes the entrypoint "
+            "unquoted into the submitter's shell, so only the first command would run as the Ray job; "
+            "use one command (the stack's current template does)"
+        )
     if not manifest.get("metadata", {}).get("generateName"):
         raise TemplateError(f"{path}: metadata.generateName: needed to name each run")
     return manifest
+
+
+def shell_operators(entrypoint: str) -> list[str]:
+    """The shell control operators (``&&``, ``;``, ``|``, redirections, ...) outside quotes in ``entrypoint``.
+
+    KubeRay v1.7.0 puts a RayJob's entrypoint unquoted after ``ray job submit ... --`` in a ``bash -ce``
+    script (ray-operator/controllers/ray/common/job.go, BuildJobSubmitCommand): an operator there ends the
+    Ray job's command and the rest runs in the submitter pod.
+    """
+    lexer = shlex.shlex(entrypoint, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    try:
+        words = list(lexer)
+    except ValueError:
+        return ["<unbalanced quotes>"]
+    return [word for word in words if word and set(word) <= set(lexer.punctuation_chars)]
 
 
 def training_job(

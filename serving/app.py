@@ -4,6 +4,13 @@ One hop by design: each extra deployment hop costs about as much CPU as the HTTP
 so the router scores with whichever version it picks instead of forwarding to a model deployment. The
 split lives in ``user_config``; ``reconfigure()`` applies it in place and swaps models only after the new
 ones have loaded, so requests never see a half-applied change.
+
+A champion the registry does not have yet (a fresh cluster: no version, or no version with the alias the
+config follows) does not fail the deployment: the router starts, answers 503 saying what it waits for, and
+asks the registry again every ``registry_poll_s`` until it can serve, with no redeploy. A failed deployment
+would stay failed in a cluster: KubeRay v1.7.0 calls a RayService ready only when every application is
+RUNNING and does not submit an unchanged ``serveConfigV2`` again (ray-operator/controllers/ray/
+rayservice_controller.go: getAndCheckServeStatus, checkIfNeedSubmitServeApplications).
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import random
 import sys
 import time
@@ -34,8 +42,8 @@ from serving.routing import (
     read_bounded,
     should_shadow,
 )
-from serving.scoring import LoadedModel, OutputError, Scored
-from serving.spec import RouterConfig
+from serving.scoring import LoadedModel, OutputError, Scored, registry_version
+from serving.spec import AliasRef, ModelRef, RouterConfig
 
 logger = logging.getLogger("ray.serve")
 VERSION_HEADER, SPLIT_HEADER = Header.version.value, Header.traffic_split.value
@@ -74,6 +82,11 @@ class Router:
     def __init__(self) -> None:
         self.config: RouterConfig | None = None
         self.models: dict[str, LoadedModel] = {}
+        # Bumped by every reconfigure: a registry poll that finished loading after one drops its result.
+        self._generation = 0
+        self._poll: asyncio.Task | None = None
+        self._waiting = ""  # why there is no champion yet, for the 503 answer
+        self._unloadable: str | None = None  # a followed version that failed to load: not retried
         self.capture: CaptureBuffer | None = None
         self._flushing = False
         # Ray annotates tag_keys as tuple[str] though it takes any number of keys.
@@ -121,16 +134,24 @@ class Router:
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Apply a new split and model set; load new versions first, then swap everything at once."""
         config = RouterConfig.model_validate(user_config)
-        wanted = {Role.champion: config.champion, Role.candidate: config.candidate}
+        self._generation += 1
+        self._unloadable = None
         loaded: dict[str, LoadedModel] = {}
-        for role, ref in wanted.items():
-            if ref is None:
-                continue
-            reuse = [m for m in self.models.values() if m.ref == ref]
-            loaded[role] = reuse[0] if reuse else await asyncio.to_thread(LoadedModel.load, ref)
+        champion = await self._champion_version(config.champion)
+        if champion is not None:
+            loaded[Role.champion] = await self._load(champion)
+        if config.candidate is not None:
+            loaded[Role.candidate] = await self._load(config.candidate)
         _limit_torch_threads()
         previous = self.config.capture if self.config is not None else None
         self.models, self.config = loaded, config
+        # Keep asking the registry while there is no champion, or while the champion is an alias.
+        if champion is None or isinstance(config.champion, AliasRef):
+            if self._poll is None or self._poll.done():
+                self._poll = asyncio.get_running_loop().create_task(self._poll_registry())
+        elif self._poll is not None:
+            self._poll.cancel()
+            self._poll = None
         if config.capture != previous:
             old, spec = self.capture, config.capture
             self.capture = (
@@ -141,22 +162,101 @@ class Router:
             if old is not None:
                 await asyncio.to_thread(self._flush_quietly, old)
         logger.info(
-            "router config applied: champion=%s candidate=%s traffic=%s",
+            "router config applied: champion=%s (%s) candidate=%s traffic=%s",
             config.champion.uri,
+            loaded[Role.champion].ref.uri if Role.champion in loaded else self._waiting,
             config.candidate.uri if config.candidate else None,
             config.traffic.model_dump(),
         )
+
+    async def _load(self, ref: ModelRef) -> LoadedModel:
+        reuse = [m for m in self.models.values() if m.ref == ref]
+        return reuse[0] if reuse else await asyncio.to_thread(LoadedModel.load, ref)
+
+    async def _champion_version(self, ref: ModelRef | AliasRef) -> ModelRef | None:
+        """The champion version to serve now, or None (and why, in ``_waiting``) when there is none yet.
+
+        A pinned version is loaded as given when the registry cannot be asked; a version that exists but
+        does not load still fails the reconfigure, as before.
+        """
+        try:
+            version = await asyncio.to_thread(registry_version, ref)
+        except Exception as error:  # the registry is unreachable or refused: say so, ask again later
+            if isinstance(ref, ModelRef):
+                return ref
+            self._waiting = f"the model registry could not be asked for {ref.uri}: {error}"[:500]
+            logger.warning("%s; asking again in a while", self._waiting)
+            return None
+        if version is None:
+            what = (
+                f"no version of model '{ref.name}' has the alias '{ref.alias.value}' yet"
+                if isinstance(ref, AliasRef)
+                else f"model '{ref.name}' has no version {ref.version} yet"
+            )
+            self._waiting = f"{what} ({ref.uri}): nothing to serve"
+            return None
+        self._waiting = ""
+        return ModelRef(name=ref.name, version=version)
+
+    async def _poll_registry(self) -> None:
+        """Every ``registry_poll_s``: serve the champion the registry names, once it names one (or a new one)."""
+        while self.config is not None:
+            config = self.config
+            await asyncio.sleep(config.registry_poll_s)
+            if self.config is not config:
+                continue  # reconfigured meanwhile: its own settings apply from the next round
+            if Role.champion in self.models and not isinstance(config.champion, AliasRef):
+                return  # a pinned version that appeared is served: nothing left to wait for
+            try:
+                await self._refresh_champion(config)
+            except Exception:  # a failed round is logged; what serves keeps serving, the next round retries
+                logger.exception("asking the registry for %s failed", config.champion.uri)
+
+    async def _refresh_champion(self, config: RouterConfig) -> None:
+        generation = self._generation
+        wanted = await self._champion_version(config.champion)
+        current = self.models.get(Role.champion)
+        if (
+            wanted is None
+            or (current is not None and current.ref == wanted)
+            or wanted.uri == self._unloadable
+        ):
+            return
+        try:
+            model = await self._load(wanted)
+        except Exception:
+            self._unloadable = wanted.uri  # not loaded again until the registry names another version
+            raise
+        _limit_torch_threads()
+        if generation != self._generation:
+            return  # a reconfigure came in while this loaded: it decides what serves
+        self.models = {**self.models, Role.champion: model}
+        logger.info("champion %s (%s) now serves", model.ref.uri, config.champion.uri)
+
+    def _no_model(self, request_id: str) -> JSONResponse:
+        """503 naming what the router waits for: the champion it is configured with is not in the registry."""
+        config = self.config
+        body: dict[str, Any] = {"error": "router has no model configured yet", "request_id": request_id}
+        headers = {}
+        if config is not None:
+            ref = config.champion
+            body.update(error=self._waiting or f"{ref.uri} is not loaded yet", model=ref.name)
+            body.update({"alias": ref.alias.value} if isinstance(ref, AliasRef) else {"version": ref.version})
+            headers["Retry-After"] = str(math.ceil(config.registry_poll_s))
+        return JSONResponse(body, status_code=503, headers=headers)
 
     async def __call__(self, request: Request) -> JSONResponse:
         """Answer one request: ``{"rows": ...}`` at the route, MLflow's scoring protocol at ``/invocations``."""
         # Serve's proxy owns x-request-id: it takes the client's or makes one, and echoes it on the response.
         request_id = _get_serve_request_context().request_id or uuid.uuid4().hex
         config, models = self.config, self.models
-        if config is None or Role.champion not in models:
-            return _error(503, "router has no model configured yet", request_id)
         endpoint = request.url.path.rstrip("/").rsplit("/", 1)[-1]
         if request.method == "GET" and endpoint in HEALTH_ENDPOINTS:
-            return JSONResponse({"status": "ok", "request_id": request_id})
+            # The router is up even while it waits for a champion: `serving` says whether it can answer.
+            serving = config is not None and Role.champion in models
+            return JSONResponse({"status": "ok", "serving": serving, "request_id": request_id})
+        if config is None or Role.champion not in models:
+            return self._no_model(request_id)
         if request.method != "POST":
             return _error(405, "use POST with a JSON body", request_id)
         if endpoint == "labels":

@@ -20,6 +20,7 @@ from contracts.settings import Settings
 from contracts.strict import StrictModel, format_problems
 from contracts.vocabulary import Alias
 from serving.spec import (
+    AliasRef,
     CaptureFields,
     CaptureSpec,
     ModelRef,
@@ -140,6 +141,22 @@ def resolve_router_config(
         candidate=candidate,
         traffic=TrafficSpec.model_validate(traffic),
         capture=resolve_capture(file, capture_uri),
+        registry_poll_s=file.serving.registry_poll_s,
+    )
+
+
+def following_router_config(file: ServingFile, capture_uri: str | None = None) -> RouterConfig:
+    """A router that pins no version: it serves whatever version holds the ``champion`` alias, when one does.
+
+    What a cluster deploys before its first model is registered: the router starts, answers 503 until the
+    registry names a champion, then serves it (and each later champion) without a redeploy.
+    """
+    intent = file.traffic
+    return RouterConfig(
+        champion=AliasRef(name=file.model_name, alias=Alias.champion),
+        traffic=TrafficSpec(mode=intent.mode, sticky_header=intent.sticky_header),
+        capture=resolve_capture(file, capture_uri),
+        registry_poll_s=file.serving.registry_poll_s,
     )
 
 
@@ -216,7 +233,8 @@ def preflight(router: RouterConfig, previous: dict[str, Any] | None) -> None:
         for ref in ((previous or {}).get("champion"), (previous or {}).get("candidate"))
         if isinstance(ref, dict)
     }
-    refs = [ref for ref in (router.champion, router.candidate) if ref is not None]
+    # A followed alias is resolved by the router itself, on its own schedule: nothing to check ahead of it.
+    refs = [ref for ref in (router.champion, router.candidate) if isinstance(ref, ModelRef)]
     loaded: dict[str, Any] = {}
     for ref in refs:
         if (ref.name, ref.version) in served:

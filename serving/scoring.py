@@ -22,7 +22,7 @@ import pandas as pd
 from contracts.vocabulary import ModelMetadata, Task
 from serving.answers import PREDICTION, PROBABILITIES, PROBABILITY
 from serving.routing import ColumnRule, rules_from_signature
-from serving.spec import ModelRef
+from serving.spec import AliasRef, ModelRef
 
 PYFUNC_FLAVOR = "python_function"
 
@@ -159,6 +159,30 @@ def probability_source(model: Any) -> Any | None:
     if callable(getattr(raw, "predict_proba", None)) and getattr(raw, "classes_", None) is not None:
         return raw
     return None
+
+
+# What MLflow answers for a registered model, version or alias that does not exist (yet).
+MISSING_CODES = frozenset({"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"})
+
+
+def registry_version(ref: ModelRef | AliasRef) -> str | None:
+    """The registered version ``ref`` names now, or None when the registry has none (yet).
+
+    A pinned version is looked up (it may not be registered yet, as on a fresh stack); an alias is resolved.
+    Any other registry failure (unreachable, refused) raises: the caller retries, it does not conclude.
+    """
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    try:
+        if isinstance(ref, AliasRef):
+            return str(client.get_model_version_by_alias(ref.name, ref.alias.value).version)
+        return str(client.get_model_version(ref.name, ref.version).version)
+    except MlflowException as error:
+        if error.error_code in MISSING_CODES:
+            return None
+        raise
 
 
 class LoadedModel:

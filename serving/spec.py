@@ -8,7 +8,7 @@ from enum import StrEnum
 from pydantic import Field, field_validator, model_validator
 
 from contracts.strict import StrictModel
-from contracts.vocabulary import Header
+from contracts.vocabulary import Alias, Header
 
 # Registered-model names end up inside a ``models:/<name>/<version>`` URI, so a slash or a leading dot
 # would change which model the URI points at.
@@ -26,6 +26,8 @@ SERVE_INGRESS_ENV: dict[str, dict[str, str]] = {
     "proxy": {},
     "haproxy": {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
 }
+# How often the router asks the registry for a champion it does not serve yet (or an alias it follows).
+DEFAULT_REGISTRY_POLL_S = 5.0
 # The rendered serve config is committed and shown in cluster state; a secret must travel another way.
 SECRET_NAME_MARKERS: tuple[str, ...] = ("PASSWORD", "TOKEN", "SECRET")
 
@@ -40,6 +42,22 @@ class ModelRef(StrictModel):
     def uri(self) -> str:
         """The MLflow model URI of this version."""
         return f"models:/{self.name}/{self.version}"
+
+
+class AliasRef(StrictModel):
+    """A registered model's alias: the router serves whichever version it names, read from the registry.
+
+    The router resolves it when configured and again every ``RouterConfig.registry_poll_s``: a version that
+    gets the alias later is picked up without a redeploy, and until one has it the router answers 503.
+    """
+
+    name: str = Field(min_length=1, max_length=200, pattern=MODEL_NAME_PATTERN)
+    alias: Alias = Alias.champion
+
+    @property
+    def uri(self) -> str:
+        """The MLflow model URI of whatever version holds the alias."""
+        return f"models:/{self.name}@{self.alias.value}"
 
 
 class TrafficMode(StrEnum):
@@ -100,15 +118,23 @@ class CaptureSpec(CaptureFields):
 class RouterConfig(StrictModel):
     """Exactly what the router ingress receives as its Ray Serve ``user_config``."""
 
-    champion: ModelRef
+    # A pinned version, or an alias followed in the registry (a fresh cluster, before any version exists).
+    champion: ModelRef | AliasRef
     candidate: ModelRef | None = None
     traffic: TrafficSpec = TrafficSpec()
     max_rows: int = Field(default=1000, ge=1, le=100_000)
     max_body_bytes: int = Field(default=1_000_000, ge=1)
     capture: CaptureSpec = CaptureSpec()
+    # How often a router that serves no champion yet, or follows an alias, asks the registry again.
+    registry_poll_s: float = Field(default=DEFAULT_REGISTRY_POLL_S, gt=0.0, le=3600.0)
 
     @model_validator(mode="after")
     def _candidate_consistent(self) -> RouterConfig:
+        if isinstance(self.champion, AliasRef) and self.candidate is not None:
+            raise ValueError(
+                "candidate needs a pinned champion version: a canary is judged against a known version, "
+                f"not whatever {self.champion.uri} names"
+            )
         if self.candidate is None:
             problems = [
                 f"traffic.{field} must be 0 when there is no candidate, got {value}"
@@ -143,6 +169,8 @@ class ServingSpec(StrictModel):
     http_port: int = Field(default=8000, ge=1, le=65535)
     runtime_env: dict[str, RuntimeEnvValue] = {}
     env_vars: dict[str, str] = {}
+    # The router's RouterConfig.registry_poll_s: how soon a champion that appears in the registry serves.
+    registry_poll_s: float = Field(default=DEFAULT_REGISTRY_POLL_S, gt=0.0, le=3600.0)
 
     @field_validator("route_prefix")
     @classmethod

@@ -7,6 +7,8 @@ only the canary weight changes only the router's ``user_config`` there, which Ku
 
 from __future__ import annotations
 
+import shlex
+from pathlib import PurePosixPath
 from typing import Any, Literal, TypedDict
 
 import pulumi
@@ -212,10 +214,24 @@ def ray_cluster_spec(
     return spec
 
 
+def training_entrypoint(pipeline_file: str) -> str:
+    """The training RayJob's entrypoint: one command with no shell operators and an absolute config path.
+
+    KubeRay v1.7.0 pastes ``spec.entrypoint`` unquoted after ``ray job submit ... --`` into the submitter's
+    ``bash -ce`` script (ray-operator/controllers/ray/common/job.go, BuildJobSubmitCommand), so anything after
+    ``&&`` or ``;`` would run in the small submitter pod instead of as the Ray job. The pipeline resolves every
+    relative path in its file against the file's directory, and the image installs the packages, so the
+    job's working directory does not matter: no ``cd``, no ``runtimeEnvYAML`` ``working_dir`` (the submitter
+    would upload that directory from its own pod).
+    """
+    config = PurePosixPath(WORKDIR, pipeline_file)  # an absolute pipeline_file stays as it is
+    return shlex.join(["python", "-m", "pipeline.run", "--config", str(config)])
+
+
 def training_job_spec(name: str, args: RayPlatformArgs, account: pulumi.Input[str]) -> dict[str, Any]:
     """A RayJob spec that runs the pipeline entrypoint on its own cluster, torn down when the run ends."""
     return {
-        "entrypoint": f"cd {WORKDIR} && python -m pipeline.run --config {args['pipeline_file']}",
+        "entrypoint": training_entrypoint(args["pipeline_file"]),
         "shutdownAfterJobFinishes": True,
         "ttlSecondsAfterFinished": 600,
         "activeDeadlineSeconds": 4 * 3600,
