@@ -34,10 +34,15 @@ class EnvVar(StrEnum):
     submission_id = "LOCKGATE_SUBMISSION_ID"
     git_commit = "LOCKGATE_GIT_COMMIT"
     trigger = "LOCKGATE_TRIGGER"
+    # The data set a run trains on instead of its file's data.uri: in the environment, not on the command
+    # line, where every local user can read it (a URI may carry a password or a signature).
+    data = "LOCKGATE_DATA"
     # The trigger checks in a cluster (the CronJob's pod).
     job_template = "LOCKGATE_JOB_TEMPLATE"
     namespace = "LOCKGATE_NAMESPACE"
     serving_file = "LOCKGATE_SERVING_FILE"
+    # The router: the file holding the bearer token `POST <route>/labels` requires (none: labels are off).
+    labels_token_file = "LOCKGATE_LABELS_TOKEN_FILE"
     # Clients of Ray and MLflow, named as their own CLIs name them.
     ray_address = "RAY_ADDRESS"
     ray_auth_mode = "RAY_AUTH_MODE"
@@ -90,9 +95,11 @@ class Settings:
     submission_id: str | None = None
     git_commit: str | None = None
     trigger: str | None = None
+    data: str | None = None
     job_template: Path | None = None
     namespace: str | None = None
     serving_file: Path | None = None
+    labels_token_file: Path | None = None
     ray_address: str | None = None
     ray_auth_token_path: Path | None = None
     mlflow_tracking_uri: str | None = None
@@ -121,9 +128,11 @@ class Settings:
             submission_id=get(EnvVar.submission_id) or get(EnvVar.ray_job_submission_id),
             git_commit=get(EnvVar.git_commit),
             trigger=get(EnvVar.trigger),
+            data=get(EnvVar.data),
             job_template=path(EnvVar.job_template),
             namespace=get(EnvVar.namespace),
             serving_file=path(EnvVar.serving_file),
+            labels_token_file=path(EnvVar.labels_token_file),
             ray_address=get(EnvVar.ray_address),
             ray_auth_token_path=path(EnvVar.ray_auth_token_path),
             mlflow_tracking_uri=get(EnvVar.mlflow_tracking_uri),

@@ -94,7 +94,6 @@ def start_pipeline(
     entrypoint = f"python -m pipeline.run --config {shlex.quote(config_path.name)}"
     if data:
         config = with_data(config, data)
-        entrypoint += f" --data {shlex.quote(data)}"
     client = job_client(env)
     key = (trigger or {}).get("run_key")
     if key:
@@ -107,6 +106,9 @@ def start_pipeline(
     runtime_env = job_runtime_env(config_path, submission_id)
     if not Path(config.events.log_file).is_absolute():
         runtime_env["env_vars"][EnvVar.events_file.value] = str(log_path(config.events, config_path.parent))
+    if data:
+        # Not on the command line: `ps` shows every user a process's arguments, and a URI may carry a secret.
+        runtime_env["env_vars"][EnvVar.data.value] = data
     metadata = {"lockgate.pipeline": config.name}
     if trigger:
         runtime_env["env_vars"][EnvVar.trigger.value] = json.dumps(trigger, sort_keys=True)

@@ -29,6 +29,7 @@ from serving.spec import SERVE_INGRESS_ENV
 HOST = "127.0.0.1"
 STATE_FILE = "state.json"
 CREDENTIALS_FILE = "credentials.json"
+LABELS_TOKEN_FILE = "labels.token"
 RAY_TOKEN_FILE = "ray_token"
 MLFLOW_AUTH_FILE = "mlflow_auth.ini"
 MLFLOW_ADMIN = "lockgate-admin"
@@ -260,6 +261,15 @@ class LocalEnvironment:
         return self.state_dir / RAY_TOKEN_FILE
 
     @property
+    def labels_token_path(self) -> Path:
+        """The bearer token the router asks of whoever posts late labels (0600)."""
+        return self.state_dir / LABELS_TOKEN_FILE
+
+    def labels_auth_header(self) -> dict[str, str]:
+        """The header a client posting to ``<route>/labels`` sends."""
+        return {"Authorization": f"Bearer {self.labels_token_path.read_text().strip()}"}
+
+    @property
     def ray_temp_dir(self) -> Path:
         """A short per-environment Ray temp dir (unix socket paths are limited to 107 bytes)."""
         digest = hashlib.sha256(str(self.state_dir).encode()).hexdigest()[:10]
@@ -282,6 +292,8 @@ class LocalEnvironment:
     def _ensure_ray_token(self) -> None:
         if not self.ray_token_path.exists():
             _write_private(self.ray_token_path, secrets.token_hex(32))
+        if not self.labels_token_path.exists():
+            _write_private(self.labels_token_path, secrets.token_hex(32))
 
     def _write_mlflow_auth_config(self, creds: dict[str, str]) -> Path:
         settings = {
@@ -519,6 +531,17 @@ class LocalEnvironment:
 
     def _start_mlflow(self, creds: dict[str, str], log: Callable[[str], None]) -> ServiceState:
         auth_config = self._write_mlflow_auth_config(creds)
+        auth_db = self.state_dir / "mlflow" / "auth.db"
+        if auth_db.exists():  # the admin exists: its password follows credentials.json (a rotation)
+            from lockgate.mlflow_admin import ensure_admin_password
+
+            if ensure_admin_password(
+                f"sqlite:///{auth_db}",
+                creds["mlflow_username"],
+                creds["mlflow_password"],
+                self.state_dir / "mlflow" / "admin.applied",
+            ):
+                log("MLflow admin password changed to the one in credentials.json")
         env = self.mlflow_server_env(creds, auth_config)
         log_path = self.state_dir / "logs" / "mlflow.log"
         mlflow_dir = self.state_dir / "mlflow"
@@ -557,6 +580,8 @@ class LocalEnvironment:
             EnvVar.dashboard_url.value: self.dashboard_url,
             EnvVar.metrics_url.value: self.metrics_url,
             EnvVar.home.value: str(self.state_dir),
+            # Serve replicas (the router) inherit it: `POST <route>/labels` needs this token.
+            EnvVar.labels_token_file.value: str(self.labels_token_path),
             "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "5",
             "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
             "RAY_USAGE_STATS_ENABLED": "0",

@@ -6,6 +6,7 @@ import json
 import logging
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import version as installed_version
 from pathlib import Path
@@ -166,6 +167,28 @@ def current_alias_version(client: Any, name: str, alias: str) -> str | None:
         raise
 
 
+def point_new_version(name: str, version: str, first_model_alias: str) -> str:
+    """Point an alias at a new version through the single alias writer; the alias it got.
+
+    The model's first version takes ``first_model_alias`` (champion) if nobody took it meanwhile, any
+    later one ``candidate``: each a compare-and-set against what the writer itself reads, so a
+    registration never overwrites a promotion running at the same moment.
+    """
+    from serving.promotion import AliasMove, apply_moves, current_aliases
+
+    for _ in range(5):
+        aliases = current_aliases(name)
+        alias = first_model_alias if Alias.champion.value not in aliases else Alias.candidate.value
+        change = apply_moves(name, [AliasMove(alias, aliases.get(alias), version)])
+        if change.ok:
+            return alias
+        if not change.stale:
+            raise RuntimeError(f"model {name}: pointing '{alias}' at v{version} failed: {change.reason}")
+    raise RuntimeError(
+        f"model {name}: aliases kept changing while v{version} was registered: {change.reason}"
+    )
+
+
 def register_version(
     client: Any,
     name: str,
@@ -173,6 +196,7 @@ def register_version(
     tags: dict[str, str],
     first_model_alias: str,
     wait_s: float = 120.0,
+    point_alias: Callable[[str, str, str], str] = point_new_version,
 ) -> Registration:
     """Register, wait until READY, then set the alias; on any error delete the new version so nothing is half-done.
 
@@ -180,8 +204,6 @@ def register_version(
     """
     import mlflow
 
-    champion = current_alias_version(client, name, Alias.champion.value)
-    alias = first_model_alias if champion is None else Alias.candidate.value
     version = mlflow.register_model(model_uri, name, tags=tags)
     try:
         deadline = time.monotonic() + wait_s
@@ -195,7 +217,7 @@ def register_version(
             raise RuntimeError(
                 f"model version {name}/{version.version} ended {current.status}: {current.status_message}"
             )
-        client.set_registered_model_alias(name, alias, version.version)
+        alias = point_alias(name, str(version.version), first_model_alias)
     except BaseException:
         logger.error("registration of %s/%s failed: deleting the version", name, version.version)
         client.delete_model_version(name, version.version)

@@ -309,14 +309,19 @@ def main(argv: list[str] | None = None) -> int:
     """Entrypoint: validate the file, run, print one JSON result line, map the outcome to an exit code."""
     parser = argparse.ArgumentParser(prog="python -m pipeline.run", description=__doc__)
     parser.add_argument("--config", default="pipeline.yaml", help="pipeline definition (YAML)")
-    parser.add_argument("--data", help="run on this data set (path or URI) instead of the file's data.uri")
+    parser.add_argument(
+        "--data",
+        help="run on this data set (path or URI) instead of the file's data.uri "
+        f"(or {EnvVar.data.value}, which keeps a URI's credentials off the command line)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings.from_environ()
+    data = args.data or settings.data
     try:
         config = load_config(args.config)
-        if args.data:
-            config = with_data(config, args.data)
+        if data:
+            config = with_data(config, data)
     except ConfigError as error:
         print(f"invalid pipeline definition: {error}", file=sys.stderr)
         return EXIT_CONFIG

@@ -16,6 +16,7 @@ rayservice_controller.go: getAndCheckServeStatus, checkIfNeedSubmitServeApplicat
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 import math
@@ -31,6 +32,7 @@ from ray.serve.metrics import Counter, Histogram
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from contracts.settings import EnvVar, Settings
 from contracts.vocabulary import Header, Role, ServingMetric
 from serving.answers import binary_probability, class_label, numeric_prediction
 from serving.capture import CaptureBuffer, write_labels
@@ -89,6 +91,7 @@ class Router:
         self._unloadable: str | None = None  # a followed version that failed to load: not retried
         self.capture: CaptureBuffer | None = None
         self._flushing = False
+        self._labels_token = _labels_token()
         # Ray annotates tag_keys as tuple[str] though it takes any number of keys.
         tags: Any = ("version", "role", "mode")
         self.requests = Counter(
@@ -259,6 +262,13 @@ class Router:
             return self._no_model(request_id)
         if request.method != "POST":
             return _error(405, "use POST with a JSON body", request_id)
+        if not _is_json(request.headers.get("content-type")):
+            # A web page may send text/plain or a form anywhere without asking; JSON needs a CORS preflight.
+            return _error(
+                415,
+                f"Content-Type must be application/json, got {request.headers.get('content-type')!r:.80}",
+                request_id,
+            )
         if endpoint == "labels":
             return await self._labels(request, config, request_id)
         invocation = endpoint == INVOCATIONS_ENDPOINT
@@ -365,6 +375,15 @@ class Router:
 
         A label is what the model predicts: 0/1 (binary), a class name (multiclass), a number (regression).
         """
+        if self._labels_token is None:
+            return _error(
+                403,
+                f"labels are off on this router: no token is configured ({EnvVar.labels_token_file.value})",
+                request_id,
+            )
+        offered = request.headers.get("authorization", "")
+        if not hmac.compare_digest(offered.encode(), f"Bearer {self._labels_token}".encode()):
+            return _error(401, "labels need 'Authorization: Bearer <the labels token>'", request_id)
         uri = config.capture.uri
         if config.capture.sample_percent <= 0 or not uri:
             return _error(
@@ -461,6 +480,23 @@ def split_label(config: RouterConfig) -> str:
     traffic = config.traffic
     share = traffic.shadow_percent if traffic.mode.value == "shadow" else traffic.candidate_weight
     return f"{traffic.mode.value}:{share:g}"
+
+
+def _is_json(content_type: str | None) -> bool:
+    return (content_type or "").split(";", 1)[0].strip().lower() == "application/json"
+
+
+def _labels_token() -> str | None:
+    """The labels token from the file the environment names (None: no file, or it cannot be read)."""
+    path = Settings.from_environ().labels_token_file
+    if path is None:
+        return None
+    try:
+        token = path.read_text().strip()
+    except OSError:
+        logger.warning("labels token file %s cannot be read: labels are off", path)
+        return None
+    return token or None
 
 
 def _error(status: int, message: str, request_id: str, version: str | None = None) -> JSONResponse:

@@ -173,8 +173,13 @@ def apply_desired(
     file: ServingFile,
     state_path: Path,
     capture_uri: str | None = None,
+    judged: tuple[str, str] | None = None,
 ) -> RouterConfig:
     """Resolve file + rollout state + aliases, render, deploy declaratively, wait until RUNNING.
+
+    ``judged``: (champion, candidate) of a rollout in progress. They are served whatever the aliases say
+    meanwhile, so the weights always move the version the rollout judges (a run that registers the next
+    candidate mid-rollout waits for this one to end).
 
     Serving never goes down for a bad model: a version that is not served yet is first loaded and scored
     here (:func:`preflight`), and nothing is deployed when it fails. Should the application still fail to
@@ -183,11 +188,13 @@ def apply_desired(
     from serving.deploy import DeployError, deploy_config, router_user_config, wait_running
     from serving.render import ROUTER_DEPLOYMENT_NAME, render_serve_config
 
+    aliases = (
+        registry_aliases(file.model_name)
+        if judged is None
+        else {Alias.champion.value: judged[0], Alias.candidate.value: judged[1]}
+    )
     router = resolve_router_config(
-        file,
-        read_rollout_state(state_path),
-        registry_aliases(file.model_name),
-        capture_uri or Settings.from_environ().capture_uri,
+        file, read_rollout_state(state_path), aliases, capture_uri or Settings.from_environ().capture_uri
     )
     app_name = file.serving.app_name
     previous = router_user_config(dashboard_url, headers, app_name)

@@ -41,7 +41,8 @@ def live_effects(
 
     def apply_weight(weight: float) -> None:
         set_weight(weight)
-        redeploy()
+        # The versions this rollout judges, whatever the aliases say meanwhile.
+        apply_desired(dashboard_url, headers, file(), state_path, judged=(champion, candidate))
 
     def promote() -> None:
         outcome = promotion.promote(file().model_name, candidate, champion)

@@ -25,6 +25,7 @@ class AliasChange:
     ok: bool
     reason: str = ""
     aliases: dict[str, str] = field(default_factory=dict)
+    stale: bool = False  # refused only because an alias moved meanwhile: reading again and retrying may do
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ class AliasWriter:
         current = {alias: str(v) for alias, v in client.get_registered_model(name).aliases.items()}
         stale = [m.alias for m in moves if m.required and current.get(m.alias) != m.expected]
         if stale:
-            return AliasChange(False, f"aliases changed meanwhile: {stale}", current)
+            return AliasChange(False, f"aliases changed meanwhile: {stale}", current, stale=True)
         for move in moves:
             if move.alias == Alias.champion and move.version is not None:
                 why_not = eligible_for_champion(dict(client.get_model_version(name, move.version).tags))
@@ -158,6 +159,24 @@ def restore_previous(name: str) -> AliasChange:
     moves = [AliasMove(Alias.champion, champion, previous), AliasMove(Alias.previous, previous, None)]
     tags = {champion: {Tag.rollout.value: RolloutVerdict.rolled_back.value}} if champion else {}
     return ray.get(alias_writer().apply.remote(name, moves, tags))
+
+
+def apply_moves(
+    name: str, moves: list[AliasMove], tags: dict[str, dict[str, str]] | None = None
+) -> AliasChange:
+    """Any set of moves through the single writer (all or none)."""
+    return ray.get(alias_writer().apply.remote(name, moves, tags or {}))
+
+
+def current_aliases(name: str) -> dict[str, str]:
+    """The model's aliases now (none when the model does not exist yet)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        return {alias: str(v) for alias, v in MlflowClient().get_registered_model(name).aliases.items()}
+    except MlflowException:
+        return {}
 
 
 def _current(name: str, alias: str) -> str | None:

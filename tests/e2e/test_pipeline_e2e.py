@@ -194,11 +194,10 @@ def test_registration_failure_leaves_no_version_and_no_alias(two_runs) -> None:
     source = client.get_model_version(name, "1").source
     target = f"atomic-{uuid.uuid4().hex[:6]}"
 
-    class AliasFails(MlflowClient):
-        def set_registered_model_alias(self, *args, **kwargs):
-            raise RuntimeError("registry went away")
+    def alias_fails(name: str, version: str, alias: str) -> str:
+        raise RuntimeError("registry went away")
 
     with pytest.raises(RuntimeError, match="registry went away"):
-        register_version(AliasFails(), target, source, {"lockgate.test": "1"}, "champion")
+        register_version(client, target, source, {"lockgate.test": "1"}, "champion", point_alias=alias_fails)
     assert client.search_model_versions(f"name = '{target}'") == [], "the half-made version was deleted"
     assert client.get_registered_model(target).aliases == {}, "no alias was set"

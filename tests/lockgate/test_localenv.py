@@ -197,3 +197,43 @@ def test_the_mlflow_server_trusts_only_the_environments_own_admin(tmp_path) -> N
     assert not any(key.startswith(("MLFLOW_AUTH_ADMIN", "MLFLOW_TRACKING_")) for key in server), server
     assert server["MLFLOW_AUTH_CONFIG_PATH"] == str(tmp_path / "auth.ini"), server
     assert server["MLFLOW_FLASK_SERVER_SECRET_KEY"] == "ours" and server["PATH"] == "/usr/bin", server
+
+
+@pytest.mark.e2e
+def test_a_changed_admin_password_reaches_the_existing_auth_database(tmp_path) -> None:
+    import requests
+
+    from lockgate.localenv import CREDENTIALS_FILE, stop_pid
+
+    def who_am_i(creds: dict[str, str]) -> int:
+        response = requests.get(
+            f"{env.mlflow_url}/api/2.0/mlflow/users/current",
+            auth=(creds["mlflow_username"], creds["mlflow_password"]),
+            timeout=10,
+        )
+        return response.status_code
+
+    # Given an environment whose MLflow server created its admin with the first password,
+    env = LocalEnvironment(
+        tmp_path / "state", Ports.from_base(mlflow=18655, ray_gcs=18690, ray_dashboard=18675)
+    )
+    first = env.credentials()
+    for directory in ("logs", "mlflow"):  # as `up` makes them
+        (env.state_dir / directory).mkdir(parents=True, exist_ok=True)
+    server = env._start_mlflow(first, log=lambda _: None)
+    try:
+        assert who_am_i(first) == 200, "the first password works"
+    finally:
+        stop_pid(server.pid, env.bin_dir / "mlflow")
+    # when credentials.json is lost, so `up` makes a new password, and the server starts again,
+    (env.state_dir / CREDENTIALS_FILE).unlink()
+    second = env.credentials()
+    assert second["mlflow_password"] != first["mlflow_password"]
+    server = env._start_mlflow(second, log=lambda _: None)
+    try:
+        # then the admin answers to the new password only: clients of the environment are not locked out.
+        assert who_am_i(second) == 200, "the new password works (it was a 401 before the rotation)"
+        assert who_am_i(first) == 401, "the old one no longer does"
+    finally:
+        stop_pid(server.pid, env.bin_dir / "mlflow")
+    assert port_is_free(env.ports.mlflow), "the server is gone"

@@ -160,3 +160,28 @@ def test_preflight_refuses_a_version_that_never_answers_and_leaves_intermittent_
     else:
         preflight(router, None)
         assert model.calls == 4, "it stops at the first answer"
+
+
+def test_a_rollout_moves_the_weight_of_the_version_it_judges_whatever_the_aliases_say(
+    tmp_path, monkeypatch
+) -> None:
+    from serving import deploy, desired
+    from serving.desired import ServingFile, apply_desired, update_rollout_state
+
+    # Given a rollout judging v2 against v1, and a run that meanwhile registered v3 as candidate,
+    puts: list[dict] = []
+    monkeypatch.setattr(desired, "registry_aliases", lambda name: {"champion": "1", "candidate": "3"})
+    monkeypatch.setattr(desired, "preflight", lambda router, before: None)
+    monkeypatch.setattr(deploy, "router_user_config", lambda url, headers, app: None)
+    monkeypatch.setattr(deploy, "deploy_config", lambda url, headers, config: puts.append(config))
+    monkeypatch.setattr(deploy, "wait_running", lambda url, headers, app: None)
+    update_rollout_state(tmp_path / "state.json", candidate_weight=50.0)
+    # when the rollout's next step deploys its weight,
+    router = apply_desired(
+        "http://127.0.0.1:1", {}, ServingFile(model_name="m"), tmp_path / "state.json", judged=("1", "2")
+    )
+    # then the split is between the versions it judges; without a rollout the aliases decide.
+    assert router.candidate is not None and router.candidate.version == "2", router
+    assert router.traffic.candidate_weight == 50.0, router.traffic
+    unpinned = apply_desired("http://127.0.0.1:1", {}, ServingFile(model_name="m"), tmp_path / "state.json")
+    assert unpinned.candidate is not None and unpinned.candidate.version == "3", unpinned

@@ -72,3 +72,43 @@ def test_a_promotion_that_succeeds_moves_all_aliases(registry) -> None:
     registry.set_model_version_tag = lambda self, *args: None  # type: ignore[method-assign]
     change = AliasWriter().apply("m", moves, {})
     assert change.ok and registry.aliases == {"champion": "2", "previous": "1"}, (change, registry.aliases)
+
+
+def test_registration_points_its_alias_by_compare_and_set_and_never_over_a_move_made_meanwhile(
+    registry, monkeypatch
+) -> None:
+    from pipeline import register
+    from serving import promotion
+
+    # Given the writer in this process, and a registry whose aliases another writer moves between this
+    # registration's read and its move (a promotion of v2 lands just then),
+    writer = AliasWriter()
+    reads = iter([{"champion": "1", "candidate": "2"}, {"champion": "2", "previous": "1"}])
+    moved = {"done": False}
+
+    def apply_moves(name, moves, tags=None):
+        if not moved["done"]:
+            moved["done"] = True
+            registry.aliases = {"champion": "2", "previous": "1"}  # the promotion wins the race
+        return writer.apply(name, moves, tags or {})
+
+    monkeypatch.setattr(promotion, "current_aliases", lambda name: next(reads))
+    monkeypatch.setattr(promotion, "apply_moves", apply_moves)
+    # when v3 is registered,
+    alias = register.point_new_version("m", "3", "champion")
+    # then its first move was refused (candidate had moved), and the second, on fresh aliases, took effect:
+    # the promotion is intact and v3 is the candidate.
+    assert alias == "candidate", alias
+    assert registry.aliases == {"champion": "2", "previous": "1", "candidate": "3"}, registry.aliases
+
+
+def test_a_registration_the_registry_refuses_is_an_error_not_a_retry(registry, monkeypatch) -> None:
+    from pipeline import register
+    from serving import promotion
+
+    registry.fail_on = "candidate"
+    monkeypatch.setattr(promotion, "current_aliases", lambda name: dict(registry.aliases))
+    monkeypatch.setattr(promotion, "apply_moves", lambda n, m, t=None: AliasWriter().apply(n, m, t or {}))
+    with pytest.raises(RuntimeError, match="pointing 'candidate' at v3 failed: MLflow refused"):
+        register.point_new_version("m", "3", "champion")
+    assert registry.aliases == {"champion": "1", "candidate": "2"}, registry.aliases

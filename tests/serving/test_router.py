@@ -138,12 +138,19 @@ def test_malformed_requests_get_clear_client_errors_and_service_keeps_serving(de
             response = session.post(deployed.url, json=payload, timeout=5)
             assert response.status_code == status, f"{fragment}: {response.status_code} {response.text}"
             assert fragment in response.json()["error"], response.json()
+        as_json = {"content-type": "application/json"}
         nan_row = b'{"rows": [{"income": NaN}]}'
-        response = session.post(deployed.url, data=nan_row, timeout=5)
+        response = session.post(deployed.url, data=nan_row, headers=as_json, timeout=5)
         assert response.status_code == 400 and "NaN" in response.json()["error"], response.text
         huge = b'{"rows": [' + b" " * 1_100_000 + b"]}"
-        response = session.post(deployed.url, data=huge, timeout=10)
+        response = session.post(deployed.url, data=huge, headers=as_json, timeout=10)
         assert response.status_code == 413, response.status_code
+        # What any web page may send to 127.0.0.1 without a CORS preflight is refused: text/plain, a form.
+        for kind in ("text/plain", "application/x-www-form-urlencoded", None):
+            response = session.post(
+                deployed.url, data=json.dumps(body()), headers={"content-type": kind or ""}, timeout=5
+            )
+            assert response.status_code == 415 and "application/json" in response.json()["error"], kind
         assert session.get(deployed.url, timeout=5).status_code == 405
         ok = session.post(deployed.url, json=body(), timeout=5)
     assert ok.status_code == 200, "the service keeps serving after bad input"
@@ -201,25 +208,36 @@ def test_sampled_answers_are_captured_and_late_labels_attach(deployed, tmp_path)
     assert dict(zip(captured["request_id"], captured["probability"], strict=True)) == pytest.approx(answers)
     assert set(captured["version"]) == {deployed.champion.version} and set(captured["role"]) == {"champion"}
     labels_url = deployed.url + "labels"
+    token = deployed.env.labels_auth_header()
     good = {"labels": [{"request_id": rid, "label": i % 2} for i, rid in enumerate(sorted(answers))]}
-    response = requests.post(labels_url, json=good, timeout=5)
+    # Labels drive the degradation trigger: nobody without the environment's token may post them.
+    for header in ({}, {"Authorization": "Bearer guessed"}):
+        response = requests.post(labels_url, json=good, headers=header, timeout=5)
+        assert response.status_code == 401 and "Bearer" in response.json()["error"], response.text
+    assert read_labels(store).empty, "refused labels wrote nothing"
+    response = requests.post(labels_url, json=good, headers=token, timeout=5)
     assert response.status_code == 200 and response.json()["recorded"] == 25, response.text
     assert len(read_labels(store)) == 25
     for bad, message in [
-        ({"labels": [{"request_id": "x", "label": 3}]}, "must be 0 or 1"),
+        ({"labels": [{"request_id": "x", "label": True}]}, "must be a number or a class name"),
         ({"labels": [{"request_id": "x"}]}, "labels[0] must have exactly the keys"),
         ({"rows": []}, "body must be"),
     ]:
-        response = requests.post(labels_url, json=bad, timeout=5)
+        response = requests.post(labels_url, json=bad, headers=token, timeout=5)
         assert response.status_code == 400 and message in response.json()["error"], response.text
     deployed.apply(TrafficSpec())
-    response = requests.post(labels_url, json=good, timeout=5)
+    response = requests.post(labels_url, json=good, headers=token, timeout=5)
     assert response.status_code == 409 and "capture is off" in response.json()["error"]
 
 
 def test_request_id_is_echoed(deployed) -> None:
     deployed.apply(TrafficSpec())
-    response = requests.post(deployed.url, data=b"{oops", headers={"x-request-id": "trace-42"}, timeout=5)
+    response = requests.post(
+        deployed.url,
+        data=b"{oops",
+        headers={"x-request-id": "trace-42", "content-type": "application/json"},
+        timeout=5,
+    )
     assert response.status_code == 400
     assert response.json()["request_id"] == "trace-42" == response.headers["x-request-id"]
 
