@@ -59,6 +59,8 @@ def outputs_for(typ: str, name: str, inputs: dict[str, Any]) -> dict[str, Any]:
     arn = f"arn:aws:{typ.split(':')[1].split('/')[0]}:{REGION}:{ACCOUNT}:{name}"
     if typ == "random:index/randomPassword:RandomPassword":
         return {"result": f"generated-{name}"}
+    if typ == "random:index/randomId:RandomId":
+        return {"hex": "0a1b2c3d", "b64Url": "ChssPQ", "dec": "169552957"}
     if typ == "aws:s3/bucket:Bucket":
         return {"bucket": f"{name}-bucket", "arn": f"arn:aws:s3:::{name}-bucket"}
     if typ == "aws:eks/cluster:Cluster":
@@ -114,6 +116,13 @@ class LockgateMocks(pulumi.runtime.Mocks):
         if args.token == "aws:index/getAvailabilityZones:getAvailabilityZones":
             zones = [f"{REGION}{letter}" for letter in "abc"]
             return {"names": zones, "zoneIds": zones, "id": REGION}, []
+        if args.token == "aws:index/getRegion:getRegion":
+            return {
+                "region": REGION,
+                "name": REGION,
+                "id": REGION,
+                "endpoint": f"ec2.{REGION}.amazonaws.com",
+            }, []
         if args.token == "aws:ecr/getAuthorizationToken:getAuthorizationToken":
             return {
                 "userName": "AWS",
