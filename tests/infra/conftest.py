@@ -41,6 +41,7 @@ CANARY = ['lockgate:models={"champion": "1", "candidate": "2"}']
 RUNS: dict[str, tuple[str, list[str]]] = {
     "dev": ("Pulumi.dev.yaml", []),
     "aws": ("Pulumi.aws.yaml", aws_reachable()),
+    "candidate": ("Pulumi.dev.yaml", CANARY),
     "canary10": ("Pulumi.dev.yaml", [*CANARY, "lockgate:canaryWeight=10"]),
     "canary25": ("Pulumi.dev.yaml", [*CANARY, "lockgate:canaryWeight=25"]),
     "broken": ("Pulumi.dev.yaml", ["lockgate:canaryWeight=140"]),

@@ -28,6 +28,8 @@ class Recorded:
     custom: bool
     inputs: dict[str, Any]
     secret_paths: list[str] = field(default_factory=list)
+    # URNs of the resources it waits for (depends_on, and those whose outputs its inputs use).
+    dependencies: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -37,6 +39,7 @@ class Recorded:
             "custom": self.custom,
             "inputs": self.inputs,
             "secret_paths": self.secret_paths,
+            "dependencies": self.dependencies,
         }
 
 
@@ -106,7 +109,13 @@ class LockgateMocks(pulumi.runtime.Mocks):
         inputs = plain(dict(args.inputs), "", secrets)
         self.recorded.append(
             Recorded(
-                args.typ, args.name, getattr(self.local, "parent", ""), bool(args.custom), inputs, secrets
+                args.typ,
+                args.name,
+                getattr(self.local, "parent", ""),
+                bool(args.custom),
+                inputs,
+                secrets,
+                list(getattr(self.local, "dependencies", [])),
             )
         )
         state = {**dict(args.inputs), **outputs_for(args.typ, args.name, inputs)}
@@ -146,6 +155,9 @@ class RecordingMonitor(MockMonitor):
 
     def RegisterResource(self, request: Any) -> Any:  # noqa: N802 - the gRPC method name
         self.lockgate_mocks.local.parent = request.parent
+        self.lockgate_mocks.local.dependencies = sorted(
+            {*request.dependencies, *(u for deps in request.propertyDependencies.values() for u in deps.urns)}
+        )
         return super().RegisterResource(request)
 
 
