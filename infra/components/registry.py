@@ -115,6 +115,13 @@ class InClusterPostgres(pulumi.ComponentResource):
                                     },
                                     "periodSeconds": 10,
                                 },
+                                # Restarts a server that stopped answering; generous enough for a first initdb.
+                                "livenessProbe": {
+                                    "exec": {"command": ["pg_isready", "-U", DATABASE_USER]},
+                                    "initialDelaySeconds": 30,
+                                    "periodSeconds": 20,
+                                    "failureThreshold": 6,
+                                },
                                 "resources": kube.resources(
                                     "250m", "512Mi", limit_cpu="1", limit_memory="1Gi"
                                 ),
@@ -419,6 +426,8 @@ class ModelRegistry(pulumi.ComponentResource):
                 {**kube.labels(name, component), kube.CLIENT_LABEL: "true"},
                 {
                     "serviceAccountName": account.metadata.name,
+                    # MLflow never calls the Kubernetes API (IRSA's web identity token is a volume of its own).
+                    "automountServiceAccountToken": False,
                     "securityContext": kube.pod_security(MLFLOW_USER_ID),
                     "containers": [
                         {
