@@ -114,7 +114,7 @@ def test_3_an_unreachable_endpoint_is_refused_with_the_way_out(case, cluster, hi
 
 
 def test_3_reachable_choices_validate() -> None:
-    assert load_stack_config(reachable_aws()).cluster.public_access_cidrs == (TEST_EGRESS_CIDR,)
+    assert load_stack_config(reachable_aws()).cluster.public_access_cidrs == (TEST_EGRESS_CIDR,)  # type: ignore[union-attr]
     inside = load_stack_config(
         reachable_aws(endpointPublicAccess=False, publicAccessCidrs=[], deployFromInsideVpc=True)
     )
