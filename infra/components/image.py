@@ -140,6 +140,8 @@ class CodeImage(pulumi.ComponentResource):
             push=True,
             # Preview shows the new tag without building: previews need no Docker, and nothing is pushed.
             build_on_preview=False,
+            # ECR's token changes every run; the provider ignores registry password changes in its diff
+            # (pulumi-docker-build v0.0.22 provider/internal/image.go), so a new token rebuilds nothing.
             registries=[docker_build.RegistryArgs(**login)] if login is not None else None,
             opts=pulumi.ResourceOptions(parent=self),
         )
