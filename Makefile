@@ -5,11 +5,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PIP := $(PY) -m pip --disable-pip-version-check
-# checkov (tests/infra/test_scan.py) in an environment of its own: its pins conflict with the project's.
-SCAN_VENV := .venv-scan
-SCAN_STAMP := $(SCAN_VENV)/.installed-stamp
 
-.PHONY: demo test test-fast lock clean-venv scan-env
+.PHONY: demo test test-fast lock clean-venv
 
 # pulumi-policy (the policy pack's SDK) pins an old protobuf that would break ray[serve]: it is installed
 # without its resolver, and kept out of the lock.
@@ -20,6 +17,11 @@ $(STAMP): pyproject.toml requirements.lock
 	$(PIP) install --quiet --no-deps pulumi-policy==1.21.0
 	$(PIP) install --quiet --no-deps -e .
 	touch $(STAMP)
+
+# checkov (tests/infra/test_scan.py) in an environment of its own: its pins conflict with the project's.
+SCAN_VENV := .venv-scan
+SCAN_STAMP := $(SCAN_VENV)/.installed-stamp
+.PHONY: scan-env
 
 $(SCAN_STAMP): requirements-scan.lock
 	$(PYTHON) -m venv $(SCAN_VENV)
