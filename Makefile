@@ -18,10 +18,22 @@ $(STAMP): pyproject.toml requirements.lock
 	$(PIP) install --quiet --no-deps -e .
 	touch $(STAMP)
 
+# checkov (tests/infra/test_scan.py) in an environment of its own: its pins conflict with the project's.
+SCAN_VENV := .venv-scan
+SCAN_STAMP := $(SCAN_VENV)/.installed-stamp
+.PHONY: scan-env
+
+$(SCAN_STAMP): requirements-scan.lock
+	$(PYTHON) -m venv $(SCAN_VENV)
+	$(SCAN_VENV)/bin/python -m pip --disable-pip-version-check install --quiet --no-deps -r requirements-scan.lock
+	touch $(SCAN_STAMP)
+
+scan-env: $(SCAN_STAMP)
+
 demo: $(STAMP)
 	$(VENV)/bin/lockgate demo
 
-test: $(STAMP)
+test: $(STAMP) $(SCAN_STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
@@ -29,7 +41,7 @@ test: $(STAMP)
 
 # A developer's quick loop: lint, format and every test not marked e2e (no Ray or MLflow started), about a
 # minute. CI runs `make test`, which adds the type check and the end-to-end tests.
-test-fast: $(STAMP)
+test-fast: $(STAMP) $(SCAN_STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/pytest -m "not e2e"
@@ -39,4 +51,4 @@ lock:
 	$(PIP) freeze --exclude-editable | grep -v -E '^(torch|lockgate|pulumi_policy)==' > requirements.lock
 
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(SCAN_VENV)

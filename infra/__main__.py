@@ -1,11 +1,12 @@
 """The composition root: read the stack config once, build the environment from components, export.
 
-Reads top to bottom like the architecture: cluster → namespace → artefact store → registry (MLflow +
-Postgres, ECR) → code image → Ray platform → monitoring.
+Reads top to bottom like the architecture: cluster → KubeRay operator → namespace → artefact store → registry
+(MLflow + Postgres, ECR) → code image → Ray platform → monitoring.
 """
 
 from __future__ import annotations
 
+import platform as host
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from infra.components.cluster import EksCluster, ExistingCluster
 from infra.components.exporter import MetricsExporter, exporter_service_account
 from infra.components.iam import WorkloadRole, bucket_prefix_statements
 from infra.components.image import CodeImage, RegistryLogin
+from infra.components.kuberay import KubeRayOperator
 from infra.components.monitoring import Monitoring
 from infra.components.namespace import Namespace
 from infra.components.network import Network
@@ -45,6 +47,7 @@ from infra.components.registry import (
     RdsPostgres,
     mlflow_selector,
     mlflow_service_account,
+    snapshot_prefix,
 )
 from infra.config import EksClusterConfig, StackConfig, load_stack_config, read_engine_config
 from infra.serve import stack_serve_yaml
@@ -58,6 +61,11 @@ VALIDATION_CAPTURE = "s3://validation/capture"  # stands in for the store's loca
 def _statements(arns: list[str], read_write: list[str], read_only: list[str]) -> list[dict[str, Any]]:
     bucket_arn, key_arn = arns
     return bucket_prefix_statements(bucket_arn, key_arn, read_write, read_only)
+
+
+def host_platform() -> str:
+    """The Docker platform of the machine running Pulumi: what a local cluster (kind, k3d, minikube) runs."""
+    return "linux/arm64" if host.machine().lower() in ("arm64", "aarch64") else "linux/amd64"
 
 
 def build(config: StackConfig, root: Path) -> dict[str, Any]:
@@ -99,12 +107,15 @@ def build(config: StackConfig, root: Path) -> dict[str, Any]:
                 "private_subnet_ids": network.private_subnet_ids,
                 "endpoint_public_access": cluster_config.endpoint_public_access,
                 "public_access_cidrs": list(cluster_config.public_access_cidrs),
+                "deploy_from_inside_vpc": cluster_config.deploy_from_inside_vpc,
                 "instance_types": list(nodes.instance_types),
                 "min_size": nodes.min_size,
                 "desired_size": nodes.desired_size,
                 "max_size": nodes.max_size,
                 "disk_size_gib": nodes.disk_size_gib,
-                "image_repository_arn": repository.repository_arn,
+                # The provider's own region and profile (aws:region, aws:profile), as the program used them.
+                "region": aws.get_region_output().region,
+                "aws_profile": pulumi.Config("aws").get("profile"),
             },
         )
         provider = eks.provider
@@ -117,7 +128,23 @@ def build(config: StackConfig, root: Path) -> dict[str, Any]:
         )
         provider = existing.provider
     k8s_opts = pulumi.ResourceOptions(providers={"kubernetes": provider})
-    namespace = Namespace(NAME, {"namespace": config.namespace}, k8s_opts)
+    operators = config.operators
+    # The operator (and its CRDs) before the namespace that holds its custom resources: on destroy the
+    # namespace and every RayJob/RayService in it go while the operator can still remove their finalizers.
+    operator_ready: list[pulumi.Resource] = []
+    if operators.install:
+        operator_ready.append(
+            KubeRayOperator(
+                f"{NAME}-kuberay",
+                {"chart_version": operators.kuberay_chart_version, "namespace": operators.kuberay_namespace},
+                k8s_opts,
+            )
+        )
+    namespace = Namespace(
+        NAME,
+        {"namespace": config.namespace},
+        pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(depends_on=operator_ready)),
+    )
     ns = namespace.name
 
     annotations: dict[str, pulumi.Input[dict[str, str]]] = {
@@ -173,6 +200,7 @@ def build(config: StackConfig, root: Path) -> dict[str, Any]:
                 "backup_retention_days": db_config.backup_retention_days,
                 "multi_az": db_config.multi_az,
                 "deletion_protection": db_config.deletion_protection,
+                "snapshot_prefix": snapshot_prefix(NAME, pulumi.get_stack()),
             },
         )
     else:
@@ -217,7 +245,7 @@ def build(config: StackConfig, root: Path) -> dict[str, Any]:
                 "root": root,
                 "repository": target,
                 "login": login,
-                "platform": config.image.platform,
+                "platforms": list(config.image_platforms(host_platform())),
                 "ray_version": config.image.ray_version,
             },
         )
@@ -247,7 +275,6 @@ def build(config: StackConfig, root: Path) -> dict[str, Any]:
         },
         k8s_opts,
     )
-    operators = config.operators
     ray = config.ray
     # The served model's file for the pods that judge and report on it (not the image's serving.yaml).
     serving_file_yaml = yaml.safe_dump(
@@ -263,8 +290,7 @@ def build(config: StackConfig, root: Path) -> dict[str, Any]:
         NAME,
         {
             "namespace": ns,
-            "install_operator": operators.install,
-            "operator_chart_version": operators.kuberay_chart_version,
+            "operator_ready": operator_ready,
             "operator_namespace": operators.kuberay_namespace,
             "monitoring_namespace": operators.monitoring_namespace,
             "ray_version": config.image.ray_version,
@@ -314,6 +340,9 @@ def build(config: StackConfig, root: Path) -> dict[str, Any]:
             "retention": config.monitoring.retention,
             "storage_gib": config.monitoring.storage_gib,
             "ray_pod_labels": ray_pod_labels(NAME),
+            "alertmanager_secrets": pulumi.Output.secret(
+                {key: value.get_secret_value() for key, value in (config.alertmanager_secrets or {}).items()}
+            ),
         },
         k8s_opts,
     )

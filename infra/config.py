@@ -22,7 +22,8 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from contracts.strict import StrictModel, format_problems
+from contracts.strict import Problems, StrictModel, format_problems
+from infra import aws_facts
 from serving.desired import ServingFile
 from serving.spec import MODEL_VERSION_PATTERN
 
@@ -32,7 +33,7 @@ DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 # Serve's HTTP proxy must listen on the pod's address for the Serve Service to reach it.
 CLUSTER_HTTP_HOST = "0.0.0.0"  # inside a pod, behind a ClusterIP Service and a NetworkPolicy
 # Config keys whose values are credentials: they must be set with `pulumi config set --secret`.
-SECRET_KEYS: tuple[str, ...] = ("mlflowAdminPassword",)
+SECRET_KEYS: tuple[str, ...] = ("mlflowAdminPassword", "alertmanagerSecrets")
 
 
 class InfraModel(StrictModel):
@@ -73,13 +74,26 @@ class EksClusterConfig(InfraModel):
     """A new EKS cluster in a new VPC, with managed nodes, secrets encryption and IRSA."""
 
     kind: Literal["eks"]
-    kubernetes_version: str = Field(default="1.30", pattern=r"^1\.[0-9]+$")
+    # The one place the version is chosen (the stack file leaves it unset); checked against the EKS release
+    # calendar in infra/aws_facts.py, where the policy pack also refuses one past standard support.
+    kubernetes_version: str = Field(default="1.35", pattern=r"^1\.[0-9]+$")
     vpc_cidr: str = "10.40.0.0/16"
     availability_zones: int = Field(default=2, ge=2, le=4)
     node_group: NodeGroupConfig = NodeGroupConfig()
-    # The API endpoint is private by default; a public one must name the networks allowed to reach it.
+    # How `pulumi up` reaches the API server it just created, an explicit choice: a public endpoint open only
+    # to the named (routable) networks it runs from, or the private endpoint when it runs inside the VPC (a
+    # runner in the VPC, a peered network or a VPN). Neither is unreachable, so neither is the default.
     endpoint_public_access: bool = False
     public_access_cidrs: tuple[str, ...] = ()
+    deploy_from_inside_vpc: bool = False
+
+    @field_validator("kubernetes_version")
+    @classmethod
+    def _version_known(cls, value: str) -> str:
+        if value not in aws_facts.EKS_SUPPORT_CALENDAR:
+            known = ", ".join(aws_facts.EKS_SUPPORT_CALENDAR)
+            raise ValueError(f"{value} is not in the EKS release calendar (infra/aws_facts.py: {known})")
+        return value
 
     @field_validator("vpc_cidr")
     @classmethod
@@ -95,16 +109,28 @@ class EksClusterConfig(InfraModel):
         for cidr in value:
             if ipaddress.ip_network(cidr).prefixlen == 0:
                 raise ValueError(f"{cidr} opens the API endpoint to the whole internet; name your networks")
+            if not aws_facts.is_routable_public_network(cidr):
+                raise ValueError(
+                    f"{cidr} is not a routable public network (private, documentation or reserved range): "
+                    "the EKS public endpoint sees your public egress address"
+                )
         return value
 
     @model_validator(mode="after")
-    def _public_endpoint_restricted(self) -> EksClusterConfig:
+    def _endpoint_reachable(self) -> EksClusterConfig:
         if self.endpoint_public_access and not self.public_access_cidrs:
             raise ValueError(
-                "endpointPublicAccess needs publicAccessCidrs (the networks allowed to reach it)"
+                "endpointPublicAccess needs publicAccessCidrs (your public egress networks, e.g. "
+                "`pulumi config set --path 'lockgate:cluster.publicAccessCidrs[0]' <your-ip>/32`)"
             )
         if not self.endpoint_public_access and self.public_access_cidrs:
             raise ValueError("publicAccessCidrs is only used with endpointPublicAccess: true")
+        if not self.endpoint_public_access and not self.deploy_from_inside_vpc:
+            raise ValueError(
+                "the private-only API endpoint is unreachable from outside the new VPC, so `pulumi up` could "
+                "not install anything in the cluster: set endpointPublicAccess: true with publicAccessCidrs "
+                "(your networks), or deployFromInsideVpc: true when Pulumi runs inside the VPC"
+            )
         return self
 
 
@@ -129,7 +155,9 @@ class ImageConfig(InfraModel):
     repository: str | None = None
     # A prebuilt image reference (with digest), used when build is false.
     ref: str | None = None
-    platform: str = "linux/amd64"
+    # Docker platforms to build; unset: what the nodes run (aws: the node group's instance architecture;
+    # an existing cluster: this machine's architecture, as kind/k3d/minikube run on it).
+    platforms: tuple[Literal["linux/amd64", "linux/arm64"], ...] | None = Field(default=None, min_length=1)
     ray_version: str = "2.60.0"
 
     @model_validator(mode="after")
@@ -225,10 +253,27 @@ class RayConfig(InfraModel):
 
 
 class ModelVersionsConfig(InfraModel):
-    """Which registered versions the router serves: the cluster's stand-in for the registry's aliases."""
+    """Which registered versions the router serves: the cluster's stand-in for the registry's aliases.
+
+    A version arrives however Pulumi stored it: ``pulumi config set --path 'lockgate:models.candidate' 7``
+    stores the number 7, the README's older ``'"7"'`` the text ``"7"`` with its quotes; both mean "7".
+    """
 
     champion: str = Field(pattern=MODEL_VERSION_PATTERN)
     candidate: str | None = Field(default=None, pattern=MODEL_VERSION_PATTERN)
+
+    @field_validator("champion", "candidate", mode="before")
+    @classmethod
+    def _normalise_version(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            return value  # refused by the field: true is not a version
+        if isinstance(value, int):
+            return str(value)
+        if isinstance(value, float) and value.is_integer():
+            return str(int(value))
+        if isinstance(value, str):
+            return value.strip().strip("'\"").strip()
+        return value
 
 
 class StackConfig(InfraModel):
@@ -250,11 +295,49 @@ class StackConfig(InfraModel):
     public_serve: bool = False
     # Set with --secret; unset means a generated password (stack output mlflowAdminPassword).
     mlflow_admin_password: SecretStr | None = None
+    # The files monitoring/alertmanager.yaml reads (pager-token, team-chat-url, ...), set with --secret as one
+    # object; a key left out makes its receiver fail loudly instead of sending anywhere.
+    alertmanager_secrets: dict[str, SecretStr] | None = None
 
     @property
     def on_aws(self) -> bool:
         """Whether this stack creates its own EKS cluster and uses AWS managed services."""
         return isinstance(self.cluster, EksClusterConfig)
+
+    def image_platforms(self, host_platform: str) -> tuple[str, ...]:
+        """The Docker platforms to build: as configured, else what the nodes run.
+
+        ``host_platform``: this machine's (``linux/amd64`` or ``linux/arm64``), what a local cluster runs.
+        """
+        if self.image.platforms is not None:
+            return tuple(self.image.platforms)
+        if isinstance(self.cluster, EksClusterConfig):
+            return tuple(
+                sorted({aws_facts.architecture(kind) for kind in self.cluster.node_group.instance_types})
+            )
+        return (host_platform,)
+
+    def _pods_fit_the_nodes(self) -> list[str]:
+        """On aws: a Ray head or worker pod larger than a node's allocatable resources is never scheduled."""
+        if not isinstance(self.cluster, EksClusterConfig):
+            return []
+        problems = []
+        pods = {
+            "ray.workers": (self.ray.workers.cpu, self.ray.workers.memory),
+            "ray.head": (self.ray.head_cpu, self.ray.head_memory),
+        }
+        for instance_type in self.cluster.node_group.instance_types:
+            room = aws_facts.allocatable(instance_type)
+            if room is None:
+                continue
+            for key, (cpu, memory) in pods.items():
+                if aws_facts.cpu_milli(cpu) > room[0] or aws_facts.memory_mib(memory) > room[1]:
+                    problems.append(
+                        f"{key}: {cpu} CPU / {memory} does not fit a {instance_type} node, which has about "
+                        f"{room[0]}m CPU / {room[1]}Mi left for pods (capacity minus kube-reserved, eviction "
+                        "threshold and daemon sets; infra/aws_facts.py)"
+                    )
+        return problems
 
     @model_validator(mode="after")
     def _cross_checks(self) -> StackConfig:
@@ -272,8 +355,9 @@ class StackConfig(InfraModel):
             problems.append(
                 "image.repository is required to push a built image outside aws (or set image.ref)"
             )
+        problems.extend(self._pods_fit_the_nodes())
         if problems:
-            raise ValueError("; ".join(problems))
+            raise Problems(problems)
         return self
 
 

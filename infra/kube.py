@@ -165,8 +165,12 @@ def helm_release(
     namespace: pulumi.Input[str],
     values: dict[str, Any],
     opts: pulumi.ResourceOptions,
+    skip_crds: bool = False,
 ) -> k8s.helm.v3.Release:
-    """A Helm release of ``chart``, named after it so that the objects it makes are named predictably."""
+    """A Helm release of ``chart``, named after it so that the objects it makes are named predictably.
+
+    ``skip_crds``: the chart's ``crds/`` are applied elsewhere (Helm would install them once, never upgrade).
+    """
     return k8s.helm.v3.Release(
         resource_name,
         name=chart,
@@ -175,6 +179,7 @@ def helm_release(
         repository_opts={"repo": repository},
         namespace=namespace,
         values=values,
+        skip_crds=skip_crds,
         opts=opts,
     )
 

@@ -7,11 +7,15 @@ stacks declare.
 
 from __future__ import annotations
 
+import datetime as dt
 import ipaddress
 import json
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+# The AWS facts (EKS calendar, node policies, add-on names), each with its source; a plain module.
+from infra import aws_facts
 
 PUBLIC_ENDPOINT_ANNOTATION = "lockgate.dev/public-endpoint"
 INTERNAL_LB_ANNOTATIONS: dict[str, str] = {
@@ -28,6 +32,20 @@ ECR_REPOSITORY = "aws:ecr/repository:Repository"
 RDS_INSTANCE = "aws:rds/instance:Instance"
 EKS_CLUSTER = "aws:eks/cluster:Cluster"
 K8S_SERVICE = "kubernetes:core/v1:Service"
+NODE_GROUP = "aws:eks/nodeGroup:NodeGroup"
+EKS_ADDON = "aws:eks/addon:Addon"
+ROLE_POLICY_ATTACHMENT = "aws:iam/rolePolicyAttachment:RolePolicyAttachment"
+STORAGE_CLASS = "kubernetes:storage.k8s.io/v1:StorageClass"
+NETWORK_POLICY = "kubernetes:networking.k8s.io/v1:NetworkPolicy"
+HELM_RELEASE = "kubernetes:helm.sh/v3:Release"
+# Pulumi's Kubernetes provider awaits a custom resource only with this annotation (provider v4.18.0+,
+# pulumi/pulumi-kubernetes#3134); without it `pulumi up` reports success for a RayService that never runs.
+WAIT_FOR_ANNOTATION = "pulumi.com/waitFor"
+AWAITED_KINDS = (
+    "kubernetes:ray.io/v1:RayService",
+    "kubernetes:ray.io/v1:RayCluster",
+    "kubernetes:ray.io/v1:RayJob",
+)
 PUBLIC_ACLS = frozenset({"public-read", "public-read-write", "authenticated-read"})
 BLOCK_SETTINGS = ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls", "restrictPublicBuckets")
 
@@ -129,6 +147,53 @@ def eks_endpoint_not_public(resource_type: str, props: Mapping[str, Any]) -> lis
         ]
     if any(ipaddress.ip_network(cidr).prefixlen == 0 for cidr in cidrs):
         return ["EKS endpoint is open to 0.0.0.0/0: name the networks allowed to reach it"]
+    return []
+
+
+def eks_version_supported(resource_type: str, props: Mapping[str, Any]) -> list[str]:
+    """EKS runs a Kubernetes version in standard support today (the release calendar in infra/aws_facts.py)."""
+    if resource_type != EKS_CLUSTER:
+        return []
+    version = props.get("version")
+    if not isinstance(version, str):
+        return ["EKS version must be set explicitly (the provider's default moves)"]
+    problem = aws_facts.eks_version_problem(version, dt.date.today())
+    return [problem] if problem else []
+
+
+def eks_endpoint_reachable(resource_type: str, props: Mapping[str, Any]) -> list[str]:
+    """The program can reach the API it creates: a public endpoint for routable networks, or inside the VPC."""
+    if resource_type != EKS_CLUSTER:
+        return []
+    vpc = props.get("vpcConfig") or {}
+    tags = props.get("tags") or {}
+    if vpc.get("endpointPublicAccess", True) is False:
+        if tags.get(aws_facts.API_ACCESS_TAG) != aws_facts.INSIDE_VPC:
+            return [
+                "a private-only EKS endpoint is unreachable from outside the VPC: open it to your networks, "
+                f"or tag the cluster {aws_facts.API_ACCESS_TAG}={aws_facts.INSIDE_VPC} when deploying from inside"
+            ]
+        return []
+    unroutable = [
+        cidr
+        for cidr in vpc.get("publicAccessCidrs") or []
+        if isinstance(cidr, str) and not aws_facts.is_routable_public_network(cidr)
+    ]
+    if unroutable:
+        return [
+            f"publicAccessCidrs {unroutable} are not routable public networks: nobody can reach the endpoint"
+        ]
+    return []
+
+
+def custom_resources_awaited(resource_type: str, props: Mapping[str, Any]) -> list[str]:
+    """Ray custom resources carry Pulumi's waitFor annotation, so a broken one fails `pulumi up`."""
+    if resource_type not in AWAITED_KINDS:
+        return []
+    annotations = (props.get("metadata") or {}).get("annotations") or {}
+    if not annotations.get(WAIT_FOR_ANNOTATION):
+        kind = resource_type.rsplit(":", 1)[-1]
+        return [f"{kind} needs the {WAIT_FOR_ANNOTATION} annotation (else Pulumi never awaits it)"]
     return []
 
 
@@ -243,6 +308,89 @@ def buckets_fully_protected(resources: list[StackResource]) -> list[str]:
     return problems
 
 
+def attached_to(attachment: StackResource, node_group: StackResource) -> bool:
+    """Whether a role policy attachment is on the node group's role (by name once known, else by parent)."""
+    role, arn = attachment.props.get("role"), node_group.props.get("nodeRoleArn")
+    if isinstance(role, str) and role and isinstance(arn, str) and arn:
+        return arn.endswith((f"/{role}", f":{role}"))
+    return bool(node_group.parent) and attachment.parent == node_group.parent
+
+
+def node_roles_have_required_policies(resources: list[StackResource]) -> list[str]:
+    """Every EKS node group's role has AWS's required managed policies (aws_facts.EKS_NODE_POLICIES)."""
+    problems = []
+    for group in (r for r in resources if r.type == NODE_GROUP):
+        attached = {
+            r.props.get("policyArn")
+            for r in resources
+            if r.type == ROLE_POLICY_ATTACHMENT and attached_to(r, group)
+        }
+        missing = [arn for arn in aws_facts.EKS_NODE_POLICIES if arn not in attached]
+        if missing:
+            names = ", ".join(arn.rsplit("/", 1)[-1] for arn in missing)
+            problems.append(f"node group {group.name}: its role lacks {names}")
+    return problems
+
+
+def claims_volume(resource: StackResource) -> bool:
+    """Whether a resource asks for a persistent volume (a claim, a claim template, a chart's storageSpec)."""
+    if resource.type == "kubernetes:core/v1:PersistentVolumeClaim":
+        return True
+    if resource.type == "kubernetes:apps/v1:StatefulSet":
+        return bool((resource.props.get("spec") or {}).get("volumeClaimTemplates"))
+    if resource.type == HELM_RELEASE:
+        return "volumeClaimTemplate" in json.dumps(resource.props.get("values") or {}, default=str)
+    return False
+
+
+def volumes_have_storage(resources: list[StackResource]) -> list[str]:
+    """On EKS, a stack that claims volumes installs the EBS CSI driver and a default StorageClass for it."""
+    if not any(r.type == EKS_CLUSTER for r in resources):
+        return []  # an existing cluster brings its own storage
+    claimants = [r.name for r in resources if claims_volume(r)]
+    if not claimants:
+        return []
+    problems = []
+    if not any(
+        r.type == EKS_ADDON and r.props.get("addonName") == aws_facts.EBS_CSI_ADDON for r in resources
+    ):
+        problems.append(
+            f"{', '.join(claimants)} claim volumes but no {aws_facts.EBS_CSI_ADDON} add-on provides them"
+        )
+    default_classes = [
+        r
+        for r in resources
+        if r.type == STORAGE_CLASS
+        and ((r.props.get("metadata") or {}).get("annotations") or {}).get(
+            aws_facts.DEFAULT_STORAGE_CLASS_ANNOTATION
+        )
+        == "true"
+        and r.props.get("provisioner") == aws_facts.EBS_CSI_PROVISIONER
+    ]
+    if not default_classes:
+        problems.append(f"{', '.join(claimants)} claim volumes but no default EBS CSI StorageClass exists")
+    return problems
+
+
+def network_policies_enforced(resources: list[StackResource]) -> list[str]:
+    """On EKS, NetworkPolicies take effect only with the VPC CNI add-on's network policy agent enabled."""
+    if not any(r.type == EKS_CLUSTER for r in resources) or not any(
+        r.type == NETWORK_POLICY for r in resources
+    ):
+        return []
+    for addon in (
+        r for r in resources if r.type == EKS_ADDON and r.props.get("addonName") == aws_facts.VPC_CNI_ADDON
+    ):
+        values = addon.props.get("configurationValues")
+        settings = json.loads(values) if isinstance(values, str) and values else {}
+        if settings.get("enableNetworkPolicy") == "true":
+            return []
+    return [
+        f"NetworkPolicies are declared but the {aws_facts.VPC_CNI_ADDON} add-on does not enable network policy "
+        '(configurationValues enableNetworkPolicy: "true"): EKS would accept them and enforce nothing'
+    ]
+
+
 RESOURCE_RULES: dict[str, tuple[str, ResourceRule]] = {
     "no-public-buckets": ("S3 buckets are never public.", no_public_buckets),
     "encryption-at-rest": ("Data at rest is encrypted (RDS, EKS secrets, S3 defaults).", encryption_at_rest),
@@ -251,6 +399,18 @@ RESOURCE_RULES: dict[str, tuple[str, ResourceRule]] = {
     "eks-endpoint-not-public": (
         "The EKS endpoint is private unless limited to named networks.",
         eks_endpoint_not_public,
+    ),
+    "eks-version-supported": (
+        "EKS runs a Kubernetes version in standard support (release calendar in infra/aws_facts.py).",
+        eks_version_supported,
+    ),
+    "eks-endpoint-reachable": (
+        "The EKS endpoint is reachable by the program: routable public networks, or deployed from the VPC.",
+        eks_endpoint_reachable,
+    ),
+    "custom-resources-awaited": (
+        "Ray custom resources carry pulumi.com/waitFor so that `pulumi up` awaits them.",
+        custom_resources_awaited,
     ),
     "no-public-load-balancer": (
         "No public LoadBalancer Service unless the stack asked for one.",
@@ -265,6 +425,18 @@ STACK_RULES: dict[str, tuple[str, StackRule]] = {
     "buckets-fully-protected": (
         "Every bucket has a public access block and default encryption.",
         buckets_fully_protected,
+    ),
+    "node-roles-have-required-policies": (
+        "EKS node roles have AWS's required managed policies (including ECR pull for the add-on images).",
+        node_roles_have_required_policies,
+    ),
+    "volumes-have-storage": (
+        "On EKS, volume claims have the EBS CSI driver and a default StorageClass.",
+        volumes_have_storage,
+    ),
+    "network-policies-enforced": (
+        "On EKS, NetworkPolicies are enforced (VPC CNI network policy enabled).",
+        network_policies_enforced,
     ),
 }
 

@@ -86,6 +86,12 @@ class MetricsExporter(pulumi.ComponentResource):
                 "httpGet": {"path": "/metrics", "port": "metrics"},
                 "periodSeconds": 15,
             },
+            "livenessProbe": {
+                "httpGet": {"path": "/metrics", "port": "metrics"},
+                "initialDelaySeconds": 30,
+                "periodSeconds": 30,
+                "failureThreshold": 4,
+            },
             "resources": kube.resources("100m", "512Mi", limit_cpu="500m"),
             "securityContext": kube.container_security(EXPORTER_USER_ID, read_only_root=True),
             "volumeMounts": [

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from functools import partial
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -22,6 +23,16 @@ from infra import kube
 DASHBOARD_LABEL = "grafana_dashboard"
 RAY_METRICS_PORT_NAME = "metrics"
 RAY_DASHBOARD_METRICS_PORT_NAME = "dash-metrics"
+# The operator mounts each Secret listed in alertmanagerSpec.secrets at <this>/<secret name>/<key>
+# (kube-prometheus-stack 88.0.0 values.yaml, alertmanager.alertmanagerSpec.secrets).
+ALERTMANAGER_SECRETS_DIR = "/etc/alertmanager/secrets"
+# A receiver whose secret the stack did not set fails loudly (a reserved name never resolves).
+UNSET_SECRET = "https://unset.invalid/set-lockgate-alertmanagerSecrets"
+# Control-plane components the chart scrapes by default (and alerts on when they are down): on EKS they are
+# managed by AWS and not reachable, on kind they listen on the node's loopback. Disabling them removes both
+# the scrape targets and their rules (kube-prometheus-stack 88.0.0, templates/prometheus/rules-1.14/*.yaml
+# render only when `<component>.enabled`).
+UNSCRAPABLE_CONTROL_PLANE = ("kubeScheduler", "kubeControllerManager", "kubeEtcd", "kubeProxy")
 
 
 class MonitoringArgs(TypedDict):
@@ -38,6 +49,8 @@ class MonitoringArgs(TypedDict):
     storage_gib: int
     # Labels every Ray pod of this stack carries (head and workers of the RayService and of training jobs).
     ray_pod_labels: dict[str, str]
+    # The files the Alertmanager config reads (key → value, a Pulumi secret); a key left out gets UNSET_SECRET.
+    alertmanager_secrets: pulumi.Input[dict[str, str]]
 
 
 def resource_name(path: Path) -> str:
@@ -64,8 +77,45 @@ def load_dashboard(path: Path) -> str:
     return text
 
 
-def stack_values(args: MonitoringArgs, grafana_secret: pulumi.Input[str]) -> dict[str, Any]:
-    """kube-prometheus-stack values: pick up every monitor/rule, private services, bounded resources."""
+def alertmanager_secret_files(config: Any, found: dict[str, set[str]] | None = None) -> dict[str, set[str]]:
+    """Secret name → keys, for every ``*_file`` setting of an Alertmanager config under the secrets directory.
+
+    Raises ValueError for a file there that is not ``<dir>/<secret>/<key>`` (nothing would mount it).
+    """
+    found = {} if found is None else found
+    items = (
+        config.items() if isinstance(config, dict) else enumerate(config) if isinstance(config, list) else []
+    )
+    for key, value in items:
+        if isinstance(value, dict | list):
+            alertmanager_secret_files(value, found)
+        elif (
+            str(key).endswith("_file")
+            and isinstance(value, str)
+            and value.startswith(ALERTMANAGER_SECRETS_DIR)
+        ):
+            parts = value.removeprefix(ALERTMANAGER_SECRETS_DIR + "/").split("/")
+            if len(parts) != 2 or not all(parts):
+                raise ValueError(
+                    f"alertmanager_file: {value} is not {ALERTMANAGER_SECRETS_DIR}/<secret>/<key>, "
+                    "where the operator mounts a Secret's keys"
+                )
+            found.setdefault(parts[0], set()).add(parts[1])
+    return found
+
+
+def secret_data(keys: list[str], given: dict[str, str]) -> dict[str, str]:
+    """A Secret's keys, each from ``given`` or ``UNSET_SECRET`` when the stack left it out."""
+    return {key: given.get(key, UNSET_SECRET) for key in keys}
+
+
+def stack_values(
+    args: MonitoringArgs, grafana_secret: pulumi.Input[str], alertmanager_secrets: list[str]
+) -> dict[str, Any]:
+    """kube-prometheus-stack values: pick up every monitor/rule, private services, bounded resources.
+
+    ``alertmanager_secrets``: the Secrets the Alertmanager config reads files from, mounted by the operator.
+    """
     alertmanager_config = (
         yaml.safe_load(args["alertmanager_file"].read_text()) if args["alertmanager_file"].is_file() else None
     )
@@ -102,6 +152,7 @@ def stack_values(args: MonitoringArgs, grafana_secret: pulumi.Input[str]) -> dic
             "alertmanagerSpec": {
                 "securityContext": non_root,
                 "resources": kube.resources("50m", "128Mi", limit_cpu="200m", limit_memory="256Mi"),
+                "secrets": alertmanager_secrets,
             },
             **({"config": alertmanager_config} if alertmanager_config else {}),
         },
@@ -126,6 +177,18 @@ def stack_values(args: MonitoringArgs, grafana_secret: pulumi.Input[str]) -> dic
             "resources": kube.resources("100m", "128Mi", limit_cpu="500m", limit_memory="256Mi"),
             "securityContext": non_root,
         },
+        # Helm never upgrades a chart's CRDs: the chart's documented pre-install/pre-upgrade job applies the
+        # prometheus-operator CRDs of the chart's own version (values.yaml, crds.upgradeJob).
+        "crds": {
+            "enabled": True,
+            "upgradeJob": {
+                "enabled": True,
+                "forceConflicts": True,
+                "image": {"busybox": {"tag": "1.37.0"}},
+                "resources": kube.resources("50m", "128Mi", limit_cpu="500m", limit_memory="256Mi"),
+            },
+        },
+        **{component: {"enabled": False} for component in UNSCRAPABLE_CONTROL_PLANE},
     }
 
 
@@ -161,6 +224,7 @@ class Monitoring(pulumi.ComponentResource):
                 string_data={"admin-user": "admin", "admin-password": password.result},
                 opts=child,
             )
+            mounted = self._alertmanager_secrets(name, args, monitoring_namespace.metadata.name, component)
             # Named after the chart: the charts' Services are then named predictably (see the README).
             release = kube.helm_release(
                 f"{name}-kube-prometheus-stack",
@@ -168,8 +232,8 @@ class Monitoring(pulumi.ComponentResource):
                 args["chart_version"],
                 "https://prometheus-community.github.io/helm-charts",
                 monitoring_namespace.metadata.name,
-                stack_values(args, grafana_secret.metadata.name),
-                pulumi.ResourceOptions(parent=self, depends_on=[grafana_secret]),
+                stack_values(args, grafana_secret.metadata.name, sorted(mounted)),
+                pulumi.ResourceOptions(parent=self, depends_on=[grafana_secret, *mounted.values()]),
             )
             dependencies.append(release)
         # Our objects need the operator's CRDs: wait for the release when this stack installs it.
@@ -268,3 +332,24 @@ class Monitoring(pulumi.ComponentResource):
                 "grafana_admin_password": self.grafana_admin_password,
             }
         )
+
+    def _alertmanager_secrets(
+        self, name: str, args: MonitoringArgs, namespace: pulumi.Input[str], component: str
+    ) -> dict[str, k8s.core.v1.Secret]:
+        """One Secret per directory the Alertmanager config reads files from, holding exactly its keys."""
+        if not args["alertmanager_file"].is_file():
+            return {}
+        wanted = alertmanager_secret_files(yaml.safe_load(args["alertmanager_file"].read_text()))
+        given: pulumi.Output[dict[str, str]] = pulumi.Output.from_input(args["alertmanager_secrets"])
+        secrets = {}
+        for secret_name, keys in sorted(wanted.items()):
+            data: pulumi.Output[dict[str, str]] = pulumi.Output.secret(
+                given.apply(partial(secret_data, sorted(keys)))
+            )
+            secrets[secret_name] = k8s.core.v1.Secret(
+                f"{name}-alertmanager-{secret_name}",
+                metadata=kube.metadata(secret_name, namespace, name, component),
+                string_data=data,
+                opts=pulumi.ResourceOptions(parent=self),
+            )
+        return secrets

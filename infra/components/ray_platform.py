@@ -1,4 +1,4 @@
-"""RayPlatform: the KubeRay operator, the serving RayService, the training RayJob template, the trigger checks.
+"""RayPlatform: the serving RayService, the training RayJob template, the trigger checks (operator: kuberay.py).
 
 The RayService's ``serveConfigV2`` is serving's rendered config, untouched: a stack config change that moves
 only the canary weight changes only the router's ``user_config`` there, which KubeRay applies in place
@@ -33,6 +33,13 @@ TRAIN_STORAGE_ENV = EnvVar.train_storage.value  # read by pipeline/train.py
 TEMPLATE_DIR, TEMPLATE_FILE, SERVING_FILE = "/etc/lockgate", "rayjob.yaml", "serving.yaml"
 # Label on every training RayJob: the trigger checks count runs in flight by it (lockgate/kuberay.py).
 ROLE_LABEL, TRAINING_ROLE = "lockgate.dev/role", "training"
+# Pulumi's Kubernetes provider does not await custom resources unless told what "ready" means: the
+# `pulumi.com/waitFor` annotation (provider v4.18.0 and later; pulumi/pulumi-kubernetes#3134), in kubectl
+# wait's syntax. KubeRay v1.7.0 sets the RayService condition `Ready` once Serve answers
+# (ray-operator/apis/ray/v1/rayservice_types.go, RayServiceReady). Ray images are large: allow 20 minutes.
+WAIT_FOR_ANNOTATION, TIMEOUT_ANNOTATION = "pulumi.com/waitFor", "pulumi.com/timeoutSeconds"
+RAY_SERVICE_READY = "condition=Ready"
+AWAIT_TIMEOUT_SECONDS = 1200
 
 
 def ray_service_account(name: str) -> str:
@@ -43,6 +50,11 @@ def ray_service_account(name: str) -> str:
 def triggers_service_account(name: str) -> str:
     """The service account the trigger checks run as: it may create and read RayJobs, nothing else."""
     return f"{name}-triggers"
+
+
+def awaited(condition: str) -> dict[str, str]:
+    """Annotations that make `pulumi up` wait until a custom resource reports ``condition`` (or time out)."""
+    return {WAIT_FOR_ANNOTATION: condition, TIMEOUT_ANNOTATION: str(AWAIT_TIMEOUT_SECONDS)}
 
 
 def ray_pod_labels(name: str) -> dict[str, str]:
@@ -73,8 +85,8 @@ class RayPlatformArgs(TypedDict):
     """The operator, the image, the serve config and what Ray pods need to reach MLflow and the store."""
 
     namespace: pulumi.Input[str]
-    install_operator: bool
-    operator_chart_version: str
+    # What the custom resources wait for: the KubeRay operator and its CRDs when this stack installs them.
+    operator_ready: list[pulumi.Resource]
     operator_namespace: str
     monitoring_namespace: str
     ray_version: str
@@ -258,7 +270,11 @@ def training_job_spec(name: str, args: RayPlatformArgs, account: pulumi.Input[st
 
 
 class RayPlatform(pulumi.ComponentResource):
-    """KubeRay, a RayService serving the router, a training RayJob template and the scheduled trigger checks."""
+    """A RayService serving the router, a training RayJob template and the scheduled trigger checks.
+
+    `pulumi up` waits for the RayService's `Ready` condition (``awaited``): a cluster that cannot schedule its
+    pods fails the update instead of reporting success.
+    """
 
     service_name: pulumi.Output[str]
     serve_url: pulumi.Output[str]
@@ -273,36 +289,6 @@ class RayPlatform(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         namespace = args["namespace"]
         component = f"{name}-ray"
-        dependencies: list[pulumi.Resource] = []
-        if args["install_operator"]:
-            operator_namespace = k8s.core.v1.Namespace(
-                f"{name}-operator-namespace",
-                metadata={
-                    "name": args["operator_namespace"],
-                    "labels": {
-                        **kube.labels(name, f"{name}-kuberay"),
-                        "pod-security.kubernetes.io/enforce": "restricted",
-                    },
-                },
-                opts=child,
-            )
-            dependencies.append(
-                kube.helm_release(
-                    f"{name}-kuberay-operator",
-                    "kuberay-operator",
-                    args["operator_chart_version"],
-                    "https://ray-project.github.io/kuberay-helm/",
-                    operator_namespace.metadata.name,
-                    {
-                        "resources": kube.resources("100m", "512Mi", limit_cpu="500m", limit_memory="512Mi"),
-                        "securityContext": kube.container_security(65532),
-                        # Workers then wait for the head themselves: every container in a Ray pod is one we
-                        # declare (bounded, non-root), which the namespace's restricted profile requires.
-                        "env": [{"name": "ENABLE_INIT_CONTAINER_INJECTION", "value": "false"}],
-                    },
-                    child,
-                )
-            )
         account = kube.service_account(
             f"{name}-ray-account",
             kube.metadata(
@@ -325,7 +311,7 @@ class RayPlatform(pulumi.ComponentResource):
             },
         ]
         kube.role_for(f"{name}-autoscaler", autoscaler_metadata, autoscaler_rules, account, namespace, child)
-        crd_opts = pulumi.ResourceOptions(parent=self, depends_on=dependencies)
+        crd_opts = pulumi.ResourceOptions(parent=self, depends_on=args["operator_ready"])
         serve_service_name = f"{name}-serve"
         serve_service: dict[str, Any] = {
             "metadata": {"name": serve_service_name, "labels": kube.labels(name, component)},
@@ -341,7 +327,9 @@ class RayPlatform(pulumi.ComponentResource):
             f"{name}-ray-service",
             api_version="ray.io/v1",
             kind="RayService",
-            metadata=kube.metadata(f"{name}-serve", namespace, name, component),
+            metadata=kube.metadata(
+                f"{name}-serve", namespace, name, component, annotations=awaited(RAY_SERVICE_READY)
+            ),
             spec={
                 "serveConfigV2": args["serve_config"],
                 "rayClusterConfig": ray_cluster_spec(

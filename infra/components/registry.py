@@ -6,6 +6,7 @@ Every credential is generated or read as a Pulumi secret and reaches pods only t
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, TypedDict
 
 import pulumi
@@ -114,6 +115,13 @@ class InClusterPostgres(pulumi.ComponentResource):
                                     },
                                     "periodSeconds": 10,
                                 },
+                                # Restarts a server that stopped answering; generous enough for a first initdb.
+                                "livenessProbe": {
+                                    "exec": {"command": ["pg_isready", "-U", DATABASE_USER]},
+                                    "initialDelaySeconds": 30,
+                                    "periodSeconds": 20,
+                                    "failureThreshold": 6,
+                                },
                                 "resources": kube.resources(
                                     "250m", "512Mi", limit_cpu="1", limit_memory="1Gi"
                                 ),
@@ -161,6 +169,17 @@ class RdsPostgresArgs(TypedDict):
     backup_retention_days: int
     multi_az: bool
     deletion_protection: bool
+    # Starts the final snapshot's name; unique per stack (two stacks' instances share the component name).
+    snapshot_prefix: str
+
+
+SNAPSHOT_PREFIX_PATTERN = re.compile(r"^[a-zA-Z][a-zA-Z0-9-]{0,200}$")
+
+
+def snapshot_prefix(project: str, stack: str) -> str:
+    """A final-snapshot name prefix from the project and stack (RDS: a letter, then letters, digits, hyphens)."""
+    cleaned = re.sub(r"-+", "-", re.sub(r"[^a-zA-Z0-9]", "-", f"{project}-{stack}")).strip("-")
+    return cleaned if cleaned[:1].isalpha() else f"s-{cleaned}"
 
 
 class RdsPostgres(pulumi.ComponentResource):
@@ -174,6 +193,11 @@ class RdsPostgres(pulumi.ComponentResource):
     def __init__(self, name: str, args: RdsPostgresArgs, opts: pulumi.ResourceOptions | None = None):
         if args["backup_retention_days"] < 1:
             raise ValueError("backup_retention_days: backups must be kept at least one day")
+        if not SNAPSHOT_PREFIX_PATTERN.match(args["snapshot_prefix"]):
+            raise ValueError(
+                f"snapshot_prefix: {args['snapshot_prefix']!r} must start with a letter and hold only letters, "
+                "digits and hyphens (see snapshot_prefix())"
+            )
         super().__init__("lockgate:registry:RdsPostgres", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         key = aws.kms.Key(
@@ -201,6 +225,7 @@ class RdsPostgres(pulumi.ComponentResource):
             opts=child,
         )
         password = random.RandomPassword(f"{name}-password", length=32, special=False, opts=child)
+        suffix = random.RandomId(f"{name}-snapshot-suffix", byte_length=4, opts=child)
         instance = aws.rds.Instance(
             f"{name}-db",
             engine="postgres",
@@ -223,7 +248,9 @@ class RdsPostgres(pulumi.ComponentResource):
             copy_tags_to_snapshot=True,
             deletion_protection=args["deletion_protection"],
             skip_final_snapshot=False,
-            final_snapshot_identifier=f"{name}-final",
+            # Per stack, plus a suffix fixed at creation: a second stack (or a recreated instance) never finds
+            # the name taken by an earlier final snapshot.
+            final_snapshot_identifier=pulumi.Output.concat(args["snapshot_prefix"], "-final-", suffix.hex),
             auto_minor_version_upgrade=True,
             performance_insights_enabled=True,
             performance_insights_kms_key_id=key.arn,
@@ -399,6 +426,8 @@ class ModelRegistry(pulumi.ComponentResource):
                 {**kube.labels(name, component), kube.CLIENT_LABEL: "true"},
                 {
                     "serviceAccountName": account.metadata.name,
+                    # MLflow never calls the Kubernetes API (IRSA's web identity token is a volume of its own).
+                    "automountServiceAccountToken": False,
                     "securityContext": kube.pod_security(MLFLOW_USER_ID),
                     "containers": [
                         {

@@ -25,11 +25,23 @@ CRD_FILES = {
     ("monitoring.coreos.com/v1", "PodMonitor"): "monitoring.coreos.com_podmonitors.yaml",
     ("monitoring.coreos.com/v1", "PrometheusRule"): "monitoring.coreos.com_prometheusrules.yaml",
 }
+# A routable public network standing in for the operator's egress: the shipped aws stack names none, and
+# refuses to run until its user does (lockgate:cluster.publicAccessCidrs).
+TEST_EGRESS_CIDR = "81.2.69.0/24"
+
+
+def aws_reachable() -> list[str]:
+    """The shipped aws stack's cluster, with the public endpoint opened to the test's egress network."""
+    cluster = yaml.safe_load((ROOT / "Pulumi.aws.yaml").read_text())["config"]["lockgate:cluster"]
+    return [f"lockgate:cluster={json.dumps({**cluster, 'publicAccessCidrs': [TEST_EGRESS_CIDR]})}"]
+
+
 # Each entry is one program run in its own process: stack file + config overrides.
 CANARY = ['lockgate:models={"champion": "1", "candidate": "2"}']
 RUNS: dict[str, tuple[str, list[str]]] = {
     "dev": ("Pulumi.dev.yaml", []),
-    "aws": ("Pulumi.aws.yaml", []),
+    "aws": ("Pulumi.aws.yaml", aws_reachable()),
+    "candidate": ("Pulumi.dev.yaml", CANARY),
     "canary10": ("Pulumi.dev.yaml", [*CANARY, "lockgate:canaryWeight=10"]),
     "canary25": ("Pulumi.dev.yaml", [*CANARY, "lockgate:canaryWeight=25"]),
     "broken": ("Pulumi.dev.yaml", ["lockgate:canaryWeight=140"]),

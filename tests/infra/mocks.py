@@ -28,6 +28,8 @@ class Recorded:
     custom: bool
     inputs: dict[str, Any]
     secret_paths: list[str] = field(default_factory=list)
+    # URNs of the resources it waits for (depends_on, and those whose outputs its inputs use).
+    dependencies: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -37,6 +39,7 @@ class Recorded:
             "custom": self.custom,
             "inputs": self.inputs,
             "secret_paths": self.secret_paths,
+            "dependencies": self.dependencies,
         }
 
 
@@ -59,6 +62,8 @@ def outputs_for(typ: str, name: str, inputs: dict[str, Any]) -> dict[str, Any]:
     arn = f"arn:aws:{typ.split(':')[1].split('/')[0]}:{REGION}:{ACCOUNT}:{name}"
     if typ == "random:index/randomPassword:RandomPassword":
         return {"result": f"generated-{name}"}
+    if typ == "random:index/randomId:RandomId":
+        return {"hex": "0a1b2c3d", "b64Url": "ChssPQ", "dec": "169552957"}
     if typ == "aws:s3/bucket:Bucket":
         return {"bucket": f"{name}-bucket", "arn": f"arn:aws:s3:::{name}-bucket"}
     if typ == "aws:eks/cluster:Cluster":
@@ -104,7 +109,13 @@ class LockgateMocks(pulumi.runtime.Mocks):
         inputs = plain(dict(args.inputs), "", secrets)
         self.recorded.append(
             Recorded(
-                args.typ, args.name, getattr(self.local, "parent", ""), bool(args.custom), inputs, secrets
+                args.typ,
+                args.name,
+                getattr(self.local, "parent", ""),
+                bool(args.custom),
+                inputs,
+                secrets,
+                list(getattr(self.local, "dependencies", [])),
             )
         )
         state = {**dict(args.inputs), **outputs_for(args.typ, args.name, inputs)}
@@ -114,6 +125,13 @@ class LockgateMocks(pulumi.runtime.Mocks):
         if args.token == "aws:index/getAvailabilityZones:getAvailabilityZones":
             zones = [f"{REGION}{letter}" for letter in "abc"]
             return {"names": zones, "zoneIds": zones, "id": REGION}, []
+        if args.token == "aws:index/getRegion:getRegion":
+            return {
+                "region": REGION,
+                "name": REGION,
+                "id": REGION,
+                "endpoint": f"ec2.{REGION}.amazonaws.com",
+            }, []
         if args.token == "aws:ecr/getAuthorizationToken:getAuthorizationToken":
             return {
                 "userName": "AWS",
@@ -137,6 +155,9 @@ class RecordingMonitor(MockMonitor):
 
     def RegisterResource(self, request: Any) -> Any:  # noqa: N802 - the gRPC method name
         self.lockgate_mocks.local.parent = request.parent
+        self.lockgate_mocks.local.dependencies = sorted(
+            {*request.dependencies, *(u for deps in request.propertyDependencies.values() for u in deps.urns)}
+        )
         return super().RegisterResource(request)
 
 

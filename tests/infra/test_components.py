@@ -157,8 +157,7 @@ def test_monitoring_turns_every_rule_file_and_dashboard_into_objects(mocks, tmp_
 def ray_args(**overrides: Any) -> Any:
     args = {
         "namespace": "ns",
-        "install_operator": False,
-        "operator_chart_version": "1.7.0",
+        "operator_ready": [],
         "operator_namespace": "kuberay-system",
         "monitoring_namespace": "monitoring",
         "ray_version": "2.60.0",
@@ -243,7 +242,7 @@ def test_registry_runs_mlflow_with_auth_and_secret_credentials(mocks) -> None:
 def test_eks_validates_before_declaring_and_is_private_by_default(mocks) -> None:
     args: Any = {
         "cluster_name": "alpha",
-        "kubernetes_version": "1.30",
+        "kubernetes_version": "1.35",
         "vpc_id": "vpc-1",
         "private_subnet_ids": ["a", "b"],
         "endpoint_public_access": True,
@@ -253,11 +252,13 @@ def test_eks_validates_before_declaring_and_is_private_by_default(mocks) -> None
         "desired_size": 1,
         "max_size": 2,
         "disk_size_gib": 50,
-        "image_repository_arn": "arn:aws:ecr:eu-west-1:1:repository/x",
+        "deploy_from_inside_vpc": False,
+        "region": "eu-west-1",
+        "aws_profile": None,
     }
     with pytest.raises(ValueError, match="public_access_cidrs"):
         EksCluster("bad", args)
-    private: Any = {**args, "endpoint_public_access": False}
+    private: Any = {**args, "endpoint_public_access": False, "deploy_from_inside_vpc": True}
     recorded = declare(mocks, lambda: EksCluster("alpha", private))
     cluster = of_type(recorded, "eks/cluster:Cluster")[0].inputs
     assert (

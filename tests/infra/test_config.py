@@ -13,7 +13,7 @@ from infra.config import (
     json_schema,
     load_stack_config,
 )
-from tests.infra.conftest import ROOT
+from tests.infra.conftest import ROOT, TEST_EGRESS_CIDR, aws_reachable
 from tests.infra.driver import engine_config
 
 EPHEMERAL_TEMPLATE = ROOT / "infra" / "stacks" / "ephemeral.yaml"
@@ -30,10 +30,20 @@ def test_dev_stack_validates() -> None:
     assert config.image.repository and config.models.champion == "1"
 
 
-def test_aws_stack_validates() -> None:
-    config = load_stack_config(shipped("aws"))
+def test_aws_stack_validates_once_its_user_names_how_pulumi_reaches_the_api() -> None:
+    # Given the shipped aws stack, which cannot know its user's network,
+    with pytest.raises(StackConfigError) as caught:
+        load_stack_config(shipped("aws"))
+    # then it refuses to run, naming the key and the way out;
+    assert any(
+        p.startswith("lockgate:cluster.eks") and "publicAccessCidrs" in p for p in caught.value.problems
+    ), caught.value.problems
+    # and with a routable egress network set, it validates.
+    raw = shipped("aws")
+    raw.update(dict(override.split("=", 1) for override in aws_reachable()))
+    config = load_stack_config(raw)
     assert isinstance(config.cluster, EksClusterConfig) and config.on_aws
-    assert config.cluster.public_access_cidrs == ("203.0.113.0/24",)
+    assert config.cluster.public_access_cidrs == (TEST_EGRESS_CIDR,)
     assert config.mlflow.database.backup_retention_days == 14
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from infra import aws_facts
 from policy import rules
 from policy.rules import RESOURCE_RULES, STACK_RULES, StackResource, check_stack
 
@@ -130,6 +131,45 @@ CASES: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = [
         {"vpcConfig": {"endpointPublicAccess": True, "publicAccessCidrs": ["203.0.113.0/24"]}},
         {"vpcConfig": {"endpointPublicAccess": True, "publicAccessCidrs": ["0.0.0.0/0"]}},
     ),
+    # Supported versions: the EKS release calendar (docs.aws.amazon.com, EKS user guide, "Amazon EKS
+    # Kubernetes release calendar"). 1.35 is in standard support until 2027-03-27: when this case fails, bump
+    # the calendar, infra/config.py's default and this fixture (the point of the rule).
+    ("eks-version-supported", rules.EKS_CLUSTER, {"version": "1.35"}, {"version": "1.30"}),
+    ("eks-version-supported", rules.EKS_CLUSTER, {"version": "1.35"}, {"version": "1.99"}),
+    (
+        "eks-endpoint-reachable",
+        rules.EKS_CLUSTER,
+        {"vpcConfig": {"endpointPublicAccess": True, "publicAccessCidrs": ["81.2.69.0/24"]}},
+        # 203.0.113.0/24 is TEST-NET-3 (RFC 5737): no real client ever comes from it.
+        {"vpcConfig": {"endpointPublicAccess": True, "publicAccessCidrs": ["203.0.113.0/24"]}},
+    ),
+    (
+        "eks-endpoint-reachable",
+        rules.EKS_CLUSTER,
+        {
+            "vpcConfig": {"endpointPublicAccess": False},
+            "tags": {aws_facts.API_ACCESS_TAG: aws_facts.INSIDE_VPC},
+        },
+        {"vpcConfig": {"endpointPublicAccess": False}},
+    ),
+    (
+        "eks-endpoint-reachable",
+        rules.EKS_CLUSTER,
+        {"vpcConfig": {"endpointPublicAccess": True, "publicAccessCidrs": ["81.2.69.0/24"]}},
+        {"vpcConfig": {"endpointPublicAccess": True, "publicAccessCidrs": ["10.0.0.0/8"]}},
+    ),
+    (
+        "custom-resources-awaited",
+        "kubernetes:ray.io/v1:RayService",
+        {"metadata": {"annotations": {rules.WAIT_FOR_ANNOTATION: "condition=Ready"}}},
+        {"metadata": {"name": "serve"}},
+    ),
+    (
+        "custom-resources-awaited",
+        "kubernetes:ray.io/v1:RayCluster",
+        {"metadata": {"annotations": {rules.WAIT_FOR_ANNOTATION: "condition=HeadPodReady"}}},
+        {"metadata": {"annotations": {"unrelated": "x"}}},
+    ),
     (
         "no-public-load-balancer",
         rules.K8S_SERVICE,
@@ -203,7 +243,12 @@ def test_rule_passes_good_and_flags_bad(rule_name, resource_type, good, bad) -> 
 def test_every_rule_has_a_bad_fixture() -> None:
     covered = {case[0] for case in CASES}
     assert covered == set(RESOURCE_RULES), f"rules without fixtures: {set(RESOURCE_RULES) - covered}"
-    assert set(STACK_RULES) == {"buckets-fully-protected"}
+    assert set(STACK_RULES) == {
+        "buckets-fully-protected",
+        "node-roles-have-required-policies",
+        "volumes-have-storage",
+        "network-policies-enforced",
+    }
 
 
 def test_rules_ignore_unrelated_types() -> None:
@@ -243,3 +288,84 @@ def test_bucket_settings_match_by_parent_while_the_id_is_unknown() -> None:
         rules.PUBLIC_ACCESS_BLOCK, "b-pab", dict.fromkeys(rules.BLOCK_SETTINGS, True), "urn:other"
     )
     assert "public access block" in check_stack([bucket, elsewhere, encryption])["buckets-fully-protected"][0]
+
+
+EKS = StackResource(
+    rules.EKS_CLUSTER,
+    "c-eks",
+    {
+        "version": "1.35",
+        "encryptionConfig": {"resources": ["secrets"], "provider": {"keyArn": "arn:key"}},
+        "vpcConfig": {"endpointPublicAccess": True, "publicAccessCidrs": ["81.2.69.0/24"]},
+    },
+    "urn:c",
+)
+
+
+def node_stack(policies: tuple[str, ...]) -> list[StackResource]:
+    """An EKS node group and its role's attachments, matched by role name as after a deployment."""
+    group = StackResource(
+        rules.NODE_GROUP, "c-nodes", {"nodeRoleArn": "arn:aws:iam::1:role/c-node-role"}, "urn:c"
+    )
+    attachments = [
+        StackResource(
+            rules.ROLE_POLICY_ATTACHMENT, f"c-node-policy-{i}", {"role": "c-node-role", "policyArn": a}
+        )
+        for i, a in enumerate(policies)
+    ]
+    other = StackResource(
+        rules.ROLE_POLICY_ATTACHMENT,
+        "c-other",
+        {"role": "c-cluster-role", "policyArn": aws_facts.EKS_NODE_POLICIES[2]},
+        "urn:c",
+    )
+    return [group, *attachments, other]
+
+
+def test_node_role_needs_ecr_pull_for_the_add_on_images() -> None:
+    """EKS user guide, "Amazon EKS node IAM role": AmazonEKSWorkerNodePolicy, AmazonEC2ContainerRegistryPullOnly
+    (the networking add-ons' images come from ECR) and the CNI policy when the CNI has no IRSA role."""
+    assert check_stack(node_stack(aws_facts.EKS_NODE_POLICIES)) == {}
+    old = check_stack(node_stack(aws_facts.EKS_NODE_POLICIES[:2]))  # the node role before issue #10
+    assert "AmazonEC2ContainerRegistryPullOnly" in old["node-roles-have-required-policies"][0], (
+        "an attachment to another role does not count"
+    )
+
+
+PVC = StackResource("kubernetes:core/v1:PersistentVolumeClaim", "data", {"spec": {}})
+EBS_ADDON = StackResource(rules.EKS_ADDON, "c-ebs-csi", {"addonName": aws_facts.EBS_CSI_ADDON})
+GP3 = StackResource(
+    rules.STORAGE_CLASS,
+    "c-gp3",
+    {
+        "metadata": {"annotations": {aws_facts.DEFAULT_STORAGE_CLASS_ANNOTATION: "true"}},
+        "provisioner": aws_facts.EBS_CSI_PROVISIONER,
+    },
+)
+
+
+def test_volume_claims_on_eks_need_the_ebs_driver_and_a_default_class() -> None:
+    assert check_stack([EKS, PVC, EBS_ADDON, GP3]) == {}
+    assert check_stack([PVC]) == {}, "an existing cluster brings its own storage"
+    missing = check_stack([EKS, PVC])["volumes-have-storage"]
+    assert len(missing) == 2 and "aws-ebs-csi-driver" in missing[0] and "StorageClass" in missing[1]
+    prometheus = StackResource(
+        rules.HELM_RELEASE,
+        "kps",
+        {"values": {"prometheus": {"prometheusSpec": {"storageSpec": {"volumeClaimTemplate": {}}}}}},
+    )
+    assert "volumes-have-storage" in check_stack([EKS, prometheus, EBS_ADDON]), "the chart's claim counts"
+
+
+def test_network_policies_on_eks_need_the_vpc_cni_network_policy_agent() -> None:
+    policy = StackResource(rules.NETWORK_POLICY, "deny", {"spec": {}})
+    cni = StackResource(
+        rules.EKS_ADDON,
+        "c-vpc-cni",
+        {"addonName": aws_facts.VPC_CNI_ADDON, "configurationValues": '{"enableNetworkPolicy": "true"}'},
+    )
+    assert check_stack([EKS, policy, cni]) == {}
+    assert "network-policies-enforced" in check_stack([EKS, policy])
+    plain_cni = StackResource(rules.EKS_ADDON, "c-vpc-cni", {"addonName": aws_facts.VPC_CNI_ADDON})
+    assert "network-policies-enforced" in check_stack([EKS, policy, plain_cni])
+    assert check_stack([policy]) == {}, "an existing cluster's CNI is its own"

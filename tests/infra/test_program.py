@@ -10,13 +10,15 @@ import pytest
 import yaml
 
 from infra import exports
+from infra.config import EksClusterConfig
 from lockgate.kuberay import training_job
 from policy.rules import StackResource, check_stack
 from serving.desired import RolloutState, ServingFile, load_serving_file, resolve_router_config
 from serving.render import render_serve_config
-from tests.infra.conftest import CRD_FILES, ROOT, ProgramRun, crd_errors, program
+from tests.infra.conftest import CRD_FILES, ROOT, TEST_EGRESS_CIDR, ProgramRun, crd_errors, program
 
-KUBERNETES_VERSION = "1.30"
+# The Kubernetes version the aws stack runs (infra/config.py's default, in EKS standard support).
+KUBERNETES_VERSION = EksClusterConfig.model_fields["kubernetes_version"].default
 CUSTOM_KINDS = {kind for _, kind in CRD_FILES}
 NOT_MANIFESTS = {"kubernetes:helm.sh/v3:Release", "pulumi:providers:kubernetes"}
 SECRETISH = re.compile(r"PASSWORD|SECRET|TOKEN|URI|KEY|password|secret|uri|\.ini$", re.IGNORECASE)
@@ -280,7 +282,7 @@ def test_ray_and_mlflow_ports_stay_inside_the_namespace(program_runs, stack) -> 
 def test_aws_resources_are_private_encrypted_and_least_privilege(aws) -> None:
     eks = aws.one("aws:eks/cluster:Cluster")["inputs"]
     assert eks["vpcConfig"]["endpointPrivateAccess"] is True
-    assert eks["vpcConfig"]["publicAccessCidrs"] == ["203.0.113.0/24"], "public only to the named network"
+    assert eks["vpcConfig"]["publicAccessCidrs"] == [TEST_EGRESS_CIDR], "public only to the named network"
     rds = aws.one("aws:rds/instance:Instance")["inputs"]
     assert (rds["publiclyAccessible"], rds["storageEncrypted"], rds["backupRetentionPeriod"]) == (
         False,
