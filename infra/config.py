@@ -259,7 +259,8 @@ class ModelVersionsConfig(InfraModel):
     stores the number 7, the README's older ``'"7"'`` the text ``"7"`` with its quotes; both mean "7".
     """
 
-    champion: str = Field(pattern=MODEL_VERSION_PATTERN)
+    # None (a fresh stack: nothing is registered yet): the router follows the registry's champion alias.
+    champion: str | None = Field(default=None, pattern=MODEL_VERSION_PATTERN)
     candidate: str | None = Field(default=None, pattern=MODEL_VERSION_PATTERN)
 
     @field_validator("champion", "candidate", mode="before")
@@ -288,7 +289,7 @@ class StackConfig(InfraModel):
     monitoring: MonitoringConfig = MonitoringConfig()
     ray: RayConfig = RayConfig()
     serve: ServingFile
-    models: ModelVersionsConfig
+    models: ModelVersionsConfig = ModelVersionsConfig()
     # The canary's share in percent: a pin that wins over serve.traffic.candidate_weight.
     canary_weight: float | None = Field(default=None, ge=0.0, le=100.0)
     # A public LoadBalancer in front of Serve; off unless the stack asks for it.
@@ -346,6 +347,11 @@ class StackConfig(InfraModel):
             problems.append(
                 f"serve.serving.http_host must be {CLUSTER_HTTP_HOST} in a cluster (the Serve Service reaches "
                 f"the proxy on the pod's address), got {self.serve.serving.http_host}"
+            )
+        if self.models.candidate is not None and self.models.champion is None:
+            problems.append(
+                "models.candidate: a candidate needs models.champion pinned beside it (or neither: the router "
+                "then follows the registry's champion alias)"
             )
         if self.models.candidate is not None and self.models.candidate == self.models.champion:
             problems.append(

@@ -50,12 +50,6 @@ def test_a_stack_that_pins_no_champion_renders_a_router_following_the_champion_a
         stack_serve_config(config.serve, None, None, "2", CAPTURE)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason='infra/config.py requires lockgate:models.champion, so Pulumi.dev.yaml must pin one ("1"); '
-    "making it optional there lets the dev stack pin none (the router then follows the alias). Until then "
-    "the router waits for the pinned version (tests/e2e/test_fresh_stack_serving.py).",
-)
 def test_the_dev_stack_file_renders_no_version(tmp_path) -> None:
     service = next(
         r["inputs"]

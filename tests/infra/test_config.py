@@ -27,7 +27,7 @@ def shipped(stack: str) -> dict[str, str]:
 def test_dev_stack_validates() -> None:
     config = load_stack_config(shipped("dev"))
     assert isinstance(config.cluster, ExistingClusterConfig) and not config.on_aws
-    assert config.image.repository and config.models.champion == "1"
+    assert config.image.repository and config.models.champion is None, "a fresh stack pins no version"
 
 
 def test_aws_stack_validates_once_its_user_names_how_pulumi_reaches_the_api() -> None:
@@ -118,11 +118,17 @@ def test_broken_config_names_the_key_path(case, raw, path) -> None:
 
 def test_missing_required_keys_are_named() -> None:
     raw = shipped("dev")
-    del raw["lockgate:models"]
     del raw["lockgate:serve"]
+    del raw["lockgate:cluster"]
     with pytest.raises(StackConfigError) as caught:
         load_stack_config(raw)
-    assert {p.split(":", 2)[1] for p in caught.value.problems} >= {"models", "serve"}
+    assert {p.split(":", 2)[1] for p in caught.value.problems} >= {"cluster", "serve"}
+
+
+def test_a_candidate_needs_a_pinned_champion() -> None:
+    raw = with_key("dev", "models", {"candidate": "2"})
+    with pytest.raises(StackConfigError, match="a candidate needs models.champion pinned beside it"):
+        load_stack_config(raw)
 
 
 def test_password_set_as_secret_is_accepted() -> None:

@@ -13,7 +13,13 @@ from infra import exports
 from infra.config import EksClusterConfig
 from lockgate.kuberay import training_job
 from policy.rules import StackResource, check_stack
-from serving.desired import RolloutState, ServingFile, load_serving_file, resolve_router_config
+from serving.desired import (
+    RolloutState,
+    ServingFile,
+    following_router_config,
+    load_serving_file,
+    resolve_router_config,
+)
 from serving.render import render_serve_config
 from tests.infra.conftest import CRD_FILES, ROOT, TEST_EGRESS_CIDR, ProgramRun, crd_errors, program
 
@@ -347,9 +353,12 @@ def test_serve_config_v2_is_what_local_mode_deploys(program_runs, tmp_path) -> N
         path = tmp_path / f"{key}.yaml"
         path.write_text(yaml.safe_dump(local))
         file = load_serving_file(path)
-        aliases = {"champion": "1", **({"candidate": "2"} if weight is not None else {})}
         # The environment's default capture location: the artefact store's in a cluster (MinIO's bucket on dev).
-        router = resolve_router_config(file, RolloutState(), aliases, "s3://lockgate/capture")
+        if weight is None:  # the dev stack pins no version: the router follows the champion alias
+            router = following_router_config(file, "s3://lockgate/capture")
+        else:
+            aliases = {"champion": "1", "candidate": "2"}
+            router = resolve_router_config(file, RolloutState(), aliases, "s3://lockgate/capture")
         expected = render_serve_config(file.serving, router)
         assert expected["applications"][0]["deployments"][0]["user_config"]["capture"]["sample_percent"] > 0
         assert serve_config(run) == expected, f"{key}: serveConfigV2 equals the local deployment"
