@@ -41,7 +41,6 @@ import collections
 import json
 import os
 import platform
-import re
 import shutil
 import statistics
 import subprocess
@@ -57,6 +56,7 @@ for _entry in (BENCHMARKS, REPO):
     if str(_entry) not in sys.path:
         sys.path.insert(0, str(_entry))
 
+from pyspy import summarise_collapsed  # noqa: E402
 from serving_bench.any_model import MODELS, register_sklearn_versions, split_body  # noqa: E402
 from serving_bench.environment import env_down, env_up  # noqa: E402
 from serving_bench.probes import wait_answering  # noqa: E402
@@ -339,47 +339,21 @@ def summarise(rounds: list[list[dict[str, Any]]]) -> dict[str, Any]:
     return summary
 
 
-# -- profile -----------------------------------------------------------------------------------------
-FRAME = re.compile(r"^(?P<function>.*?) \((?P<file>[^():]+)(?::\d+)?\)$")
-
-
-def short_frame(frame: str) -> str:
-    """``function (module path tail)`` without the line number, so a function's samples add up."""
-    match = FRAME.match(frame.strip())
-    if not match:
-        return frame.strip()
-    path = match.group("file")
-    for marker in ("site-packages/", "python3.12/", "python3.11/", "python3.13/", str(REPO) + "/"):
-        if marker in path:
-            path = path.split(marker, 1)[1]
-    return f"{match.group('function')} ({path})"
-
-
-def summarise_profile(collapsed: str, top: int = 30) -> dict[str, Any]:
-    """Self and inclusive shares of the sampled (non-idle) stacks, from py-spy's raw (collapsed) output."""
-    self_counts: collections.Counter[str] = collections.Counter()
-    inclusive: collections.Counter[str] = collections.Counter()
-    total = 0
-    for line in collapsed.splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
-        count = int(count_text)
-        frames = [short_frame(f) for f in stack.split(";") if f.strip()]
-        # The first element is the thread's name ("process ... thread ..."): keep only code frames.
-        frames = [f for f in frames if "(" in f]
-        if not frames:
-            continue
-        total += count
-        self_counts[frames[-1]] += count
-        for frame in set(frames):
-            inclusive[frame] += count
-    share = lambda n: round(100 * n / max(total, 1), 1)  # noqa: E731
-    return {
-        "samples": total,
-        "self_pct": [[f, share(n)] for f, n in self_counts.most_common(top)],
-        "inclusive_pct": [[f, share(n)] for f, n in inclusive.most_common(top * 2)],
-    }
+# -- profile ---------------------------------------------------------------------------------------
+# Where a request's time goes in the router: Lockgate's own steps, Serve's, and the model's (any share).
+PROFILE_FOCUS = (
+    "(serving/",
+    "asyncio/threads.py",
+    "PyFuncModel.predict",
+    "_enforce_schema",
+    "predict_proba",
+    "DataFrame.from_records",
+    "ray/util/metrics.py",
+    "handle_request",
+    "starlette/",
+    "uvicorn/",
+    "json/",
+)
 
 
 def profile_router(
@@ -413,7 +387,11 @@ def profile_router(
             pass
         PROCS.stop(process, timeout_s=5)
         text = path.read_text(errors="replace") if path.exists() else ""
-        found[label] = summarise_profile(text) if text else {"error": f"no output; see {path.parent}"}
+        found[label] = (
+            summarise_collapsed(text, 100, focus=PROFILE_FOCUS)
+            if text
+            else {"error": f"no output; see {path.parent}"}
+        )
     return found
 
 
