@@ -148,8 +148,9 @@ def bare_baseline(config_file: str) -> dict[str, Any]:
     import pandas as pd
     import torch
 
+    from contracts.vocabulary import Task
     from pipeline.config import load_config
-    from pipeline.evaluate import auc
+    from pipeline.evaluate import compute_metrics
     from pipeline.model import build_mlp, predict_proba
     from pipeline.prepare import prepare_frame
     from pipeline.train import encode_training_data
@@ -182,7 +183,8 @@ def bare_baseline(config_file: str) -> dict[str, Any]:
     trained = time.perf_counter()
 
     probability = predict_proba(network, data.encoder.transform(prepared.test))
-    test_auc = auc(prepared.test[config.data_schema.label].to_numpy(dtype="float64"), probability)
+    labels = prepared.test[config.data_schema.label].to_numpy(dtype="float64")
+    test_auc = compute_metrics(labels, probability, Task.binary)["auc"]
     return {
         "auc": test_auc,
         "train_rows": int(len(y)),
