@@ -4,6 +4,7 @@ Run from the repository root:
 
     .venv/bin/python benchmarks/bench_pipeline.py            # 3 repeats of everything
     .venv/bin/python benchmarks/bench_pipeline.py --quick    # 1 repeat
+    .venv/bin/python benchmarks/bench_pipeline.py --example diabetes --profile   # a team trainer
 
 What is measured, in this order (the bare script runs first, while no environment is up, so it has the
 machine to itself):
@@ -20,9 +21,20 @@ machine to itself):
 3. ``submit_pipeline`` end to end on one environment, repeated; the first run registers the champion and
    the later ones are gated against it. Per-stage durations come from the run's ``duration_s.*`` metrics.
 
+With ``--example diabetes|wine`` a team trainer is measured instead (``--profile`` adds one sampled run):
+
+4. Bare: the example's own ``train`` function, imported (``load_trainer``) and called in a plain Python
+   subprocess on the pipeline's prepared split (``prepare_frame``), then its held-out r2 / accuracy; timed
+   from process start to end. Pipeline: ``submit_pipeline`` of a copy of ``examples/<name>`` (its own model
+   name and event log) on one environment. The two alternate, round by round. Besides the stages, each run
+   records its timeline: ``submit_job`` (packaging and upload), the job's start and end, the driver's first
+   output and log line, the MLflow run's start and end, each stage's start and end, and the outcome lookup.
+   ``--profile``: one more run with ``py-spy record`` on the job driver (wall time, idle included) and on
+   Ray Train's controller and worker (CPU), summarised by function.
+
 Everything listens on 127.0.0.1 on this script's own ports; every environment is stopped in a ``finally``
 (Ctrl-C and SIGTERM included). Results are printed as a table and written to
-``benchmarks/results/pipeline-<timestamp>.json``.
+``benchmarks/results/pipeline-<timestamp>.json`` (``pipeline-<example>-<timestamp>.json``).
 """
 
 from __future__ import annotations
