@@ -4,6 +4,7 @@ Run from the repository root:
 
     .venv/bin/python benchmarks/bench_pipeline.py            # 3 repeats of everything
     .venv/bin/python benchmarks/bench_pipeline.py --quick    # 1 repeat
+    .venv/bin/python benchmarks/bench_pipeline.py --example diabetes --profile   # a team trainer
 
 What is measured, in this order (the bare script runs first, while no environment is up, so it has the
 machine to itself):
@@ -20,18 +21,31 @@ machine to itself):
 3. ``submit_pipeline`` end to end on one environment, repeated; the first run registers the champion and
    the later ones are gated against it. Per-stage durations come from the run's ``duration_s.*`` metrics.
 
+With ``--example diabetes|wine`` a team trainer is measured instead (``--profile`` adds one sampled run):
+
+4. Bare: the example's own ``train`` function, imported (``load_trainer``) and called in a plain Python
+   subprocess on the pipeline's prepared split (``prepare_frame``), then its held-out r2 / accuracy; timed
+   from process start to end. Pipeline: ``submit_pipeline`` of a copy of ``examples/<name>`` (its own model
+   name and event log) on one environment. The two alternate, round by round. Besides the stages, each run
+   records its timeline: ``submit_job`` (packaging and upload), the job's start and end, the driver's first
+   output and log line, the MLflow run's start and end, each stage's start and end, and the outcome lookup.
+   ``--profile``: one more run with ``py-spy record`` on the job driver (wall time, idle included) and on
+   Ray Train's controller and worker (CPU), summarised by function.
+
 Everything listens on 127.0.0.1 on this script's own ports; every environment is stopped in a ``finally``
 (Ctrl-C and SIGTERM included). Results are printed as a table and written to
-``benchmarks/results/pipeline-<timestamp>.json``.
+``benchmarks/results/pipeline-<timestamp>.json`` (``pipeline-<example>-<timestamp>.json``).
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import statistics
@@ -42,15 +56,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+REPO, BENCHMARKS = Path(__file__).resolve().parents[1], Path(__file__).resolve().parent
+for _entry in (BENCHMARKS, REPO):
+    if str(_entry) not in sys.path:
+        sys.path.insert(0, str(_entry))
 
 # This benchmark's own ports: other environments (a developer's, the test session's) use different ones.
 MLFLOW_PORT, RAY_GCS_PORT, RAY_DASHBOARD_PORT = 27055, 27390, 27275
 NUM_CPUS = 2
 DATA_ROWS, DATA_SEED = 20_000, 0
-STAGES = ("prepare", "train", "package", "evaluate", "gate", "register")
+STAGES = ("prepare", "train", "package", "evaluate", "gate", "register", "rollout")
+EXAMPLES = ("diabetes", "wine")
+# The held-out metric each example is judged on (the same number from the bare script and the run).
+EXAMPLE_METRIC = {"regression": "r2", "multiclass": "accuracy", "binary": "accuracy"}
 BARE_RESULT_PREFIX = "BARE_RESULT "
 RESULTS_DIR = REPO / "benchmarks" / "results"
 
@@ -142,8 +160,9 @@ def bare_baseline(config_file: str) -> dict[str, Any]:
     import pandas as pd
     import torch
 
+    from contracts.vocabulary import Task
     from pipeline.config import load_config
-    from pipeline.evaluate import auc
+    from pipeline.evaluate import compute_metrics
     from pipeline.model import build_mlp, predict_proba
     from pipeline.prepare import prepare_frame
     from pipeline.train import encode_training_data
@@ -176,7 +195,8 @@ def bare_baseline(config_file: str) -> dict[str, Any]:
     trained = time.perf_counter()
 
     probability = predict_proba(network, data.encoder.transform(prepared.test))
-    test_auc = auc(prepared.test[config.data_schema.label].to_numpy(dtype="float64"), probability)
+    labels = prepared.test[config.data_schema.label].to_numpy(dtype="float64")
+    test_auc = compute_metrics(labels, probability, Task.binary)["auc"]
     return {
         "auc": test_auc,
         "train_rows": int(len(y)),
@@ -190,9 +210,10 @@ def bare_baseline(config_file: str) -> dict[str, Any]:
     }
 
 
-def run_bare_once(config_path: Path, threads: int) -> dict[str, Any]:
-    """Start a fresh interpreter for the baseline and time it from process start to end."""
-    command = [sys.executable, str(Path(__file__).resolve()), "--bare-baseline", str(config_path)]
+def run_bare_once(config_path: Path, threads: int, example: bool = False) -> dict[str, Any]:
+    """Start a fresh interpreter for the baseline (an example's trainer with ``example``), time it start to end."""
+    flag = "--bare-example" if example else "--bare-baseline"
+    command = [sys.executable, str(Path(__file__).resolve()), flag, str(config_path)]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads > 0 else None
     start = time.perf_counter()
     finished = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
@@ -211,6 +232,73 @@ def bench_bare(config_path: Path, repeats: int, threads: int) -> list[dict[str, 
         progress(f"bare baseline {i + 1}/{repeats}: {sample['wall_s']:.2f}s, auc {sample['auc']:.4f}")
         samples.append(sample)
     return samples
+
+
+# -- examples: a team trainer's pipeline and the same code as a bare script ----------------------------
+def write_example_files(directory: Path, example: str, model_name: str) -> Path:
+    """A copy of ``examples/<example>`` (pipeline file, data, trainers) with its own model name and event log.
+
+    The copy is the Ray job's working directory, as a team's repository would be.
+    """
+    import yaml
+
+    from pipeline.config import load_config
+
+    shutil.copytree(REPO / "examples" / example, directory, ignore=shutil.ignore_patterns("__pycache__"))
+    path = directory / "pipeline.yaml"
+    raw = yaml.safe_load(path.read_text())
+    raw["events"]["log_file"] = str(directory.parent / f"events-{example}.jsonl")
+    raw["registry"]["model_name"] = model_name
+    raw["rollout"] = {"enabled": False}
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    load_config(path)
+    return path
+
+
+def bare_example(config_file: str) -> dict[str, Any]:
+    """In the child process: the example's own trainer on the pipeline's prepared split, then its test metric."""
+    started = time.perf_counter()
+    from sklearn.metrics import accuracy_score, r2_score
+
+    from contracts.vocabulary import Task
+    from pipeline.config import load_config
+    from pipeline.prepare import load_table, prepare_frame
+    from pipeline.trainer import TrainerInput, load_trainer
+
+    config_path = Path(config_file).resolve()
+    sys.path.insert(0, str(config_path.parent))  # the trainer module, as the job's working directory has it
+    config = load_config(config_path)
+    trainer = load_trainer(str(config.training.trainer))
+    imported = time.perf_counter()
+    frame, _ = load_table(config.data, config_path.parent)
+    prepared = prepare_frame(frame, config.data_schema, config.split, config.task)
+    features, label = list(config.features), config.data_schema.label
+    data = TrainerInput(
+        train=prepared.train,
+        features=tuple(features),
+        label=label,
+        task=config.task,
+        schema=config.data_schema,
+        params=dict(config.training.params),
+        seed=config.training.seed,
+    )
+    split = time.perf_counter()
+    model = trainer(data)
+    trained = time.perf_counter()
+    predicted = model.predict(prepared.test[features])
+    truth = prepared.test[label]
+    metric = EXAMPLE_METRIC[config.task.value]
+    value = r2_score(truth, predicted) if config.task == Task.regression else accuracy_score(truth, predicted)
+    return {
+        "metric": metric,
+        "value": float(value),
+        "train_rows": int(len(prepared.train)),
+        "test_rows": int(len(prepared.test)),
+        "import_s": imported - started,
+        "prepare_s": split - imported,
+        "train_s": trained - split,
+        "predict_s": time.perf_counter() - trained,
+    }
 
 
 # -- 2. up / reuse / down ----------------------------------------------------------------------------
@@ -252,6 +340,104 @@ def job_times(env: Any, submission_id: str) -> dict[str, float | None]:
     return {"job_s": None}
 
 
+@contextlib.contextmanager
+def timed_submit() -> Any:
+    """Time ``JobSubmissionClient.submit_job`` inside ``submit_pipeline`` (it packages and uploads the
+    working directory and the code modules), by wrapping the client ``lockgate.jobs`` builds; yields a dict."""
+    import lockgate.jobs as jobs
+
+    found: dict[str, float] = {}
+    original = jobs.job_client
+
+    def client_with_timing(env: Any) -> Any:
+        client = original(env)
+        submit = client.submit_job
+
+        def submit_job(**kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return submit(**kwargs)
+            finally:
+                found["submit_job_s"] = time.perf_counter() - start
+
+        client.submit_job = submit_job
+        return client
+
+    original_find_run = jobs.find_run
+
+    def find_run_with_timing(*args: Any, **kwargs: Any) -> Any:
+        found["find_run_started"] = time.time()
+        try:
+            return original_find_run(*args, **kwargs)
+        finally:
+            found["find_run_s"] = time.time() - found["find_run_started"]
+
+    jobs.job_client = client_with_timing
+    jobs.find_run = find_run_with_timing
+    try:
+        yield found
+    finally:
+        jobs.job_client = original
+        jobs.find_run = original_find_run
+
+
+LOG_TIME = re.compile(r"^(\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}),(\d{3}) ")
+
+
+def log_time(line: str) -> float | None:
+    """The epoch time of a driver log line (``logging``'s asctime), None for lines without one."""
+    match = LOG_TIME.match(line)
+    if not match:
+        return None
+    stamp = time.mktime(time.strptime(match.group(1), "%Y-%m-%d %H:%M:%S"))
+    return stamp + int(match.group(2)) / 1000
+
+
+def timeline(
+    env: Any,
+    submission_id: str,
+    submitted_at: float,
+    submit: dict[str, float],
+    run: Any,
+    lines: list[tuple[float, str]],
+) -> dict[str, Any]:
+    """Where a run's wall time went outside its stages: submit, job start, driver start, MLflow run, finish.
+
+    Seconds from the moment ``submit_pipeline`` was called (all clocks are this machine's).
+    """
+    from ray.job_submission import JobSubmissionClient
+
+    info = JobSubmissionClient(env.dashboard_url, headers=env.ray_auth_header()).get_job_info(submission_id)
+    # The first line is submit_pipeline's own ("submitted Ray job ..."): the driver's output follows it.
+    first_line = min((t for t, line in lines if not line.startswith("submitted Ray job")), default=None)
+    stamped = [(log_time(line), line) for _, line in lines]
+    stamped = [(t, line) for t, line in stamped if t is not None]
+    marks: dict[str, float | None] = {
+        "submit_job_returned": submit.get("submit_job_s"),
+        "job_start": info.start_time / 1000 - submitted_at if info.start_time else None,
+        "first_driver_output": first_line - submitted_at if first_line else None,
+        "first_driver_log": stamped[0][0] - submitted_at if stamped else None,
+        "mlflow_run_start": run.info.start_time / 1000 - submitted_at if run else None,
+        "mlflow_run_end": run.info.end_time / 1000 - submitted_at if run and run.info.end_time else None,
+        "job_end": info.end_time / 1000 - submitted_at if info.end_time else None,
+        "last_driver_output": max((t for t, _ in lines), default=submitted_at) - submitted_at,
+        # submit_pipeline then reads the outcome from MLflow (entering connected(env) checks health first).
+        "find_run_start": submit["find_run_started"] - submitted_at if "find_run_started" in submit else None,
+        "find_run_end": submit["find_run_started"] + submit["find_run_s"] - submitted_at
+        if "find_run_s" in submit
+        else None,
+    }
+    for stamp, line in stamped:
+        match = re.search(r"stage (\w+): (started|[\d.]+s)$", line)
+        if match:
+            kind = "start" if match.group(2) == "started" else "end"
+            marks[f"stage_{match.group(1)}_{kind}"] = stamp - submitted_at
+    return {
+        "marks": {k: round(v, 3) for k, v in marks.items() if v is not None},
+        "driver_log": [f"{t - submitted_at:7.2f} {line[:200]}" for t, line in stamped][:200],
+    }
+
+
 def run_pipeline_once(env: Any, config_path: Path) -> dict[str, Any]:
     """One ``submit_pipeline`` call, timed end to end, with the run's stage durations and test AUC."""
     from mlflow.tracking import MlflowClient
@@ -259,8 +445,16 @@ def run_pipeline_once(env: Any, config_path: Path) -> dict[str, Any]:
     from lockgate.jobs import submit_pipeline
 
     tail: collections.deque[str] = collections.deque(maxlen=60)
+    lines: list[tuple[float, str]] = []
+
+    def keep(line: str) -> None:
+        tail.append(line)
+        lines.append((time.time(), line))
+
+    submitted_at = time.time()
     start = time.perf_counter()
-    outcome = submit_pipeline(env, config_path, stream=tail.append)
+    with timed_submit() as submit_s:
+        outcome = submit_pipeline(env, config_path, stream=keep)
     wall = time.perf_counter() - start
     sample: dict[str, Any] = {
         "wall_s": wall,
@@ -272,9 +466,15 @@ def run_pipeline_once(env: Any, config_path: Path) -> dict[str, Any]:
         "message": outcome.message,
         **job_times(env, outcome.submission_id),
     }
-    metrics = MlflowClient().get_run(outcome.run_id).data.metrics if outcome.run_id else {}
+    from lockgate.localenv import connected
+
+    with connected(env):  # MLflow's client finds the environment's server only through the process env
+        run = MlflowClient().get_run(outcome.run_id) if outcome.run_id else None
+    metrics = run.data.metrics if run else {}
     sample["stages_s"] = {s: metrics[f"duration_s.{s}"] for s in STAGES if f"duration_s.{s}" in metrics}
     sample["test_auc"] = metrics.get("test.auc")
+    sample["test_metrics"] = {k: v for k, v in metrics.items() if k.startswith("test.") and k.count(".") == 1}
+    sample["timeline_s"] = timeline(env, outcome.submission_id, submitted_at, submit_s, run, lines)
     if outcome.outcome not in ("registered", "blocked"):
         sample["log_tail"] = list(tail)
         progress("pipeline run did not finish; last job log lines:\n      " + "\n      ".join(tail))
@@ -297,6 +497,148 @@ def bench_pipeline(root: Path, config_path: Path, repeats: int) -> list[dict[str
     finally:
         stop_env(env)
     return samples
+
+
+def bench_example(
+    root: Path, config_path: Path, repeats: int, threads: int, profile: bool
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any] | None]:
+    """Bare script and pipeline run, interleaved (the order alternates per round), on one environment.
+
+    With ``profile``, one more pipeline run (not counted) is sampled with py-spy: the job driver (wall time,
+    idle included) and Ray Train's processes (CPU).
+    """
+    env = make_env(root / "example-env")
+    bare: list[dict[str, Any]] = []
+    runs: list[dict[str, Any]] = []
+    profiled = None
+    try:
+        env.up(log=log_env)
+        for i in range(repeats):
+            for kind in ("bare", "pipeline") if i % 2 == 0 else ("pipeline", "bare"):
+                if kind == "bare":
+                    sample = run_bare_once(config_path, threads, example=True)
+                    progress(
+                        f"bare {i + 1}/{repeats}: {sample['wall_s']:.2f}s (train {sample['train_s']:.2f}s), "
+                        f"{sample['metric']} {sample['value']:.4f}"
+                    )
+                    bare.append(sample)
+                else:
+                    sample = run_pipeline_once(env, config_path)
+                    progress(
+                        f"pipeline {i + 1}/{repeats}: {sample['wall_s']:.2f}s, {sample['outcome']} "
+                        f"(exit {sample['exit_code']}), stages {fmt_stages(sample['stages_s'])}"
+                    )
+                    runs.append(sample)
+        if profile:
+            profiled = profile_pipeline(env, config_path, root / "profile")
+    finally:
+        stop_env(env)
+    return bare, runs, profiled
+
+
+def fmt_stages(stages: dict[str, float]) -> str:
+    """``prepare 0.12 train 9.80 ...``."""
+    return " ".join(f"{k} {v:.2f}" for k, v in stages.items())
+
+
+# The calls a pipeline run's wall time is suspected to go to (reported whatever their share).
+PIPELINE_FOCUS = (
+    "(pipeline/",
+    "ray/_private/worker.py",
+    "DataParallelTrainer",
+    "fit (ray/train",
+    "mlflow/tracking/fluent.py",
+    "log_model",
+    "infer_signature",
+    "load_model",
+    "_find_and_load (",
+    "upload",
+    "package",
+)
+PROFILED_NAMES = ("pipeline.run", "ray::RayTrainWorker", "ray::TrainController", "ray::_TrainSession")
+
+
+def profile_pipeline(env: Any, config_path: Path, out_dir: Path) -> dict[str, Any]:
+    """One pipeline run with ``py-spy record`` attached to the job driver and Ray Train's actors as they appear."""
+    import threading
+
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(py_spy).exists():
+        return {"error": "py-spy not installed (pip install py-spy)"}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = env.read_state()
+    ray_session = os.getsid(state.ray.pid) if state else None
+    rate = 50
+    recorders: dict[int, tuple[str, Path, subprocess.Popen]] = {}
+    stop = threading.Event()
+
+    ray_temp = str(env.ray_temp_dir)
+
+    def name_of(pid: int) -> str | None:
+        """The profiled name of a process of this environment (Ray's session, or a job driver in its temp dir)."""
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            command = b" ".join(argv).decode(errors="replace")
+            name = next((n for n in PROFILED_NAMES if n in command), None)
+            if name is None:
+                return None
+            if name == "pipeline.run":
+                # The job driver leads its own session; its working directory is the job's, in Ray's temp dir.
+                python = "python" in argv[0].decode(errors="replace").rsplit("/", 1)[-1]
+                return name if python and os.readlink(f"/proc/{pid}/cwd").startswith(ray_temp) else None
+            return name if ray_session is not None and os.getsid(pid) == ray_session else None
+        except OSError:
+            return None
+
+    def watch() -> None:
+        while not stop.is_set():
+            for entry in os.listdir("/proc"):
+                if not entry.isdigit() or int(entry) in recorders:
+                    continue
+                name = name_of(int(entry))
+                if name is None:
+                    continue
+                driver = name == "pipeline.run"
+                path = out_dir / f"{name.replace(':', '')}-{entry}.txt"
+                command = [py_spy, "record", "--pid", entry, "--rate", str(rate), "--format", "raw"]
+                command += ["--nonblocking", "--duration", "900", "--output", str(path)]
+                if driver:
+                    command.append("--idle")  # the driver mostly waits: wall time, not CPU
+                log = (out_dir / f"py-spy-{entry}.log").open("wb")
+                process = subprocess.Popen(
+                    command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                )
+                recorders[int(entry)] = (name, path, process)
+            stop.wait(0.02)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        sample = run_pipeline_once(env, config_path)
+    finally:
+        stop.set()
+        watcher.join(timeout=5)
+        for _, _, process in recorders.values():
+            try:
+                process.wait(timeout=30)  # py-spy ends when its target exits
+            except subprocess.TimeoutExpired:
+                process.send_signal(signal.SIGINT)
+                try:
+                    process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait(timeout=5)
+    from pyspy import summarise_collapsed
+
+    found: dict[str, Any] = {"rate_hz": rate, "run": sample}
+    for pid, (name, path, _) in recorders.items():
+        text = path.read_text(errors="replace") if path.exists() else ""
+        if not text:
+            continue
+        within = "main (pipeline/run.py)" if name == "pipeline.run" else None
+        found[f"{name} {pid}"] = summarise_collapsed(text, rate, within=within, focus=PIPELINE_FOCUS)
+    progress(f"profiled pipeline run: {sample['wall_s']:.2f}s; processes sampled: {sorted(found)}")
+    return found
 
 
 # -- report ------------------------------------------------------------------------------------------
@@ -372,10 +714,12 @@ def print_table(summary: dict[str, Any], bare: list[dict], ups: list[dict], runs
     print()
 
 
-def write_results(stamp: str, args: argparse.Namespace, payload: dict[str, Any]) -> Path:
-    """benchmarks/results/pipeline-<timestamp>.json."""
+def write_results(
+    stamp: str, args: argparse.Namespace, payload: dict[str, Any], name: str = "pipeline"
+) -> Path:
+    """benchmarks/results/<name>-<timestamp>.json."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"pipeline-{stamp}.json"
+    path = RESULTS_DIR / f"{name}-{stamp}.json"
     path.write_text(
         json.dumps(
             {
@@ -402,6 +746,108 @@ def write_results(stamp: str, args: argparse.Namespace, payload: dict[str, Any])
     return path
 
 
+def summarise_example(bare: list[dict], runs: list[dict]) -> dict[str, Any]:
+    """Medians of both sides, the ratio (of medians, and paired per round), stages and the run's timeline."""
+    bare_wall = median([s["wall_s"] for s in bare])
+    pipeline_wall = median([s["wall_s"] for s in runs])
+    metric = bare[0]["metric"] if bare else None
+    marks = sorted(
+        {k for r in runs for k in r["timeline_s"]["marks"]},
+        key=lambda k: (
+            median([r["timeline_s"]["marks"][k] for r in runs if k in r["timeline_s"]["marks"]]) or 0
+        ),
+    )
+    return {
+        "bare_wall_s": bare_wall,
+        "bare_parts_s": {
+            part: median([s[part] for s in bare])
+            for part in ("import_s", "prepare_s", "train_s", "predict_s")
+        },
+        "bare_metric": {metric: median([s["value"] for s in bare])} if metric else {},
+        "pipeline_wall_s": pipeline_wall,
+        "pipeline_job_s": median([r["job_s"] for r in runs if r.get("job_s") is not None]),
+        "pipeline_metric": {f"test.{metric}": median([r["test_metrics"].get(f"test.{metric}") for r in runs])}
+        if metric
+        else {},
+        "stage_medians_s": {
+            stage: median([r["stages_s"][stage] for r in runs if stage in r["stages_s"]]) for stage in STAGES
+        },
+        "timeline_medians_s": {
+            k: median([r["timeline_s"]["marks"][k] for r in runs if k in r["timeline_s"]["marks"]])
+            for k in marks
+        },
+        "overhead_ratio": pipeline_wall / bare_wall if pipeline_wall and bare_wall else None,
+        "paired_ratios": [r["wall_s"] / b["wall_s"] for r, b in zip(runs, bare, strict=False)],
+        "outcomes": [r["outcome"] for r in runs],
+    }
+
+
+def print_example(example: str, summary: dict[str, Any], bare: list[dict], runs: list[dict]) -> None:
+    """The example's table: both walls, the ratio, the stages and the timeline of a run."""
+    print()
+    print(f"example {example}: {'measurement':<46} {'median':>9}   samples (s)")
+    print("-" * 90)
+    print(
+        f"{'bare script, process start to end':<57} {fmt(summary['bare_wall_s']):>9}   "
+        f"{fmt_samples([s['wall_s'] for s in bare])}"
+    )
+    for part, value in summary["bare_parts_s"].items():
+        print(f"{'  bare ' + part.removesuffix('_s'):<57} {fmt(value):>9}")
+    print(
+        f"{'pipeline, submit_pipeline end to end':<57} {fmt(summary['pipeline_wall_s']):>9}   "
+        f"{fmt_samples([r['wall_s'] for r in runs])}"
+    )
+    for stage, value in summary["stage_medians_s"].items():
+        print(
+            f"{'  stage ' + stage:<57} {fmt(value):>9}   "
+            f"{fmt_samples([r['stages_s'][stage] for r in runs if stage in r['stages_s']])}"
+        )
+    print(f"{'timeline of a run (s after submit_pipeline was called)':<57}")
+    for mark, value in summary["timeline_medians_s"].items():
+        print(f"{'  ' + mark:<57} {fmt(value):>9}")
+    ratio = summary["overhead_ratio"]
+    paired = ", ".join(f"{r:.2f}" for r in summary["paired_ratios"])
+    print(
+        f"{'overhead ratio (pipeline / bare wall)':<57} {fmt(ratio, 'x'):>9}   paired: {paired}  (target <= 1.5x)"
+    )
+    print(
+        f"{'held-out metric, bare vs pipeline':<57} {summary['bare_metric']} vs {summary['pipeline_metric']}"
+    )
+    print()
+
+
+def main_example(args: argparse.Namespace) -> int:
+    """``--example``: bare script and pipeline interleaved on one environment; table and JSON."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    root = Path(tempfile.mkdtemp(prefix="lockgate-bench-"))
+    load_before = os.getloadavg()
+    progress(f"work dir {root}; example {args.example}; repeats {args.repeats}; load average {load_before}")
+    try:
+        config_path = write_example_files(root / args.example, args.example, f"bench-{args.example}-{stamp}")
+        bare, runs, profiled = bench_example(root, config_path, args.repeats, args.bare_threads, args.profile)
+    except BaseException:
+        progress(f"failed: state and logs kept in {root}")
+        raise
+    summary = summarise_example(bare, runs)
+    print_example(args.example, summary, bare, runs)
+    path = write_results(
+        stamp,
+        args,
+        {
+            "example": args.example,
+            "load_average": {"before": load_before, "after": os.getloadavg()},
+            "summary": summary,
+            "bare": bare,
+            "pipeline": runs,
+            "profile": profiled,
+        },
+        name=f"pipeline-{args.example}",
+    )
+    print(f"results written to {path.relative_to(REPO)}; load average {load_before} -> {os.getloadavg()}")
+    shutil.rmtree(root, ignore_errors=True)
+    return 0 if all(r["outcome"] in ("registered", "blocked") for r in runs) else 1
+
+
 # -- entry point -------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """--repeats N (default 3), --quick (repeats 1), --bare-threads N (default 1)."""
@@ -414,7 +860,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=1,
         help="OMP_NUM_THREADS of the bare script (default 1, as a Ray Train worker; 0: torch's default)",
     )
+    parser.add_argument(
+        "--example",
+        choices=EXAMPLES,
+        help="measure examples/<name> (a team trainer) against its trainer run as a bare script instead",
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="with --example: one more run, sampled with py-spy"
+    )
     parser.add_argument("--bare-baseline", metavar="PIPELINE_YAML", help=argparse.SUPPRESS)
+    parser.add_argument("--bare-example", metavar="PIPELINE_YAML", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
         args.repeats = 1
@@ -429,7 +884,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.bare_baseline:
         print(BARE_RESULT_PREFIX + json.dumps(bare_baseline(args.bare_baseline)), flush=True)
         return 0
+    if args.bare_example:
+        print(BARE_RESULT_PREFIX + json.dumps(bare_example(args.bare_example)), flush=True)
+        return 0
     raise_on_sigterm()
+    if args.example:
+        return main_example(args)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     root = Path(tempfile.mkdtemp(prefix="lockgate-bench-"))
     load_before = os.getloadavg()
