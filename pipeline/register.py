@@ -66,6 +66,54 @@ def pinned_requirements() -> list[str]:
     return [f"{name}=={installed_version(name).split('+')[0]}" for name in MODEL_REQUIREMENTS]
 
 
+TEAM_MODEL_REQUIREMENTS = ("mlflow", "numpy", "pandas", "cloudpickle")
+"""What any team model needs at load time, beside the packages its own objects and trainer module come from."""
+
+
+def _object_roots(value: Any, seen: set[int], depth: int = 0) -> set[str]:
+    """Top-level packages of ``value``'s class and of the estimators it holds (a pipeline's steps)."""
+    if id(value) in seen or depth > 6:
+        return set()
+    seen.add(id(value))
+    roots = {type(value).__module__.split(".")[0]}
+    get_params = getattr(value, "get_params", None)
+    if callable(get_params):
+        try:
+            params = get_params(deep=False)
+        except Exception:  # noqa: BLE001 - an estimator-like object whose params cannot be listed
+            params = {}
+        for item in params.values():
+            for part in item if isinstance(item, list | tuple) else (item,):
+                for member in part if isinstance(part, tuple) else (part,):
+                    if hasattr(member, "__module__") and not isinstance(member, type | str | int | float):
+                        roots |= _object_roots(member, seen, depth + 1)
+    return roots
+
+
+def team_model_requirements(model: Any, trainer_module: str | None, flavour: str = "pyfunc") -> list[str]:
+    """``name==version`` for a team model: its classes' packages, its trainer module's imports, the basics.
+
+    Given explicitly, MLflow does not infer them by loading the model again in a subprocess (3 to 8 s of
+    every run, measured with benchmarks/bench_pipeline.py --example diabetes).
+    """
+    import importlib
+    import sys
+    from importlib.metadata import packages_distributions
+
+    roots = _object_roots(model, set())
+    if trainer_module is not None:
+        module = importlib.import_module(trainer_module)
+        for value in vars(module).values():
+            name = value.__name__ if isinstance(value, type(sys)) else getattr(value, "__module__", None)
+            if isinstance(name, str):
+                roots.add(name.split(".")[0])
+    distributions = packages_distributions()
+    names = set(TEAM_MODEL_REQUIREMENTS) | ({"scikit-learn"} if flavour == "sklearn" else set())
+    for root in roots - set(sys.stdlib_module_names):
+        names.update(d for d in distributions.get(root, ()) if d.lower() != "lockgate")
+    return sorted(f"{name}=={installed_version(name).split('+')[0]}" for name in names)
+
+
 def gate_tags(decisions: list[GateDecision]) -> dict[str, str]:
     """Every gate decision as tags: a status per gate, and the full record as JSON."""
     tags = {f"{Tag.gate_prefix}{d.gate}": d.status for d in decisions}
@@ -123,8 +171,10 @@ def log_trained_model(model: Any, flavour: str, input_example: pd.DataFrame, con
 
     task = config.task
     metadata: dict[str, Any] = {ModelMetadata.task.value: task.value}
-    if config.training.trainer is not None:
-        cloudpickle.register_pickle_by_value(importlib.import_module(config.training.trainer.split(":")[0]))
+    trainer_module = config.training.trainer.split(":")[0] if config.training.trainer is not None else None
+    if trainer_module is not None:
+        cloudpickle.register_pickle_by_value(importlib.import_module(trainer_module))
+    requirements = team_model_requirements(model, trainer_module, flavour)
     if flavour == "pyfunc":
         output = model.predict(None, input_example)
         return mlflow.pyfunc.log_model(
@@ -133,6 +183,7 @@ def log_trained_model(model: Any, flavour: str, input_example: pd.DataFrame, con
             signature=infer_signature(input_example, output),
             input_example=input_example,
             metadata=metadata,
+            pip_requirements=requirements,
         )
     predict_fn = "predict"
     if task != Task.regression and callable(getattr(model, "predict_proba", None)):
@@ -147,6 +198,7 @@ def log_trained_model(model: Any, flavour: str, input_example: pd.DataFrame, con
         serialization_format="cloudpickle",
         pyfunc_predict_fn=predict_fn,
         metadata=metadata,
+        pip_requirements=requirements,
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import textwrap
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -125,4 +126,35 @@ def test_a_classifier_logs_with_its_probabilities_and_class_labels(local_mlflow,
     assert np.allclose(predictions.values, model.predict_proba(x)), "probabilities are predict_proba's"
     assert (predictions.labels == model.predict(x)).mean() > 0.99, (
         "the most likely class is the predicted one"
+    )
+
+
+def test_a_team_model_records_the_packages_it_loads_with_and_nothing_is_inferred(
+    local_mlflow,  # noqa: F811 - the fixture, by name
+    team_module,
+) -> None:
+    from lightgbm import LGBMClassifier
+
+    from pipeline.register import team_model_requirements
+
+    # Given a LightGBM classifier (a library the project does not import itself),
+    x, y = frame()
+    model = LGBMClassifier(n_estimators=5, verbose=-1).fit(x, y > 0)
+    config = config_for(Task.binary, {"type": "boolean"})
+    # when it is logged,
+    mlflow.set_experiment("trainer-contract")
+    with mlflow.start_run():
+        info = log_trained_model(model, "sklearn", x.head(5), config)  # type: ignore[arg-type]
+    # then its requirements name LightGBM and scikit-learn (the flavour) with their exact versions, as computed
+    # up front (MLflow's inference reloads the model in a subprocess, 3-8 s per run),
+    local = mlflow.pyfunc.get_model_dependencies(info.model_uri)
+    written = {line.strip() for line in Path(local).read_text().splitlines() if line.strip()}
+    expected = set(team_model_requirements(model, None, "sklearn"))
+    assert expected <= written, f"requirements.txt {sorted(written)} lacks {sorted(expected - written)}"
+    assert any(r.startswith("lightgbm==") for r in written) and any(
+        r.startswith("scikit-learn==") for r in written
+    )
+    # and the logged model loads and predicts as the estimator.
+    assert np.allclose(
+        mlflow.pyfunc.load_model(info.model_uri).predict(x.head(20)), model.predict_proba(x.head(20))
     )
