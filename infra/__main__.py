@@ -339,6 +339,7 @@ def build(config: StackConfig, root: Path) -> dict[str, Any]:
             "alertmanager_file": root / "monitoring" / "alertmanager.yaml",
             "retention": config.monitoring.retention,
             "storage_gib": config.monitoring.storage_gib,
+            "runbook_base_url": config.monitoring.runbook_base_url,
             "ray_pod_labels": ray_pod_labels(NAME),
             "alertmanager_secrets": pulumi.Output.secret(
                 {key: value.get_secret_value() for key, value in (config.alertmanager_secrets or {}).items()}

@@ -206,6 +206,9 @@ class MonitoringConfig(InfraModel):
 
     retention: str = Field(default="15d", pattern=r"^[0-9]+[dhw]$")
     storage_gib: int = Field(default=20, ge=1)
+    # Where the team reads monitoring/README.md (its repository's copy): each alert's runbook_url is this
+    # base + its `runbook` anchor. Unset: the rule files' own runbook_url is kept.
+    runbook_base_url: str | None = Field(default=None, pattern=r"^https?://[^\s]+/$")
 
 
 class WorkerGroupConfig(InfraModel):

@@ -11,7 +11,7 @@ import json
 import re
 from functools import partial
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -51,6 +51,8 @@ class MonitoringArgs(TypedDict):
     ray_pod_labels: dict[str, str]
     # The files the Alertmanager config reads (key → value, a Pulumi secret); a key left out gets UNSET_SECRET.
     alertmanager_secrets: pulumi.Input[dict[str, str]]
+    # Each alert's runbook_url is this base + its runbook annotation (None: the rule files' own).
+    runbook_base_url: NotRequired[str | None]
 
 
 def resource_name(path: Path) -> str:
@@ -61,11 +63,21 @@ def resource_name(path: Path) -> str:
     return name
 
 
-def load_rule_groups(path: Path) -> list[dict[str, Any]]:
-    """The ``groups`` of a Prometheus rule file; refuses a file that has none."""
+def load_rule_groups(path: Path, runbook_base_url: str | None = None) -> list[dict[str, Any]]:
+    """The ``groups`` of a Prometheus rule file; refuses a file that has none.
+
+    ``runbook_base_url``: each alert's ``runbook_url`` becomes this base + its ``runbook`` annotation (the
+    stack's own copy of monitoring/README.md), instead of the rule file's.
+    """
     content = yaml.safe_load(path.read_text())
     if not isinstance(content, dict) or not isinstance(content.get("groups"), list) or not content["groups"]:
         raise ValueError(f"{path}: a rule file needs a non-empty 'groups' list")
+    if runbook_base_url is not None:
+        for group in content["groups"]:
+            for rule in group.get("rules", ()):
+                annotations = rule.get("annotations") or {}
+                if "runbook" in annotations:
+                    annotations["runbook_url"] = runbook_base_url + annotations["runbook"]
     return content["groups"]
 
 
@@ -304,7 +316,7 @@ class Monitoring(pulumi.ComponentResource):
                     component,
                     annotations={"lockgate.dev/source": path.name},
                 ),
-                spec={"groups": load_rule_groups(path)},
+                spec={"groups": load_rule_groups(path, args.get("runbook_base_url"))},
                 opts=crd_opts,
             )
             rule_names.append(f"{name}-{resource_name(path)}")

@@ -330,3 +330,21 @@ def test_haproxy_ingress_is_set_on_the_serving_cluster_only(mocks) -> None:
     service = of_type(default, "RayService")[0].inputs["spec"]["rayClusterConfig"]
     env = service["headGroupSpec"]["template"]["spec"]["containers"][0]["env"]
     assert not any(e["name"] == "RAY_SERVE_ENABLE_HA_PROXY" for e in env), "Serve's proxy unless asked"
+
+
+def test_runbook_links_follow_the_stacks_own_copy_of_the_runbooks() -> None:
+    from infra.components.monitoring import load_rule_groups
+    from tests.conftest import ROOT
+
+    # Given the shipped rule files and a team's own repository address,
+    base = "https://git.example.com/team/platform/-/blob/main/"
+    for path in sorted((ROOT / "monitoring" / "rules").glob("*.yaml")):
+        # when a stack loads them with that base,
+        alerts = [r for g in load_rule_groups(path, base) for r in g["rules"] if "alert" in r]
+        # then every alert links its runbook section under that base; without one the file's link stays.
+        assert alerts, path
+        for rule in alerts:
+            annotations = rule["annotations"]
+            assert annotations["runbook_url"] == base + annotations["runbook"], rule["alert"]
+        kept = [r for g in load_rule_groups(path) for r in g["rules"] if "alert" in r]
+        assert all(r["annotations"]["runbook_url"].startswith("https://github.com/") for r in kept), path
