@@ -404,7 +404,10 @@ class MinioArtifactStore(ArtifactStore):
         generation = random.RandomId(
             f"{name}-users-generation",
             byte_length=4,
-            keepers={"policies": json.dumps(policies, sort_keys=True), **secret_keys},
+            keepers={
+                "policies": json.dumps(policies, sort_keys=True),
+                **{workload: pulumi.Output.secret(key) for workload, key in secret_keys.items()},
+            },
             opts=child,
         )
         setup_labels = kube.labels(name, f"{component}-setup")

@@ -215,7 +215,9 @@ def test_ray_platform_serves_the_given_config_with_credentials_from_a_secret(moc
     assert service["spec"]["serveConfigV2"] == SERVE_CONFIG, "the renderer's output, untouched"
     assert crd_errors(service) == []
     head = service["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]
-    assert head["envFrom"] == [{"secretRef": {"name": "mlflow-serving"}}], "serving's MLflow user, from a Secret"
+    assert head["envFrom"] == [{"secretRef": {"name": "mlflow-serving"}}], (
+        "serving's MLflow user, from a Secret"
+    )
     assert not any("PASSWORD" in e["name"] for e in head["env"]), "no credential inline"
     assert service["spec"]["rayClusterConfig"]["authOptions"] == {"mode": "token"}
 
