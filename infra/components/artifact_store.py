@@ -406,7 +406,7 @@ class MinioArtifactStore(ArtifactStore):
             byte_length=4,
             keepers={
                 "policies": json.dumps(policies, sort_keys=True),
-                **{workload: pulumi.Output.secret(key) for workload, key in secret_keys.items()},
+                **{w: pulumi.Output.secret(key) for w, key in secret_keys.items()},  # type: ignore[arg-type]
             },
             opts=child,
         )

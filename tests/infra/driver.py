@@ -71,7 +71,7 @@ def run(stack_file: Path, overrides: list[str]) -> dict[str, Any]:
     def program() -> Any:
         runpy.run_path(str(ROOT / "infra" / "__main__.py"), run_name="__main__")
         # Which outputs are Pulumi secrets (`pulumi stack output` hides them without --show-secrets).
-        flags = {key: pulumi.Output.from_input(value).is_secret() for key, value in exported.items()}
+        flags: dict[str, Any] = {k: pulumi.Output.from_input(v).is_secret() for k, v in exported.items()}
         return pulumi.Output.all(
             pulumi.Output.all(**exported).apply(resolved.update),
             pulumi.Output.all(**{k: pulumi.Output.from_input(f) for k, f in flags.items()}).apply(

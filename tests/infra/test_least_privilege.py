@@ -218,13 +218,11 @@ def test_dev_store_users_have_the_iam_roles_prefixes_and_no_root_credentials(dev
         "lockgate-exporter": "exporter",
         "lockgate-mlflow": "mlflow",
     }
-    for key, workload in own.items():
+    for key, owner in own.items():
         for template in pods[key]:
             env = {e["name"]: e for c in template["spec"]["containers"] for e in c.get("env", [])}
             ref = env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"]
-            assert ref == f"lockgate-artifacts-minio-{workload}", (
-                f"{key} signs in to MinIO as itself, got {ref}"
-            )
+            assert ref == f"lockgate-artifacts-minio-{owner}", f"{key} signs in to MinIO as itself, got {ref}"
     root_readers = sorted(k for k, ts in pods.items() if any(MINIO_ROOT_SECRET in secrets_of(t) for t in ts))
     assert root_readers == ["lockgate-artifacts-minio", "lockgate-artifacts-minio-setup"], root_readers
     (setup,) = pods["lockgate-artifacts-minio-setup"]
