@@ -16,37 +16,23 @@ import pulumi_aws as aws
 import pulumi_random as random
 import yaml
 
-from infra import exports
-from infra.components.artifact_store import (
-    CAPTURE_PREFIX,
-    EVENTS_PREFIX,
-    MLFLOW_PREFIX,
-    STATE_PREFIX,
-    TRAIN_PREFIX,
-    MinioArtifactStore,
-    S3ArtifactStore,
-)
+from infra import exports, workloads
+from infra.components.artifact_store import MinioArtifactStore, S3ArtifactStore
 from infra.components.cluster import EksCluster, ExistingCluster
-from infra.components.exporter import MetricsExporter, exporter_service_account
+from infra.components.exporter import MetricsExporter
 from infra.components.iam import WorkloadRole, bucket_prefix_statements
 from infra.components.image import CodeImage, RegistryLogin
 from infra.components.kuberay import KubeRayOperator
 from infra.components.monitoring import Monitoring
 from infra.components.namespace import Namespace
 from infra.components.network import Network
-from infra.components.ray_platform import (
-    RayPlatform,
-    ray_pod_labels,
-    ray_service_account,
-    triggers_service_account,
-)
+from infra.components.ray_platform import RayPlatform, WorkloadIdentityArgs, ray_pod_labels
 from infra.components.registry import (
     ImageRepository,
     InClusterPostgres,
     ModelRegistry,
     RdsPostgres,
     mlflow_selector,
-    mlflow_service_account,
     snapshot_prefix,
 )
 from infra.config import EksClusterConfig, StackConfig, load_stack_config, read_engine_config
@@ -147,12 +133,7 @@ def build(config: StackConfig, root: Path) -> dict[str, Any]:
     )
     ns = namespace.name
 
-    annotations: dict[str, pulumi.Input[dict[str, str]]] = {
-        "mlflow": {},
-        "ray": {},
-        "triggers": {},
-        "exporter": {},
-    }
+    annotations: dict[str, pulumi.Input[dict[str, str]]] = {w.name: {} for w in workloads.WORKLOADS}
     store: S3ArtifactStore | MinioArtifactStore
     database: RdsPostgres | InClusterPostgres
     db_config = config.mlflow.database
@@ -165,29 +146,25 @@ def build(config: StackConfig, root: Path) -> dict[str, Any]:
             },
         )
         s3_store = store
-        # Least privilege: MLflow reads and writes model artefacts; Ray pods training checkpoints, captured
-        # traffic (the router writes it) and events; the trigger checks their own state and events, and read
-        # captured traffic; the exporter only reads events and the checks' state.
-        grants: list[tuple[str, str, list[str], list[str]]] = [
-            ("mlflow", mlflow_service_account(NAME), [MLFLOW_PREFIX], []),
-            ("ray", ray_service_account(NAME), [TRAIN_PREFIX, CAPTURE_PREFIX, EVENTS_PREFIX], []),
-            ("triggers", triggers_service_account(NAME), [STATE_PREFIX, EVENTS_PREFIX], [CAPTURE_PREFIX]),
-            ("exporter", exporter_service_account(NAME), [], [EVENTS_PREFIX, STATE_PREFIX]),
-        ]
-        for workload, account, read_write, read_only in grants:
+        # Least privilege, one IAM role per workload's service account, its prefixes only (infra/workloads.py).
+        for workload in workloads.WORKLOADS:
             role = WorkloadRole(
-                f"{NAME}-{workload}-irsa",
+                f"{NAME}-{workload.name}-irsa",
                 {
                     "oidc_provider_arn": eks.oidc_provider_arn,
                     "oidc_issuer": eks.oidc_issuer,
                     "namespace": ns,
-                    "service_account": account,
+                    "service_account": workloads.service_account(NAME, workload.name),
                     "statements": pulumi.Output.all(s3_store.bucket_arn, s3_store.key_arn).apply(
-                        partial(_statements, read_write=read_write, read_only=read_only)
+                        partial(
+                            _statements,
+                            read_write=list(workload.read_write),
+                            read_only=list(workload.read_only),
+                        )
                     ),
                 },
             )
-            annotations[workload] = role.role_arn.apply(lambda arn: {IRSA_ANNOTATION: arn})
+            annotations[workload.name] = role.role_arn.apply(lambda arn: {IRSA_ANNOTATION: arn})
         database = RdsPostgres(
             f"{NAME}-db",
             {
@@ -211,6 +188,11 @@ def build(config: StackConfig, root: Path) -> dict[str, Any]:
                 "storage_gib": config.artifact_store.minio_storage_gib,
                 "image": config.artifact_store.minio_image,
                 "client_image": config.artifact_store.minio_client_image,
+                # The same prefixes per workload as the IAM roles on aws, as MinIO users.
+                "workloads": [
+                    {"workload": w.name, "read_write": list(w.read_write), "read_only": list(w.read_only)}
+                    for w in workloads.WORKLOADS
+                ],
             },
             k8s_opts,
         )
@@ -268,10 +250,16 @@ def build(config: StackConfig, root: Path) -> dict[str, Any]:
             "replicas": config.mlflow.replicas,
             "database": database.database,
             "artifacts_destination": store.mlflow_artifacts_uri,
-            "store_env": store.client_env,
-            "service_account_annotations": annotations["mlflow"],
+            "store_env": store.client_env(workloads.MLFLOW),
+            "service_account_annotations": annotations[workloads.MLFLOW],
             "admin_username": config.mlflow.admin_username,
             "admin_password": admin_password,
+            "registered_model": config.serve.model_name,
+            "users": [
+                {"workload": w.name, "username": workloads.mlflow_username(NAME, w.name), "access": w.mlflow}
+                for w in workloads.WORKLOADS
+                if w.mlflow is not None
+            ],
         },
         k8s_opts,
     )
@@ -286,6 +274,14 @@ def build(config: StackConfig, root: Path) -> dict[str, Any]:
             config.serve, config.canary_weight, config.models.champion, config.models.candidate, uri
         )
     )
+
+    def identity(workload: str) -> WorkloadIdentityArgs:
+        return {
+            "mlflow_secret": registry.client_secrets[workload],
+            "store_env": store.client_env(workload),
+            "service_account_annotations": annotations[workload],
+        }
+
     platform = RayPlatform(
         NAME,
         {
@@ -306,10 +302,10 @@ def build(config: StackConfig, root: Path) -> dict[str, Any]:
                 "memory": ray.workers.memory,
             },
             "mlflow_tracking_uri": registry.tracking_uri,
-            "mlflow_client_secret": registry.client_secret,
-            "store_env": store.client_env,
             "train_storage_uri": store.train_storage_uri,
-            "service_account_annotations": annotations["ray"],
+            "serving": identity(workloads.SERVING),
+            "training": identity(workloads.TRAINING),
+            "triggers": identity(workloads.TRIGGERS),
             "pipeline_file": ray.pipeline_file,
             "trigger_checks": {
                 "schedule": ray.trigger_checks.schedule,
@@ -322,7 +318,6 @@ def build(config: StackConfig, root: Path) -> dict[str, Any]:
             "events_uri": store.events_uri,
             "serving_file_yaml": serving_file_yaml,
             "serve_ingress": ray.serve_ingress,
-            "triggers_service_account_annotations": annotations["triggers"],
             "public_serve": config.public_serve,
         },
         k8s_opts,
@@ -356,8 +351,8 @@ def build(config: StackConfig, root: Path) -> dict[str, Any]:
             "serving_file_yaml": serving_file_yaml,
             "events_uri": store.events_uri,
             "state_uri": store.state_uri,
-            "store_env": store.client_env,
-            "service_account_annotations": annotations["exporter"],
+            "store_env": store.client_env(workloads.EXPORTER),
+            "service_account_annotations": annotations[workloads.EXPORTER],
             "monitoring_namespace": operators.monitoring_namespace,
         },
         # Its PodMonitor needs the monitoring stack's CRDs.
@@ -372,6 +367,7 @@ def build(config: StackConfig, root: Path) -> dict[str, Any]:
             exports.MLFLOW_ADMIN_PASSWORD: registry.admin_password,
             exports.ARTIFACTS_URI: store.mlflow_artifacts_uri,
             exports.SERVE_URL: platform.serve_url,
+            exports.LABELS_TOKEN: platform.labels_token,
             exports.SERVE_CONFIG: serve_config,
             exports.RAY_SERVICE: platform.service_name,
             exports.TRAINING_JOB_MANIFEST: platform.training_job_manifest,

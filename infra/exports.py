@@ -7,6 +7,7 @@ MLFLOW_ADMIN_USERNAME = "mlflowAdminUsername"
 MLFLOW_ADMIN_PASSWORD = "mlflowAdminPassword"
 ARTIFACTS_URI = "artifactsUri"
 SERVE_URL = "serveUrl"
+LABELS_TOKEN = "labelsToken"  # secret: the bearer token POST <route>/labels needs
 SERVE_CONFIG = "serveConfig"
 RAY_SERVICE = "rayService"
 TRAINING_JOB_MANIFEST = "trainingJobManifest"
@@ -25,6 +26,7 @@ ALL: tuple[str, ...] = (
     MLFLOW_ADMIN_PASSWORD,
     ARTIFACTS_URI,
     SERVE_URL,
+    LABELS_TOKEN,
     SERVE_CONFIG,
     RAY_SERVICE,
     TRAINING_JOB_MANIFEST,

@@ -14,8 +14,10 @@ PART_OF = "lockgate"
 # Annotation the program puts on a Service only when the stack asked for a public endpoint; the policy
 # pack allows a public LoadBalancer only with it.
 PUBLIC_ENDPOINT_ANNOTATION = "lockgate.dev/public-endpoint"
-# Pod label granting access to MLflow and the artefact store through their NetworkPolicies.
-CLIENT_LABEL = "lockgate.dev/mlflow-client"
+# Pod label granting access to the artefact store (MinIO's NetworkPolicy on dev).
+STORE_CLIENT_LABEL = "lockgate.dev/store-client"
+# Pod label naming the workload a pod belongs to (infra/workloads.py): MLflow's NetworkPolicy admits by it.
+WORKLOAD_LABEL = "lockgate.dev/workload"
 
 
 def labels(instance: str, component: str) -> dict[str, str]:
@@ -147,13 +149,20 @@ def network_policy(
 
 
 def workload_spec(
-    replicas: int, selector: dict[str, str], pod_labels: dict[str, str], pod_spec: dict[str, Any]
+    replicas: int,
+    selector: dict[str, str],
+    pod_labels: dict[str, str],
+    pod_spec: dict[str, Any],
+    pod_annotations: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What a Deployment's and a StatefulSet's spec share: ``replicas`` pods of one template, by ``selector``."""
+    metadata: dict[str, Any] = {"labels": pod_labels}
+    if pod_annotations:
+        metadata["annotations"] = pod_annotations
     return {
         "replicas": replicas,
         "selector": {"matchLabels": selector},
-        "template": {"metadata": {"labels": pod_labels}, "spec": pod_spec},
+        "template": {"metadata": metadata, "spec": pod_spec},
     }
 
 

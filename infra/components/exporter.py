@@ -14,7 +14,8 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from contracts.settings import EnvVar
-from infra import kube
+from infra import kube, workloads
+from infra.components.registry import workload_labels
 
 EXPORTER_USER_ID = 1000  # the code image's user
 METRICS_PORT = 9464
@@ -23,7 +24,7 @@ CONFIG_DIR, SERVING_FILE = "/etc/lockgate", "serving.yaml"
 
 def exporter_service_account(name: str) -> str:
     """The exporter's service account (an IRSA role trusts it by name): it reads events and state only."""
-    return f"{name}-exporter"
+    return workloads.service_account(name, workloads.EXPORTER)
 
 
 class MetricsExporterArgs(TypedDict):
@@ -66,8 +67,8 @@ class MetricsExporter(pulumi.ComponentResource):
             opts=child,
         )
         selector = kube.selector(name, component)
-        # The client label lets it reach the artefact store (MinIO's NetworkPolicy on dev).
-        self.pod_labels = {**kube.labels(name, component), kube.CLIENT_LABEL: "true"}
+        # Its workload label lets it reach the artefact store (MinIO's NetworkPolicy on dev), not MLflow.
+        self.pod_labels = {**kube.labels(name, component), **workload_labels(workloads.EXPORTER)}
         container = {
             "name": "exporter",
             "image": args["image"],

@@ -42,9 +42,15 @@ def irsa_trust_policy(provider_arn: str, issuer: str, namespace: str, service_ac
 
 
 def bucket_prefix_statements(
-    bucket_arn: str, key_arn: str, read_write: list[str], read_only: tuple[str, ...] | list[str] = ()
+    bucket_arn: str,
+    key_arn: str | None,
+    read_write: tuple[str, ...] | list[str],
+    read_only: tuple[str, ...] | list[str] = (),
 ) -> list[dict[str, Any]]:
-    """Objects under these prefixes of one bucket only (read-write, or read-only), listing only them, its key."""
+    """Objects under these prefixes of one bucket only (read-write, or read-only), listing only them, its key.
+
+    ``key_arn`` None: no KMS grant (MinIO's policies use the same statements without one).
+    """
     statements: list[dict[str, Any]] = []
     if read_write:
         statements.append(
@@ -63,19 +69,18 @@ def bucket_prefix_statements(
             }
         )
     prefixes = [*read_write, *read_only]
-    statements += [
+    statements.append(
         {
             "Effect": "Allow",
             "Action": "s3:ListBucket",
             "Resource": bucket_arn,
             "Condition": {"StringLike": {"s3:prefix": [form for p in prefixes for form in (f"{p}/*", p)]}},
-        },
-        {
-            "Effect": "Allow",
-            "Action": ["kms:Decrypt", "kms:GenerateDataKey"],
-            "Resource": key_arn,
-        },
-    ]
+        }
+    )
+    if key_arn is not None:
+        statements.append(
+            {"Effect": "Allow", "Action": ["kms:Decrypt", "kms:GenerateDataKey"], "Resource": key_arn}
+        )
     return statements
 
 

@@ -13,10 +13,12 @@ from typing import Any, Literal, TypedDict
 
 import pulumi
 import pulumi_kubernetes as k8s
+import pulumi_random as random
 import yaml
 
 from contracts.settings import EnvVar
-from infra import kube
+from infra import kube, workloads
+from infra.components.registry import workload_labels
 from serving.spec import SERVE_INGRESS_ENV
 
 RAY_USER_ID = 1000
@@ -40,16 +42,23 @@ ROLE_LABEL, TRAINING_ROLE = "lockgate.dev/role", "training"
 WAIT_FOR_ANNOTATION, TIMEOUT_ANNOTATION = "pulumi.com/waitFor", "pulumi.com/timeoutSeconds"
 RAY_SERVICE_READY = "condition=Ready"
 AWAIT_TIMEOUT_SECONDS = 1200
+# Where the serving cluster's pods find the /labels bearer token (the router reads the file the env names).
+LABELS_TOKEN_DIR, LABELS_TOKEN_FILE = "/etc/lockgate-labels", "token"
 
 
-def ray_service_account(name: str) -> str:
-    """The service account every Ray pod of a RayPlatform runs as (an IRSA role trusts it by name)."""
-    return f"{name}-ray"
+def serving_service_account(name: str) -> str:
+    """The service account the serving RayService's pods run as (an IRSA role trusts it by name)."""
+    return workloads.service_account(name, workloads.SERVING)
+
+
+def training_service_account(name: str) -> str:
+    """The service account every training RayJob's pods run as (an IRSA role trusts it by name)."""
+    return workloads.service_account(name, workloads.TRAINING)
 
 
 def triggers_service_account(name: str) -> str:
     """The service account the trigger checks run as: it may create and read RayJobs, nothing else."""
-    return f"{name}-triggers"
+    return workloads.service_account(name, workloads.TRIGGERS)
 
 
 def awaited(condition: str) -> dict[str, str]:
@@ -81,8 +90,19 @@ class TriggerChecksArgs(TypedDict):
     memory: str
 
 
+class WorkloadIdentityArgs(TypedDict):
+    """Who one workload's pods are: their MLflow user's Secret, their store credentials, their IRSA role."""
+
+    # Name of the Secret with MLFLOW_TRACKING_USERNAME / _PASSWORD for this workload's own MLflow user.
+    mlflow_secret: pulumi.Input[str]
+    # Environment its S3 client needs (its own MinIO access key on dev; nothing with IRSA).
+    store_env: list[dict[str, Any]]
+    # Annotations of its service account (the IRSA role on aws).
+    service_account_annotations: pulumi.Input[dict[str, str]]
+
+
 class RayPlatformArgs(TypedDict):
-    """The operator, the image, the serve config and what Ray pods need to reach MLflow and the store."""
+    """The operator, the image, the serve config and each workload's identity (serving, training, triggers)."""
 
     namespace: pulumi.Input[str]
     # What the custom resources wait for: the KubeRay operator and its CRDs when this stack installs them.
@@ -96,10 +116,10 @@ class RayPlatformArgs(TypedDict):
     head_memory: str
     workers: WorkerGroupArgs
     mlflow_tracking_uri: pulumi.Input[str]
-    mlflow_client_secret: pulumi.Input[str]
-    store_env: list[dict[str, Any]]
     train_storage_uri: pulumi.Input[str]
-    service_account_annotations: pulumi.Input[dict[str, str]]
+    serving: WorkloadIdentityArgs
+    training: WorkloadIdentityArgs
+    triggers: WorkloadIdentityArgs
     pipeline_file: str
     trigger_checks: TriggerChecksArgs
     capture_uri: pulumi.Input[str]
@@ -107,19 +127,37 @@ class RayPlatformArgs(TypedDict):
     events_uri: pulumi.Input[str]
     serving_file_yaml: str
     serve_ingress: Literal["proxy", "haproxy"]
-    triggers_service_account_annotations: pulumi.Input[dict[str, str]]
     public_serve: bool
+
+
+class RayNodeArgs(TypedDict):
+    """What differs between the serving and the training clusters' nodes."""
+
+    workload: str
+    identity: WorkloadIdentityArgs
+    account: pulumi.Input[str]
+    autoscale: bool
+    # Set on every node (the serving cluster's ingress choice, the labels token's file).
+    extra_env: dict[str, str]
+    # Secret volumes every node mounts read-only: volume name → (Secret name, mount path).
+    secret_mounts: dict[str, tuple[pulumi.Input[str], str]]
 
 
 def ray_container(
     name: str,
     args: RayPlatformArgs,
+    node: RayNodeArgs,
     cpu: str,
     memory: str,
     ports: list[dict[str, Any]],
-    extra_env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """A Ray node container: the code image, MLflow credentials from a Secret, bounded and non-root."""
+    """A Ray node container: the code image, its workload's MLflow user from a Secret, bounded and non-root."""
+    identity = node["identity"]
+    mounts: list[dict[str, Any]] = [{"name": "ray-logs", "mountPath": "/tmp/ray"}]
+    mounts += [
+        {"name": volume, "mountPath": path, "readOnly": True}
+        for volume, (_, path) in sorted(node["secret_mounts"].items())
+    ]
     return {
         "name": name,
         "image": args["image"],
@@ -130,40 +168,37 @@ def ray_container(
             {"name": EnvVar.events_uri.value, "value": args["events_uri"]},
             {"name": "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "value": "5"},
             {"name": "RAY_USAGE_STATS_ENABLED", "value": "0"},
-            *args["store_env"],
-            *({"name": key, "value": value} for key, value in (extra_env or {}).items()),
+            *identity["store_env"],
+            *({"name": key, "value": value} for key, value in sorted(node["extra_env"].items())),
         ],
-        # MLFLOW_TRACKING_USERNAME / _PASSWORD: never in the serve config, only in this Secret.
-        "envFrom": [{"secretRef": {"name": args["mlflow_client_secret"]}}],
+        # MLFLOW_TRACKING_USERNAME / _PASSWORD: never in the serve config, only in the workload's Secret.
+        "envFrom": [{"secretRef": {"name": identity["mlflow_secret"]}}],
         "resources": kube.resources(cpu, memory),
         "securityContext": kube.container_security(RAY_USER_ID),
-        "volumeMounts": [{"name": "ray-logs", "mountPath": "/tmp/ray"}],
+        "volumeMounts": mounts,
     }
 
 
-def pod_spec(account: pulumi.Input[str], container: dict[str, Any]) -> dict[str, Any]:
-    """A Ray pod: one container, our service account, non-root, a scratch volume for Ray's session dir."""
+def pod_spec(node: RayNodeArgs, container: dict[str, Any]) -> dict[str, Any]:
+    """A Ray pod: one container, its workload's service account, non-root, a scratch dir, its Secret volumes."""
+    volumes: list[dict[str, Any]] = [{"name": "ray-logs", "emptyDir": {}}]
+    volumes += [
+        # 0440: the Ray user's group (fsGroup) reads it, nobody else.
+        {"name": volume, "secret": {"secretName": secret, "defaultMode": 0o440}}
+        for volume, (secret, _) in sorted(node["secret_mounts"].items())
+    ]
     return {
-        "serviceAccountName": account,
+        "serviceAccountName": node["account"],
         "securityContext": kube.pod_security(RAY_USER_ID),
         "containers": [container],
-        "volumes": [{"name": "ray-logs", "emptyDir": {}}],
+        "volumes": volumes,
     }
 
 
-def ray_cluster_spec(
-    name: str,
-    args: RayPlatformArgs,
-    account: pulumi.Input[str],
-    autoscale: bool,
-    extra_env: dict[str, str] | None = None,
-) -> dict[str, Any]:
-    """A RayCluster spec: a head that schedules no work, one autoscaled worker group, token auth on.
-
-    ``extra_env``: set on every node (the serving cluster's ingress choice).
-    """
+def ray_cluster_spec(name: str, args: RayPlatformArgs, node: RayNodeArgs) -> dict[str, Any]:
+    """A RayCluster spec: a head that schedules no work, one autoscaled worker group, token auth on."""
     workers = args["workers"]
-    pod_labels = {**ray_pod_labels(name), kube.CLIENT_LABEL: "true"}
+    pod_labels = {**ray_pod_labels(name), **workload_labels(node["workload"])}
     head_ports = [
         {"name": "gcs-server", "containerPort": GCS_PORT},
         {"name": "dashboard", "containerPort": DASHBOARD_PORT},
@@ -189,10 +224,8 @@ def ray_cluster_spec(
             "template": {
                 "metadata": {"labels": pod_labels},
                 "spec": pod_spec(
-                    account,
-                    ray_container(
-                        "ray-head", args, args["head_cpu"], args["head_memory"], head_ports, extra_env
-                    ),
+                    node,
+                    ray_container("ray-head", args, node, args["head_cpu"], args["head_memory"], head_ports),
                 ),
             },
         },
@@ -206,16 +239,16 @@ def ray_cluster_spec(
                 "template": {
                     "metadata": {"labels": pod_labels},
                     "spec": pod_spec(
-                        account,
+                        node,
                         ray_container(
-                            "ray-worker", args, workers["cpu"], workers["memory"], worker_ports, extra_env
+                            "ray-worker", args, node, workers["cpu"], workers["memory"], worker_ports
                         ),
                     ),
                 },
             }
         ],
     }
-    if autoscale:
+    if node["autoscale"]:
         spec["enableInTreeAutoscaling"] = True
         # KubeRay injects the autoscaler as a sidecar of the head: bound and harden it too.
         spec["autoscalerOptions"] = {
@@ -242,6 +275,14 @@ def training_entrypoint(pipeline_file: str) -> str:
 
 def training_job_spec(name: str, args: RayPlatformArgs, account: pulumi.Input[str]) -> dict[str, Any]:
     """A RayJob spec that runs the pipeline entrypoint on its own cluster, torn down when the run ends."""
+    node: RayNodeArgs = {
+        "workload": workloads.TRAINING,
+        "identity": args["training"],
+        "account": account,
+        "autoscale": False,
+        "extra_env": {},
+        "secret_mounts": {},
+    }
     return {
         "entrypoint": training_entrypoint(args["pipeline_file"]),
         "shutdownAfterJobFinishes": True,
@@ -249,7 +290,7 @@ def training_job_spec(name: str, args: RayPlatformArgs, account: pulumi.Input[st
         "activeDeadlineSeconds": 4 * 3600,
         "backoffLimit": 0,
         "submissionMode": "K8sJobMode",
-        "rayClusterSpec": ray_cluster_spec(name, args, account, autoscale=False),
+        "rayClusterSpec": ray_cluster_spec(name, args, node),
         "submitterPodTemplate": {
             "metadata": {"labels": {**ray_pod_labels(name), "lockgate.dev/role": "submitter"}},
             "spec": {
@@ -280,6 +321,8 @@ class RayPlatform(pulumi.ComponentResource):
     serve_url: pulumi.Output[str]
     training_job_manifest: pulumi.Output[str]
     pod_labels: dict[str, str]
+    # The bearer token the router's POST /labels needs (a Pulumi secret; the pods read it from a Secret file).
+    labels_token: pulumi.Output[str]
 
     def __init__(self, name: str, args: RayPlatformArgs, opts: pulumi.ResourceOptions | None = None):
         workers = args["workers"]
@@ -289,18 +332,39 @@ class RayPlatform(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         namespace = args["namespace"]
         component = f"{name}-ray"
+        # Serving and training are separate identities: their own service accounts (IRSA roles), MLflow users
+        # and store credentials.
         account = kube.service_account(
-            f"{name}-ray-account",
+            f"{name}-serving-account",
             kube.metadata(
-                ray_service_account(name),
+                serving_service_account(name),
                 namespace,
                 name,
                 component,
-                annotations=args["service_account_annotations"],
+                annotations=args["serving"]["service_account_annotations"],
             ),
             child,
         )
-        # The head's autoscaler runs under this account: it may read and patch its own pods and cluster only.
+        training_account = kube.service_account(
+            f"{name}-training-account",
+            kube.metadata(
+                training_service_account(name),
+                namespace,
+                name,
+                component,
+                annotations=args["training"]["service_account_annotations"],
+            ),
+            child,
+            mount_token=False,  # a training cluster has no autoscaler: nothing in it calls the Kubernetes API
+        )
+        labels_token = random.RandomPassword(f"{name}-labels-token", length=48, special=False, opts=child)
+        labels_secret = k8s.core.v1.Secret(
+            f"{name}-labels-token",
+            metadata=kube.metadata(f"{name}-labels-token", namespace, name, component),
+            string_data={LABELS_TOKEN_FILE: labels_token.result},
+            opts=child,
+        )
+        # The serving head's autoscaler runs under its account: it may read and patch its own pods and cluster.
         autoscaler_metadata = kube.metadata(f"{name}-ray-autoscaler", namespace, name, component)
         autoscaler_rules: Any = [
             {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "patch"]},
@@ -335,15 +399,23 @@ class RayPlatform(pulumi.ComponentResource):
                 "rayClusterConfig": ray_cluster_spec(
                     name,
                     args,
-                    account.metadata.name,
-                    autoscale=True,
-                    extra_env=SERVE_INGRESS_ENV[args["serve_ingress"]],
+                    {
+                        "workload": workloads.SERVING,
+                        "identity": args["serving"],
+                        "account": account.metadata.name,
+                        "autoscale": True,
+                        "extra_env": {
+                            **SERVE_INGRESS_ENV[args["serve_ingress"]],
+                            EnvVar.labels_token_file.value: f"{LABELS_TOKEN_DIR}/{LABELS_TOKEN_FILE}",
+                        },
+                        "secret_mounts": {"labels-token": (labels_secret.metadata.name, LABELS_TOKEN_DIR)},
+                    },
                 ),
                 "serveService": serve_service,
             },
             opts=crd_opts,
         )
-        job_spec = training_job_spec(name, args, account.metadata.name)
+        job_spec = training_job_spec(name, args, training_account.metadata.name)
         self._network_policies(name, args)
         self.training_job_manifest = pulumi.Output.from_input(
             {
@@ -364,12 +436,14 @@ class RayPlatform(pulumi.ComponentResource):
             "http://", serve_service_name, ".", namespace, f".svc.cluster.local:{SERVE_PORT}"
         )
         self.pod_labels = ray_pod_labels(name)
+        self.labels_token = pulumi.Output.secret(labels_token.result)
         self.register_outputs(
             {
                 "service_name": self.service_name,
                 "serve_url": self.serve_url,
                 "training_job_manifest": self.training_job_manifest,
                 "pod_labels": self.pod_labels,
+                "labels_token": self.labels_token,
             }
         )
 
@@ -403,9 +477,9 @@ class RayPlatform(pulumi.ComponentResource):
         The checks keep their memory in the artefact store and read the router's captured traffic there; the
         pod's account may create, get and list RayJobs in this namespace and nothing else.
         """
-        namespace, checks = args["namespace"], args["trigger_checks"]
+        namespace, checks, identity = args["namespace"], args["trigger_checks"], args["triggers"]
         component = f"{name}-triggers"
-        annotations = args["triggers_service_account_annotations"]
+        annotations = identity["service_account_annotations"]
         account = kube.service_account(
             f"{name}-triggers-account",
             kube.metadata(
@@ -437,9 +511,9 @@ class RayPlatform(pulumi.ComponentResource):
                 {"name": EnvVar.serving_file.value, "value": f"{TEMPLATE_DIR}/{SERVING_FILE}"},
                 {"name": EnvVar.events_file.value, "value": "/tmp/lockgate/events.jsonl"},
                 {"name": "HOME", "value": "/tmp"},
-                *args["store_env"],
+                *identity["store_env"],
             ],
-            "envFrom": [{"secretRef": {"name": args["mlflow_client_secret"]}}],
+            "envFrom": [{"secretRef": {"name": identity["mlflow_secret"]}}],
             "resources": kube.resources(checks["cpu"], checks["memory"]),
             "securityContext": kube.container_security(RAY_USER_ID, read_only_root=True),
             "volumeMounts": [
@@ -448,7 +522,7 @@ class RayPlatform(pulumi.ComponentResource):
             ],
         }
         pod = {
-            "metadata": {"labels": {**kube.labels(name, component), kube.CLIENT_LABEL: "true"}},
+            "metadata": {"labels": {**kube.labels(name, component), **workload_labels(workloads.TRIGGERS)}},
             "spec": {
                 "restartPolicy": "Never",
                 "serviceAccountName": account.metadata.name,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, TypedDict
+from typing import Any, Literal, TypedDict
 
 import pulumi
 import pulumi_aws as aws
@@ -16,11 +16,14 @@ import pulumi_random as random
 
 from contracts.settings import EnvVar
 from infra import kube
+from infra.components.artifact_store import GENERATION_ANNOTATION
+from lockgate import mlflow_admin
 
 POSTGRES_PORT = 5432
 POSTGRES_USER_ID = 999  # the postgres image's own user
 MLFLOW_PORT = 5000
 MLFLOW_USER_ID = 1000  # the code image's user (Ray's images run as uid 1000)
+MLFLOW_WORKLOAD = "mlflow"
 DATABASE_NAME = "mlflow"
 DATABASE_USER = "mlflow"
 
@@ -316,8 +319,16 @@ class ImageRepository(pulumi.ComponentResource):
         self.register_outputs({"repository_url": self.repository_url, "repository_arn": self.repository_arn})
 
 
+class MlflowUserArgs(TypedDict):
+    """One workload's MLflow user: ``writer`` (an admin apart from the human one) or ``reader`` (READ only)."""
+
+    workload: str
+    username: str
+    access: Literal["writer", "reader"]
+
+
 class ModelRegistryArgs(TypedDict):
-    """Everything the MLflow server needs: image, database, artefact store, identity, admin credentials."""
+    """Everything the MLflow server needs: image, database, artefact store, identity, admin and workload users."""
 
     namespace: pulumi.Input[str]
     image: pulumi.Input[str]
@@ -330,11 +341,56 @@ class ModelRegistryArgs(TypedDict):
     service_account_annotations: pulumi.Input[dict[str, str]]
     admin_username: str
     admin_password: pulumi.Input[str]
+    # The registered model readers get READ on (the one the stack serves).
+    registered_model: str
+    # One user per workload that calls MLflow; only their pods (by workload label) reach MLflow.
+    users: list[MlflowUserArgs]
+
+
+USERS_FILE = "users.json"
+AUTH_DIR = "/etc/mlflow-auth"
+
+
+def user_entry(user: MlflowUserArgs, password: str, registered_model: str) -> dict[str, Any]:
+    """A user as ``python -m lockgate.mlflow_admin`` reads it: readers get READ on the served model only."""
+    return {
+        "username": user["username"],
+        "password": password,
+        "is_admin": user["access"] == "writer",
+        "registered_models": {registered_model: "READ"} if user["access"] == "reader" else {},
+    }
+
+
+def validate_users(admin_username: str, users: list[MlflowUserArgs]) -> None:
+    """Raise ValueError naming the field when users repeat, reuse the admin's name or ask for unknown access."""
+    names = [admin_username, *(u["username"] for u in users)]
+    if len(set(names)) != len(names):
+        raise ValueError(
+            f"users: every username differs from the others and from admin_username, got {names}"
+        )
+    workloads = [u["workload"] for u in users]
+    if len(set(workloads)) != len(workloads):
+        raise ValueError(f"users: one user per workload, got {workloads}")
+    for user in users:
+        if user["access"] not in ("writer", "reader"):
+            raise ValueError(
+                f"users: {user['workload']}'s access must be writer or reader, got {user['access']!r}"
+            )
 
 
 def mlflow_service_account(name: str) -> str:
     """The service account a ModelRegistry's MLflow pods run as (an IRSA role trusts it by name)."""
     return f"{name}-mlflow"
+
+
+def workload_labels(workload: str) -> dict[str, str]:
+    """Labels naming a pod's workload, and letting it reach the artefact store."""
+    return {kube.WORKLOAD_LABEL: workload, kube.STORE_CLIENT_LABEL: "true"}
+
+
+def mlflow_peer(workload: str) -> dict[str, Any]:
+    """A NetworkPolicy peer: this namespace's pods of one workload."""
+    return kube.same_namespace_pods({kube.WORKLOAD_LABEL: workload})
 
 
 def mlflow_selector(name: str) -> dict[str, str]:
@@ -370,13 +426,17 @@ class ModelRegistry(pulumi.ComponentResource):
     """The MLflow server (auth on, Postgres backend, proxied artefacts) behind a namespace-only Service."""
 
     tracking_uri: pulumi.Output[str]
-    client_secret: pulumi.Output[str]
+    # Per workload, the name of the Secret holding its MLflow user (MLFLOW_TRACKING_USERNAME / _PASSWORD).
+    client_secrets: dict[str, pulumi.Output[str]]
     service_name: pulumi.Output[str]
     admin_password: pulumi.Output[str]
 
     def __init__(self, name: str, args: ModelRegistryArgs, opts: pulumi.ResourceOptions | None = None):
         if args["replicas"] < 1:
             raise ValueError("replicas: at least one MLflow server")
+        if not args["registered_model"]:
+            raise ValueError("registered_model: readers need the model they read")
+        validate_users(args["admin_username"], args["users"])
         super().__init__("lockgate:registry:ModelRegistry", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         namespace = args["namespace"]
@@ -385,6 +445,21 @@ class ModelRegistry(pulumi.ComponentResource):
         admin_password = pulumi.Output.secret(args["admin_password"])
         flask_key = random.RandomPassword(f"{name}-mlflow-flask-key", length=48, special=False, opts=child)
         database_uri = args["database"].uri()
+        users = args["users"]
+        passwords = {
+            user["workload"]: random.RandomPassword(
+                f"{name}-mlflow-{user['workload']}-password", length=32, special=False, opts=child
+            ).result
+            for user in users
+        }
+        users_json: pulumi.Output[str] = pulumi.Output.secret(  # type: ignore[arg-type]
+            pulumi.Output.all(*(passwords[u["workload"]] for u in users)).apply(
+                lambda values: json.dumps(
+                    [user_entry(u, v, args["registered_model"]) for u, v in zip(users, values, strict=True)],
+                    sort_keys=True,
+                )
+            )
+        )
         server_secret = k8s.core.v1.Secret(
             f"{name}-mlflow-server",
             metadata=kube.metadata(f"{name}-mlflow-server", namespace, name, component),
@@ -393,16 +468,29 @@ class ModelRegistry(pulumi.ComponentResource):
                 "auth.ini": database_uri.apply(auth_config),
                 "flask-secret-key": flask_key.result,
                 "admin-password": admin_password,
+                USERS_FILE: users_json,
             },
             opts=child,
         )
-        client_secret = k8s.core.v1.Secret(
-            f"{name}-mlflow-client",
-            metadata=kube.metadata(f"{name}-mlflow-client", namespace, name, component),
-            string_data={
-                EnvVar.mlflow_username.value: args["admin_username"],
-                EnvVar.mlflow_password.value: admin_password,
-            },
+        # Each workload's pods mount their own user's Secret; the admin's stays with the server.
+        self.client_secrets = {}
+        for user in users:
+            workload = user["workload"]
+            client_secret = k8s.core.v1.Secret(
+                f"{name}-mlflow-{workload}",
+                metadata=kube.metadata(f"{name}-mlflow-{workload}", namespace, name, component),
+                string_data={
+                    EnvVar.mlflow_username.value: user["username"],
+                    EnvVar.mlflow_password.value: passwords[workload],
+                },
+                opts=child,
+            )
+            self.client_secrets[workload] = client_secret.metadata.name
+        # A changed password changes the pod template, so the pods restart and the init container applies it.
+        generation = random.RandomId(
+            f"{name}-mlflow-credentials-generation",
+            byte_length=4,
+            keepers={"admin": admin_password, "users": users_json},
             opts=child,
         )
         annotations = args["service_account_annotations"]
@@ -423,12 +511,41 @@ class ModelRegistry(pulumi.ComponentResource):
             spec=kube.workload_spec(
                 args["replicas"],
                 selector,
-                {**kube.labels(name, component), kube.CLIENT_LABEL: "true"},
+                {**kube.labels(name, component), **workload_labels(MLFLOW_WORKLOAD)},
                 {
                     "serviceAccountName": account.metadata.name,
                     # MLflow never calls the Kubernetes API (IRSA's web identity token is a volume of its own).
                     "automountServiceAccountToken": False,
                     "securityContext": kube.pod_security(MLFLOW_USER_ID),
+                    # Before the server: the admin's password follows the Secret (a rotation) and every
+                    # workload's user exists with its own password and grants. Inputs: env and the mounted
+                    # users.json, both from the server's Secret; nothing secret in the command.
+                    "initContainers": [
+                        {
+                            "name": "mlflow-users",
+                            "image": args["image"],
+                            "command": ["python", "-m", "lockgate.mlflow_admin"],
+                            "env": [
+                                kube.secret_env(
+                                    mlflow_admin.DATABASE_URI_ENV, secret_name, "backend-store-uri"
+                                ),
+                                {"name": mlflow_admin.ADMIN_USERNAME_ENV, "value": args["admin_username"]},
+                                kube.secret_env(
+                                    mlflow_admin.ADMIN_PASSWORD_ENV, secret_name, "admin-password"
+                                ),
+                                {"name": mlflow_admin.USERS_FILE_ENV, "value": f"{AUTH_DIR}/{USERS_FILE}"},
+                                {"name": "HOME", "value": "/tmp"},
+                            ],
+                            "resources": kube.resources(
+                                "100m", "256Mi", limit_cpu="500m", limit_memory="512Mi"
+                            ),
+                            "securityContext": kube.container_security(MLFLOW_USER_ID, read_only_root=True),
+                            "volumeMounts": [
+                                {"name": "users", "mountPath": AUTH_DIR, "readOnly": True},
+                                {"name": "tmp", "mountPath": "/tmp"},
+                            ],
+                        }
+                    ],
                     "containers": [
                         {
                             "name": "mlflow",
@@ -486,9 +603,17 @@ class ModelRegistry(pulumi.ComponentResource):
                                 "items": [{"key": "auth.ini", "path": "auth.ini"}],
                             },
                         },
+                        {
+                            "name": "users",
+                            "secret": {
+                                "secretName": secret_name,
+                                "items": [{"key": USERS_FILE, "path": USERS_FILE}],
+                            },
+                        },
                         {"name": "tmp", "emptyDir": {}},
                     ],
                 },
+                {GENERATION_ANNOTATION: generation.hex},
             ),
             opts=child,
         )
@@ -497,7 +622,7 @@ class ModelRegistry(pulumi.ComponentResource):
             f"{name}-mlflow-ingress",
             meta,
             selector,
-            [kube.ingress_rule([MLFLOW_PORT], [kube.same_namespace_pods()])],
+            [kube.ingress_rule([MLFLOW_PORT], [mlflow_peer(u["workload"]) for u in users])],
             child,
         )
         self.service_name = service.metadata.name
@@ -508,12 +633,11 @@ class ModelRegistry(pulumi.ComponentResource):
             service.metadata.namespace,
             f".svc.cluster.local:{MLFLOW_PORT}",
         )
-        self.client_secret = client_secret.metadata.name
         self.admin_password = admin_password
         self.register_outputs(
             {
                 "tracking_uri": self.tracking_uri,
-                "client_secret": self.client_secret,
+                "client_secrets": self.client_secrets,
                 "service_name": self.service_name,
                 "admin_password": self.admin_password,
             }

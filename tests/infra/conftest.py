@@ -45,6 +45,7 @@ RUNS: dict[str, tuple[str, list[str]]] = {
     "canary10": ("Pulumi.dev.yaml", [*CANARY, "lockgate:canaryWeight=10"]),
     "canary25": ("Pulumi.dev.yaml", [*CANARY, "lockgate:canaryWeight=25"]),
     "broken": ("Pulumi.dev.yaml", ["lockgate:canaryWeight=140"]),
+    "admin-password": ("Pulumi.dev.yaml", ["secret:lockgate:mlflowAdminPassword=rotated-admin-password"]),
 }
 
 
@@ -54,6 +55,7 @@ class ProgramRun:
     def __init__(self, result: dict[str, Any]):
         self.resources: list[dict[str, Any]] = result["resources"]
         self.exports: dict[str, Any] = result["exports"]
+        self.secret_exports: list[str] = result.get("secret_exports", [])
 
     def of_type(self, resource_type: str) -> list[dict[str, Any]]:
         return [r for r in self.resources if r["type"] == resource_type]

@@ -40,6 +40,9 @@ def engine_config(stack_file: Path, overrides: list[str]) -> tuple[dict[str, str
             raw[key] = str(value)
     for override in overrides:
         key, _, value = override.partition("=")
+        if key.startswith("secret:"):  # as `pulumi config set --secret` stores it
+            key = key.removeprefix("secret:")
+            secret_keys.append(key)
         raw[key] = value
     return raw, secret_keys
 
@@ -56,6 +59,7 @@ def run(stack_file: Path, overrides: list[str]) -> dict[str, Any]:
     pulumi.runtime.set_all_config(raw, secret_keys)
     exported: dict[str, Any] = {}
     resolved: dict[str, Any] = {}
+    secret_flags: dict[str, Any] = {}
 
     def record_export(key: str, value: Any) -> None:
         exported[key] = value
@@ -66,13 +70,21 @@ def run(stack_file: Path, overrides: list[str]) -> dict[str, Any]:
     @pulumi.runtime.test
     def program() -> Any:
         runpy.run_path(str(ROOT / "infra" / "__main__.py"), run_name="__main__")
-        return pulumi.Output.all(**exported).apply(resolved.update)
+        # Which outputs are Pulumi secrets (`pulumi stack output` hides them without --show-secrets).
+        flags: dict[str, Any] = {k: pulumi.Output.from_input(v).is_secret() for k, v in exported.items()}
+        return pulumi.Output.all(
+            pulumi.Output.all(**exported).apply(resolved.update),
+            pulumi.Output.all(**{k: pulumi.Output.from_input(f) for k, f in flags.items()}).apply(
+                secret_flags.update
+            ),
+        )
 
     program()
     return {
         "stack": stack,
         "resources": [item.to_json() for item in mocks.recorded],
         "exports": resolved,
+        "secret_exports": sorted(key for key, secret in secret_flags.items() if secret),
     }
 
 

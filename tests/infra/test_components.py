@@ -80,12 +80,30 @@ def test_s3_store_is_private_encrypted_versioned_and_expiring(mocks) -> None:
         S3ArtifactStore("bad", {"noncurrent_version_expiration_days": 0, "force_destroy": False})
 
 
+def minio_args(**overrides: Any) -> Any:
+    return {
+        "namespace": "ns",
+        "storage_gib": 1,
+        "image": "minio:x",
+        "client_image": "mc:x",
+        "workloads": [
+            {"workload": "serving", "read_write": ["capture"], "read_only": []},
+            {"workload": "exporter", "read_write": [], "read_only": ["events"]},
+        ],
+        **overrides,
+    }
+
+
+REGISTRY_USERS: Any = [
+    {"workload": "training", "username": "lockgate-training", "access": "writer"},
+    {"workload": "serving", "username": "lockgate-serving", "access": "reader"},
+]
+
+
 def test_minio_and_postgres_are_reachable_only_from_their_clients(mocks) -> None:
     def build() -> None:
         for name in ("alpha", "beta"):
-            MinioArtifactStore(
-                name, {"namespace": "ns", "storage_gib": 1, "image": "minio:x", "client_image": "mc:x"}
-            )
+            MinioArtifactStore(name, minio_args())
             InClusterPostgres(
                 f"{name}-db",
                 {
@@ -167,10 +185,15 @@ def ray_args(**overrides: Any) -> Any:
         "head_memory": "2Gi",
         "workers": {"replicas": 1, "min_replicas": 1, "max_replicas": 2, "cpu": "2", "memory": "4Gi"},
         "mlflow_tracking_uri": "http://mlflow:5000",
-        "mlflow_client_secret": "mlflow-client",
-        "store_env": [],
         "train_storage_uri": "s3://bucket/ray-train",
-        "service_account_annotations": {},
+        **{
+            workload: {
+                "mlflow_secret": f"mlflow-{workload}",
+                "store_env": [],
+                "service_account_annotations": {},
+            }
+            for workload in ("serving", "training", "triggers")
+        },
         "pipeline_file": "pipeline.yaml",
         "trigger_checks": {"schedule": "*/15 * * * *", "suspended": False, "cpu": "250m", "memory": "1Gi"},
         "capture_uri": "s3://bucket/capture",
@@ -178,7 +201,6 @@ def ray_args(**overrides: Any) -> Any:
         "events_uri": "s3://bucket/events",
         "serving_file_yaml": "model_name: m\n",
         "serve_ingress": "proxy",
-        "triggers_service_account_annotations": {},
         "public_serve": False,
     }
     args.update(overrides)
@@ -193,7 +215,9 @@ def test_ray_platform_serves_the_given_config_with_credentials_from_a_secret(moc
     assert service["spec"]["serveConfigV2"] == SERVE_CONFIG, "the renderer's output, untouched"
     assert crd_errors(service) == []
     head = service["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]
-    assert head["envFrom"] == [{"secretRef": {"name": "mlflow-client"}}], "MLflow credentials from a Secret"
+    assert head["envFrom"] == [{"secretRef": {"name": "mlflow-serving"}}], (
+        "serving's MLflow user, from a Secret"
+    )
     assert not any("PASSWORD" in e["name"] for e in head["env"]), "no credential inline"
     assert service["spec"]["rayClusterConfig"]["authOptions"] == {"mode": "token"}
 
@@ -225,6 +249,8 @@ def test_registry_runs_mlflow_with_auth_and_secret_credentials(mocks) -> None:
                 "service_account_annotations": {},
                 "admin_username": "admin",
                 "admin_password": pulumi.Output.secret("s3cr3t-admin-value"),
+                "registered_model": "lockgate",
+                "users": REGISTRY_USERS,
             },
         )
         ImageRepository("alpha-images", {"keep_images": 5, "force_delete": False})
