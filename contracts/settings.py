@@ -43,6 +43,11 @@ class EnvVar(StrEnum):
     serving_file = "LOCKGATE_SERVING_FILE"
     # The router: the file holding the bearer token `POST <route>/labels` requires (none: labels are off).
     labels_token_file = "LOCKGATE_LABELS_TOKEN_FILE"
+    # MLflow's users, made and repaired before its server starts (`python -m lockgate.mlflow_admin`).
+    mlflow_auth_database_uri = "LOCKGATE_MLFLOW_AUTH_DATABASE_URI"
+    mlflow_users_file = "LOCKGATE_MLFLOW_USERS_FILE"
+    mlflow_admin_username = "MLFLOW_AUTH_ADMIN_USERNAME"
+    mlflow_admin_password = "MLFLOW_AUTH_ADMIN_PASSWORD"  # noqa: S105 - the variable's name, not a password
     # Clients of Ray and MLflow, named as their own CLIs name them.
     ray_address = "RAY_ADDRESS"
     ray_auth_mode = "RAY_AUTH_MODE"

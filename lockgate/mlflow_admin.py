@@ -23,13 +23,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from contracts.settings import EnvVar
+
 logger = logging.getLogger(__name__)
 
 # The init container's inputs (infra/components/registry.py sets them from the server's Secret).
-DATABASE_URI_ENV = "LOCKGATE_MLFLOW_AUTH_DATABASE_URI"
-ADMIN_USERNAME_ENV = "MLFLOW_AUTH_ADMIN_USERNAME"
-ADMIN_PASSWORD_ENV = "MLFLOW_AUTH_ADMIN_PASSWORD"  # noqa: S105 - the variable's name, not a password
-USERS_FILE_ENV = "LOCKGATE_MLFLOW_USERS_FILE"
+DATABASE_URI_ENV = EnvVar.mlflow_auth_database_uri.value
+ADMIN_USERNAME_ENV = EnvVar.mlflow_admin_username.value
+ADMIN_PASSWORD_ENV = EnvVar.mlflow_admin_password.value
+USERS_FILE_ENV = EnvVar.mlflow_users_file.value
 PERMISSIONS = ("READ", "USE", "EDIT", "MANAGE", "NO_PERMISSIONS")
 
 

@@ -17,7 +17,6 @@ import pulumi_random as random
 from contracts.settings import EnvVar
 from infra import kube
 from infra.components.artifact_store import GENERATION_ANNOTATION
-from lockgate import mlflow_admin
 
 POSTGRES_PORT = 5432
 POSTGRES_USER_ID = 999  # the postgres image's own user
@@ -527,13 +526,13 @@ class ModelRegistry(pulumi.ComponentResource):
                             "command": ["python", "-m", "lockgate.mlflow_admin"],
                             "env": [
                                 kube.secret_env(
-                                    mlflow_admin.DATABASE_URI_ENV, secret_name, "backend-store-uri"
+                                    EnvVar.mlflow_auth_database_uri.value, secret_name, "backend-store-uri"
                                 ),
-                                {"name": mlflow_admin.ADMIN_USERNAME_ENV, "value": args["admin_username"]},
+                                {"name": EnvVar.mlflow_admin_username.value, "value": args["admin_username"]},
                                 kube.secret_env(
-                                    mlflow_admin.ADMIN_PASSWORD_ENV, secret_name, "admin-password"
+                                    EnvVar.mlflow_admin_password.value, secret_name, "admin-password"
                                 ),
-                                {"name": mlflow_admin.USERS_FILE_ENV, "value": f"{AUTH_DIR}/{USERS_FILE}"},
+                                {"name": EnvVar.mlflow_users_file.value, "value": f"{AUTH_DIR}/{USERS_FILE}"},
                                 {"name": "HOME", "value": "/tmp"},
                             ],
                             "resources": kube.resources(
