@@ -6,9 +6,10 @@ import functools
 import json
 import sys
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated, Any, ParamSpec, TypeVar
+from typing import Annotated, Any, ParamSpec, TextIO, TypeVar
 
 import typer
 
@@ -49,9 +50,30 @@ JsonOption = Annotated[
 ]
 
 
+_RESULT_STREAM: ContextVar[TextIO | None] = ContextVar("result_stream", default=None)
+"""Under ``--json``: the command's real stdout, kept for its result while everything else goes to stderr."""
+
+
 def show(result: Mapping[str, Any], human: str, as_json: bool) -> None:
     """A command's result: one JSON object with ``--json``, else the line(s) a person reads."""
-    typer.echo(json.dumps(result, indent=2, default=str) if as_json else human)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2, default=str), file=_RESULT_STREAM.get() or sys.stdout)
+    else:
+        typer.echo(human)
+
+
+@contextmanager
+def _result_only_on_stdout(as_json: bool) -> Iterator[None]:
+    """Under ``--json`` stdout carries the result alone: what libraries print (MLflow's run links) goes to stderr."""
+    if not as_json:
+        yield
+        return
+    token = _RESULT_STREAM.set(sys.stdout)
+    try:
+        with redirect_stdout(sys.stderr):
+            yield
+    finally:
+        _RESULT_STREAM.reset(token)
 
 
 def stdout_is_tty() -> bool:
@@ -159,7 +181,8 @@ def exits_on_error(
         @functools.wraps(command)
         def run(*args: P.args, **kwargs: P.kwargs) -> R:
             try:
-                return command(*args, **kwargs)
+                with _result_only_on_stdout(bool(kwargs.get("as_json"))):
+                    return command(*args, **kwargs)
             except CommandError as error:
                 raise _fail(str(error), error.code) from None
             except Exception as error:
