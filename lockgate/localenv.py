@@ -509,6 +509,14 @@ class LocalEnvironment:
                     )
             if waiting:
                 time.sleep(poll_s)
+        # One that answered early may have died while the other was still starting (a Ray head whose helper
+        # timed out on a loaded machine stops the whole node): every service must still be running now.
+        for service in starting:
+            if service.process.poll() is not None:
+                raise EnvironmentError_(
+                    f"{service.name} exited with code {service.process.returncode} after answering; last lines "
+                    f"of {service.log_path}:\n" + _tail(service.log_path)
+                )
 
     def mlflow_server_env(
         self, creds: dict[str, str], auth_config: Path, inherited: Mapping[str, str] | None = None

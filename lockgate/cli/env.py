@@ -9,6 +9,7 @@ import typer
 
 from contracts.settings import EnvVar
 from lockgate.cli.common import (
+    BACKEND_CAUSES,
     FAILURE,
     DashboardPort,
     JsonOption,
@@ -27,7 +28,7 @@ commands = typer.Typer()
 
 
 @commands.command()
-@exits_on_error()
+@exits_on_error(causes=BACKEND_CAUSES)
 def up(
     state_dir: StateDir = None,
     mlflow_port: MlflowPort = DEFAULT_PORTS.mlflow,

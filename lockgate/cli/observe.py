@@ -54,7 +54,7 @@ def _stop_on_sigterm() -> threading.Event:
 
 
 @triggers_app.command("check")
-@exits_on_error()
+@exits_on_error(causes=BACKEND_CAUSES)
 def triggers_check(
     config: ConfigFile = PIPELINE_FILE,
     state_dir: StateDir = None,
@@ -96,7 +96,7 @@ def triggers_check(
 
 
 @commands.command()
-@exits_on_error()
+@exits_on_error(causes=BACKEND_CAUSES)
 def watch(
     config: ConfigFile = PIPELINE_FILE,
     state_dir: StateDir = None,
@@ -137,7 +137,7 @@ def watch(
 
 
 @commands.command()
-@exits_on_error(dict.fromkeys(SERVING_ERRORS, USAGE))
+@exits_on_error(dict.fromkeys(SERVING_ERRORS, USAGE), causes=BACKEND_CAUSES)
 def export(
     config: ConfigFile = PIPELINE_FILE,
     events_uri: Annotated[

@@ -56,7 +56,7 @@ def schema() -> None:
 
 
 @commands.command()
-@exits_on_error()
+@exits_on_error(causes=BACKEND_CAUSES)
 def run(
     config: ConfigFile = PIPELINE_FILE,
     state_dir: StateDir = None,

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from lockgate.cli.common import USAGE, CommandError, JsonOption, exits_on_error, show
+from lockgate.cli.common import BACKEND_CAUSES, USAGE, CommandError, JsonOption, exits_on_error, show
 
 commands = typer.Typer()
 
@@ -152,7 +152,7 @@ def starter_files() -> dict[str, str]:
 
 
 @commands.command()
-@exits_on_error()
+@exits_on_error(causes=BACKEND_CAUSES)
 def init(
     directory: Annotated[Path, typer.Argument(help="where to start the project (created if missing)")] = Path(
         "."

@@ -78,7 +78,7 @@ def _update_rollout_state(env: LocalEnvironment, model_name: str, **changes: Any
 
 
 @commands.command()
-@exits_on_error()
+@exits_on_error(causes=BACKEND_CAUSES)
 def apply(
     serving_file: ServingFileOption = SERVING_FILE, state_dir: StateDir = None, as_json: JsonOption = False
 ) -> None:
@@ -112,7 +112,7 @@ def rollout_status(
 
 
 @rollout_app.command("set-weight")
-@exits_on_error()
+@exits_on_error(causes=BACKEND_CAUSES)
 def rollout_set_weight(
     weight: Annotated[float, typer.Argument(min=0, max=100, help="candidate share in percent")],
     serving_file: ServingFileOption = SERVING_FILE,
@@ -149,7 +149,7 @@ def _event_sender(
 
 
 @rollout_app.command("run")
-@exits_on_error()
+@exits_on_error(causes=BACKEND_CAUSES)
 def rollout_run(
     config: ConfigFile = PIPELINE_FILE, state_dir: StateDir = None, as_json: JsonOption = False
 ) -> None:
