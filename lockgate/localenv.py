@@ -572,7 +572,7 @@ class LocalEnvironment:
             url,
             log_path,
             lambda: _http_ok(f"{url}/health"),
-            90.0,
+            180.0,  # a loaded 2-core machine has taken over 90 s to import and migrate twice
         )
 
     def _spawn_ray(self, log: Callable[[str], None]) -> _Starting:
