@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 import typer
@@ -96,18 +95,15 @@ def status(
     """Report each service's PID and health; exit 1 when anything is down."""
     env = local_environment(state_dir)
     report = env.health()
-    if as_json:
-        typer.echo(json.dumps(report, indent=2))
-    elif not report:
-        typer.echo(f"no environment recorded in {env.state_dir}: run `lockgate up`")
-    else:
-        for name, service in report.items():
-            state = (
-                "healthy"
-                if service["alive"] and service["healthy"]
-                else ("unhealthy (process alive)" if service["alive"] else "down")
-            )
-            typer.echo(f"{name:<7} {state:<26} pid={service['pid']:<8} {service['url']}")
+    lines = [f"no environment recorded in {env.state_dir}: run `lockgate up`"] if not report else []
+    for name, service in report.items():
+        state = (
+            "healthy"
+            if service["alive"] and service["healthy"]
+            else ("unhealthy (process alive)" if service["alive"] else "down")
+        )
+        lines.append(f"{name:<7} {state:<26} pid={service['pid']:<8} {service['url']}")
+    show(report, "\n".join(lines), as_json)
     if not report or not all(s["alive"] and s["healthy"] for s in report.values()):
         raise typer.Exit(FAILURE)
 

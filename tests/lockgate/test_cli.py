@@ -342,6 +342,11 @@ def test_json_results_are_one_object_on_stdout(tmp_path: Path) -> None:
     status = runner.invoke(app, ["rollout", "status", "--file", str(serving), *state, "--json"])
     assert paused.exit_code == 0 and json.loads(paused.stdout)["paused"] is True, paused.output
     assert json.loads(status.stdout)["paused"] is True, f"status should show the pause: {status.stdout}"
+    nothing = runner.invoke(app, ["status", *state, "--json"])
+    assert nothing.exit_code == FAILURE, (
+        f"nothing runs: status should exit {FAILURE}, got {nothing.exit_code}"
+    )
+    assert json.loads(nothing.stdout) == {}, f"nothing recorded: expected {{}}, got {nothing.stdout!r}"
 
 
 def test_progress_is_plain_lines_when_stdout_is_not_a_terminal(capsys: pytest.CaptureFixture[str]) -> None:
