@@ -192,9 +192,10 @@ def rollout_promote(
     On a stack (MLFLOW_TRACKING_URI and RAY_ADDRESS, no local environment up) only the registry's aliases
     move; what the stack serves follows its config (`lockgate:models`).
     """
-    from serving import promotion
-
     with rollout_context(config, state_dir) as context:
+        # Ray reads its auth and loopback settings when it is imported: only once connected() has set them.
+        from serving import promotion
+
         model_name = context.serving.model_name
         aliases = registry_aliases(model_name)
         if Alias.candidate not in aliases:
@@ -228,9 +229,10 @@ def rollout_rollback(
     config: ConfigFile = PIPELINE_FILE, state_dir: StateDir = None, as_json: JsonOption = False
 ) -> None:
     """Restore the previous champion (compare-and-set), then serve it (on a stack: the aliases only)."""
-    from serving import promotion
-
     with rollout_context(config, state_dir) as context:
+        # Ray reads its auth and loopback settings when it is imported: only once connected() has set them.
+        from serving import promotion
+
         connect_ray(None if context.remote else context.env)
         change = promotion.restore_previous(context.serving.model_name)
         if not change.ok:

@@ -204,3 +204,17 @@ def test_promote_on_a_stack_without_ray_address_names_it(project: Path, stack_ml
     after = as_json(lockgate(["summary", "--json"], stack_mlflow, project))
     aliases = {v["version"]: v["aliases"] for v in after["versions"]}
     assert aliases == {"1": ["champion"], "2": ["candidate"]}, f"nothing should have moved: {aliases}"
+
+
+def test_rollback_on_the_local_environment_answers_instead_of_hanging(local_env, tmp_path: Path) -> None:
+    # Given the local environment and a model with no previous champion (Ray must be joined with token auth:
+    # the alias writer runs there, and Ray reads its auth settings when first imported),
+    done = lockgate(["init", str(tmp_path)], {}, tmp_path)
+    assert done.returncode == 0, done.stderr
+    started = time.monotonic()
+    rollback = lockgate(["rollout", "rollback", "--state-dir", str(local_env.state_dir)], {}, tmp_path)
+    # then the rollback is refused in one line, promptly: no hang joining the cluster, no traceback.
+    assert rollback.returncode == 1, f"expected exit 1, got {rollback.returncode}: {rollback.stderr[-2000:]}"
+    assert rollback.stderr.startswith("error: "), f"expected one error line: {rollback.stderr[-2000:]}"
+    assert "Traceback" not in rollback.stderr, rollback.stderr[-2000:]
+    assert time.monotonic() - started < 90, "joining the local Ray cluster should take seconds"
