@@ -17,8 +17,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import requests
@@ -227,6 +228,23 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
         pass
+
+
+@dataclass
+class _Starting:
+    """A service just spawned by ``up``: what to call it, how to tell it answers, and until when to wait."""
+
+    name: str
+    program: str
+    process: subprocess.Popen
+    url: str
+    log_path: Path
+    probe: Callable[[], bool]
+    timeout_s: float
+    deadline: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.deadline = time.monotonic() + self.timeout_s
 
 
 class LocalEnvironment:
@@ -447,16 +465,21 @@ class LocalEnvironment:
             (self.state_dir / directory).mkdir(parents=True, exist_ok=True)
         creds = self.credentials()
         self._ensure_ray_token()
-        started: list[tuple[int, Path]] = []
+        # Both start at once and are waited for together: neither needs the other to be up (the Ray head only
+        # passes MLflow's address on to its jobs), so `up` takes the slower of the two, not their sum.
+        starting: list[_Starting] = []
         try:
-            mlflow_state = self._start_mlflow(creds, log)
-            started.append((mlflow_state.pid, self.bin_dir / "mlflow"))
-            ray_state = self._start_ray(log)
-            started.append((ray_state.pid, self.bin_dir / "ray"))
+            starting.append(self._spawn_mlflow(creds, log))
+            starting.append(self._spawn_ray(log))
+            self._wait_ready(starting)
         except BaseException:
-            for pid, program in reversed(started):
-                stop_pid(pid, program)
+            for service in reversed(starting):
+                stop_pid(service.process.pid, self.bin_dir / service.program)
             raise
+        mlflow_state, ray_state = (
+            ServiceState(pid=service.process.pid, url=service.url, log=str(service.log_path))
+            for service in starting
+        )
         state = EnvState(
             ports=self.ports,
             mlflow=mlflow_state,
@@ -479,31 +502,33 @@ class LocalEnvironment:
                 start_new_session=True,
             )
 
-    def _wait_ready(
-        self,
-        name: str,
-        process: subprocess.Popen,
-        probe: Callable[[], bool],
-        log_path: Path,
-        timeout_s: float,
-        program: str,
-    ) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                stop_pid(process.pid, self.bin_dir / program)
+    def _wait_ready(self, starting: list[_Starting], poll_s: float = 0.25) -> None:
+        """Until every service answers its probe; an error naming the first that exits or runs out of time."""
+        waiting = list(starting)
+        while waiting:
+            for service in list(waiting):
+                if service.process.poll() is not None:
+                    raise EnvironmentError_(
+                        f"{service.name} exited with code {service.process.returncode} while starting; last "
+                        f"lines of {service.log_path}:\n" + _tail(service.log_path)
+                    )
+                if service.probe():
+                    waiting.remove(service)
+                elif time.monotonic() > service.deadline:
+                    raise EnvironmentError_(
+                        f"{service.name} did not become healthy within {service.timeout_s:.0f}s; last lines "
+                        f"of {service.log_path}:\n" + _tail(service.log_path)
+                    )
+            if waiting:
+                time.sleep(poll_s)
+        # One that answered early may have died while the other was still starting (a Ray head whose helper
+        # timed out on a loaded machine stops the whole node): every service must still be running now.
+        for service in starting:
+            if service.process.poll() is not None:
                 raise EnvironmentError_(
-                    f"{name} exited with code {process.returncode} while starting; last lines of {log_path}:\n"
-                    + _tail(log_path)
+                    f"{service.name} exited with code {service.process.returncode} after answering; last lines "
+                    f"of {service.log_path}:\n" + _tail(service.log_path)
                 )
-            if probe():
-                return
-            time.sleep(0.5)
-        stop_pid(process.pid, self.bin_dir / program)
-        raise EnvironmentError_(
-            f"{name} did not become healthy within {timeout_s:.0f}s; last lines of {log_path}:\n"
-            + _tail(log_path)
-        )
 
     def mlflow_server_env(
         self, creds: dict[str, str], auth_config: Path, inherited: Mapping[str, str] | None = None
@@ -529,7 +554,7 @@ class LocalEnvironment:
         )
         return env
 
-    def _start_mlflow(self, creds: dict[str, str], log: Callable[[str], None]) -> ServiceState:
+    def _spawn_mlflow(self, creds: dict[str, str], log: Callable[[str], None]) -> _Starting:
         auth_config = self._write_mlflow_auth_config(creds)
         auth_db = self.state_dir / "mlflow" / "auth.db"
         if auth_db.exists():  # the admin exists: its password follows credentials.json (a rotation)
@@ -562,13 +587,18 @@ class LocalEnvironment:
             "1",
         ]
         log(f"starting MLflow on {self.mlflow_url} (log: {log_path})")
-        process = self._spawn(command, env, log_path)
-        self._wait_ready(
-            "MLflow", process, lambda: _http_ok(f"{self.mlflow_url}/health"), log_path, 90.0, "mlflow"
+        url = self.mlflow_url
+        return _Starting(
+            "MLflow",
+            "mlflow",
+            self._spawn(command, env, log_path),
+            url,
+            log_path,
+            lambda: _http_ok(f"{url}/health"),
+            180.0,  # a loaded 2-core machine has taken over 90 s to import and migrate twice
         )
-        return ServiceState(pid=process.pid, url=self.mlflow_url, log=str(log_path))
 
-    def _start_ray(self, log: Callable[[str], None]) -> ServiceState:
+    def _spawn_ray(self, log: Callable[[str], None]) -> _Starting:
         env = {
             **os.environ,
             **self.client_env(include_secrets=True),
@@ -625,12 +655,16 @@ class LocalEnvironment:
             "--disable-usage-stats",
         ]
         log(f"starting Ray head, dashboard on {self.dashboard_url} (log: {log_path})")
-        process = self._spawn(command, env, log_path)
-        headers = self.ray_auth_header()
-        self._wait_ready(
-            "Ray", process, lambda: _ray_ready(self.dashboard_url, headers), log_path, 120.0, "ray"
+        headers, url = self.ray_auth_header(), self.dashboard_url
+        return _Starting(
+            "Ray",
+            "ray",
+            self._spawn(command, env, log_path),
+            url,
+            log_path,
+            lambda: _ray_ready(url, headers),
+            120.0,
         )
-        return ServiceState(pid=process.pid, url=self.dashboard_url, log=str(log_path))
 
     def down(self, log: Callable[[str], None] = print) -> bool:
         """Stop exactly the recorded processes; keep data, credentials and logs. Returns whether anything ran."""
@@ -638,13 +672,17 @@ class LocalEnvironment:
         if state is None:
             log(f"nothing recorded in {self.state_dir}: nothing to stop")
             return False
+        stopping: list[tuple[int, Path]] = []
         for name, service, program in (("Ray", state.ray, "ray"), ("MLflow", state.mlflow, "mlflow")):
             executable = self.bin_dir / program
             if pid_alive(service.pid) and _pid_matches(service.pid, executable):
                 log(f"stopping {name} (pid {service.pid})")
             elif pid_alive(service.pid):
                 log(f"{name}'s recorded pid {service.pid} now runs another program: left alone")
-            stop_pid(service.pid, executable)
+            stopping.append((service.pid, executable))
+        # Both at once: each drains its own children on SIGTERM, independently of the other.
+        with ThreadPoolExecutor(max_workers=len(stopping)) as pool:
+            list(pool.map(lambda recorded: stop_pid(*recorded), stopping))
         self.state_path.unlink(missing_ok=True)
         still = [p for p in asdict(state.ports).values() if not port_is_free(p)]
         if still:
@@ -670,7 +708,8 @@ def require_healthy(env: LocalEnvironment) -> LocalEnvironment:
     """The environment, with its recorded ports, if it is up and healthy; else an error saying what to do."""
     if not env.is_healthy():
         raise EnvironmentError_(
-            f"the local environment in {env.state_dir} is not running or not healthy: run `lockgate up`"
+            f"the local environment in {env.state_dir} is not running or not healthy: run `lockgate up` "
+            f"(or, for a stack, set {EnvVar.mlflow_tracking_uri.value} and {EnvVar.ray_address.value})"
         )
     state = env.read_state()
     if state is not None:

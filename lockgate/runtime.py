@@ -29,14 +29,23 @@ class MissingSettingError(ValueError):
     """A cluster watcher lacks a location it needs (capture, state): the command's input is incomplete."""
 
 
+class RemoteUnsupportedError(ValueError):
+    """A command that works on the local environment only was asked to work on a stack (MLFLOW_TRACKING_URI)."""
+
+
 @dataclass(frozen=True)
 class RolloutContext:
-    """A pipeline file's model as served by the active local environment."""
+    """A pipeline file's model as served by the active environment: the local one, or a stack (``remote``).
+
+    On a stack (no local environment up, ``MLFLOW_TRACKING_URI`` set) ``env`` still names the local state
+    directory, but nothing of it runs: MLflow and Ray are the ones the client variables point at.
+    """
 
     config: PipelineConfig
     serving_file: Path
     env: LocalEnvironment
     serving: ServingFile
+    remote: bool = False
 
 
 def local_environment(
@@ -61,19 +70,51 @@ def serving_path(config: Path, parsed: PipelineConfig, override: Path | None = N
 
 
 @contextmanager
+def backend(state_dir: Path | None) -> Iterator[LocalEnvironment | None]:
+    """The local environment, connected while the block runs, when one is up; else None: a stack.
+
+    With no local environment up and ``MLFLOW_TRACKING_URI`` set, the command works on what the client
+    variables name, as the mlflow and ray CLIs do: ``MLFLOW_TRACKING_URI``, ``MLFLOW_TRACKING_USERNAME``,
+    ``MLFLOW_TRACKING_PASSWORD`` (read by MLflow's client itself) and ``RAY_ADDRESS`` (by Ray's), for example a
+    stack's services over ``kubectl port-forward``. A local environment that is up wins.
+    """
+    env = local_environment(state_dir)
+    if (env.read_state() is None or not env.is_healthy()) and Settings.from_environ().mlflow_tracking_uri:
+        yield None
+        return
+    with connected(env):
+        yield env
+
+
+@contextmanager
 def rollout_context(config: Path, state_dir: Path | None) -> Iterator[RolloutContext]:
     """Pipeline config, serving file path, the environment and the parsed serving file, connected meanwhile."""
     parsed = load_config(config)
     path = serving_path(config, parsed)
-    with connected(local_environment(state_dir)) as env:
-        yield RolloutContext(parsed, path, env, load_serving_file(path))
+    with backend(state_dir) as env:
+        yield RolloutContext(
+            parsed, path, env or local_environment(state_dir), load_serving_file(path), remote=env is None
+        )
 
 
-def connect_ray(env: LocalEnvironment) -> None:
-    """Join the environment's Ray cluster as a driver (for the alias writer and the rollout's scrapes)."""
+def connect_ray(env: LocalEnvironment | None) -> None:
+    """Join the environment's Ray cluster as a driver (for the alias writer and the rollout's scrapes).
+
+    ``None``: the stack's, at ``RAY_ADDRESS`` (a GCS ``host:port`` or a Ray client ``ray://host:10001``).
+    """
     import ray  # imported only now: connected() has set the token and loopback settings it reads
 
-    ray.init(address=f"127.0.0.1:{env.ports.ray_gcs}", logging_level=logging.ERROR, log_to_driver=False)
+    if env is not None:
+        address = f"127.0.0.1:{env.ports.ray_gcs}"
+    else:
+        address = Settings.from_environ().ray_address or ""
+        if not address or address.startswith(("http://", "https://")):
+            raise RemoteUnsupportedError(
+                f"{EnvVar.ray_address.value}: {address or 'not set'}; this command joins the stack's Ray cluster "
+                "as a driver: set it to the head's Ray client address (ray://127.0.0.1:10001 over "
+                "`kubectl port-forward svc/<head-svc> 10001`) or its GCS host:port"
+            )
+    ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
 
 
 def local_watcher(

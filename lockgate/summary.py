@@ -29,8 +29,11 @@ def registry_summary(model_name: str) -> list[VersionSummary]:
     client = MlflowClient()
     try:
         model = client.get_registered_model(model_name)
-    except MlflowException:
-        return []
+    except MlflowException as error:
+        # Only a model that does not exist has no versions; a refused login or a broken server is an error.
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return []
+        raise
     aliases: dict[str, list[str]] = {}
     for alias, version in (model.aliases or {}).items():
         aliases.setdefault(str(version), []).append(alias)

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import functools
+import json
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, redirect_stdout
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated, ParamSpec, TypeVar
+from typing import Annotated, Any, ParamSpec, TextIO, TypeVar
 
 import typer
 
 from contracts.settings import EnvVar
 from lockgate.kuberay import LaunchError, TemplateError
 from lockgate.localenv import EnvironmentError_
-from lockgate.runtime import MissingSettingError
+from lockgate.runtime import MissingSettingError, RemoteUnsupportedError
 from pipeline.config import ConfigError
 from serving.deploy import DeployError
 from serving.desired import ServingFileError
@@ -41,6 +44,64 @@ DataOption = Annotated[
     str | None, typer.Option(help="what a triggered run trains on (path or URI) instead of data.uri")
 ]
 PIPELINE_FILE, SERVING_FILE = Path("pipeline.yaml"), Path("serving.yaml")
+JsonOption = Annotated[
+    bool,
+    typer.Option("--json", help="print the result as one JSON object on stdout (progress goes to stderr)"),
+]
+
+
+_RESULT_STREAM: ContextVar[TextIO | None] = ContextVar("result_stream", default=None)
+"""Under ``--json``: the command's real stdout, kept for its result while everything else goes to stderr."""
+
+
+def show(result: Mapping[str, Any], human: str, as_json: bool) -> None:
+    """A command's result: one JSON object with ``--json``, else the line(s) a person reads."""
+    if as_json:
+        typer.echo(json.dumps(result, indent=2, default=str), file=_RESULT_STREAM.get() or sys.stdout)
+    else:
+        typer.echo(human)
+
+
+@contextmanager
+def _result_only_on_stdout(as_json: bool) -> Iterator[None]:
+    """Under ``--json`` stdout carries the result alone: what libraries print (MLflow's run links) goes to stderr."""
+    if not as_json:
+        yield
+        return
+    token = _RESULT_STREAM.set(sys.stdout)
+    try:
+        with redirect_stdout(sys.stderr):
+            yield
+    finally:
+        _RESULT_STREAM.reset(token)
+
+
+def stdout_is_tty() -> bool:
+    """Whether a person watches stdout (progress lines and spinners are for them, not for pipes and logs)."""
+    return sys.stdout.isatty()
+
+
+def progress_echo(as_json: bool) -> Callable[[str], None]:
+    """Where a command's progress lines go: stderr under ``--json`` (stdout carries the result only)."""
+    return lambda line: typer.echo(line, err=as_json)
+
+
+@contextmanager
+def working(message: str, as_json: bool) -> Iterator[Callable[[str], None]]:
+    """Long work (``up``, ``run``): on a terminal a Rich spinner saying ``message``, progress lines above it.
+
+    Elsewhere (a pipe, CI, ``--json``) no spinner: the progress lines only, as plain text. Yields the function
+    that prints a progress line.
+    """
+    if as_json or not stdout_is_tty():
+        yield progress_echo(as_json)
+        return
+    from rich.console import Console  # only on a terminal: the CLI's start-up stays light
+
+    console = Console()
+    with console.status(message, spinner="dots"):
+        yield lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True)
+
 
 ErrorType = type[BaseException] | str
 """An exception class, or ``"module:Class"`` for one in a module too heavy to import at start-up."""
@@ -49,6 +110,7 @@ SERVING_ERRORS: tuple[ErrorType, ...] = (ServingFileError, DeployError, Environm
 STANDARD_CODES: Mapping[ErrorType, int] = {
     ConfigError: USAGE,
     MissingSettingError: USAGE,
+    RemoteUnsupportedError: USAGE,
     TemplateError: USAGE,
     **dict.fromkeys(SERVING_ERRORS, FAILURE),
     LaunchError: FAILURE,
@@ -119,7 +181,8 @@ def exits_on_error(
         @functools.wraps(command)
         def run(*args: P.args, **kwargs: P.kwargs) -> R:
             try:
-                return command(*args, **kwargs)
+                with _result_only_on_stdout(bool(kwargs.get("as_json"))):
+                    return command(*args, **kwargs)
             except CommandError as error:
                 raise _fail(str(error), error.code) from None
             except Exception as error:

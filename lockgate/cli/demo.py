@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from lockgate.cli.common import (
+    BACKEND_CAUSES,
     FAILURE,
     PIPELINE_FILE,
     USAGE,
@@ -41,7 +42,7 @@ Story = tuple[str, "JobOutcome"]
 
 
 @commands.command()
-@exits_on_error()
+@exits_on_error(causes=BACKEND_CAUSES)
 def demo(
     config: ConfigFile = PIPELINE_FILE,
     state_dir: StateDir = None,

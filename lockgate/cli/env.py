@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 import typer
 
 from contracts.settings import EnvVar
-from lockgate.cli.common import FAILURE, DashboardPort, MlflowPort, RayPort, StateDir, exits_on_error
+from lockgate.cli.common import (
+    BACKEND_CAUSES,
+    FAILURE,
+    DashboardPort,
+    JsonOption,
+    MlflowPort,
+    RayPort,
+    StateDir,
+    exits_on_error,
+    progress_echo,
+    show,
+    working,
+)
 from lockgate.localenv import CREDENTIALS_FILE, LocalEnvironment, Ports, default_state_dir
 from lockgate.runtime import DEFAULT_PORTS, local_environment
 
@@ -16,7 +27,7 @@ commands = typer.Typer()
 
 
 @commands.command()
-@exits_on_error()
+@exits_on_error(causes=BACKEND_CAUSES)
 def up(
     state_dir: StateDir = None,
     mlflow_port: MlflowPort = DEFAULT_PORTS.mlflow,
@@ -33,6 +44,7 @@ def up(
             "interfaces)"
         ),
     ] = "proxy",
+    as_json: JsonOption = False,
 ) -> None:
     """Start (or reuse) the local Ray head and MLflow server on 127.0.0.1."""
     env = LocalEnvironment(
@@ -46,53 +58,68 @@ def up(
         typer.echo(
             "warning: with the haproxy ingress, Ray binds HAProxy's stats (port "
             f"{stats['RAY_SERVE_HAPROXY_STATS_PORT']}) and metrics (port "
-            f"{stats['RAY_SERVE_HAPROXY_METRICS_PORT']}) on all interfaces"
+            f"{stats['RAY_SERVE_HAPROXY_METRICS_PORT']}) on all interfaces",
+            err=True,
         )
-    state, reused = env.up(log=typer.echo)
-    typer.echo(
+    with working("starting MLflow and Ray", as_json) as echo:
+        state, reused = env.up(log=echo)
+    result = {
+        "reused": reused,
+        "mlflow": {"url": state.mlflow.url, "pid": state.mlflow.pid},
+        "ray": {"url": state.ray.url, "pid": state.ray.pid, "gcs_address": state.ray_gcs_address},
+        "state_dir": str(env.state_dir),
+    }
+    human = (
         f"{'reused' if reused else 'started'}: MLflow {state.mlflow.url} (pid {state.mlflow.pid}), "
         f"Ray dashboard {state.ray.url} (pid {state.ray.pid}); state in {env.state_dir}"
     )
+    show(result, human, as_json)
 
 
 @commands.command()
 @exits_on_error()
-def down(state_dir: StateDir = None) -> None:
+def down(state_dir: StateDir = None, as_json: JsonOption = False) -> None:
     """Stop exactly the processes `up` recorded (data, credentials and logs are kept)."""
-    local_environment(state_dir).down(log=typer.echo)
+    env = local_environment(state_dir)
+    stopped = env.down(log=progress_echo(as_json))
+    if as_json:
+        show({"stopped": stopped, "state_dir": str(env.state_dir)}, "", as_json)
 
 
 @commands.command()
 @exits_on_error()
 def status(
     state_dir: StateDir = None,
-    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Report each service's PID and health; exit 1 when anything is down."""
     env = local_environment(state_dir)
     report = env.health()
-    if as_json:
-        typer.echo(json.dumps(report, indent=2))
-    elif not report:
-        typer.echo(f"no environment recorded in {env.state_dir}: run `lockgate up`")
-    else:
-        for name, service in report.items():
-            state = (
-                "healthy"
-                if service["alive"] and service["healthy"]
-                else ("unhealthy (process alive)" if service["alive"] else "down")
-            )
-            typer.echo(f"{name:<7} {state:<26} pid={service['pid']:<8} {service['url']}")
+    lines = [f"no environment recorded in {env.state_dir}: run `lockgate up`"] if not report else []
+    for name, service in report.items():
+        state = (
+            "healthy"
+            if service["alive"] and service["healthy"]
+            else ("unhealthy (process alive)" if service["alive"] else "down")
+        )
+        lines.append(f"{name:<7} {state:<26} pid={service['pid']:<8} {service['url']}")
+    show(report, "\n".join(lines), as_json)
     if not report or not all(s["alive"] and s["healthy"] for s in report.values()):
         raise typer.Exit(FAILURE)
 
 
 @commands.command("env")
 @exits_on_error()
-def env_command(state_dir: StateDir = None) -> None:
+def env_command(state_dir: StateDir = None, as_json: JsonOption = False) -> None:
     """Print shell exports that point `ray job submit` and MLflow clients at the environment (no secrets)."""
     env = local_environment(state_dir)
-    for key, value in env.client_env(include_secrets=False).items():
-        typer.echo(f"export {key}={value}")
-    typer.echo(f"export {EnvVar.mlflow_username.value}={env.credentials()['mlflow_username']}")
-    typer.echo(f"# MLflow password: {env.state_dir / CREDENTIALS_FILE} (mlflow_password)")
+    variables = {
+        **env.client_env(include_secrets=False),
+        EnvVar.mlflow_username.value: env.credentials()["mlflow_username"],
+    }
+    password_file = env.state_dir / CREDENTIALS_FILE
+    human = "\n".join(
+        [*(f"export {key}={value}" for key, value in variables.items())]
+        + [f"# MLflow password: {password_file} (mlflow_password)"]
+    )
+    show({"variables": variables, "mlflow_password_file": str(password_file)}, human, as_json)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from contracts.settings import EnvVar
+from contracts.settings import EnvVar, Settings
 from lockgate.cli.common import (
     BACKEND_CAUSES,
     PIPELINE_FILE,
@@ -19,9 +19,11 @@ from lockgate.cli.common import (
     CommandError,
     ConfigFile,
     DataOption,
+    JsonOption,
     ServingFileOverride,
     StateDir,
     exits_on_error,
+    show,
 )
 from lockgate.runtime import cluster_watcher, rollout_context, serving_path, watching
 from pipeline.config import PipelineConfig, load_config
@@ -52,7 +54,7 @@ def _stop_on_sigterm() -> threading.Event:
 
 
 @triggers_app.command("check")
-@exits_on_error()
+@exits_on_error(causes=BACKEND_CAUSES)
 def triggers_check(
     config: ConfigFile = PIPELINE_FILE,
     state_dir: StateDir = None,
@@ -94,7 +96,7 @@ def triggers_check(
 
 
 @commands.command()
-@exits_on_error()
+@exits_on_error(causes=BACKEND_CAUSES)
 def watch(
     config: ConfigFile = PIPELINE_FILE,
     state_dir: StateDir = None,
@@ -135,7 +137,7 @@ def watch(
 
 
 @commands.command()
-@exits_on_error(dict.fromkeys(SERVING_ERRORS, USAGE))
+@exits_on_error(dict.fromkeys(SERVING_ERRORS, USAGE), causes=BACKEND_CAUSES)
 def export(
     config: ConfigFile = PIPELINE_FILE,
     events_uri: Annotated[
@@ -193,13 +195,26 @@ def labels(
     ],
     config: ConfigFile = PIPELINE_FILE,
     state_dir: StateDir = None,
+    as_json: JsonOption = False,
 ) -> None:
-    """Attach labels that arrived after the answers (joined to captured requests by request id)."""
+    """Attach labels that arrived after the answers (joined to captured requests by request id).
+
+    With no local environment up: the capture location of the serving file (capture.uri) or LOCKGATE_CAPTURE_URI.
+    """
     import pandas as pd
 
     from serving.capture import write_labels
 
     with rollout_context(config, state_dir) as context:
+        capture_uri = context.serving.capture.uri or (
+            Settings.from_environ().capture_uri if context.remote else str(context.env.capture_dir)
+        )
+        if not capture_uri:
+            raise CommandError(
+                f"capture.uri: not set in the serving file and {EnvVar.capture_uri.value} is not set "
+                "(where the stack's router captures, e.g. s3://<bucket>/capture)",
+                USAGE,
+            )
         try:
             frame = pd.read_parquet(file) if file.suffix == ".parquet" else pd.read_csv(file)
         except (OSError, ValueError) as error:
@@ -211,26 +226,38 @@ def labels(
             )
         try:
             path, count = write_labels(
-                context.serving.capture.uri or str(context.env.capture_dir),
+                capture_uri,
                 zip(frame["request_id"].astype(str), frame["label"].tolist(), strict=True),
             )
         except ValueError as error:
             raise CommandError(f"{file}: {error}", USAGE) from None
-    typer.echo(f"recorded {count} labels in {path}")
+    show({"path": str(path), "labels": count}, f"recorded {count} labels in {path}", as_json)
 
 
 @commands.command()
-@exits_on_error()
+@exits_on_error(causes=BACKEND_CAUSES)
 def report(
     config: ConfigFile = PIPELINE_FILE,
     state_dir: StateDir = None,
     out: Annotated[Path, typer.Option(help="where to write the HTML report")] = Path("lockgate-report.html"),
+    as_json: JsonOption = False,
 ) -> None:
-    """Write the HTML report (runs, durations and cost, model metrics, serving, drift, delivery) and log it."""
+    """Write the HTML report (runs, durations and cost, model metrics, serving, drift, delivery) and log it.
+
+    With no local environment up: logged to the MLflow MLFLOW_TRACKING_URI names, with the trigger checks'
+    history from LOCKGATE_STATE_URI when set.
+    """
     from pipeline.report import write_report
 
     with rollout_context(config, state_dir) as context:
+        state: str | Path = context.env.state_dir
+        if context.remote:
+            state = Settings.from_environ().state_uri or state
         path, run_id = write_report(
-            context.config, config.resolve().parent, context.serving.model_name, context.env.state_dir, out
+            context.config, config.resolve().parent, context.serving.model_name, state, out
         )
-    typer.echo(f"report written to {path} and logged to MLflow run {run_id}")
+    show(
+        {"path": str(path), "mlflow_run_id": run_id},
+        f"report written to {path} and logged to MLflow run {run_id}",
+        as_json,
+    )

@@ -15,11 +15,15 @@ from lockgate.cli.common import (
     BACKEND_CAUSES,
     PIPELINE_FILE,
     SERVING_FILE,
+    USAGE,
     CommandError,
     ConfigFile,
+    JsonOption,
     ServingFileOption,
     StateDir,
     exits_on_error,
+    progress_echo,
+    show,
 )
 from lockgate.localenv import LocalEnvironment
 from lockgate.runtime import connect_ray, connected, local_environment, rollout_context
@@ -45,14 +49,27 @@ NOT_PROMOTED = 3
 """``rollout run``'s exit code when the candidate was rolled back or stalled (a pipeline run's "blocked")."""
 
 
-def _apply(env: LocalEnvironment, serving_file: Path) -> str:
-    """Deploy the desired serving state in place; returns what is now served."""
+def _apply(env: LocalEnvironment, serving_file: Path) -> tuple[dict[str, Any], str]:
+    """Deploy the desired serving state in place; returns what is now served (as data, and as a line)."""
     file = load_serving_file(serving_file)
     with connected(env):
         router = apply_desired(
             env.dashboard_url, env.ray_auth_header(), file, rollout_state_path(env.state_dir, file.model_name)
         )
-    return describe(file, router)
+    served = {
+        "model_name": file.model_name,
+        "champion": router.champion.uri,
+        "candidate": router.candidate.uri if router.candidate else None,
+        "traffic_mode": router.traffic.mode.value,
+        "candidate_weight": router.traffic.candidate_weight,
+        "url": f"http://{file.serving.http_host}:{file.serving.http_port}{file.serving.route_prefix}",
+    }
+    return served, describe(file, router)
+
+
+def _show_applied(env: LocalEnvironment, serving_file: Path, as_json: bool, **result: Any) -> None:
+    served, line = _apply(env, serving_file)
+    show({**result, "served": served}, line, as_json)
 
 
 def _update_rollout_state(env: LocalEnvironment, model_name: str, **changes: Any) -> None:
@@ -61,46 +78,63 @@ def _update_rollout_state(env: LocalEnvironment, model_name: str, **changes: Any
 
 
 @commands.command()
-@exits_on_error()
-def apply(serving_file: ServingFileOption = SERVING_FILE, state_dir: StateDir = None) -> None:
+@exits_on_error(causes=BACKEND_CAUSES)
+def apply(
+    serving_file: ServingFileOption = SERVING_FILE, state_dir: StateDir = None, as_json: JsonOption = False
+) -> None:
     """Render the desired serving state (file + rollout state + registry aliases) and deploy it in place."""
-    typer.echo(_apply(local_environment(state_dir), serving_file))
+    _show_applied(local_environment(state_dir), serving_file, as_json)
 
 
 @rollout_app.command("status")
 @exits_on_error()
-def rollout_status(serving_file: ServingFileOption = SERVING_FILE, state_dir: StateDir = None) -> None:
+def rollout_status(
+    serving_file: ServingFileOption = SERVING_FILE, state_dir: StateDir = None, as_json: JsonOption = False
+) -> None:
     """Show the rollout state and whether the serving file pins the weight."""
     file = load_serving_file(serving_file)
     env = local_environment(state_dir)
     state = read_rollout_state(rollout_state_path(env.state_dir, file.model_name))
     pinned = file.traffic.candidate_weight
-    typer.echo(
+    result = {
+        "model_name": file.model_name,
+        "candidate_weight": state.candidate_weight,
+        "paused": state.paused,
+        "pinned_weight": pinned,
+    }
+    show(
+        result,
         f"model {file.model_name}: rollout weight {state.candidate_weight:g}%"
         f"{' (paused)' if state.paused else ''}; "
-        + (f"pinned to {pinned:g}% by {serving_file}" if pinned is not None else "not pinned")
+        + (f"pinned to {pinned:g}% by {serving_file}" if pinned is not None else "not pinned"),
+        as_json,
     )
 
 
 @rollout_app.command("set-weight")
-@exits_on_error()
+@exits_on_error(causes=BACKEND_CAUSES)
 def rollout_set_weight(
     weight: Annotated[float, typer.Argument(min=0, max=100, help="candidate share in percent")],
     serving_file: ServingFileOption = SERVING_FILE,
     state_dir: StateDir = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Write the candidate's share to the rollout state and apply it (a pin in the serving file still wins)."""
     env = local_environment(state_dir)
     _update_rollout_state(env, load_serving_file(serving_file).model_name, candidate_weight=weight)
-    typer.echo(_apply(env, serving_file))
+    _show_applied(env, serving_file, as_json)
 
 
-def _event_sender(config: PipelineConfig, config_dir: Path, model_name: str, candidate: str) -> Emit:
+def _event_sender(
+    config: PipelineConfig, config_dir: Path, model_name: str, candidate: str, as_json: bool = False
+) -> Emit:
     """Print each rollout event and emit it to the pipeline's event sinks, as the candidate's."""
     from pipeline.events import Event, EventType, emit
 
+    echo = progress_echo(as_json)
+
     def send(kind: str, message: str, details: dict[str, Any]) -> None:
-        typer.echo(f"[{kind}] {message}")
+        echo(f"[{kind}] {message}")
         event = Event(
             type=EventType(kind),
             pipeline=config.name,
@@ -115,12 +149,20 @@ def _event_sender(config: PipelineConfig, config_dir: Path, model_name: str, can
 
 
 @rollout_app.command("run")
-@exits_on_error()
-def rollout_run(config: ConfigFile = PIPELINE_FILE, state_dir: StateDir = None) -> None:
+@exits_on_error(causes=BACKEND_CAUSES)
+def rollout_run(
+    config: ConfigFile = PIPELINE_FILE, state_dir: StateDir = None, as_json: JsonOption = False
+) -> None:
     """Roll the current candidate out step by step: promote at 100%, roll back on the first breach."""
     from serving.live import rollout_controller
 
     with rollout_context(config, state_dir) as context:
+        if context.remote:
+            raise CommandError(
+                "rollout run steers a local environment's traffic; on a stack traffic moves through stack "
+                "config (README: 'Serve a model and shift canary traffic')",
+                USAGE,
+            )
         model_name = context.serving.model_name
         aliases = registry_aliases(model_name)
         if Alias.candidate not in aliases or Alias.champion not in aliases:
@@ -128,69 +170,102 @@ def rollout_run(config: ConfigFile = PIPELINE_FILE, state_dir: StateDir = None) 
                 f"model {model_name} needs a champion and a candidate to roll out, has {aliases}"
             )
         champion, candidate = aliases[Alias.champion], aliases[Alias.candidate]
-        send = _event_sender(context.config, config.resolve().parent, model_name, candidate)
+        send = _event_sender(context.config, config.resolve().parent, model_name, candidate, as_json)
         connect_ray(context.env)
         target = context.env.serving_target()
         versions = (champion, candidate)
         result = rollout_controller(
             context.config.rollout, target, context.serving_file, versions, send
         ).run()
-    typer.echo(
-        "ROLLOUT_RESULT "
-        + json.dumps({"outcome": result.outcome, "reason": result.reason, "steps": result.steps}, default=str)
-    )
+    outcome = {"outcome": result.outcome, "reason": result.reason, "steps": result.steps}
+    show(outcome, "ROLLOUT_RESULT " + json.dumps(outcome, default=str), as_json)
     raise typer.Exit(0 if result.outcome in ENDED_WELL else NOT_PROMOTED)
 
 
 @rollout_app.command("promote")
 @exits_on_error(causes=BACKEND_CAUSES)
-def rollout_promote(config: ConfigFile = PIPELINE_FILE, state_dir: StateDir = None) -> None:
-    """Promote the candidate now (compare-and-set on the aliases), then serve it as champion."""
-    from serving import promotion
+def rollout_promote(
+    config: ConfigFile = PIPELINE_FILE, state_dir: StateDir = None, as_json: JsonOption = False
+) -> None:
+    """Promote the candidate now (compare-and-set on the aliases), then serve it as champion.
 
+    On a stack (MLFLOW_TRACKING_URI and RAY_ADDRESS, no local environment up) only the registry's aliases
+    move; what the stack serves follows its config (`lockgate:models`).
+    """
     with rollout_context(config, state_dir) as context:
+        # Ray reads its auth and loopback settings when it is imported: only once connected() has set them.
+        from serving import promotion
+
         model_name = context.serving.model_name
         aliases = registry_aliases(model_name)
         if Alias.candidate not in aliases:
             raise CommandError(f"model {model_name} has no candidate to promote")
-        connect_ray(context.env)
+        connect_ray(None if context.remote else context.env)
         change = promotion.promote(model_name, aliases[Alias.candidate], aliases.get(Alias.champion))
         if not change.ok:
             raise CommandError(f"promotion refused: {change.reason}")
+        if context.remote:
+            _show_stack_aliases(model_name, change.aliases, as_json)
+            return
         # The next candidate starts from nothing; a pause a person set stays.
         update_rollout_state(rollout_state_path(context.env.state_dir, model_name), candidate_weight=0.0)
-        typer.echo(_apply(context.env, context.serving_file))
+        _show_applied(context.env, context.serving_file, as_json, aliases=change.aliases)
+
+
+def _show_stack_aliases(model_name: str, aliases: dict[str, str], as_json: bool) -> None:
+    """On a stack: the registry's aliases now, and how to make the stack serve them."""
+    champion = aliases.get(Alias.champion)
+    show(
+        {"model_name": model_name, "aliases": aliases, "served": None},
+        f"model {model_name}: aliases now {aliases}; the stack serves its config: "
+        f"pulumi config set --path 'lockgate:models.champion' '\"{champion}\"' && pulumi up",
+        as_json,
+    )
 
 
 @rollout_app.command("rollback")
 @exits_on_error(causes=BACKEND_CAUSES)
-def rollout_rollback(config: ConfigFile = PIPELINE_FILE, state_dir: StateDir = None) -> None:
-    """Restore the previous champion (compare-and-set), then serve it."""
-    from serving import promotion
-
+def rollout_rollback(
+    config: ConfigFile = PIPELINE_FILE, state_dir: StateDir = None, as_json: JsonOption = False
+) -> None:
+    """Restore the previous champion (compare-and-set), then serve it (on a stack: the aliases only)."""
     with rollout_context(config, state_dir) as context:
-        connect_ray(context.env)
+        # Ray reads its auth and loopback settings when it is imported: only once connected() has set them.
+        from serving import promotion
+
+        connect_ray(None if context.remote else context.env)
         change = promotion.restore_previous(context.serving.model_name)
         if not change.ok:
             raise CommandError(f"rollback refused: {change.reason}")
-        typer.echo(_apply(context.env, context.serving_file))
+        if context.remote:
+            _show_stack_aliases(context.serving.model_name, change.aliases, as_json)
+            return
+        _show_applied(context.env, context.serving_file, as_json, aliases=change.aliases)
 
 
 @rollout_app.command("pause")
 @exits_on_error()
-def rollout_pause(serving_file: ServingFileOption = SERVING_FILE, state_dir: StateDir = None) -> None:
+def rollout_pause(
+    serving_file: ServingFileOption = SERVING_FILE, state_dir: StateDir = None, as_json: JsonOption = False
+) -> None:
     """Stop automation at its next step; the current weight stays."""
-    _set_paused(serving_file, state_dir, True)
+    _set_paused(serving_file, state_dir, True, as_json)
 
 
 @rollout_app.command("resume")
 @exits_on_error()
-def rollout_resume(serving_file: ServingFileOption = SERVING_FILE, state_dir: StateDir = None) -> None:
+def rollout_resume(
+    serving_file: ServingFileOption = SERVING_FILE, state_dir: StateDir = None, as_json: JsonOption = False
+) -> None:
     """Allow automation again (start it with `lockgate rollout run`)."""
-    _set_paused(serving_file, state_dir, False)
+    _set_paused(serving_file, state_dir, False, as_json)
 
 
-def _set_paused(serving_file: Path, state_dir: Path | None, paused: bool) -> None:
+def _set_paused(serving_file: Path, state_dir: Path | None, paused: bool, as_json: bool) -> None:
     file = load_serving_file(serving_file)
     _update_rollout_state(local_environment(state_dir), file.model_name, paused=paused)
-    typer.echo(f"rollout of {file.model_name} {'paused' if paused else 'resumed'}")
+    show(
+        {"model_name": file.model_name, "paused": paused},
+        f"rollout of {file.model_name} {'paused' if paused else 'resumed'}",
+        as_json,
+    )

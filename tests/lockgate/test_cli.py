@@ -185,7 +185,7 @@ def test_schema_prints_the_pipeline_json_schema() -> None:
 
 HELP = {
     (): [
-        *("up", "down", "status", "env", "validate", "schema", "run", "summary", "demo", "apply"),
+        *("init", "up", "down", "status", "env", "validate", "schema", "run", "summary", "demo", "apply"),
         *("watch", "export", "labels", "report", "data", "rollout", "triggers"),
     ],
     ("rollout",): ["status", "set-weight", "run", "promote", "rollback", "pause", "resume"],
@@ -253,3 +253,111 @@ def test_demo_of_an_unknown_example_names_the_examples_and_starts_nothing(monkey
     assert result.exit_code == 2, result.output
     assert "--example: no example 'nope'; examples: diabetes, wine" in result.output, result.output
     assert not (tmp_path / "state").exists(), "nothing was started"
+
+
+def test_version_prints_the_installed_version() -> None:
+    from lockgate.cli import installed_version
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0, f"--version should exit 0, got {result.exit_code}"
+    assert result.stdout == f"lockgate {installed_version()}\n", f"got {result.stdout!r}"
+
+
+def test_shell_completion_is_offered() -> None:
+    result = runner.invoke(app, ["--help"], env={"COLUMNS": "160"})
+    assert "--install-completion" in result.stdout and "--show-completion" in result.stdout, result.stdout
+
+
+def test_init_writes_a_project_that_validates_outside_the_checkout(tmp_path: Path) -> None:
+    # Given an empty directory outside the checkout, when a project is started there,
+    project = tmp_path / "team-repo"
+    result = runner.invoke(app, ["init", str(project), "--json"])
+    # then it holds a pipeline file, a serving file, a trainer and data, and the pipeline file validates.
+    assert result.exit_code == 0, f"init should exit 0, got {result.exit_code}: {result.output}"
+    written = set(json.loads(result.stdout)["files"])
+    expected = {
+        "pipeline.yaml",
+        "serving.yaml",
+        "trainers/model.py",
+        "trainers/__init__.py",
+        "data/churn.csv",
+    }
+    assert expected <= written, f"missing {expected - written}"
+    parsed = load_config(project / "pipeline.yaml")
+    assert parsed.training.trainer == "trainers.model:train", (
+        f"the stub should be the trainer: {parsed.training}"
+    )
+    header = (project / "data/churn.csv").read_text().splitlines()[0].split(",")
+    assert set(header) == set(parsed.data_schema.columns), f"data columns {header} differ from the schema"
+    validated = runner.invoke(app, ["validate", "-c", str(project / "pipeline.yaml"), "--json"])
+    assert validated.exit_code == 0 and json.loads(validated.stdout)["valid"], validated.output
+
+
+def test_init_does_not_overwrite_without_force(tmp_path: Path) -> None:
+    (tmp_path / "pipeline.yaml").write_text("name: mine\n")
+    result = runner.invoke(app, ["init", str(tmp_path)])
+    assert result.exit_code == USAGE, f"expected a usage error, got {result.exit_code}"
+    assert (tmp_path / "pipeline.yaml").read_text() == "name: mine\n", "the team's file must be left alone"
+
+
+def test_the_starter_trainer_fits_its_data(tmp_path: Path) -> None:
+    # Given the starter project, when its trainer is called on its own data as a Ray worker would,
+    import importlib.util
+
+    import pandas as pd
+
+    from pipeline.trainer import TrainerInput
+
+    runner.invoke(app, ["init", str(tmp_path)])
+    parsed = load_config(tmp_path / "pipeline.yaml")
+    frame = pd.read_csv(tmp_path / "data/churn.csv")
+    label = parsed.data_schema.label
+    features = tuple(c for c in frame.columns if c != label)
+    spec = importlib.util.spec_from_file_location("starter_model", tmp_path / "trainers/model.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    data = TrainerInput(
+        train=frame,
+        features=features,
+        label=label,
+        task=parsed.task,
+        schema=parsed.data_schema,
+        params=parsed.training.params,
+        seed=0,
+    )
+    model = module.train(data)
+    # then the model ranks better than chance on the rows it learned from.
+    from sklearn.metrics import roc_auc_score
+
+    auc = roc_auc_score(frame[label], model.predict_proba(frame[list(features)])[:, 1])
+    assert auc > 0.7, f"the starter model should learn the starter data, AUC {auc:.2f}"
+
+
+def test_json_results_are_one_object_on_stdout(tmp_path: Path) -> None:
+    serving = tmp_path / "serving.yaml"
+    serving.write_text((ROOT / "serving.yaml").read_text())
+    state = ["--state-dir", str(tmp_path / "state")]
+    paused = runner.invoke(app, ["rollout", "pause", "--file", str(serving), *state, "--json"])
+    status = runner.invoke(app, ["rollout", "status", "--file", str(serving), *state, "--json"])
+    assert paused.exit_code == 0 and json.loads(paused.stdout)["paused"] is True, paused.output
+    assert json.loads(status.stdout)["paused"] is True, f"status should show the pause: {status.stdout}"
+    nothing = runner.invoke(app, ["status", *state, "--json"])
+    assert nothing.exit_code == FAILURE, (
+        f"nothing runs: status should exit {FAILURE}, got {nothing.exit_code}"
+    )
+    assert json.loads(nothing.stdout) == {}, f"nothing recorded: expected {{}}, got {nothing.stdout!r}"
+
+
+def test_progress_is_plain_lines_when_stdout_is_not_a_terminal(capsys: pytest.CaptureFixture[str]) -> None:
+    from lockgate.cli.common import working
+
+    # Given stdout that is not a terminal (captured), when long work reports progress,
+    with working("starting", as_json=False) as echo:
+        echo("step one")
+    with working("starting", as_json=True) as echo:
+        echo("step two")
+    captured = capsys.readouterr()
+    # then it is plain text, on stdout for people and on stderr under --json: no spinner, no escape codes.
+    assert captured.out == "step one\n", f"got {captured.out!r}"
+    assert captured.err == "step two\n", f"got {captured.err!r}"

@@ -1,0 +1,87 @@
+"""Deploy stage: serve what was registered and, for a candidate, run the progressive rollout to its end.
+
+This is where the pipeline hands off to serving, through serving's own contracts (serving file, desired
+state, rollout controller); the environment's settings say where serving lives (``LOCKGATE_DASHBOARD_URL``
+and friends, set by ``lockgate up`` on the Ray head). Without them the stage is skipped and says so.
+It runs inside the Ray job (in a cluster too), so it needs ``contracts`` and ``serving``, never ``lockgate``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from contracts.settings import EnvVar, ServingTarget
+from contracts.vocabulary import Alias, RolloutOutcome
+from pipeline.config import PipelineConfig
+from pipeline.events import RolloutSink
+
+
+@dataclass(frozen=True)
+class DeployResult:
+    """How the rollout stage ended: its outcome, why, and each step's verdict when a rollout ran.
+
+    ``steps`` is None when no progressive rollout ran (skipped, or a first champion deployed directly).
+    """
+
+    outcome: RolloutOutcome
+    reason: str
+    steps: list[dict[str, Any]] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``rollout.json`` artefact: outcome and reason, plus the steps of a progressive rollout."""
+        record: dict[str, Any] = {"outcome": self.outcome.value, "reason": self.reason}
+        if self.steps is not None:
+            record["steps"] = self.steps
+        return record
+
+
+def deploy_and_roll_out(
+    config: PipelineConfig,
+    base_dir: Path,
+    target: ServingTarget | None,
+    registered_aliases: tuple[str, ...],
+    version: str,
+    emit: RolloutSink,
+) -> DeployResult:
+    """Serve the new version: a first champion directly, a candidate through the rollout policy.
+
+    ``target`` is where serving lives (``Settings.serving_target``); None skips the stage.
+    """
+    if not config.rollout.enabled:
+        return DeployResult(RolloutOutcome.skipped, "rollout.enabled is false")
+    if target is None:
+        return DeployResult(
+            RolloutOutcome.skipped,
+            f"no serving target in this environment ({EnvVar.dashboard_url.value} unset)",
+        )
+    from serving.desired import (
+        apply_desired,
+        describe,
+        load_serving_file,
+        registry_aliases,
+        update_rollout_state,
+    )
+    from serving.live import rollout_controller
+
+    serving_file = base_dir / config.rollout.serving_file
+    file = load_serving_file(serving_file)
+    if file.model_name != config.registry.model_name:
+        raise ValueError(
+            f"rollout.serving_file serves '{file.model_name}', not '{config.registry.model_name}'"
+        )
+    headers = target.auth_headers()
+    state_path = target.rollout_state_path(file.model_name)
+    if Alias.candidate not in registered_aliases:
+        router = apply_desired(target.dashboard_url, headers, file, state_path)
+        return DeployResult(RolloutOutcome.deployed, describe(file, router))
+    champion = registry_aliases(file.model_name)[Alias.champion]
+    # The new candidate starts from nothing; a pause a person set stays (the controller then yields at once).
+    update_rollout_state(state_path, candidate_weight=0.0)
+    apply_desired(target.dashboard_url, headers, file, state_path)
+    controller = rollout_controller(config.rollout, target, serving_file, (champion, version), emit)
+    result = controller.run()
+    if result.outcome is None:
+        raise RuntimeError("the rollout controller returned before the rollout ended")
+    return DeployResult(RolloutOutcome(result.outcome), result.reason, result.steps)

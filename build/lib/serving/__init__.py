@@ -1,0 +1,1 @@
+"""The Ray Serve application: router, model deployments, rollout controller, serve-config renderer (issue #3)."""
