@@ -13,8 +13,12 @@ from pathlib import Path
 import pytest
 
 from lockgate.localenv import EnvironmentError_, LocalEnvironment, Ports, pid_alive, port_is_free
+from tests.conftest import PORT_OFFSET
 
-ENV_PORTS = Ports.from_base(mlflow=18055, ray_gcs=18390, ray_dashboard=18275)
+# The tests' own ports follow LOCKGATE_TEST_PORT_OFFSET, so a second session on the machine cannot collide.
+ENV_PORTS = Ports.from_base(
+    mlflow=18055 + PORT_OFFSET, ray_gcs=18390 + PORT_OFFSET, ray_dashboard=18275 + PORT_OFFSET
+)
 
 
 def lockgate(*args: str) -> subprocess.CompletedProcess:
@@ -60,7 +64,8 @@ def own_ports(ports: Ports) -> list[int]:
 def test_up_status_down_leaves_no_process_or_listener(tmp_path) -> None:
     state = tmp_path / "state"
     common = ["--state-dir", str(state)]
-    ports = ["--mlflow-port", "18055", "--ray-port", "18390", "--dashboard-port", "18275"]
+    ports = ["--mlflow-port", str(ENV_PORTS.mlflow), "--ray-port", str(ENV_PORTS.ray_gcs)]
+    ports += ["--dashboard-port", str(ENV_PORTS.ray_dashboard)]
     started = lockgate("up", *common, *ports, "--num-cpus", "1")
     try:
         assert started.returncode == 0, started.stderr
@@ -79,7 +84,7 @@ def test_up_status_down_leaves_no_process_or_listener(tmp_path) -> None:
         )
         assert json.loads((state / "state.json").read_text())["ray"]["pid"] == pids[1]
         owned = listeners(sessions_of(pids))
-        assert {"127.0.0.1:18055", "127.0.0.1:18275"} <= owned, (
+        assert {f"127.0.0.1:{ENV_PORTS.mlflow}", f"127.0.0.1:{ENV_PORTS.ray_dashboard}"} <= owned, (
             f"the environment's sockets are its own: {owned}"
         )
         exposed = {address for address in owned if not address.startswith(LOOPBACK)}
@@ -96,13 +101,18 @@ def test_up_status_down_leaves_no_process_or_listener(tmp_path) -> None:
 @pytest.mark.e2e
 def test_taken_port_fails_clearly_and_starts_nothing(tmp_path) -> None:
     blocker = socket.socket()
-    blocker.bind(("127.0.0.1", 18455))
+    blocker.bind(("127.0.0.1", 18455 + PORT_OFFSET))
     blocker.listen()
     try:
         env = LocalEnvironment(
-            tmp_path / "state", Ports.from_base(mlflow=18455, ray_gcs=18490, ray_dashboard=18475)
+            tmp_path / "state",
+            Ports.from_base(
+                mlflow=18455 + PORT_OFFSET, ray_gcs=18490 + PORT_OFFSET, ray_dashboard=18475 + PORT_OFFSET
+            ),
         )
-        with pytest.raises(EnvironmentError_, match="mlflow port 18455 on 127.0.0.1 already in use"):
+        with pytest.raises(
+            EnvironmentError_, match=f"mlflow port {18455 + PORT_OFFSET} on 127.0.0.1 already in use"
+        ):
             env.up(log=lambda _: None)
         assert env.read_state() is None, "nothing recorded"
     finally:
@@ -113,14 +123,19 @@ def test_taken_port_fails_clearly_and_starts_nothing(tmp_path) -> None:
 def test_service_that_fails_to_start_is_reported_with_its_log_and_cleaned_up(tmp_path) -> None:
     # Ray refuses a client-server port inside its worker range: a real start-up failure after MLflow is up.
     bad = Ports(
-        mlflow=18555, ray_gcs=18590, ray_dashboard=18575, ray_client=18605, ray_agent=18592, ray_metrics=18593
+        mlflow=18555 + PORT_OFFSET,
+        ray_gcs=18590 + PORT_OFFSET,
+        ray_dashboard=18575 + PORT_OFFSET,
+        ray_client=18605 + PORT_OFFSET,
+        ray_agent=18592 + PORT_OFFSET,
+        ray_metrics=18593 + PORT_OFFSET,
     )
     env = LocalEnvironment(tmp_path / "state", bad, num_cpus=1)
     with pytest.raises(EnvironmentError_) as caught:
         env.up(log=lambda _: None)
     assert "Ray exited with code" in str(caught.value) and "last lines of" in str(caught.value)
     assert env.read_state() is None
-    assert port_is_free(18555), "the MLflow server started first was stopped again"
+    assert port_is_free(18555 + PORT_OFFSET), "the MLflow server started first was stopped again"
 
 
 def test_haproxy_ingress_is_opt_in_and_pinned_to_the_environments_ports(tmp_path) -> None:
@@ -215,7 +230,10 @@ def test_a_changed_admin_password_reaches_the_existing_auth_database(tmp_path) -
 
     # Given an environment whose MLflow server created its admin with the first password,
     env = LocalEnvironment(
-        tmp_path / "state", Ports.from_base(mlflow=18655, ray_gcs=18690, ray_dashboard=18675)
+        tmp_path / "state",
+        Ports.from_base(
+            mlflow=18655 + PORT_OFFSET, ray_gcs=18690 + PORT_OFFSET, ray_dashboard=18675 + PORT_OFFSET
+        ),
     )
     first = env.credentials()
     for directory in ("logs", "mlflow"):  # as `up` makes them
