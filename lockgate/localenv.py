@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import requests
@@ -631,6 +631,26 @@ class LocalEnvironment:
             "Ray", process, lambda: _ray_ready(self.dashboard_url, headers), log_path, 120.0, "ray"
         )
         return ServiceState(pid=process.pid, url=self.dashboard_url, log=str(log_path))
+
+    def restart_mlflow(self, log: Callable[[str], None] = print) -> EnvState:
+        """Start MLflow again on its recorded port after it died, leave Ray alone, and record its new PID.
+
+        ``up`` restarts both services when either is unhealthy; this brings back only the tracking server
+        (same database, artefacts and credentials). A running, healthy MLflow is left as it is.
+        """
+        state = self.read_state()
+        if state is None:
+            raise EnvironmentError_(f"nothing recorded in {self.state_dir}: run `lockgate up`")
+        self.ports = state.ports
+        if pid_alive(state.mlflow.pid) and _http_ok(f"{state.mlflow.url}/health"):
+            log(f"MLflow (pid {state.mlflow.pid}) is running: left as it is")
+            return state
+        stop_pid(state.mlflow.pid, self.bin_dir / "mlflow")  # whatever is left of the dead server's group
+        if not port_is_free(self.ports.mlflow):
+            raise EnvironmentError_(f"cannot restart MLflow: port {self.ports.mlflow} on {HOST} is in use")
+        state = replace(state, mlflow=self._start_mlflow(self.credentials(), log))
+        self.state_path.write_text(state.to_json())
+        return state
 
     def down(self, log: Callable[[str], None] = print) -> bool:
         """Stop exactly the recorded processes; keep data, credentials and logs. Returns whether anything ran."""
