@@ -397,6 +397,8 @@ def main(argv: list[str] | None = None) -> int:
     error: str | None = None
     progress(f"state and logs in {scratch}")
     try:
+        # Ray reads its loopback and token settings when it is imported: set them before anything imports it.
+        os.environ.update(env.client_env())
         import mlflow
         from mlflow.tracking import MlflowClient
 
@@ -409,7 +411,6 @@ def main(argv: list[str] | None = None) -> int:
         from serving.spec import AnalysisSpec, RolloutPolicy
 
         env_up(env)
-        os.environ.update(env.client_env())
         registered = register_in_subprocess(env, log_dir)
         model, (v1, v2) = registered["name"], registered["versions"]
         client = MlflowClient()

@@ -646,6 +646,10 @@ class LocalEnvironment:
             log(f"MLflow (pid {state.mlflow.pid}) is running: left as it is")
             return state
         stop_pid(state.mlflow.pid, self.bin_dir / "mlflow")  # whatever is left of the dead server's group
+        # A killed server's listener goes with its last process, a moment after the kill: wait for it.
+        deadline = time.monotonic() + 10.0
+        while not port_is_free(self.ports.mlflow) and time.monotonic() < deadline:
+            time.sleep(0.2)
         if not port_is_free(self.ports.mlflow):
             raise EnvironmentError_(f"cannot restart MLflow: port {self.ports.mlflow} on {HOST} is in use")
         state = replace(state, mlflow=self._start_mlflow(self.credentials(), log))
