@@ -390,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     forwarder = TcpForwarder(FORWARDER_PORT, PORTS.ray_metrics)
     saved_environ = dict(os.environ)
     results: dict[str, Any] = {"benchmark": "chaos", "timestamp": stamp, "args": vars(args), "faults": {}}
-    phases: list[Phase] = []
+    starts: list[tuple[str, float, float, str]] = []  # each phase: name, start, fault time, note
     load: Any = None
     samples: list[tuple[float, int]] = []
     sampling = threading.Event()
@@ -450,6 +450,8 @@ def main(argv: list[str] | None = None) -> int:
 
         sampling.clear()
         threading.Thread(target=sample, name="sampler", daemon=True).start()
+        loaded_at = record.mark(f"load runs ({args.clients} clients)")
+        starts.append(("baseline", loaded_at, loaded_at, "no fault"))
         time.sleep(5)
         policy = RolloutPolicy(
             steps=(10.0, 50.0, 100.0),
@@ -467,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
         bound = 3 * (policy.max_step_wait_s + 30)
 
         # Rollout A: a replica killed at 10%, MLflow killed as the promotion comes.
-        baseline_start = record.mark("rollout A starts (v1 -> v2)")
+        record.mark("rollout A starts (v1 -> v2)")
         rollout_a = ControllerThread(
             rollout_controller(
                 policy, target, serving_file, (v1, v2), record.emitter("A", events_path, model, v2)
@@ -480,6 +482,7 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(max(step + 3 - time.monotonic(), 0))
         replica = kill_replica(env, record)
         results["faults"]["replica"] = replica
+        starts.append(("replica", replica["at"] - 0.5, replica["at"], "SIGKILL one router replica"))
         step = record.wait_event("A", "rollout_step", 100.0, bound)
         mlflow_fault: dict[str, Any] = {}
         if step is not None:
@@ -489,18 +492,10 @@ def main(argv: list[str] | None = None) -> int:
             record.mark("rollout A ended before 100%: MLflow is killed now, after it")
             mlflow_fault = kill_mlflow(env, record)
         results["faults"]["mlflow"] = mlflow_fault
+        starts.append(("mlflow", mlflow_fault["at"] - 0.5, mlflow_fault["at"], "SIGKILL MLflow, restart it"))
         ended = rollout_a.join(bound)
-        end_a = record.mark(f"rollout A ended: {rollout_a.summary()['outcome']} (hung: {not ended})")
+        record.mark(f"rollout A ended: {rollout_a.summary()['outcome']} (hung: {not ended})")
         results["rollout_A"] = after_rollout(env, model, state_path, rollout_a, (v1, v2))
-        phases.append(Phase("baseline", baseline_start - 5, baseline_start - 5, replica["at"] - 0.5))
-        phases.append(
-            Phase(
-                "replica", replica["at"] - 0.5, replica["at"], mlflow_fault["at"] - 0.5, "SIGKILL one replica"
-            )
-        )
-        phases.append(
-            Phase("mlflow", mlflow_fault["at"] - 0.5, mlflow_fault["at"], end_a + 1, "SIGKILL MLflow")
-        )
 
         # Rollout B: the metrics endpoint goes away at 10%.
         champion_b = aliases_now(model).get("champion", v1)
@@ -521,12 +516,15 @@ def main(argv: list[str] | None = None) -> int:
         outage_at = record.mark(
             f"fault metrics: the metrics endpoint goes away for {args.metrics_outage:g} s"
         )
+        starts.append(
+            ("metrics", start_b - 0.5, outage_at, f"metrics endpoint gone {args.metrics_outage:g} s")
+        )
         forwarder.stop()
         time.sleep(args.metrics_outage)
         forwarder.start()
         outage_end = record.mark("metrics endpoint back")
         ended = rollout_b.join(bound)
-        end_b = record.mark(f"rollout B ended: {rollout_b.summary()['outcome']} (hung: {not ended})")
+        record.mark(f"rollout B ended: {rollout_b.summary()['outcome']} (hung: {not ended})")
         reaction = [at for at, name, e in record.events if name == "B" and at >= outage_at]
         results["faults"]["metrics"] = {
             "at": outage_at,
@@ -535,15 +533,6 @@ def main(argv: list[str] | None = None) -> int:
             "connections_forwarded": forwarder.connections,
         }
         results["rollout_B"] = after_rollout(env, model, state_path, rollout_b, (champion_b, v3))
-        phases.append(
-            Phase(
-                "metrics",
-                start_b - 0.5,
-                outage_at,
-                end_b + 1,
-                f"metrics endpoint gone {args.metrics_outage:g} s",
-            )
-        )
 
         # The Ray head: killed with everything under it, brought back, the serving file applied again.
         time.sleep(3)
@@ -551,6 +540,7 @@ def main(argv: list[str] | None = None) -> int:
 
         ray.shutdown()
         head = kill_head(env, record)
+        starts.append(("head", head["at"] - 0.5, head["at"], "SIGKILL the Ray head's session, up, apply"))
         env_up(env)
         SESSIONS.extra.add(env.read_state().ray.pid)  # type: ignore[union-attr]
         up_at = record.mark("environment up again")
@@ -559,10 +549,7 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(8)
         head |= {"up_s": round(up_at - head["at"], 2), "reapplied_s": round(applied_at - head["at"], 2)}
         results["faults"]["head"] = head
-        stop_at = record.mark("load stops")
-        phases.append(
-            Phase("head", head["at"] - 0.5, head["at"], stop_at + 10, "SIGKILL the Ray head's session")
-        )
+        record.mark("load stops")
     except BaseException as exc:  # noqa: BLE001 - report what was measured, then re-raise below
         error = f"{type(exc).__name__}: {exc}"
         progress(f"stopped early: {error}")
@@ -572,6 +559,7 @@ def main(argv: list[str] | None = None) -> int:
         if load is not None:
             load.stop()
         forwarder.stop()
+        phases = windows(starts, time.monotonic())
         try:
             results |= judge(env, load, samples, phases, events_path, record, results)
         except Exception as judge_error:  # noqa: BLE001 - the report still gets written
@@ -608,6 +596,15 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(scratch, ignore_errors=True)
             shutil.rmtree(env.ray_temp_dir, ignore_errors=True)
     return 0
+
+
+def windows(starts: list[tuple[str, float, float, str]], end: float) -> list[Phase]:
+    """Back-to-back phases: each runs until the next one starts, the last until ``end``."""
+    ends = [start for _, start, _, _ in starts[1:]] + [end]
+    return [
+        Phase(name, start, fault, stop, note)
+        for (name, start, fault, note), stop in zip(starts, ends, strict=True)
+    ]
 
 
 def judge(
