@@ -265,7 +265,8 @@ def kill_mlflow(env: LocalEnvironment, record: Record) -> dict[str, Any]:
     deadline = time.monotonic() + 10
     while session_members(leader) and time.monotonic() < deadline:
         time.sleep(0.1)
-    restarted = env.restart_mlflow(log=lambda line: progress(f"  [env] {line}"))
+    # A busy 2-core machine has taken over 90 s to start MLflow: a longer bound than `up` gives.
+    restarted = env.restart_mlflow(log=lambda line: progress(f"  [env] {line}"), ready_timeout_s=240)
     SESSIONS.extra.add(restarted.mlflow.pid)
     back = record.mark(f"MLflow healthy again (pid {restarted.mlflow.pid})")
     return {

@@ -529,7 +529,9 @@ class LocalEnvironment:
         )
         return env
 
-    def _start_mlflow(self, creds: dict[str, str], log: Callable[[str], None]) -> ServiceState:
+    def _start_mlflow(
+        self, creds: dict[str, str], log: Callable[[str], None], ready_timeout_s: float = 90.0
+    ) -> ServiceState:
         auth_config = self._write_mlflow_auth_config(creds)
         auth_db = self.state_dir / "mlflow" / "auth.db"
         if auth_db.exists():  # the admin exists: its password follows credentials.json (a rotation)
@@ -564,7 +566,12 @@ class LocalEnvironment:
         log(f"starting MLflow on {self.mlflow_url} (log: {log_path})")
         process = self._spawn(command, env, log_path)
         self._wait_ready(
-            "MLflow", process, lambda: _http_ok(f"{self.mlflow_url}/health"), log_path, 90.0, "mlflow"
+            "MLflow",
+            process,
+            lambda: _http_ok(f"{self.mlflow_url}/health"),
+            log_path,
+            ready_timeout_s,
+            "mlflow",
         )
         return ServiceState(pid=process.pid, url=self.mlflow_url, log=str(log_path))
 
@@ -632,7 +639,7 @@ class LocalEnvironment:
         )
         return ServiceState(pid=process.pid, url=self.dashboard_url, log=str(log_path))
 
-    def restart_mlflow(self, log: Callable[[str], None] = print) -> EnvState:
+    def restart_mlflow(self, log: Callable[[str], None] = print, ready_timeout_s: float = 90.0) -> EnvState:
         """Start MLflow again on its recorded port after it died, leave Ray alone, and record its new PID.
 
         ``up`` restarts both services when either is unhealthy; this brings back only the tracking server
@@ -652,7 +659,7 @@ class LocalEnvironment:
             time.sleep(0.2)
         if not port_is_free(self.ports.mlflow):
             raise EnvironmentError_(f"cannot restart MLflow: port {self.ports.mlflow} on {HOST} is in use")
-        state = replace(state, mlflow=self._start_mlflow(self.credentials(), log))
+        state = replace(state, mlflow=self._start_mlflow(self.credentials(), log, ready_timeout_s))
         self.state_path.write_text(state.to_json())
         return state
 

@@ -270,7 +270,7 @@ def test_restart_mlflow_starts_only_mlflow_again_and_records_its_new_pid(tmp_pat
     (env.state_dir / "state.json").write_text(json.dumps(state))
     started: list[int] = []
 
-    def start_mlflow(creds, log):
+    def start_mlflow(creds, log, ready_timeout_s):
         started.append(env.ports.mlflow)
         return ServiceState(pid=4242, url=env.mlflow_url, log="mlflow.log")
 
