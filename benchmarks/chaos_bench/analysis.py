@@ -90,6 +90,13 @@ def capture_check(
         "lost_by_phase": per_phase,
         "lost_outside_phases": len(lost) - sum(per_phase.values()),
         "captured_not_answered": len(captured - answered_ids),
+        # A replica buffers up to flush_interval_s of answers: a killed one loses what it answered just before.
+        "lost_seconds_before_a_kill": sorted(
+            {
+                round(min((p.fault - o.done_s for p in phases if p.fault >= o.done_s), default=-1.0), 1)
+                for o in lost
+            }
+        )[-3:],
         "lost_examples": [
             {"request_id": o.request_id, "done_s": round(o.done_s, 2), "version": o.version} for o in lost[:5]
         ],
