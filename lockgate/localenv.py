@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import requests
@@ -665,6 +665,39 @@ class LocalEnvironment:
             lambda: _ray_ready(url, headers),
             120.0,
         )
+
+    def restart_mlflow(self, log: Callable[[str], None] = print, ready_timeout_s: float = 90.0) -> EnvState:
+        """Start MLflow again on its recorded port after it died, leave Ray alone, and record its new PID.
+
+        ``up`` restarts both services when either is unhealthy; this brings back only the tracking server
+        (same database, artefacts and credentials). A running, healthy MLflow is left as it is.
+        """
+        state = self.read_state()
+        if state is None:
+            raise EnvironmentError_(f"nothing recorded in {self.state_dir}: run `lockgate up`")
+        self.ports = state.ports
+        if pid_alive(state.mlflow.pid) and _http_ok(f"{state.mlflow.url}/health"):
+            log(f"MLflow (pid {state.mlflow.pid}) is running: left as it is")
+            return state
+        stop_pid(state.mlflow.pid, self.bin_dir / "mlflow")  # whatever is left of the dead server's group
+        # A killed server's listener goes with its last process, a moment after the kill: wait for it.
+        deadline = time.monotonic() + 10.0
+        while not port_is_free(self.ports.mlflow) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if not port_is_free(self.ports.mlflow):
+            raise EnvironmentError_(f"cannot restart MLflow: port {self.ports.mlflow} on {HOST} is in use")
+        state = replace(state, mlflow=self._start_mlflow(self.credentials(), log, ready_timeout_s))
+        self.state_path.write_text(state.to_json())
+        return state
+
+    def _start_mlflow(
+        self, creds: dict[str, str], log: Callable[[str], None], ready_timeout_s: float = 180.0
+    ) -> ServiceState:
+        """Start MLflow alone and wait until it answers (``up`` starts both services at once instead)."""
+        starting = self._spawn_mlflow(creds, log)
+        starting.deadline = time.monotonic() + ready_timeout_s
+        self._wait_ready([starting])
+        return ServiceState(pid=starting.process.pid, url=starting.url, log=str(starting.log_path))
 
     def down(self, log: Callable[[str], None] = print) -> bool:
         """Stop exactly the recorded processes; keep data, credentials and logs. Returns whether anything ran."""

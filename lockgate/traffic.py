@@ -13,6 +13,7 @@ import math
 import random
 import threading
 import time
+import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ VERSION_HEADER, SPLIT_HEADER, STICKY_HEADER = (
     Header.traffic_split.value,
     Header.sticky_key.value,
 )
+REQUEST_ID_HEADER = "x-request-id"  # Serve's: it keeps a client's id, logs it, and echoes it on the answer
 UNKNOWN = "?"  # an answer without the header
 FAILURE_TEXT_CHARS = 120  # how much of a refused request's body names its failure kind
 DEMO_CLIENTS = 4
@@ -49,6 +51,7 @@ class Outcome:
     version: str | None = None  # answering version, for a 200
     split: str | None = None  # the split that routed it, for a 200
     failure: str | None = None  # failure kind: "<status> <body start>" or the exception's class name
+    request_id: str | None = None  # the id the request was sent with (the router records it with a capture)
 
     @property
     def ok(self) -> bool:
@@ -222,14 +225,21 @@ class LoadClient:
     def _client(self) -> None:
         with requests.Session() as session:
             for body in self._bodies_until_stopped():
-                headers = {**_JSON_HEADERS, **self._headers()} if self._headers else _JSON_HEADERS
+                headers = {
+                    **_JSON_HEADERS,
+                    REQUEST_ID_HEADER: uuid.uuid4().hex,
+                    **(self._headers() if self._headers else {}),
+                }
+                request_id = headers[REQUEST_ID_HEADER]
                 sent = time.monotonic()
                 try:
                     response = session.post(self.url, data=body, headers=headers, timeout=self.timeout_s)
                 except requests.RequestException as error:
-                    outcome = Outcome(sent, time.monotonic(), None, failure=type(error).__name__)
+                    outcome = Outcome(
+                        sent, time.monotonic(), None, failure=type(error).__name__, request_id=request_id
+                    )
                 else:
-                    outcome = self._read(response, sent)
+                    outcome = self._read(response, sent, request_id)
                 if self._tolerate_unavailable and outcome.status in (None, _UNAVAILABLE_STATUS):
                     with self._lock:
                         self.unavailable += 1
@@ -241,7 +251,7 @@ class LoadClient:
         while not self._stop.is_set():
             yield self._bodies[self._random.randrange(len(self._bodies))]
 
-    def _read(self, response: requests.Response, sent: float) -> Outcome:
+    def _read(self, response: requests.Response, sent: float, request_id: str) -> Outcome:
         if response.status_code == 200:
             return Outcome(
                 sent,
@@ -249,9 +259,10 @@ class LoadClient:
                 200,
                 version=response.headers.get(self._version_header, UNKNOWN),
                 split=response.headers.get(self._split_header, UNKNOWN),
+                request_id=request_id,
             )
         failure = f"{response.status_code} {response.text[:FAILURE_TEXT_CHARS]}"
-        return Outcome(sent, time.monotonic(), response.status_code, failure=failure)
+        return Outcome(sent, time.monotonic(), response.status_code, failure=failure, request_id=request_id)
 
     def _record(self, outcome: Outcome) -> None:
         with self._lock:

@@ -208,6 +208,7 @@ class RolloutController:
         self.champion_key = (champion_version, Role.champion.value)
         self.candidate_key = (candidate_version, Role.candidate.value)
         self.candidate_version = candidate_version
+        self._weight = 0.0  # the candidate's weight as last applied
 
     def _retried(self, what: str, action: Callable[[], Any]) -> Any:
         """An effect retried with backoff (1, 2, 4 s): a scrape or a Serve call may fail for a moment."""
@@ -236,10 +237,12 @@ class RolloutController:
         why. Only if even that fails does the error propagate, after the event.
         """
         result = RolloutResult(None)
+        self._weight = 0.0
         try:
             return self._walk(result)
         except Exception as error:
-            weight = max((float(step["weight"]) for step in result.steps), default=0.0)
+            # The weight the candidate had when it failed: a step in progress is in no finished step yet.
+            weight = self._weight
             reason = f"the rollout could not continue: {error}"
             failures = []
             cleanup: tuple[tuple[str, Callable[[], Any]], ...] = (
@@ -281,6 +284,7 @@ class RolloutController:
                 f"setting the candidate's weight to {weight:g}%",
                 partial(self.effects.apply_weight, weight),
             )
+            self._weight = weight
             self.effects.emit(
                 "rollout_step", f"candidate v{self.candidate_version} at {weight:g}%", {"weight": weight}
             )

@@ -12,7 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from lockgate.localenv import EnvironmentError_, LocalEnvironment, Ports, pid_alive, port_is_free
+from lockgate.localenv import (
+    EnvironmentError_,
+    LocalEnvironment,
+    Ports,
+    ServiceState,
+    pid_alive,
+    port_is_free,
+)
 from tests.conftest import PORT_OFFSET
 
 # The tests' own ports follow LOCKGATE_TEST_PORT_OFFSET, so a second session on the machine cannot collide.
@@ -255,3 +262,49 @@ def test_a_changed_admin_password_reaches_the_existing_auth_database(tmp_path) -
     finally:
         stop_pid(server.pid, env.bin_dir / "mlflow")
     assert port_is_free(env.ports.mlflow), "the server is gone"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_restart_mlflow_starts_only_mlflow_again_and_records_its_new_pid(tmp_path, monkeypatch) -> None:
+    # Given a recorded environment whose MLflow has died (its PID exited) while Ray is recorded as before
+    dead = subprocess.Popen([sys.executable, "-c", "pass"], start_new_session=True)
+    dead.wait(timeout=30)
+    ports = Ports.from_base(mlflow=free_port(), ray_gcs=free_port(), ray_dashboard=free_port())
+    env = LocalEnvironment(tmp_path / "state", ports)
+    env.state_dir.mkdir(parents=True)
+    ray = {"pid": 1, "url": "http://127.0.0.1:1", "log": "ray.log"}
+    state = {
+        "ports": vars(ports),
+        "mlflow": {"pid": dead.pid, "url": f"http://127.0.0.1:{ports.mlflow}", "log": "mlflow.log"},
+        "ray": ray,
+        "ray_gcs_address": "127.0.0.1:1",
+        "started_at": 1.0,
+    }
+    (env.state_dir / "state.json").write_text(json.dumps(state))
+    started: list[int] = []
+
+    def start_mlflow(creds, log, ready_timeout_s):
+        started.append(env.ports.mlflow)
+        return ServiceState(pid=4242, url=env.mlflow_url, log="mlflow.log")
+
+    monkeypatch.setattr(env, "_start_mlflow", start_mlflow)
+
+    # When MLflow is restarted
+    restarted = env.restart_mlflow(log=lambda _: None)
+
+    # Then MLflow alone was started, on its recorded port, and the state file names its new PID
+    assert started == [ports.mlflow], f"MLflow started once on its recorded port: {started}"
+    recorded = json.loads((env.state_dir / "state.json").read_text())
+    assert recorded["mlflow"]["pid"] == 4242 == restarted.mlflow.pid, recorded["mlflow"]
+    assert recorded["ray"] == ray and recorded["started_at"] == 1.0, "Ray's record is unchanged"
+
+
+def test_restart_mlflow_without_an_environment_says_to_start_one(tmp_path) -> None:
+    # Given a state directory where nothing was started, when MLflow is restarted, then the error says what to do
+    with pytest.raises(EnvironmentError_, match="lockgate up"):
+        LocalEnvironment(tmp_path / "state").restart_mlflow(log=lambda _: None)

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from lockgate.traffic import (
+    REQUEST_ID_HEADER,
     SPLIT_HEADER,
     STICKY_HEADER,
     VERSION_HEADER,
@@ -37,6 +38,7 @@ class FakeRouter:
     url: str = ""
     answered: Counter[tuple[int, str]] = field(default_factory=Counter)
     keys: Counter[str] = field(default_factory=Counter)
+    request_ids: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def count(self, status: int, version: str = "") -> int:
@@ -70,6 +72,7 @@ def router() -> Iterator[FakeRouter]:
                 fake.answered[(status, version)] += 1
                 if STICKY_HEADER in self.headers:
                     fake.keys[self.headers[STICKY_HEADER]] += 1
+                fake.request_ids.append(self.headers.get(REQUEST_ID_HEADER, ""))
             self.send_response(status)
             if status == 200:
                 self.send_header(VERSION_HEADER, version)
@@ -235,6 +238,37 @@ def test_outcomes_keep_each_request_in_order(router) -> None:
     )
     with pytest.raises(RuntimeError, match="keep_outcomes"):
         LoadClient(router.url, [row()], clients=1, timeout_s=1).outcomes()
+
+
+def test_every_request_carries_its_own_id_kept_in_its_outcome(router) -> None:
+    # Given a load that keeps its outcomes, on rows answered and refused
+    load = LoadClient(router.url, [row(), row(status=503)], clients=2, timeout_s=5, keep_outcomes=True)
+
+    # When it runs
+    load.run(0.5)
+
+    # Then each request was sent with an id of its own, and its outcome names that id
+    ids = [o.request_id for o in load.outcomes()]
+    assert ids and all(ids), f"every outcome has an id: {ids[:5]}"
+    assert len(set(ids)) == len(ids), "no id is used twice"
+    with router.lock:
+        seen = set(router.request_ids)
+    assert set(ids) <= seen, f"the ids kept are the ids sent: {sorted(set(ids) - seen)[:5]}"
+
+
+def test_a_request_without_an_answer_keeps_its_id() -> None:
+    # Given nothing listening on a port
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    load = LoadClient(f"http://127.0.0.1:{port}/", [row()], clients=1, timeout_s=1, keep_outcomes=True)
+
+    # When it runs
+    load.run(0.2)
+
+    # Then the refused connections are failures that still name the id they were sent with
+    outcomes = load.outcomes()
+    assert outcomes and all(o.status is None and o.request_id for o in outcomes), outcomes[:3]
 
 
 def test_sticky_keys_cycle_through_every_key(router) -> None:

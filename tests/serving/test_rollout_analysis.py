@@ -274,6 +274,20 @@ def test_metrics_gone_for_good_end_in_one_rollback_at_weight_zero_never_stuck() 
     assert any(a[0] == "reject" for a in world.actions) and ("promote",) not in world.actions, world.actions
 
 
+def test_a_rollback_mid_step_names_the_weight_the_candidate_had() -> None:
+    # Given metrics that stop answering for good while the first step (10%) holds,
+    world = FlakyWorld(scrape_fails_at=3, scrape_failures=10_000)
+    effects = world.effects()
+    details: list[dict] = []
+    effects.emit = lambda kind, message, detail: details.append({"kind": kind, "message": message, **detail})
+    # when the rollout runs,
+    RolloutController(POLICY, "1", "2", effects).run()
+    # then its rollback event says it was rolled back at 10%, where it was, not at 0%.
+    rollback = [d for d in details if d["kind"] == "rollback"]
+    assert len(rollback) == 1 and rollback[0]["weight"] == 10, rollback
+    assert "rolled back at 10%" in rollback[0]["message"], rollback[0]["message"]
+
+
 def test_serve_refusing_a_weight_rolls_back_instead_of_leaving_the_last_weight() -> None:
     world = FlakyWorld(weight_fails=True)
     result = RolloutController(POLICY, "1", "2", world.effects()).run()
