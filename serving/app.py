@@ -35,6 +35,7 @@ from starlette.responses import JSONResponse
 from contracts.settings import EnvVar, Settings
 from contracts.vocabulary import Header, Role, ServingMetric
 from serving.answers import binary_probability, class_label, numeric_prediction
+from serving.batching import Batcher
 from serving.capture import CaptureBuffer, write_labels
 from serving.routing import (
     RequestError,
@@ -92,6 +93,8 @@ class Router:
         self.capture: CaptureBuffer | None = None
         self._flushing = False
         self._labels_token = _labels_token()
+        # One batcher per loaded version object: a reconfigure that loads new versions gets new ones.
+        self._batchers: dict[int, tuple[LoadedModel, Batcher]] = {}
         # Ray annotates tag_keys as tuple[str] though it takes any number of keys.
         tags: Any = ("version", "role", "mode")
         self.requests = Counter(
@@ -236,6 +239,9 @@ class Router:
         self.models = {**self.models, Role.champion: model}
         logger.info("champion %s (%s) now serves", model.ref.uri, config.champion.uri)
 
+    def _batcher(self, model: LoadedModel, config: RouterConfig) -> Batcher:
+        return _batcher_for(self._batchers, model, config.batch_max_rows, list(self.models.values()))
+
     def _no_model(self, request_id: str) -> JSONResponse:
         """503 naming what the router waits for: the champion it is configured with is not in the registry."""
         config = self.config
@@ -293,7 +299,10 @@ class Router:
         try:
             # Our record-level path takes well under a millisecond: run it inline. Any other model's
             # predict is arbitrary code: run it off the event loop, so a slow version cannot stall the other.
-            scored = chosen.predict(rows) if chosen.fast else await asyncio.to_thread(chosen.predict, rows)
+            # Any other model's concurrent requests are scored together (serving/batching.py).
+            scored = (
+                chosen.predict(rows) if chosen.fast else await self._batcher(chosen, config).predict(rows)
+            )
         except Exception as error:
             logger.exception("model %s failed on request %s", chosen.ref.uri, request_id)
             self.requests.inc(tags={**tags, "status": "error"})
@@ -480,6 +489,22 @@ def split_label(config: RouterConfig) -> str:
     traffic = config.traffic
     share = traffic.shadow_percent if traffic.mode.value == "shadow" else traffic.candidate_weight
     return f"{traffic.mode.value}:{share:g}"
+
+
+def _batcher_for(
+    batchers: dict[int, tuple[LoadedModel, Batcher]],
+    model: LoadedModel,
+    max_rows: int,
+    live: list[LoadedModel],
+) -> Batcher:
+    """The batcher of this loaded version; batchers of versions no longer served are forgotten."""
+    found = batchers.get(id(model))
+    if found is None or found[0] is not model or found[1].max_rows != max_rows:
+        for key in [k for k, (m, _) in batchers.items() if all(m is not other for other in live)]:
+            del batchers[key]  # its worker ends by itself once its queue is empty
+        found = (model, Batcher(model.predict, max_rows))
+        batchers[id(model)] = found
+    return found[1]
 
 
 def _is_json(content_type: str | None) -> bool:

@@ -142,6 +142,7 @@ def resolve_router_config(
         traffic=TrafficSpec.model_validate(traffic),
         capture=resolve_capture(file, capture_uri),
         registry_poll_s=file.serving.registry_poll_s,
+        batch_max_rows=file.serving.batch_max_rows,
     )
 
 
@@ -157,6 +158,7 @@ def following_router_config(file: ServingFile, capture_uri: str | None = None) -
         traffic=TrafficSpec(mode=intent.mode, sticky_header=intent.sticky_header),
         capture=resolve_capture(file, capture_uri),
         registry_poll_s=file.serving.registry_poll_s,
+        batch_max_rows=file.serving.batch_max_rows,
     )
 
 

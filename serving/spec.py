@@ -28,6 +28,8 @@ SERVE_INGRESS_ENV: dict[str, dict[str, str]] = {
 }
 # How often the router asks the registry for a champion it does not serve yet (or an alias it follows).
 DEFAULT_REGISTRY_POLL_S = 5.0
+DEFAULT_BATCH_MAX_ROWS = 32
+"""Rows one model call scores at most when concurrent requests are batched (serving/batching.py)."""
 # The rendered serve config is committed and shown in cluster state; a secret must travel another way.
 SECRET_NAME_MARKERS: tuple[str, ...] = ("PASSWORD", "TOKEN", "SECRET")
 
@@ -127,6 +129,9 @@ class RouterConfig(StrictModel):
     capture: CaptureSpec = CaptureSpec()
     # How often a router that serves no champion yet, or follows an alias, asks the registry again.
     registry_poll_s: float = Field(default=DEFAULT_REGISTRY_POLL_S, gt=0.0, le=3600.0)
+    # Concurrent requests for a version without the record-level path are scored in one call of up to this
+    # many rows (serving/batching.py); 1 scores each request alone (a model whose rows are not independent).
+    batch_max_rows: int = Field(default=DEFAULT_BATCH_MAX_ROWS, ge=1, le=10_000)
 
     @model_validator(mode="after")
     def _candidate_consistent(self) -> RouterConfig:
@@ -171,6 +176,8 @@ class ServingSpec(StrictModel):
     env_vars: dict[str, str] = {}
     # The router's RouterConfig.registry_poll_s: how soon a champion that appears in the registry serves.
     registry_poll_s: float = Field(default=DEFAULT_REGISTRY_POLL_S, gt=0.0, le=3600.0)
+    # The router's RouterConfig.batch_max_rows: requests scored together (1: each alone).
+    batch_max_rows: int = Field(default=DEFAULT_BATCH_MAX_ROWS, ge=1, le=10_000)
 
     @field_validator("route_prefix")
     @classmethod
