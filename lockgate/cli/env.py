@@ -9,7 +9,13 @@ import typer
 
 from contracts.settings import EnvVar
 from lockgate.cli.common import FAILURE, DashboardPort, MlflowPort, RayPort, StateDir, exits_on_error
-from lockgate.localenv import CREDENTIALS_FILE, LocalEnvironment, Ports, default_state_dir
+from lockgate.localenv import (
+    CREDENTIALS_FILE,
+    DEFAULT_SERVE_INGRESS,
+    LocalEnvironment,
+    Ports,
+    default_state_dir,
+)
 from lockgate.runtime import DEFAULT_PORTS, local_environment
 
 commands = typer.Typer()
@@ -28,11 +34,10 @@ def up(
     serve_ingress: Annotated[
         str,
         typer.Option(
-            help="Ray Serve ingress: 'proxy' (Serve's proxy, everything on 127.0.0.1) or 'haproxy' (HAProxy + "
-            "throughput-optimised replicas, ~5x the throughput; Ray binds HAProxy's stats/metrics ports on all "
-            "interfaces)"
+            help="Ray Serve ingress: 'haproxy' (HAProxy + throughput-optimised replicas, ~5x the throughput) or "
+            "'proxy' (Serve's Python proxy); every listener is on 127.0.0.1 in both"
         ),
-    ] = "proxy",
+    ] = DEFAULT_SERVE_INGRESS,
 ) -> None:
     """Start (or reuse) the local Ray head and MLflow server on 127.0.0.1."""
     env = LocalEnvironment(
@@ -41,13 +46,6 @@ def up(
         num_cpus,
         serve_ingress,
     )
-    if serve_ingress == "haproxy":
-        stats = env.ingress_env()
-        typer.echo(
-            "warning: with the haproxy ingress, Ray binds HAProxy's stats (port "
-            f"{stats['RAY_SERVE_HAPROXY_STATS_PORT']}) and metrics (port "
-            f"{stats['RAY_SERVE_HAPROXY_METRICS_PORT']}) on all interfaces"
-        )
     state, reused = env.up(log=typer.echo)
     typer.echo(
         f"{'reused' if reused else 'started'}: MLflow {state.mlflow.url} (pid {state.mlflow.pid}), "
