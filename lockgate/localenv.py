@@ -271,6 +271,14 @@ class LocalEnvironment:
         digest = hashlib.sha256(str(self.state_dir).encode()).hexdigest()[:10]
         return Path("/tmp") / f"lockgate-ray-{digest}"
 
+    @property
+    def haproxy_dir(self) -> Path:
+        """HAProxy's files (config, admin and metrics sockets, state), one directory per environment.
+
+        Short: Ray adds a 56-character node-id directory, and HAProxy takes socket paths of 97 bytes at most.
+        """
+        return Path("/tmp") / f"lgh-{self.ray_temp_dir.name.rsplit('-', 1)[-1]}"
+
     def credentials(self) -> dict[str, str]:
         """Generated once per state directory and kept 0600."""
         path = self.state_dir / CREDENTIALS_FILE
@@ -335,8 +343,7 @@ class LocalEnvironment:
         if self.serve_ingress != "haproxy":
             return {}
         base = self.ports.ray_gcs
-        # Short: the admin and metrics sockets (under a 56-character node id) must fit a unix socket path.
-        files = self.ray_temp_dir / "hap"
+        files = self.haproxy_dir
         return {
             **SERVE_INGRESS_ENV["haproxy"],
             "RAY_SERVE_HAPROXY_STATS_PORT": str(base + 4),
