@@ -27,6 +27,7 @@ from __future__ import annotations
 import importlib.abc
 import importlib.machinery
 import os
+import runpy
 import sys
 from collections.abc import Callable, Sequence
 from types import ModuleType
@@ -127,6 +128,16 @@ class LoopbackFinder(importlib.abc.MetaPathFinder):
         return None
 
 
+def run_shadowed_sitecustomize() -> None:
+    """Run the ``sitecustomize`` this one hides (the interpreter's own, if any): it must still run."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    for entry in sys.path:
+        candidate = os.path.join(os.path.abspath(entry or os.curdir), "sitecustomize.py")
+        if os.path.dirname(candidate) != here and os.path.isfile(candidate):
+            runpy.run_path(candidate, run_name="sitecustomize")
+            return
+
+
 def install() -> None:
     """Patch the modules on import in this process (once), when the local environment asked for it."""
     if os.environ.get(LOOPBACK_ONLY_ENV) == "1" and not any(
@@ -136,3 +147,4 @@ def install() -> None:
 
 
 install()
+run_shadowed_sitecustomize()

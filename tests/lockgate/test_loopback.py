@@ -86,3 +86,20 @@ def test_without_the_switch_ray_is_left_as_it_is() -> None:
     seen = probe_ray(enabled=False)
     assert not seen["grpc_wrapped"], "outside the local environment nothing is patched"
     assert any(bind.startswith("bind *:") for bind in seen["binds"]), seen  # type: ignore[union-attr]
+
+
+def test_a_sitecustomize_it_shadows_still_runs(tmp_path) -> None:
+    # Given an interpreter whose own sitecustomize sits later on the path,
+    (tmp_path / "sitecustomize.py").write_text("import os\nos.environ['SHADOWED_RAN'] = '1'\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(LOOPBACK_DIR), str(tmp_path)])}
+    # when a process starts with the loopback directory first,
+    done = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.environ.get('SHADOWED_RAN'))"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    # then the interpreter's own sitecustomize ran too.
+    assert done.stdout.strip() == "1", f"the shadowed sitecustomize did not run: {done.stdout} {done.stderr}"
