@@ -29,7 +29,10 @@ from serving.render import render_serve_config
 from serving.spec import ModelRef, RouterConfig, ServingSpec
 from tests.conftest import PORT_OFFSET, SESSION_SERVE_PORT, running_environment
 
-ENV_PORTS = Ports.from_base(mlflow=18055, ray_gcs=18390, ray_dashboard=18275)
+# Every port a test here starts a service on is shifted by the session's LOCKGATE_TEST_PORT_OFFSET.
+ENV_PORTS = Ports.from_base(
+    mlflow=18055 + PORT_OFFSET, ray_gcs=18390 + PORT_OFFSET, ray_dashboard=18275 + PORT_OFFSET
+)
 # An environment of its own for an ingress mode the session's environment does not run; Serve's HTTP port
 # below Ray's GCS port, clear of the worker and direct-ingress ranges derived from it.
 INGRESS_PORTS = Ports.from_base(
@@ -97,7 +100,10 @@ def own_ports(ports: Ports) -> list[int]:
 def test_up_status_down_leaves_no_process_or_listener(tmp_path) -> None:
     state = tmp_path / "state"
     common = ["--state-dir", str(state)]
-    ports = ["--mlflow-port", "18055", "--ray-port", "18390", "--dashboard-port", "18275"]
+    ports = [
+        *("--mlflow-port", str(ENV_PORTS.mlflow), "--ray-port", str(ENV_PORTS.ray_gcs)),
+        *("--dashboard-port", str(ENV_PORTS.ray_dashboard)),
+    ]
     started = lockgate("up", *common, *ports, "--num-cpus", "1")
     try:
         assert started.returncode == 0, started.stderr
@@ -116,7 +122,7 @@ def test_up_status_down_leaves_no_process_or_listener(tmp_path) -> None:
         )
         assert json.loads((state / "state.json").read_text())["ray"]["pid"] == pids[1]
         owned = listeners(sessions_of(pids))
-        assert {"127.0.0.1:18055", "127.0.0.1:18275"} <= owned, (
+        assert {f"127.0.0.1:{ENV_PORTS.mlflow}", f"127.0.0.1:{ENV_PORTS.ray_dashboard}"} <= owned, (
             f"the environment's sockets are its own: {owned}"
         )
         exposed = {address for address in owned if not address.startswith(LOOPBACK)}
@@ -133,13 +139,15 @@ def test_up_status_down_leaves_no_process_or_listener(tmp_path) -> None:
 @pytest.mark.e2e
 def test_taken_port_fails_clearly_and_starts_nothing(tmp_path) -> None:
     blocker = socket.socket()
-    blocker.bind(("127.0.0.1", 18455))
+    taken = 18455 + PORT_OFFSET
+    blocker.bind(("127.0.0.1", taken))
     blocker.listen()
     try:
         env = LocalEnvironment(
-            tmp_path / "state", Ports.from_base(mlflow=18455, ray_gcs=18490, ray_dashboard=18475)
+            tmp_path / "state",
+            Ports.from_base(mlflow=taken, ray_gcs=18490 + PORT_OFFSET, ray_dashboard=18475 + PORT_OFFSET),
         )
-        with pytest.raises(EnvironmentError_, match="mlflow port 18455 on 127.0.0.1 already in use"):
+        with pytest.raises(EnvironmentError_, match=f"mlflow port {taken} on 127.0.0.1 already in use"):
             env.up(log=lambda _: None)
         assert env.read_state() is None, "nothing recorded"
     finally:
@@ -150,14 +158,24 @@ def test_taken_port_fails_clearly_and_starts_nothing(tmp_path) -> None:
 def test_service_that_fails_to_start_is_reported_with_its_log_and_cleaned_up(tmp_path) -> None:
     # Ray refuses a client-server port inside its worker range: a real start-up failure after MLflow is up.
     bad = Ports(
-        mlflow=18555, ray_gcs=18590, ray_dashboard=18575, ray_client=18605, ray_agent=18592, ray_metrics=18593
+        **{
+            name: port + PORT_OFFSET
+            for name, port in dict(
+                mlflow=18555,
+                ray_gcs=18590,
+                ray_dashboard=18575,
+                ray_client=18605,
+                ray_agent=18592,
+                ray_metrics=18593,
+            ).items()
+        }
     )
     env = LocalEnvironment(tmp_path / "state", bad, num_cpus=1)
     with pytest.raises(EnvironmentError_) as caught:
         env.up(log=lambda _: None)
     assert "Ray exited with code" in str(caught.value) and "last lines of" in str(caught.value)
     assert env.read_state() is None
-    assert port_is_free(18555), "the MLflow server started first was stopped again"
+    assert port_is_free(bad.mlflow), "the MLflow server started first was stopped again"
 
 
 def test_haproxy_ingress_is_the_default_and_pinned_to_the_environments_ports(tmp_path) -> None:
@@ -280,7 +298,8 @@ def test_a_deployed_router_listens_on_loopback_only_in_every_ingress_mode(
         absent = ModelRef(name=f"absent-{uuid.uuid4().hex[:6]}", version="1")
         spec = ServingSpec(app_name="lockgate-listeners", http_port=serve_port, replica_num_cpus=0.25)
         headers = env.ray_auth_header()
-        deploy_config(env.dashboard_url, headers, render_serve_config(spec, RouterConfig(champion=absent)))
+        config = render_serve_config(spec, RouterConfig(champion=absent))
+        deploy_config(env.dashboard_url, headers, config, timeout_s=120)  # a busy 2-core machine
         wait_running(env.dashboard_url, headers, spec.app_name)
         # and a request reaches it through the ingress,
         answer = requests.post(f"http://127.0.0.1:{serve_port}/", json={"rows": [{}]}, timeout=30)
