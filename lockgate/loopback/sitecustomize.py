@@ -16,7 +16,9 @@ Ray 2.60 offers no setting for these three listeners (paths under ``ray/``):
 
 The rest already follows a setting: HAProxy's HTTP frontend, the fallback proxy and the replicas'
 direct-ingress HTTP servers bind ``http_options.host`` (``haproxy.py:741``, ``proxy_state.py:941``,
-``replica.py:2395``), which the rendered serve config sets to 127.0.0.1.
+``replica.py:2400``), which the rendered serve config sets to 127.0.0.1. (In HAProxy mode Ray only
+defaults that host to all interfaces, ``constants.py:1126-1139``, and warns, ``controller.py:220``: an explicit
+host is kept.)
 
 Each patch fails closed: if Ray's code no longer has what it replaces, the import raises, and Serve reports
 the component as failed instead of listening on every interface.
