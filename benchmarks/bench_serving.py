@@ -75,14 +75,21 @@ for _entry in (BENCHMARKS, REPO):
     if str(_entry) not in sys.path:
         sys.path.insert(0, str(_entry))
 
-from serving_bench.environment import Environ, env_down, env_up, make_env, phase_environ  # noqa: E402
+from serving_bench.environment import (  # noqa: E402
+    Environ,
+    env_down,
+    env_up,
+    for_phase,
+    make_env,
+    phase_environ,
+)
 from serving_bench.mlflow_serve import bench_mlflow  # noqa: E402
 from serving_bench.phases import bench_phase  # noqa: E402
 from serving_bench.processes import PROCS, progress, raise_on_sigterm  # noqa: E402
 from serving_bench.registration import loan_row, register_in_subprocess, register_versions  # noqa: E402
 from serving_bench.report import print_report, summarise, write_results  # noqa: E402
 from serving_bench.router import RouterUnderTest  # noqa: E402
-from serving_bench.settings import OWN_PORTS, PHASES  # noqa: E402
+from serving_bench.settings import OWN_PORTS, PHASE_INGRESS, PHASES  # noqa: E402
 from serving_bench.snapshot import git_state, snapshot_serving  # noqa: E402
 from serving_bench.wrk import write_lua  # noqa: E402
 
@@ -192,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         from serving.spec import ModelRef
 
         with Environ(phase_environ("base", scratch)):
-            env_up(env)
+            env_up(for_phase(env, "base"))
             registered = register_in_subprocess(env, log_dir)
             name, (champion_v, candidate_v) = registered["name"], registered["versions"]
             extra["predict_floor"] = registered["floor"]
@@ -214,8 +221,11 @@ def main(argv: list[str] | None = None) -> int:
             env_down(env, scratch)
         for phase in args.phases:
             with Environ(phase_environ(phase, scratch)):
-                progress(f"phase {phase}: environment up with {PHASES[phase] or 'no levers'}")
-                env_up(env)
+                progress(
+                    f"phase {phase}: environment up, ingress {PHASE_INGRESS[phase]}, "
+                    f"levers {PHASES[phase] or 'none'}"
+                )
+                env_up(for_phase(env, phase))
                 try:
                     router = RouterUnderTest(env, champion, candidate, row)
                     measured, phase_changes, info = bench_phase(phase, env, router, lua_lockgate, args)

@@ -25,6 +25,7 @@ from pathlib import Path
 import requests
 
 from contracts.settings import EnvVar, ServingTarget
+from lockgate.loopback.sitecustomize import LOOPBACK_ONLY_ENV
 from serving.spec import SERVE_INGRESS_ENV
 
 HOST = "127.0.0.1"
@@ -36,6 +37,11 @@ MLFLOW_AUTH_FILE = "mlflow_auth.ini"
 MLFLOW_ADMIN = "lockgate-admin"
 
 SERVE_INGRESSES = tuple(SERVE_INGRESS_ENV)
+# HAProxy in front of throughput-optimised replicas: about 5x the throughput of Serve's Python proxy here
+# (benchmarks/bench_serving.py), every listener on 127.0.0.1 (LocalEnvironment.loopback_env).
+DEFAULT_SERVE_INGRESS = "haproxy"
+# Every Python process of the Ray head imports the sitecustomize here (lockgate/loopback/sitecustomize.py).
+LOOPBACK_DIR = Path(__file__).resolve().parent / "loopback"
 
 
 class EnvironmentError_(Exception):
@@ -255,7 +261,7 @@ class LocalEnvironment:
         state_dir: Path | None = None,
         ports: Ports | None = None,
         num_cpus: int | None = None,
-        serve_ingress: str = "proxy",
+        serve_ingress: str = DEFAULT_SERVE_INGRESS,
     ):
         if serve_ingress not in SERVE_INGRESSES:
             raise EnvironmentError_(f"serve_ingress: {serve_ingress!r} is not one of {list(SERVE_INGRESSES)}")
@@ -292,6 +298,14 @@ class LocalEnvironment:
         """A short per-environment Ray temp dir (unix socket paths are limited to 107 bytes)."""
         digest = hashlib.sha256(str(self.state_dir).encode()).hexdigest()[:10]
         return Path("/tmp") / f"lockgate-ray-{digest}"
+
+    @property
+    def haproxy_dir(self) -> Path:
+        """HAProxy's files (config, admin and metrics sockets, state), one directory per environment.
+
+        Short: Ray adds a 56-character node-id directory, and HAProxy takes socket paths of 97 bytes at most.
+        """
+        return Path("/tmp") / f"lgh-{self.ray_temp_dir.name.rsplit('-', 1)[-1]}"
 
     def credentials(self) -> dict[str, str]:
         """Generated once per state directory and kept 0600."""
@@ -351,13 +365,15 @@ class LocalEnvironment:
     def ingress_env(self) -> dict[str, str]:
         """Ray Serve's ingress levers for the head (read once, when Serve starts).
 
-        ``haproxy``: HAProxy in front of throughput-optimised replicas (benchmarks/bench_serving.py: about 5x
-        the default proxy's throughput here). Its extra listeners are pinned to this environment's own ports,
-        but Ray binds HAProxy's stats and metrics ports on every interface, so it is an explicit opt-in.
+        ``haproxy`` (the default): HAProxy in front of throughput-optimised replicas (benchmarks/bench_serving.py:
+        about 5x the Python proxy's throughput here). Its extra listeners are pinned to this environment's own
+        ports and its files to its own directory (Ray's defaults, 8404, 9101, 8500, 30000+ and
+        /tmp/haproxy-serve, are machine-wide); ``loopback_env`` keeps every listener on 127.0.0.1.
         """
         if self.serve_ingress != "haproxy":
             return {}
         base = self.ports.ray_gcs
+        files = self.haproxy_dir
         return {
             **SERVE_INGRESS_ENV["haproxy"],
             "RAY_SERVE_HAPROXY_STATS_PORT": str(base + 4),
@@ -368,6 +384,22 @@ class LocalEnvironment:
             "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(base + 429),
             "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(base + 430),
             "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(base + 449),
+            "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(files / "haproxy.cfg"),
+            "RAY_SERVE_HAPROXY_SOCKET_PATH": str(files / "admin.sock"),
+            "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(files),
+            "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(files / "server-state"),
+            "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(files / "metrics.sock"),
+        }
+
+    def loopback_env(self, inherited_pythonpath: str | None) -> dict[str, str]:
+        """What keeps the listeners Ray binds on every interface, with no setting of its own, on 127.0.0.1.
+
+        Every Python process of the head imports lockgate/loopback/sitecustomize.py, which says which
+        listeners those are (replicas' inter-deployment gRPC in every mode, HAProxy's stats and metrics).
+        """
+        return {
+            LOOPBACK_ONLY_ENV: "1",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(LOOPBACK_DIR), inherited_pythonpath])),
         }
 
     def client_env(self, include_secrets: bool = True) -> dict[str, str]:
@@ -618,6 +650,7 @@ class LocalEnvironment:
             # Serve metrics reach the Prometheus endpoint within 2 s instead of 10 s (rollout analysis reads them).
             "RAY_metrics_report_interval_ms": "2000",
             **self.ingress_env(),
+            **self.loopback_env(os.environ.get("PYTHONPATH")),
         }
         # Every Ray process started under this head (Train's helper actors included) must find this cluster,
         # not "the" cluster: another environment may run on the same machine.

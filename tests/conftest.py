@@ -7,6 +7,7 @@ import json
 import os
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ PORT_OFFSET = int(os.environ.get("LOCKGATE_TEST_PORT_OFFSET", "0"))
 SESSION_PORTS = Ports.from_base(
     mlflow=17055 + PORT_OFFSET, ray_gcs=17390 + PORT_OFFSET, ray_dashboard=17275 + PORT_OFFSET
 )
+# Serve's HTTP port is cluster-wide, fixed when Serve first starts: one per session environment.
+SESSION_SERVE_PORT = 17800 + PORT_OFFSET
 
 
 def shipped_config() -> dict[str, Any]:
@@ -87,10 +90,9 @@ _SESSION_ENV: dict[str, LocalEnvironment] = {}
 """The session's environment once a test has started it (module teardowns clean up after it)."""
 
 
-@pytest.fixture(scope="session")
-def local_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalEnvironment]:
-    """A real Ray head and MLflow server for the whole session, stopped by PID at the end."""
-    env = LocalEnvironment(tmp_path_factory.mktemp("lockgate-session") / "state", SESSION_PORTS, num_cpus=4)
+@contextmanager
+def running_environment(env: LocalEnvironment) -> Iterator[LocalEnvironment]:
+    """Start ``env`` for a block, its clients' variables set in this process, then stop it by PID and restore."""
     # Ray's workers (Serve replicas, job drivers) import this checkout's packages, not whichever checkout
     # the virtualenv's editable install points at: the head passes its environment on to them.
     saved = {key: os.environ.get(key) for key in [*env.client_env(), "PYTHONPATH"]}
@@ -98,11 +100,9 @@ def local_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalEnviron
     try:
         env.up(log=lambda _: None)
         os.environ.update(env.client_env())
-        _SESSION_ENV["env"] = env
         try:
             yield env
         finally:
-            _SESSION_ENV.clear()
             env.down(log=lambda _: None)
     finally:
         for key, value in saved.items():
@@ -110,6 +110,18 @@ def local_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalEnviron
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def local_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalEnvironment]:
+    """A real Ray head and MLflow server for the whole session, stopped by PID at the end."""
+    env = LocalEnvironment(tmp_path_factory.mktemp("lockgate-session") / "state", SESSION_PORTS, num_cpus=4)
+    with running_environment(env):
+        _SESSION_ENV["env"] = env
+        try:
+            yield env
+        finally:
+            _SESSION_ENV.clear()
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -12,6 +12,7 @@ from .settings import (
     LEVER_NAMES,
     MLFLOW_PORT,
     NUM_CPUS,
+    PHASE_INGRESS,
     PHASES,
     RAY_DASHBOARD_PORT,
     RAY_GCS_PORT,
@@ -22,6 +23,12 @@ from .settings import (
 def make_env(state_dir: Path) -> LocalEnvironment:
     ports = Ports.from_base(mlflow=MLFLOW_PORT, ray_gcs=RAY_GCS_PORT, ray_dashboard=RAY_DASHBOARD_PORT)
     return LocalEnvironment(state_dir, ports, num_cpus=NUM_CPUS)
+
+
+def for_phase(env: LocalEnvironment, phase: str) -> LocalEnvironment:
+    """The environment set to the phase's ingress (read when it comes up)."""
+    env.serve_ingress = PHASE_INGRESS[phase]
+    return env
 
 
 def env_up(env: LocalEnvironment) -> None:
@@ -36,6 +43,7 @@ def env_down(env: LocalEnvironment, scratch: Path) -> None:
         env.down(log=lambda line: progress(f"  [env] {line}"))
     finally:
         stop_leftover_haproxy(haproxy_dir(scratch))
+        stop_leftover_haproxy(env.haproxy_dir)
 
 
 def haproxy_dir(scratch: Path) -> Path:

@@ -135,7 +135,8 @@ def bench_phase(
             "num_replicas": spec.num_replicas,
             "replica_num_cpus": spec.replica_num_cpus,
             "max_ongoing_requests": spec.max_ongoing_requests,
-            "levers": {k: os.environ.get(k, "0") for k in LEVER_NAMES},
+            "serve_ingress": env.serve_ingress,
+            "levers": {k: {**os.environ, **env.ingress_env()}.get(k, "0") for k in LEVER_NAMES},
         }
         progress(f"[{phase}] deploying router: {name}")
         deploy = router.deploy(spec, CANDIDATE_WEIGHT)

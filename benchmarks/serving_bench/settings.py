@@ -39,6 +39,10 @@ PHASES: dict[str, dict[str, str]] = {
     "throughput": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
     "haproxy+throughput": {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
 }
+# The local environment's ingress per phase: ``haproxy+throughput`` is what ``lockgate up`` runs by default (its
+# ports, files and loopback-only listeners: LocalEnvironment.ingress_env); the others are Serve's Python proxy
+# with the phase's levers added. Every phase runs with the loopback patches (LocalEnvironment.loopback_env).
+PHASE_INGRESS = {"base": "proxy", "haproxy": "proxy", "throughput": "proxy", "haproxy+throughput": "haproxy"}
 LEVER_NAMES = ("RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_THROUGHPUT_OPTIMIZED")
 NUM_CPUS = 2
 APP_NAME = "lockgate-bench"

@@ -20,7 +20,13 @@ from lockgate.cli.common import (
     show,
     working,
 )
-from lockgate.localenv import CREDENTIALS_FILE, LocalEnvironment, Ports, default_state_dir
+from lockgate.localenv import (
+    CREDENTIALS_FILE,
+    DEFAULT_SERVE_INGRESS,
+    LocalEnvironment,
+    Ports,
+    default_state_dir,
+)
 from lockgate.runtime import DEFAULT_PORTS, local_environment
 
 commands = typer.Typer()
@@ -39,11 +45,10 @@ def up(
     serve_ingress: Annotated[
         str,
         typer.Option(
-            help="Ray Serve ingress: 'proxy' (Serve's proxy, everything on 127.0.0.1) or 'haproxy' (HAProxy + "
-            "throughput-optimised replicas, ~5x the throughput; Ray binds HAProxy's stats/metrics ports on all "
-            "interfaces)"
+            help="Ray Serve ingress: 'haproxy' (HAProxy + throughput-optimised replicas, ~5x the throughput) or "
+            "'proxy' (Serve's Python proxy); every listener is on 127.0.0.1 in both"
         ),
-    ] = "proxy",
+    ] = DEFAULT_SERVE_INGRESS,
     as_json: JsonOption = False,
 ) -> None:
     """Start (or reuse) the local Ray head and MLflow server on 127.0.0.1."""
@@ -53,14 +58,6 @@ def up(
         num_cpus,
         serve_ingress,
     )
-    if serve_ingress == "haproxy":
-        stats = env.ingress_env()
-        typer.echo(
-            "warning: with the haproxy ingress, Ray binds HAProxy's stats (port "
-            f"{stats['RAY_SERVE_HAPROXY_STATS_PORT']}) and metrics (port "
-            f"{stats['RAY_SERVE_HAPROXY_METRICS_PORT']}) on all interfaces",
-            err=True,
-        )
     with working("starting MLflow and Ray", as_json) as echo:
         state, reused = env.up(log=echo)
     result = {

@@ -8,11 +8,16 @@ import socket
 import stat
 import subprocess
 import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import requests
 
 from lockgate.localenv import (
+    SERVE_INGRESSES,
     EnvironmentError_,
     LocalEnvironment,
     Ports,
@@ -20,12 +25,21 @@ from lockgate.localenv import (
     pid_alive,
     port_is_free,
 )
-from tests.conftest import PORT_OFFSET
+from serving.deploy import deploy_config, wait_running
+from serving.render import render_serve_config
+from serving.spec import ModelRef, RouterConfig, ServingSpec
+from tests.conftest import PORT_OFFSET, SESSION_SERVE_PORT, running_environment
 
-# The tests' own ports follow LOCKGATE_TEST_PORT_OFFSET, so a second session on the machine cannot collide.
+# Every port a test here starts a service on is shifted by the session's LOCKGATE_TEST_PORT_OFFSET.
 ENV_PORTS = Ports.from_base(
     mlflow=18055 + PORT_OFFSET, ray_gcs=18390 + PORT_OFFSET, ray_dashboard=18275 + PORT_OFFSET
 )
+# An environment of its own for an ingress mode the session's environment does not run; Serve's HTTP port
+# below Ray's GCS port, clear of the worker and direct-ingress ranges derived from it.
+INGRESS_PORTS = Ports.from_base(
+    mlflow=18505 + PORT_OFFSET, ray_gcs=18540 + PORT_OFFSET, ray_dashboard=18525 + PORT_OFFSET
+)
+INGRESS_SERVE_PORT = 18515 + PORT_OFFSET
 
 
 def lockgate(*args: str) -> subprocess.CompletedProcess:
@@ -63,6 +77,22 @@ def listeners(owners: set[int]) -> set[str]:
     }
 
 
+def exposed_listeners(leaders: list[int]) -> set[str]:
+    """Listeners of the processes in the leaders' sessions that are not on loopback, as ``address program``.
+
+    HAProxy, Serve's proxies and replicas all run in the Ray head's session: one check covers each of them.
+    """
+    owners = sessions_of(leaders)
+    lines = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout.splitlines()
+    found = set()
+    for line in lines:
+        address, pids = line.split()[3], {int(pid) for pid in re.findall(r"pid=(\d+)", line)}
+        if pids & owners and not address.startswith(LOOPBACK):
+            program = re.search(r'\(\("([^"]+)"', line)
+            found.add(f"{address} {program.group(1) if program else '?'}")
+    return found
+
+
 def own_ports(ports: Ports) -> list[int]:
     return [*vars(ports).values()]
 
@@ -71,8 +101,10 @@ def own_ports(ports: Ports) -> list[int]:
 def test_up_status_down_leaves_no_process_or_listener(tmp_path) -> None:
     state = tmp_path / "state"
     common = ["--state-dir", str(state)]
-    ports = ["--mlflow-port", str(ENV_PORTS.mlflow), "--ray-port", str(ENV_PORTS.ray_gcs)]
-    ports += ["--dashboard-port", str(ENV_PORTS.ray_dashboard)]
+    ports = [
+        *("--mlflow-port", str(ENV_PORTS.mlflow), "--ray-port", str(ENV_PORTS.ray_gcs)),
+        *("--dashboard-port", str(ENV_PORTS.ray_dashboard)),
+    ]
     started = lockgate("up", *common, *ports, "--num-cpus", "1")
     try:
         assert started.returncode == 0, started.stderr
@@ -108,18 +140,15 @@ def test_up_status_down_leaves_no_process_or_listener(tmp_path) -> None:
 @pytest.mark.e2e
 def test_taken_port_fails_clearly_and_starts_nothing(tmp_path) -> None:
     blocker = socket.socket()
-    blocker.bind(("127.0.0.1", 18455 + PORT_OFFSET))
+    taken = 18455 + PORT_OFFSET
+    blocker.bind(("127.0.0.1", taken))
     blocker.listen()
     try:
         env = LocalEnvironment(
             tmp_path / "state",
-            Ports.from_base(
-                mlflow=18455 + PORT_OFFSET, ray_gcs=18490 + PORT_OFFSET, ray_dashboard=18475 + PORT_OFFSET
-            ),
+            Ports.from_base(mlflow=taken, ray_gcs=18490 + PORT_OFFSET, ray_dashboard=18475 + PORT_OFFSET),
         )
-        with pytest.raises(
-            EnvironmentError_, match=f"mlflow port {18455 + PORT_OFFSET} on 127.0.0.1 already in use"
-        ):
+        with pytest.raises(EnvironmentError_, match=f"mlflow port {taken} on 127.0.0.1 already in use"):
             env.up(log=lambda _: None)
         assert env.read_state() is None, "nothing recorded"
     finally:
@@ -130,34 +159,58 @@ def test_taken_port_fails_clearly_and_starts_nothing(tmp_path) -> None:
 def test_service_that_fails_to_start_is_reported_with_its_log_and_cleaned_up(tmp_path) -> None:
     # Ray refuses a client-server port inside its worker range: a real start-up failure after MLflow is up.
     bad = Ports(
-        mlflow=18555 + PORT_OFFSET,
-        ray_gcs=18590 + PORT_OFFSET,
-        ray_dashboard=18575 + PORT_OFFSET,
-        ray_client=18605 + PORT_OFFSET,
-        ray_agent=18592 + PORT_OFFSET,
-        ray_metrics=18593 + PORT_OFFSET,
+        **{
+            name: port + PORT_OFFSET
+            for name, port in dict(
+                mlflow=18555,
+                ray_gcs=18590,
+                ray_dashboard=18575,
+                ray_client=18605,
+                ray_agent=18592,
+                ray_metrics=18593,
+            ).items()
+        }
     )
     env = LocalEnvironment(tmp_path / "state", bad, num_cpus=1)
     with pytest.raises(EnvironmentError_) as caught:
         env.up(log=lambda _: None)
     assert "Ray exited with code" in str(caught.value) and "last lines of" in str(caught.value)
     assert env.read_state() is None
-    assert port_is_free(18555 + PORT_OFFSET), "the MLflow server started first was stopped again"
+    assert port_is_free(bad.mlflow), "the MLflow server started first was stopped again"
 
 
-def test_haproxy_ingress_is_opt_in_and_pinned_to_the_environments_ports(tmp_path) -> None:
+def test_haproxy_ingress_is_the_default_and_pinned_to_the_environments_ports(tmp_path) -> None:
     ports = Ports.from_base(18055, 18390, 18275)
-    assert LocalEnvironment(tmp_path, ports).ingress_env() == {}, "Serve's own proxy by default"
-    levers = LocalEnvironment(tmp_path, ports, serve_ingress="haproxy").ingress_env()
-    assert levers["RAY_SERVE_ENABLE_HA_PROXY"] == levers["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
-    pinned = [int(v) for k, v in levers.items() if k.endswith("_PORT")]
+    assert LocalEnvironment(tmp_path, ports, serve_ingress="proxy").ingress_env() == {}, "Serve's own proxy"
+    levers = LocalEnvironment(tmp_path, ports).ingress_env()
+    assert levers["RAY_SERVE_ENABLE_HA_PROXY"] == levers["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1", (
+        "HAProxy in front of throughput-optimised replicas by default"
+    )
+    pinned = [int(v) for k, v in levers.items() if k.endswith("_PORT") and v.isdigit()]
     low, high = ports.worker_range
     assert all(18390 < port and not low <= port <= high for port in pinned), (
         "own ports, clear of Ray's workers"
     )
     assert int(levers["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"]) > high
+    files = [Path(v) for k, v in levers.items() if k.startswith("RAY_SERVE_HAPROXY_") and v.startswith("/")]
+    own = LocalEnvironment(tmp_path, ports).haproxy_dir
+    assert files and all(path == own or own in path.parents for path in files), (
+        f"HAProxy's files are the environment's: {files}"
+    )
+    longest = max(len(str(path)) for path in files) + 57  # Ray puts a node-id directory before each file
+    assert longest <= 97, f"HAProxy refuses socket paths over 97 bytes: {longest}"
     with pytest.raises(EnvironmentError_, match="serve_ingress: 'nginx'"):
         LocalEnvironment(tmp_path, ports, serve_ingress="nginx")
+
+
+def test_every_ingress_mode_starts_ray_with_the_loopback_patches(tmp_path) -> None:
+    for ingress in SERVE_INGRESSES:
+        loopback = LocalEnvironment(tmp_path, ENV_PORTS, serve_ingress=ingress).loopback_env("/elsewhere")
+        assert loopback["LOCKGATE_LOOPBACK_ONLY"] == "1", ingress
+        assert loopback["PYTHONPATH"].split(":")[0].endswith("lockgate/loopback"), (
+            f"the patches load first in every Ray process ({ingress}): {loopback['PYTHONPATH']}"
+        )
+        assert loopback["PYTHONPATH"].endswith(":/elsewhere"), "the inherited path is kept"
 
 
 def test_down_leaves_an_unrelated_process_that_took_a_recorded_pid_alone(tmp_path) -> None:
@@ -219,6 +272,46 @@ def test_the_mlflow_server_trusts_only_the_environments_own_admin(tmp_path) -> N
     assert not any(key.startswith(("MLFLOW_AUTH_ADMIN", "MLFLOW_TRACKING_")) for key in server), server
     assert server["MLFLOW_AUTH_CONFIG_PATH"] == str(tmp_path / "auth.ini"), server
     assert server["MLFLOW_FLASK_SERVER_SECRET_KEY"] == "ours" and server["PATH"] == "/usr/bin", server
+
+
+@contextmanager
+def environment_in(
+    ingress: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[LocalEnvironment, int]]:
+    """The environment in this ingress mode and its Serve HTTP port: the session's when it runs that mode."""
+    session_mode = LocalEnvironment(tmp_path, ENV_PORTS).serve_ingress
+    if ingress == session_mode:
+        yield request.getfixturevalue("local_env"), SESSION_SERVE_PORT
+        return
+    env = LocalEnvironment(tmp_path / "state", INGRESS_PORTS, num_cpus=2, serve_ingress=ingress)
+    with running_environment(env):
+        yield env, INGRESS_SERVE_PORT
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("ingress", SERVE_INGRESSES)
+def test_a_deployed_router_listens_on_loopback_only_in_every_ingress_mode(
+    ingress: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    # Given the environment in this ingress mode,
+    with environment_in(ingress, request, tmp_path) as (env, serve_port):
+        # when a router is deployed (its champion not registered: it starts and answers 503 naming it)
+        absent = ModelRef(name=f"absent-{uuid.uuid4().hex[:6]}", version="1")
+        spec = ServingSpec(app_name="lockgate-listeners", http_port=serve_port, replica_num_cpus=0.25)
+        headers = env.ray_auth_header()
+        config = render_serve_config(spec, RouterConfig(champion=absent))
+        deploy_config(env.dashboard_url, headers, config, timeout_s=120)  # a busy 2-core machine
+        wait_running(env.dashboard_url, headers, spec.app_name)
+        # and a request reaches it through the ingress,
+        answer = requests.post(f"http://127.0.0.1:{serve_port}/", json={"rows": [{}]}, timeout=30)
+        assert answer.status_code == 503 and answer.json().get("model") == absent.name, (
+            f"the router answers through the {ingress} ingress: {answer.status_code} {answer.text[:300]}"
+        )
+        # then every TCP listener of the environment's processes (HAProxy, proxies, replicas) is on loopback.
+        state = env.read_state()
+        assert state is not None, "the environment recorded what it started"
+        exposed = exposed_listeners([state.mlflow.pid, state.ray.pid])
+        assert not exposed, f"with the {ingress} ingress every listener must be on 127.0.0.1, found {exposed}"
 
 
 @pytest.mark.e2e

@@ -21,9 +21,9 @@ from pipeline.train import encode_training_data
 from serving.deploy import APPLICATIONS_PATH, deploy_config, wait_running
 from serving.render import render_serve_config
 from serving.spec import CaptureSpec, ModelRef, RouterConfig, ServingSpec, TrafficSpec
-from tests.conftest import PORT_OFFSET, ROOT
+from tests.conftest import ROOT, SESSION_SERVE_PORT
 
-SERVE_PORT = 17800 + PORT_OFFSET  # Serve's HTTP port is cluster-wide: one per session
+SERVE_PORT = SESSION_SERVE_PORT
 
 
 def register_version(

@@ -1,0 +1,1 @@
+"""The directory the local Ray head puts first on its ``PYTHONPATH``: see ``sitecustomize``."""
