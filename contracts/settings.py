@@ -41,6 +41,9 @@ class EnvVar(StrEnum):
     job_template = "LOCKGATE_JOB_TEMPLATE"
     namespace = "LOCKGATE_NAMESPACE"
     serving_file = "LOCKGATE_SERVING_FILE"
+    # Ray processes of the local environment bind Serve's hard-coded wildcard listeners to 127.0.0.1
+    # (lockgate/loopback/sitecustomize.py).
+    loopback_only = "LOCKGATE_LOOPBACK_ONLY"
     # The router: the file holding the bearer token `POST <route>/labels` requires (none: labels are off).
     labels_token_file = "LOCKGATE_LABELS_TOKEN_FILE"
     # MLflow's users, made and repaired before its server starts (`python -m lockgate.mlflow_admin`).

@@ -35,7 +35,12 @@ from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any
 
-LOOPBACK_ONLY_ENV = "LOCKGATE_LOOPBACK_ONLY"
+try:  # the name is Lockgate's shared vocabulary (a standard-library-only module)
+    from contracts.settings import EnvVar
+
+    LOOPBACK_ONLY_ENV = EnvVar.loopback_only.value
+except ImportError:  # not a Lockgate environment's Python: nothing here applies
+    LOOPBACK_ONLY_ENV = ""
 LOOPBACK = "127.0.0.1"
 WILDCARD_HOSTS = ("[::]", "0.0.0.0", "*", "")
 
@@ -142,8 +147,10 @@ def run_shadowed_sitecustomize() -> None:
 
 def install() -> None:
     """Patch the modules on import in this process (once), when the local environment asked for it."""
-    if os.environ.get(LOOPBACK_ONLY_ENV) == "1" and not any(
-        isinstance(f, LoopbackFinder) for f in sys.meta_path
+    if (
+        LOOPBACK_ONLY_ENV
+        and os.environ.get(LOOPBACK_ONLY_ENV) == "1"
+        and not any(isinstance(f, LoopbackFinder) for f in sys.meta_path)
     ):
         sys.meta_path.insert(0, LoopbackFinder())
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from contracts.settings import EnvVar
 from lockgate.localenv import (
     SERVE_INGRESSES,
     EnvironmentError_,
@@ -206,7 +207,7 @@ def test_haproxy_ingress_is_the_default_and_pinned_to_the_environments_ports(tmp
 def test_every_ingress_mode_starts_ray_with_the_loopback_patches(tmp_path) -> None:
     for ingress in SERVE_INGRESSES:
         loopback = LocalEnvironment(tmp_path, ENV_PORTS, serve_ingress=ingress).loopback_env("/elsewhere")
-        assert loopback["LOCKGATE_LOOPBACK_ONLY"] == "1", ingress
+        assert loopback[EnvVar.loopback_only.value] == "1", ingress
         assert loopback["PYTHONPATH"].split(":")[0].endswith("lockgate/loopback"), (
             f"the patches load first in every Ray process ({ingress}): {loopback['PYTHONPATH']}"
         )
