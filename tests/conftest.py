@@ -26,8 +26,10 @@ PORT_OFFSET = int(os.environ.get("LOCKGATE_TEST_PORT_OFFSET", "0"))
 SESSION_PORTS = Ports.from_base(
     mlflow=17055 + PORT_OFFSET, ray_gcs=17390 + PORT_OFFSET, ray_dashboard=17275 + PORT_OFFSET
 )
-# Serve's HTTP port is cluster-wide, fixed when Serve first starts: one per session environment.
-SESSION_SERVE_PORT = 17800 + PORT_OFFSET
+# Serve's HTTP port is cluster-wide, fixed when Serve first starts: one per session environment. Outside the
+# ranges the environment derives from Ray's port (workers +10..+409, replicas' direct ingress +410..+449):
+# at 17800 a replica's direct-ingress server could take it first, and HAProxy's frontend then never bound.
+SESSION_SERVE_PORT = 17850 + PORT_OFFSET
 
 
 def shipped_config() -> dict[str, Any]:
@@ -133,13 +135,28 @@ def serve_applications_removed_after_module() -> Iterator[None]:
     """
     yield
     env = _SESSION_ENV.get("env")
-    if env is None:
-        return
+    if env is not None:
+        remove_serve_applications(env)
+
+
+def remove_serve_applications(env: LocalEnvironment) -> None:
+    """Delete every Serve application but keep Serve running.
+
+    Serve's DELETE shuts Serve down, which takes over 30 s to drain with the HAProxy ingress, and a deploy that
+    arrives meanwhile is acknowledged and then ignored ("controller is shutting down"): an empty application
+    list removes the applications instead, while Serve and its ingress stay up.
+    """
     import requests
 
     from serving.deploy import APPLICATIONS_PATH
 
-    requests.delete(f"{env.dashboard_url}{APPLICATIONS_PATH}", headers=env.ray_auth_header(), timeout=60)
+    url, headers = f"{env.dashboard_url}{APPLICATIONS_PATH}", env.ray_auth_header()
+    current = requests.get(url, headers=headers, timeout=60).json()
+    if not current.get("applications"):
+        return
+    http = {key: current["http_options"][key] for key in ("host", "port")}
+    response = requests.put(url, json={"http_options": http, "applications": []}, headers=headers, timeout=60)
+    response.raise_for_status()
 
 
 class WebhookReceiver:

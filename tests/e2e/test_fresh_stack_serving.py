@@ -23,9 +23,9 @@ from infra.config import StackConfig, load_stack_config
 from infra.serve import stack_serve_config
 from pipeline.config import load_config
 from pipeline.data import make_loans
-from serving.deploy import APPLICATIONS_PATH, application_status, deploy_config, wait_running
+from serving.deploy import application_status, deploy_config, wait_running
 from serving.spec import DEFAULT_REGISTRY_POLL_S
-from tests.conftest import ROOT
+from tests.conftest import ROOT, remove_serve_applications
 from tests.infra.driver import engine_config
 from tests.serving.conftest import SERVE_PORT, register_version
 
@@ -115,4 +115,4 @@ def test_router_starts_without_a_model_and_serves_the_champion_once_registered(
             print(f"alias moved -> answers from v2: {time.monotonic() - moved:.2f}s")  # noqa: T201
         print(f"registered champion -> first answer: {first_answer_s:.2f}s (poll {DEFAULT_REGISTRY_POLL_S}s)")  # noqa: T201
     finally:
-        requests.delete(f"{local_env.dashboard_url}{APPLICATIONS_PATH}", headers=headers, timeout=30)
+        remove_serve_applications(local_env)

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import mlflow
 import pytest
-import requests
 import torch
 
 from lockgate.localenv import LocalEnvironment
@@ -18,10 +17,10 @@ from pipeline.data import make_loans
 from pipeline.model import build_mlp
 from pipeline.register import log_model
 from pipeline.train import encode_training_data
-from serving.deploy import APPLICATIONS_PATH, deploy_config, wait_running
+from serving.deploy import deploy_config, wait_running
 from serving.render import render_serve_config
 from serving.spec import CaptureSpec, ModelRef, RouterConfig, ServingSpec, TrafficSpec
-from tests.conftest import ROOT, SESSION_SERVE_PORT
+from tests.conftest import ROOT, SESSION_SERVE_PORT, remove_serve_applications
 
 SERVE_PORT = SESSION_SERVE_PORT
 
@@ -95,6 +94,4 @@ def deployed(local_env: LocalEnvironment) -> Iterator[Deployed]:
     try:
         yield target
     finally:
-        requests.delete(
-            f"{local_env.dashboard_url}{APPLICATIONS_PATH}", headers=local_env.ray_auth_header(), timeout=30
-        )
+        remove_serve_applications(local_env)

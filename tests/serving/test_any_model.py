@@ -29,9 +29,9 @@ from sklearn.ensemble import GradientBoostingClassifier, GradientBoostingRegress
 
 from pipeline.data import make_loans
 from serving.app import SPLIT_HEADER, VERSION_HEADER
-from serving.deploy import APPLICATIONS_PATH
 from serving.metrics import VersionStats, scrape_version_stats
 from serving.spec import ModelRef, ServingSpec, TrafficMode, TrafficSpec
+from tests.conftest import remove_serve_applications
 from tests.serving.conftest import SERVE_PORT, Deployed, register_version
 
 pytestmark = pytest.mark.e2e
@@ -136,9 +136,7 @@ def router(local_env) -> Iterator[Any]:
     try:
         yield serve
     finally:
-        requests.delete(
-            f"{local_env.dashboard_url}{APPLICATIONS_PATH}", headers=local_env.ray_auth_header(), timeout=30
-        )
+        remove_serve_applications(local_env)
 
 
 def free_port() -> int:

@@ -10,9 +10,10 @@ import requests
 from mlflow.tracking import MlflowClient
 
 from pipeline.model import TabularClassifier
-from serving.deploy import APPLICATIONS_PATH, DeployError
+from serving.deploy import DeployError
 from serving.desired import ServingFile, apply_desired, update_rollout_state
 from serving.spec import ServingSpec
+from tests.conftest import remove_serve_applications
 from tests.serving.conftest import SERVE_PORT, register_version
 from tests.serving.test_router import body
 
@@ -67,4 +68,4 @@ def test_a_candidate_that_cannot_load_is_refused_and_the_champion_keeps_serving(
         ]
         assert {a.headers["x-lockgate-version"] for a in answers} == {champion.version}, "only the champion"
     finally:
-        requests.delete(f"{local_env.dashboard_url}{APPLICATIONS_PATH}", headers=headers, timeout=30)
+        remove_serve_applications(local_env)
