@@ -350,15 +350,20 @@ def rollout_figure(timeline: RolloutTimeline) -> Figure | None:
     at = _utc(s.ended or s.started for s in judged)
 
     def pair(axes: Axes, name: str, label: str, scale: float = 1.0) -> None:
-        for role, colour in (
-            (Role.candidate.value, CANDIDATE_COLOUR),
-            (Role.champion.value, CHAMPION_COLOUR),
+        # The champion wide and hollow underneath, the candidate dashed on top: equal values (both 0% errors)
+        # still show both series.
+        wide: dict[str, Any] = {"linewidth": 3.0, "markersize": 9, "markerfacecolor": "none"}
+        dashed: dict[str, Any] = {"linestyle": "--", "markersize": 4}
+        for role, colour, style in (
+            (Role.champion.value, CHAMPION_COLOUR, wide),
+            (Role.candidate.value, CANDIDATE_COLOUR, dashed),
         ):
             values = [s.numbers.get(f"{role}_{name}", math.nan) * scale for s in judged]
-            axes.plot(at, values, marker="o", color=colour, label=role)
+            axes.plot(at, values, marker="o", color=colour, label=role, **style)
         axes.set_ylabel(label)
 
     pair(error_axes, "error_rate", "error rate (%)", 100.0)
+    error_axes.set_ylim(bottom=0.0)  # a rate is never negative, even when every value is 0
     pair(latency_axes, "p99_s", "p99 latency (s)")
     divergence = [s.numbers.get("prediction_divergence", math.nan) for s in judged]
     low = [s.numbers.get("prediction_divergence_low", math.nan) for s in judged]
@@ -748,6 +753,7 @@ def serving_figure(
         latency.plot(times, [_finite(s.p99_s) for s in rows], **style)
     throughput.set_ylabel("requests/s")
     errors.set_ylabel("error rate (%)")
+    errors.set_ylim(bottom=0.0)  # a rate is never negative, even when every value is 0
     latency.set_ylabel("p99 latency (s)")
     figure.legend(
         *throughput.get_legend_handles_labels(),
