@@ -91,7 +91,9 @@ def project(tmp_path_factory: pytest.TempPathFactory, stack_mlflow: dict[str, st
     directory = tmp_path_factory.mktemp("project")
     done = lockgate(["init", str(directory)], {}, directory)
     assert done.returncode == 0, f"init failed: {done.stderr}"
-    client_env = {**os.environ, **stack_mlflow}
+    # Nothing of this session's own MLflow (an earlier test's MLFLOW_EXPERIMENT_ID, say) reaches the client.
+    client_env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "RAY_", "LOCKGATE_"))}
+    client_env |= stack_mlflow
     script = (
         "import mlflow\n"
         "from mlflow import MlflowClient\n"
