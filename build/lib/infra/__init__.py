@@ -1,1 +1,0 @@
-"""The environment as Pulumi ComponentResources, wired by one composition root (infra/__main__.py)."""

@@ -1,1 +1,0 @@
-"""One ComponentResource per part of the environment; the composition root (infra/__main__.py) wires them."""

@@ -1,5 +1,0 @@
-"""``python -m lockgate`` runs the CLI."""
-
-from lockgate.cli import main
-
-main()

@@ -1,1 +1,0 @@
-"""The Ray Serve application: router, model deployments, rollout controller, serve-config renderer (issue #3)."""
