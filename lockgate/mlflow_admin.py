@@ -77,10 +77,11 @@ def ensure_admin_password(database_uri: str, username: str, password: str, appli
         return False
     store = _auth_store(database_uri)
     changed = False
-    if store.has_user(username) and not store.authenticate_user(username, password):
-        store.update_user(username, password=password, is_admin=True)
-        logger.warning("MLflow admin %r: password changed to the environment's current one", username)
-        changed = True
+    if store.has_user(username):
+        changes = _ensure_user(store, WorkloadUser(username, password, is_admin=True))
+        if changes:
+            logger.warning("MLflow admin %r: %s (the environment's current credentials)", username, changes)
+            changed = True
     applied_file.parent.mkdir(parents=True, exist_ok=True)
     applied_file.write_text(fingerprint + "\n")
     applied_file.chmod(0o600)
