@@ -24,6 +24,7 @@ import random
 import sys
 import time
 import uuid
+import weakref
 from typing import Any
 
 from ray import serve
@@ -93,8 +94,9 @@ class Router:
         self.capture: CaptureBuffer | None = None
         self._flushing = False
         self._labels_token = _labels_token()
-        # One batcher per loaded version object: a reconfigure that loads new versions gets new ones.
-        self._batchers: dict[int, tuple[LoadedModel, Batcher]] = {}
+        # One batcher per loaded version object: a reconfigure that loads new versions gets new ones, and a
+        # version no longer served takes its batcher with it (its worker ends once its queue is empty).
+        self._batchers: weakref.WeakKeyDictionary[LoadedModel, Batcher] = weakref.WeakKeyDictionary()
         # Ray annotates tag_keys as tuple[str] though it takes any number of keys.
         tags: Any = ("version", "role", "mode")
         self.requests = Counter(
@@ -240,7 +242,10 @@ class Router:
         logger.info("champion %s (%s) now serves", model.ref.uri, config.champion.uri)
 
     def _batcher(self, model: LoadedModel, config: RouterConfig) -> Batcher:
-        return _batcher_for(self._batchers, model, config.batch_max_rows, list(self.models.values()))
+        batcher = self._batchers.get(model)
+        if batcher is None or batcher.max_rows != config.batch_max_rows:
+            batcher = self._batchers[model] = Batcher(model.predict, config.batch_max_rows)
+        return batcher
 
     def _no_model(self, request_id: str) -> JSONResponse:
         """503 naming what the router waits for: the champion it is configured with is not in the registry."""
@@ -489,22 +494,6 @@ def split_label(config: RouterConfig) -> str:
     traffic = config.traffic
     share = traffic.shadow_percent if traffic.mode.value == "shadow" else traffic.candidate_weight
     return f"{traffic.mode.value}:{share:g}"
-
-
-def _batcher_for(
-    batchers: dict[int, tuple[LoadedModel, Batcher]],
-    model: LoadedModel,
-    max_rows: int,
-    live: list[LoadedModel],
-) -> Batcher:
-    """The batcher of this loaded version; batchers of versions no longer served are forgotten."""
-    found = batchers.get(id(model))
-    if found is None or found[0] is not model or found[1].max_rows != max_rows:
-        for key in [k for k, (m, _) in batchers.items() if all(m is not other for other in live)]:
-            del batchers[key]  # its worker ends by itself once its queue is empty
-        found = (model, Batcher(model.predict, max_rows))
-        batchers[id(model)] = found
-    return found[1]
 
 
 def _is_json(content_type: str | None) -> bool:
