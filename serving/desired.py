@@ -162,11 +162,16 @@ def following_router_config(file: ServingFile, capture_uri: str | None = None) -
     )
 
 
+def aliases_of(client: Any, model_name: str) -> dict[str, str]:
+    """A registered model's aliases as alias → version, read through ``client`` (an ``MlflowClient``)."""
+    return {alias: str(v) for alias, v in client.get_registered_model(model_name).aliases.items()}
+
+
 def registry_aliases(model_name: str) -> dict[str, str]:
     """The registered model's aliases as alias → version."""
     from mlflow.tracking import MlflowClient
 
-    return {alias: str(v) for alias, v in MlflowClient().get_registered_model(model_name).aliases.items()}
+    return aliases_of(MlflowClient(), model_name)
 
 
 def apply_desired(

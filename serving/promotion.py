@@ -13,6 +13,7 @@ from typing import Any
 import ray
 
 from contracts.vocabulary import Alias, GateStatus, RolloutVerdict, Tag
+from serving.desired import aliases_of, registry_aliases
 
 WRITER_NAME, WRITER_NAMESPACE = "lockgate-alias-writer", "lockgate"
 BLOCKING_GATE_STATES = frozenset({GateStatus.blocked.value})
@@ -61,7 +62,7 @@ class AliasWriter:
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient()
-        current = {alias: str(v) for alias, v in client.get_registered_model(name).aliases.items()}
+        current = aliases_of(client, name)
         stale = [m.alias for m in moves if m.required and current.get(m.alias) != m.expected]
         if stale:
             return AliasChange(False, f"aliases changed meanwhile: {stale}", current, stale=True)
@@ -92,7 +93,7 @@ class AliasWriter:
         for version, version_tags in tags.items():
             for key, value in version_tags.items():
                 client.set_model_version_tag(name, version, key, value)
-        aliases = {alias: str(v) for alias, v in client.get_registered_model(name).aliases.items()}
+        aliases = aliases_of(client, name)
         return AliasChange(True, "", aliases)
 
 
@@ -171,10 +172,9 @@ def apply_moves(
 def current_aliases(name: str) -> dict[str, str]:
     """The model's aliases now (none when the model does not exist yet)."""
     from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
 
     try:
-        return {alias: str(v) for alias, v in MlflowClient().get_registered_model(name).aliases.items()}
+        return registry_aliases(name)
     except MlflowException:
         return {}
 
