@@ -47,7 +47,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -70,8 +69,8 @@ from serving_bench.processes import (  # noqa: E402
     raise_on_sigterm,
     wait_for_quiet,
 )
-from serving_bench.registration import loan_row  # noqa: E402
-from serving_bench.settings import CONTENDED_CORES, METRICS_SETTLE_S, REGISTERED_PREFIX  # noqa: E402
+from serving_bench.registration import loan_row, register_in_subprocess  # noqa: E402
+from serving_bench.settings import CONTENDED_CORES, METRICS_SETTLE_S  # noqa: E402
 from serving_bench.wrk import run_wrk, scrape_model_time, write_lua  # noqa: E402
 
 from lockgate.localenv import LocalEnvironment, Ports, port_is_free  # noqa: E402
@@ -113,29 +112,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # -- the two servers -----------------------------------------------------------------------------------
-def register_in_subprocess(env: LocalEnvironment, kind: str, log_dir: Path) -> dict[str, Any]:
-    """Fit, log and register both versions in a child process (its imports stay out of this one)."""
-    name = f"bench-any-{kind}-{uuid.uuid4().hex[:6]}"
-    log_path = log_dir / "register.log"
-    with log_path.open("wb") as log:
-        process = PROCS.spawn(
-            [sys.executable, str(Path(__file__).resolve()), "--register", name, "--model", kind],
-            "register",
-            stdout=subprocess.PIPE,
-            stderr=log,
-            cwd=REPO,
-            env={**os.environ, **env.client_env()},
-        )
-        try:
-            out, _ = process.communicate(timeout=900)
-        finally:
-            PROCS.stop(process, timeout_s=5)
-    for line in out.decode().splitlines():
-        if line.startswith(REGISTERED_PREFIX):
-            return dict(json.loads(line.removeprefix(REGISTERED_PREFIX)))
-    raise RuntimeError(f"registration failed (exit {process.returncode}); see {log_path}")
-
-
 def start_models_serve(
     env: LocalEnvironment, uri: str, workers: int, port: int, body: dict, log_dir: Path
 ) -> tuple[subprocess.Popen, dict[str, Any]]:
@@ -473,7 +449,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         env_up(env)
         os.environ.update(env.client_env())  # apply_desired reads the registry and deploys from here
-        registered = register_in_subprocess(env, args.model, log_dir)
+        registered = register_in_subprocess(
+            env,
+            log_dir,
+            Path(__file__).resolve(),
+            f"bench-any-{args.model}",
+            ("--model", args.model),
+            timeout_s=900,
+        )
         name, (champion, candidate) = registered["name"], registered["versions"]
         payload["registered"] = registered
         progress(

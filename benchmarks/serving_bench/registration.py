@@ -79,20 +79,31 @@ def predict_floor(uri: str, calls: int = 300) -> dict[str, float]:
     }
 
 
-def register_in_subprocess(env: LocalEnvironment, log_dir: Path) -> dict[str, Any]:
-    name = f"bench-serving-{uuid.uuid4().hex[:6]}"
+def register_in_subprocess(
+    env: LocalEnvironment,
+    log_dir: Path,
+    entry_point: Path = ENTRY_POINT,
+    prefix: str = "bench-serving",
+    extra_args: tuple[str, ...] = (),
+    timeout_s: float = 600,
+) -> dict[str, Any]:
+    """Run ``entry_point --register NAME [extra_args]`` in a child process; the versions it printed.
+
+    The child's imports (torch, scikit-learn, MLflow's logging) stay out of the benchmark's own process.
+    """
+    name = f"{prefix}-{uuid.uuid4().hex[:6]}"
     log_path = log_dir / "register.log"
     with log_path.open("wb") as log:
         process = PROCS.spawn(
-            [sys.executable, str(ENTRY_POINT), "--register", name],
-            "bench_serving",
+            [sys.executable, str(entry_point), "--register", name, *extra_args],
+            "register",
             stdout=subprocess.PIPE,
             stderr=log,
             cwd=REPO,
             env={**os.environ, **env.client_env()},
         )
         try:
-            out, _ = process.communicate(timeout=600)
+            out, _ = process.communicate(timeout=timeout_s)
         finally:
             PROCS.stop(process, timeout_s=5)
     for line in out.decode().splitlines():
