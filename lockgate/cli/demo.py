@@ -60,7 +60,6 @@ def demo(
     ] = None,
 ) -> None:
     """The main job: start the environment, three runs with rollouts, then the drift loop; summary and report."""
-    from lockgate.jobs import submit_pipeline
     from lockgate.traffic import TrafficSimulator
     from pipeline.report import write_report
     from pipeline.run import EXIT_BLOCKED, EXIT_OK
@@ -84,13 +83,7 @@ def demo(
         features = list(parsed.features)
         # Simulated users, so the rollout has live evidence to judge: rows of the shipped data, 4 clients.
         users = TrafficSimulator(url, config.resolve().parent / parsed.data.uri, features).start()
-        stories: list[Story] = []
-        try:
-            for attempt, (data, story) in enumerate(runs, 1):
-                typer.echo(f"\n=== pipeline run {attempt} of {len(runs)}: {story} ===")
-                stories.append((story, submit_pipeline(env, config, stream=typer.echo, data=data)))
-        finally:
-            users.stop()
+        stories = _tell(env, config, runs, users, "pipeline run")
         # The loop closes: the population shifts; nobody starts the next run.
         shifted = _write_batch(data_dir / "loans-batch-4.parquet", seed=4, shift=0.8)
         typer.echo(
@@ -130,7 +123,6 @@ def example_file(name: str) -> Path:
 
 def _example_stories(env: LocalEnvironment, config: Path, parsed: PipelineConfig) -> list[Story]:
     """An example's story under simulated users: deployed, a retrain promoted, a scrambled batch blocked."""
-    from lockgate.jobs import submit_pipeline
     from lockgate.traffic import TrafficSimulator
     from pipeline.data import write_table
 
@@ -147,13 +139,7 @@ def _example_stories(env: LocalEnvironment, config: Path, parsed: PipelineConfig
         (str(scrambled), "a batch whose labels were scrambled upstream: the gates must block it"),
     ]
     users = TrafficSimulator(url, data_file, list(parsed.features)).start()
-    stories: list[Story] = []
-    try:
-        for attempt, (data, story) in enumerate(runs, 1):
-            typer.echo(f"\n=== {parsed.name}, run {attempt} of {len(runs)}: {story} ===")
-            stories.append((story, submit_pipeline(env, config, stream=typer.echo, data=data)))
-    finally:
-        users.stop()
+    stories = _tell(env, config, runs, users, f"{parsed.name}, run")
     typer.echo("\n=== summary ===")
     for attempt, (story, outcome) in enumerate(stories, 1):
         typer.echo(f"run {attempt} ({story}): {outcome.outcome} (MLflow run {outcome.run_id})")
@@ -165,6 +151,26 @@ def _example_stories(env: LocalEnvironment, config: Path, parsed: PipelineConfig
         f"the router keeps serving at {url}"
     )
     typer.echo(f"MLflow UI: {env.mlflow_url}; stop everything with `lockgate down`.")
+    return stories
+
+
+def _tell(
+    env: LocalEnvironment,
+    config: Path,
+    runs: list[tuple[str | None, str]],
+    users: TrafficSimulator,
+    heading: str,
+) -> list[Story]:
+    """Submit each run in turn (its data: None for the file's own) under ``users``, who stop at the end."""
+    from lockgate.jobs import submit_pipeline
+
+    stories: list[Story] = []
+    try:
+        for attempt, (data, story) in enumerate(runs, 1):
+            typer.echo(f"\n=== {heading} {attempt} of {len(runs)}: {story} ===")
+            stories.append((story, submit_pipeline(env, config, stream=typer.echo, data=data)))
+    finally:
+        users.stop()
     return stories
 
 
