@@ -44,6 +44,12 @@ class EnvVar(StrEnum):
     # Ray processes of the local environment bind Serve's hard-coded wildcard listeners to 127.0.0.1
     # (lockgate/loopback/sitecustomize.py).
     loopback_only = "LOCKGATE_LOOPBACK_ONLY"
+    # The live rollout state (candidate, weight, paused, the rollout's lease): a directory URI, a local path or
+    # s3://bucket/prefix, holding `<model name>.json` per model. Written by the rollout controller and the CLI,
+    # followed by the router without a Serve redeploy (README "Who decides what serves").
+    live_state_uri = "LOCKGATE_LIVE_STATE_URI"
+    # The Prometheus HTTP API the rollout analysis queries in a cluster (the in-cluster Prometheus).
+    prometheus_url = "LOCKGATE_PROMETHEUS_URL"
     # The router: the file holding the bearer token `POST <route>/labels` requires (none: labels are off).
     labels_token_file = "LOCKGATE_LABELS_TOKEN_FILE"
     # MLflow's users, made and repaired before its server starts (`python -m lockgate.mlflow_admin`).
