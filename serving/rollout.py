@@ -1,8 +1,12 @@
 """Progressive rollout: advance the candidate's weight step by step while live evidence stays within bounds.
 
 The analysis is a pure function of two metric deltas (champion and candidate over the current step).
-The controller is a loop around it whose effects (apply a weight, read metrics, move aliases, emit events)
-are injected, so the same controller runs in a pipeline job, from the CLI and in tests.
+The controller is a loop around it whose effects (apply a weight, read metrics, move aliases, emit events,
+report progress) are injected, so the same controller runs in a pipeline job, from the CLI and in tests.
+
+While the metrics cannot be read the controller holds: the step's clock stops, the weight stays where it
+is, nothing is promoted without evidence; past ``analysis.max_metrics_outage_s`` of unobserved time in a
+step it rolls back.
 """
 
 from __future__ import annotations
@@ -23,10 +27,16 @@ from serving.spec import AnalysisSpec, RolloutPolicy
 
 POLL_S = 1.0
 RETRIES = 3  # attempts of one effect, 1 s and 2 s apart
+PROGRESS_EVERY_S = 5.0  # a holding step reports its numbers this often (and whenever its status changes)
+OUTAGE_BACKOFF_MAX_S = 5.0  # while metrics are unreachable, retries back off 1, 2, 4, 5, 5 ... s
 
 
 class EffectFailed(RuntimeError):
     """An effect (metrics, Serve, the registry) still failed after its retries."""
+
+
+class MetricsOutage(EffectFailed):
+    """The router's metrics stayed unreadable for longer than a step may go unobserved."""
 
 
 @dataclass(frozen=True)
@@ -175,6 +185,125 @@ def analyse_step(
     return StepVerdict("breach" if reasons else "pass", tuple(reasons), numbers)
 
 
+@dataclass(frozen=True)
+class StepProgress:
+    """Where a holding step stands: its weight, its clock (outages excluded) and its latest verdict.
+
+    ``metrics_down`` says the metrics cannot be read right now, ``metrics_outage_s`` for how long;
+    ``unobserved_s`` is this step's total time without metrics so far, bounded by ``max_outage_s``.
+    """
+
+    step: int
+    steps: int
+    weight: float
+    champion_version: str
+    candidate_version: str
+    elapsed_s: float
+    hold_s: float
+    max_wait_s: float
+    min_requests: int
+    verdict: StepVerdict
+    metrics_down: bool = False
+    metrics_outage_s: float = 0.0
+    unobserved_s: float = 0.0
+    max_outage_s: float = math.inf
+
+    @property
+    def status(self) -> str:
+        """The verdict's status, or ``outage`` while the metrics cannot be read."""
+        return "outage" if self.metrics_down else self.verdict.status
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (NaN, for a number not measurable yet, becomes None)."""
+        numbers = {k: None if math.isnan(v) else v for k, v in self.verdict.numbers.items()}
+        return {
+            "step": self.step,
+            "steps": self.steps,
+            "weight": self.weight,
+            "champion_version": self.champion_version,
+            "candidate_version": self.candidate_version,
+            "status": self.status,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "hold_s": self.hold_s,
+            "max_wait_s": self.max_wait_s,
+            "metrics_down": self.metrics_down,
+            "metrics_outage_s": round(self.metrics_outage_s, 3),
+            "unobserved_s": round(self.unobserved_s, 3),
+            "reasons": list(self.verdict.reasons),
+            **numbers,
+        }
+
+
+def _no_progress(progress: StepProgress) -> None:
+    """The default progress sink: nobody is watching."""
+
+
+class ProgressThrottle:
+    """Decides when a holding step reports: its first look, every ``every_s``, and on a change of status.
+
+    Pure: the caller passes the time, so a test drives it without sleeping.
+    """
+
+    def __init__(self, every_s: float = PROGRESS_EVERY_S):
+        self.every_s = every_s
+        self._last: tuple[float, tuple[Any, ...]] | None = None
+
+    def due(self, now: float, key: tuple[Any, ...]) -> bool:
+        """Whether to report now; ``key`` (step, status) changing always reports."""
+        if self._last is not None and self._last[1] == key and now - self._last[0] < self.every_s:
+            return False
+        self._last = (now, key)
+        return True
+
+
+def _share(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.2%}"
+
+
+def _seconds(value: float) -> str:
+    if math.isnan(value):
+        return "-"
+    return "inf" if math.isinf(value) else f"{value * 1000:.0f}ms"
+
+
+def describe_progress(progress: StepProgress) -> str:
+    """One line a person reads: step, clock, requests, error rates, p99s and divergence per version.
+
+    The same line is a Rich status on a terminal, a plain line in a pipe, and a log line in a pipeline job.
+    """
+    n = progress.verdict.numbers
+    candidate, champion = f"v{progress.candidate_version}", f"v{progress.champion_version}"
+    parts = [
+        f"step {progress.step}/{progress.steps} at {progress.weight:g}%: "
+        f"{progress.elapsed_s:.0f}s of {progress.hold_s:g}s hold (at most {progress.max_wait_s:g}s)"
+    ]
+    if n:
+        parts += [
+            f"requests {candidate} {n['candidate_requests']:.0f}, {champion} {n['champion_requests']:.0f}",
+            f"errors {_share(n['candidate_error_rate'])} vs {_share(n['champion_error_rate'])}",
+            f"p99 {_seconds(n['candidate_p99_s'])} vs {_seconds(n['champion_p99_s'])}",
+        ]
+        divergence = n["prediction_divergence"]
+        if not math.isnan(divergence):
+            parts.append(
+                f"divergence {divergence:.3f} [{n['prediction_divergence_low']:.3f}, "
+                f"{n['prediction_divergence_high']:.3f}] bound {n['prediction_divergence_bound']:g}"
+            )
+    if progress.status == "outage":
+        parts.append(
+            f"HOLDING: metrics unreadable for {progress.metrics_outage_s:.0f}s "
+            f"({progress.unobserved_s:.0f}s of {progress.max_outage_s:g}s allowed this step)"
+        )
+    elif progress.status == "wait":
+        requests = n.get("candidate_requests", 0.0)
+        parts.append(f"waiting: {requests:.0f} of {progress.min_requests} {candidate} requests")
+    elif progress.status == "breach":
+        parts.append("BREACH: " + "; ".join(progress.verdict.reasons))
+    else:
+        parts.append("within bounds")
+    return " | ".join(parts)
+
+
 @dataclass
 class RolloutResult:
     """How a rollout ended (promoted, rolled_back, stalled or pinned; None while running), with every step."""
@@ -196,6 +325,8 @@ class RolloutEffects:
     is_pinned: Callable[[], bool]
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] = time.sleep
+    # Live numbers while a step holds (throttled by the controller): for people, not the event log.
+    progress: Callable[[StepProgress], None] = _no_progress
 
 
 class RolloutController:
@@ -209,6 +340,7 @@ class RolloutController:
         self.candidate_key = (candidate_version, Role.candidate.value)
         self.candidate_version = candidate_version
         self._weight = 0.0  # the candidate's weight as last applied
+        self._throttle = ProgressThrottle()
 
     def _retried(self, what: str, action: Callable[[], Any]) -> Any:
         """An effect retried with backoff (1, 2, 4 s): a scrape or a Serve call may fail for a moment."""
@@ -222,9 +354,6 @@ class RolloutController:
                     ) from error
                 self.effects.sleep(2.0**attempt)
         raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
-
-    def _scrape(self) -> dict[tuple[str, str], VersionStats]:
-        return dict(self._retried("reading the router's metrics", self.effects.scrape))
 
     def _delta(self, now: dict, baseline: dict, key: tuple[str, str]) -> VersionStats:
         return now.get(key, VersionStats()).minus(baseline.get(key, VersionStats()))
@@ -272,7 +401,7 @@ class RolloutController:
 
     def _walk(self, result: RolloutResult) -> RolloutResult:
         """The steps, the holds and the end: promotion, or the rollback a verdict asks for."""
-        for weight in self.policy.steps:
+        for step, weight in enumerate(self.policy.steps, 1):
             if self.effects.is_pinned():
                 result.outcome, result.reason = (
                     RolloutOutcome.pinned,
@@ -288,7 +417,7 @@ class RolloutController:
             self.effects.emit(
                 "rollout_step", f"candidate v{self.candidate_version} at {weight:g}%", {"weight": weight}
             )
-            verdict = self._hold(weight)
+            verdict = self._hold(_Hold(step, weight))
             result.steps.append(
                 {
                     "weight": weight,
@@ -321,24 +450,115 @@ class RolloutController:
         result.outcome = RolloutOutcome.promoted
         return result
 
-    def _hold(self, weight: float) -> StepVerdict:
-        """Hold a weight for the interval (longer if evidence is short); stop early on a breach."""
-        baseline = self._scrape()
-        started = self.effects.clock()
+    def _hold(self, hold: _Hold) -> StepVerdict:
+        """Hold a weight for the interval (longer if evidence is short); stop early on a breach.
+
+        The step's clock counts only time with metrics: an outage holds the step where it is. The evidence is
+        everything the router counted since the step began, traffic served during an outage included (its
+        counters are cumulative, so errors nobody could see then are judged at the first look after), unless
+        the counters went back (the exposition restarted): a delta across that is meaningless, so the step
+        starts over from the first reading after it. Breaches seen before an outage ended the step already.
+        """
+        policy = self.policy
+        baseline, _ = self._read_metrics(hold)
         verdict = StepVerdict("wait", (), {})
         while True:
+            before = self.effects.clock()
             self.effects.sleep(POLL_S)
-            elapsed = self.effects.clock() - started
-            now = self._scrape()
+            now, unobserved = self._read_metrics(hold)
+            hold.elapsed_s += self.effects.clock() - before - unobserved
+            if self._counters_went_back(now, baseline):
+                baseline, hold.elapsed_s = now, 0.0
+                continue
             verdict = analyse_step(
                 self._delta(now, baseline, self.champion_key),
                 self._delta(now, baseline, self.candidate_key),
-                self.policy.analysis,
-                final=elapsed >= min(self.policy.interval_s, self.policy.max_step_wait_s),
+                policy.analysis,
+                final=hold.elapsed_s >= min(policy.interval_s, policy.max_step_wait_s),
             )
-            if verdict.status == "breach":
+            ended = (
+                verdict.status == "breach"
+                or (verdict.status == "pass" and hold.elapsed_s >= policy.interval_s)
+                or hold.elapsed_s >= policy.max_step_wait_s
+            )
+            self._report(hold, verdict, force=ended)
+            if ended:
                 return verdict
-            if verdict.status == "pass" and elapsed >= self.policy.interval_s:
-                return verdict
-            if elapsed >= self.policy.max_step_wait_s:
-                return verdict
+
+    def _counters_went_back(self, now: dict, baseline: dict) -> bool:
+        """Whether a version's request count fell since the baseline: its counters restarted from zero."""
+        return any(
+            now.get(key, VersionStats()).total < baseline.get(key, VersionStats()).total
+            for key in (self.champion_key, self.candidate_key)
+        )
+
+    def _read_metrics(self, hold: _Hold) -> tuple[dict[tuple[str, str], VersionStats], float]:
+        """The router's metrics, waiting through an outage; with how long this reading was unobserved time.
+
+        Each failure is retried with backoff while the step holds; once the step's unobserved time reaches
+        ``analysis.max_metrics_outage_s`` it raises :class:`MetricsOutage`, which ends the rollout as a
+        rollback at weight 0. Any exception counts: nothing the scrape raises says the candidate is bad.
+        """
+        bound = self.policy.analysis.max_metrics_outage_s
+        began: float | None = None
+        delay = 1.0
+        while True:
+            try:
+                stats = dict(self.effects.scrape())
+            except Exception as error:  # the analysis is impossible for now; the candidate is not judged
+                now = self.effects.clock()
+                began = now if began is None else began
+                down = now - began
+                if hold.unobserved_s + down >= bound:
+                    raise MetricsOutage(
+                        f"the router's metrics were unreadable for {down:.0f}s at {hold.weight:g}% "
+                        f"({hold.unobserved_s + down:.0f}s unobserved in this step, "
+                        f"analysis.max_metrics_outage_s is {bound:g}s); last error "
+                        f"{type(error).__name__}: {error}"
+                    ) from error
+                self._report(hold, hold.verdict, metrics_down=down)
+                self.effects.sleep(min(delay, bound - hold.unobserved_s - down))
+                delay = min(2 * delay, OUTAGE_BACKOFF_MAX_S)
+                continue
+            unobserved = 0.0 if began is None else self.effects.clock() - began
+            hold.unobserved_s += unobserved
+            return stats, unobserved
+
+    def _report(
+        self, hold: _Hold, verdict: StepVerdict, metrics_down: float | None = None, force: bool = False
+    ) -> None:
+        """Tell the progress sink where the step stands, when the throttle allows (or ``force``)."""
+        hold.verdict = verdict
+        progress = StepProgress(
+            step=hold.step,
+            steps=len(self.policy.steps),
+            weight=hold.weight,
+            champion_version=self.champion_key[0],
+            candidate_version=self.candidate_version,
+            elapsed_s=hold.elapsed_s,
+            hold_s=self.policy.interval_s,
+            max_wait_s=self.policy.max_step_wait_s,
+            min_requests=self.policy.analysis.min_requests,
+            verdict=verdict,
+            metrics_down=metrics_down is not None,
+            metrics_outage_s=metrics_down or 0.0,
+            unobserved_s=hold.unobserved_s + (metrics_down or 0.0),
+            max_outage_s=self.policy.analysis.max_metrics_outage_s,
+        )
+        if not (self._throttle.due(self.effects.clock(), (hold.step, progress.status)) or force):
+            return
+        try:
+            self.effects.progress(progress)
+        except Exception:  # noqa: S110 - progress is for people: a display that fails must not decide a rollout
+            pass
+
+
+@dataclass
+class _Hold:
+    """One step's running state: its clock (outages excluded), its unobserved time and its latest verdict."""
+
+    step: int
+    weight: float
+    elapsed_s: float = 0.0
+    unobserved_s: float = 0.0
+    verdict: StepVerdict = field(default_factory=lambda: StepVerdict("wait", (), {}))

@@ -258,6 +258,10 @@ class AnalysisSpec(StrictModel):
     # The two versions answer different requests: a divergence breaches only when even the low end of its
     # confidence interval exceeds the bound, and only when a step's hold is over (no repeated peeking).
     divergence_confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
+    # While the router's metrics cannot be read a step holds (its clock stops, the weight stays, nothing is
+    # promoted without evidence); once a step has gone this long unobserved in total, the candidate is
+    # rolled back to weight 0. A short outage keeps a good candidate; a long or flapping one ends safely.
+    max_metrics_outage_s: float = Field(default=60.0, gt=0.0)
 
 
 class RolloutPolicy(StrictModel):

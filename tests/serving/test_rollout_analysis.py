@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+import math
+
 from serving.metrics import VersionStats, parse_version_stats
-from serving.rollout import RolloutController, RolloutEffects, analyse_step
+from serving.rollout import (
+    ProgressThrottle,
+    RolloutController,
+    RolloutEffects,
+    StepProgress,
+    StepVerdict,
+    analyse_step,
+    describe_progress,
+)
 from serving.spec import AnalysisSpec, RolloutPolicy
 
 ANALYSIS = AnalysisSpec(
@@ -266,9 +276,8 @@ def test_metrics_gone_for_good_end_in_one_rollback_at_weight_zero_never_stuck() 
     # when the rollout runs,
     result = RolloutController(POLICY, "1", "2", world.effects()).run()
     # then the candidate ends at weight 0, tagged rejected, with exactly one rollback event saying why.
-    assert (
-        result.outcome == "rolled_back" and "reading the router's metrics failed 3 times" in result.reason
-    ), result
+    assert result.outcome == "rolled_back" and "metrics were unreadable" in result.reason, result
+    assert "max_metrics_outage_s is 60s" in result.reason, f"the reason names the bound: {result.reason}"
     assert world.weight == 0.0, f"the candidate is left at {world.weight}%"
     assert [a for a in world.actions if a[0] == "event" and a[1] == "rollback"] == [("event", "rollback")]
     assert any(a[0] == "reject" for a in world.actions) and ("promote",) not in world.actions, world.actions
@@ -293,3 +302,267 @@ def test_serve_refusing_a_weight_rolls_back_instead_of_leaving_the_last_weight()
     result = RolloutController(POLICY, "1", "2", world.effects()).run()
     assert result.outcome == "rolled_back" and "Serve refused the config" in result.reason, result
     assert world.weight == 0.0 and ("event", "rollback") in world.actions, world.actions
+
+
+class TimedWorld:
+    """Traffic at a steady rate per second of (fake) time; the metrics endpoint down in a window of time.
+
+    ``errors_while_down`` is the candidate's error share while nobody can see it; ``reset_counters`` makes
+    the router's counters restart from zero when the metrics come back (a restarted exposition).
+    """
+
+    RATE = 40.0  # requests per second
+
+    def __init__(
+        self,
+        down_from: float = math.inf,
+        down_for: float = 0.0,
+        errors_while_down: float = 0.0,
+        reset_counters: bool = False,
+    ):
+        self.time, self.weight = 0.0, 0.0
+        self.champion, self.candidate = VersionStats(), VersionStats()
+        self.down = (down_from, down_from + down_for)
+        self.errors_while_down, self.reset_counters = errors_while_down, reset_counters
+        self.actions: list[tuple] = []  # (time, what, ...)
+        self.progress: list[StepProgress] = []
+        self.scrapes_while_down = 0
+
+    def is_down(self) -> bool:
+        return self.down[0] <= self.time < self.down[1]
+
+    def sleep(self, seconds: float) -> None:
+        # Traffic in one-second slices, so an outage starting mid-sleep gets its share of errors.
+        remaining = seconds
+        while remaining > 1e-9:
+            dt = min(1.0, remaining)
+            share, down = self.weight / 100, self.is_down()
+            candidate = share * self.RATE * dt
+            errors = candidate * self.errors_while_down if down else 0.0
+            self.champion = self.champion.minus(VersionStats(ok=-(1 - share) * self.RATE * dt))
+            self.candidate = self.candidate.minus(VersionStats(ok=-(candidate - errors), errors=-errors))
+            self.time += dt
+            remaining -= dt
+
+    def scrape(self) -> dict[tuple[str, str], VersionStats]:
+        if self.is_down():
+            self.scrapes_while_down += 1
+            raise ConnectionError("the metrics endpoint is not answering")
+        if self.reset_counters and self.time >= self.down[1]:
+            self.champion, self.candidate, self.reset_counters = VersionStats(), VersionStats(), False
+        return {("1", "champion"): self.champion, ("2", "candidate"): self.candidate}
+
+    def effects(self) -> RolloutEffects:
+        def apply_weight(weight: float) -> None:
+            self.weight = weight
+            self.actions.append((self.time, "weight", weight))
+
+        return RolloutEffects(
+            apply_weight=apply_weight,
+            scrape=self.scrape,
+            promote=lambda: self.actions.append((self.time, "promote")),
+            reject=lambda reason: self.actions.append((self.time, "reject", reason)),
+            emit=lambda kind, message, details: self.actions.append((self.time, "event", kind)),
+            is_pinned=lambda: False,
+            clock=lambda: self.time,
+            sleep=self.sleep,
+            progress=self.progress.append,
+        )
+
+    def events(self) -> list[str]:
+        return [a[2] for a in self.actions if a[1] == "event"]
+
+
+OUTAGE_POLICY = RolloutPolicy(
+    steps=(10, 50, 100),
+    interval_s=10,
+    max_step_wait_s=60,
+    analysis=AnalysisSpec(min_requests=10, max_prediction_divergence=1.0, max_metrics_outage_s=30),
+)
+
+
+def test_a_15s_metrics_outage_holds_the_step_and_the_good_candidate_is_promoted() -> None:
+    # Given a healthy candidate whose metrics endpoint goes away for 15 s, 4 s into the first step (10%),
+    world = TimedWorld(down_from=4, down_for=15)
+    # when the rollout runs,
+    result = RolloutController(OUTAGE_POLICY, "1", "2", world.effects()).run()
+    # then it is promoted, each step once, with no weight change and no event while the metrics were gone,
+    assert result.outcome == "promoted" and [s["weight"] for s in result.steps] == [10, 50, 100], result
+    assert world.events() == ["rollout_step"] * 3 + ["promotion"], world.actions
+    during = [a for a in world.actions if 4 <= a[0] < 19]
+    assert during == [], f"nothing may move while the analysis is impossible: {during}"
+    assert world.scrapes_while_down >= 4, (
+        f"the scrape is retried through the outage: {world.scrapes_while_down}"
+    )
+    # and the first step's clock stopped: it held its 10 s of observed time after the 15 s gap, not before.
+    second_step = next(a[0] for a in world.actions if a[1:] == ("weight", 50))
+    assert second_step >= 4 + 15 + (10 - 4), (
+        f"the step must hold 10 s with metrics, moved on at {second_step}s"
+    )
+    outage = [p for p in world.progress if p.status == "outage"]
+    assert outage and all(p.weight == 10 and p.step == 1 for p in outage), "the holding step says why"
+
+
+def test_metrics_gone_longer_than_the_bound_end_in_exactly_one_rollback_at_weight_zero() -> None:
+    # Given metrics that go away 4 s into the first step and stay away for longer than the 30 s bound,
+    world = TimedWorld(down_from=4, down_for=1_000)
+    # when the rollout runs,
+    result = RolloutController(OUTAGE_POLICY, "1", "2", world.effects()).run()
+    # then it rolls back once the step has gone 30 s unobserved (not after 3 quick retries, not never),
+    assert result.outcome == "rolled_back" and "unreadable for 30s" in result.reason, result
+    ended = next(a[0] for a in world.actions if a[1:] == ("weight", 0.0))
+    assert 4 + 30 <= ended <= 4 + 30 + 1, f"rolled back {ended - 4:.1f}s into the outage, bound 30 s"
+    # with exactly one ending event, the candidate at weight 0, rejected, never promoted.
+    assert world.events() == ["rollout_step", "rollback"], world.actions
+    assert world.weight == 0.0 and [a[1] for a in world.actions].count("reject") == 1, world.actions
+    assert "promote" not in [a[1] for a in world.actions], world.actions
+
+
+def test_a_flapping_metrics_endpoint_is_bounded_by_the_steps_total_unobserved_time() -> None:
+    # Given metrics down 20 s, back 3 s, down 20 s again in the first step (each outage under the 30 s bound),
+    class Flapping(TimedWorld):
+        def is_down(self) -> bool:
+            return 4 <= self.time < 24 or 27 <= self.time < 47
+
+    world = Flapping()
+    result = RolloutController(OUTAGE_POLICY, "1", "2", world.effects()).run()
+    # then the step's 30 s of unobserved time in total ends it: a flapping endpoint cannot hold it forever.
+    assert result.outcome == "rolled_back" and "30s unobserved in this step" in result.reason, result
+    assert world.events() == ["rollout_step", "rollback"], world.actions
+
+
+def test_errors_served_while_nobody_could_see_them_are_judged_after_recovery() -> None:
+    # Given a candidate failing half its requests only while its metrics are gone (15 s),
+    world = TimedWorld(down_from=4, down_for=15, errors_while_down=0.5)
+    # when the rollout runs, then the first look after recovery counts them and rolls the candidate back.
+    result = RolloutController(OUTAGE_POLICY, "1", "2", world.effects()).run()
+    assert result.outcome == "rolled_back" and "error rate" in result.reason, result
+    rolled_back_at = next(a[0] for a in world.actions if a[1:] == ("weight", 0.0))
+    assert rolled_back_at <= 19 + 2, f"judged at the first looks after recovery, at {rolled_back_at}s"
+
+
+def test_after_recovery_the_next_step_judges_only_its_own_traffic() -> None:
+    # Given a 15 s outage in the first step (10%) of a healthy rollout at 40 requests/s,
+    world = TimedWorld(down_from=4, down_for=15)
+    result = RolloutController(OUTAGE_POLICY, "1", "2", world.effects()).run()
+    # then the second step (50%) counts only what was served at 50%: about 20 requests/s over its 10 s hold.
+    second = result.steps[1]
+    assert 150 <= second["candidate_requests"] <= 260, second
+    assert second["candidate_error_rate"] == 0.0, second
+
+
+def test_counters_that_restart_during_an_outage_restart_the_step_instead_of_going_negative() -> None:
+    # Given metrics that come back after 15 s with the router's counters restarted from zero,
+    world = TimedWorld(down_from=4, down_for=15, reset_counters=True)
+    result = RolloutController(OUTAGE_POLICY, "1", "2", world.effects()).run()
+    # then the step judges what was counted since, never a negative count, and the candidate is promoted.
+    assert result.outcome == "promoted", result
+    assert result.steps[0]["candidate_requests"] > 0, result.steps[0]
+    assert all(p.verdict.numbers.get("candidate_requests", 0) >= 0 for p in world.progress), "no negatives"
+
+
+def test_the_progress_callback_gets_each_steps_live_numbers_throttled() -> None:
+    # Given a healthy rollout of 10 s steps, when it runs with a progress sink,
+    world = TimedWorld()
+    RolloutController(OUTAGE_POLICY, "1", "2", world.effects()).run()
+    progress = world.progress
+    # then every step reports its numbers: requests, error rates, p99s and the divergence,
+    assert sorted({p.step for p in progress}) == [1, 2, 3], [p.step for p in progress]
+    last = progress[-1]
+    for number in ("candidate_requests", "champion_requests", "candidate_error_rate", "candidate_p99_s"):
+        assert number in last.verdict.numbers, f"{number} missing from {last.verdict.numbers}"
+    assert last.candidate_version == "2" and last.champion_version == "1" and last.weight == 100
+    assert last.status == "pass" and last.elapsed_s >= 10, last
+    # not at every 1 s poll: within a step and a status, reports are at least 5 s apart, except each step's
+    # last (its final numbers are always shown).
+    for step in (1, 2, 3):
+        reports = [p for p in progress if p.step == step]
+        assert reports[-1].elapsed_s >= 10, f"step {step} ends with its final numbers: {reports[-1]}"
+        for earlier, later in zip(reports, reports[1:-1], strict=False):
+            if earlier.status == later.status:
+                assert later.elapsed_s - earlier.elapsed_s >= 5 - 1e-9, (earlier, later)
+    assert len(progress) <= 3 * 4, f"throttled: {len(progress)} reports for three 10 s steps"
+
+
+def test_a_failing_progress_display_does_not_decide_the_rollout() -> None:
+    world = TimedWorld()
+    effects = world.effects()
+
+    def broken(progress: StepProgress) -> None:
+        raise BrokenPipeError("the terminal went away")
+
+    effects.progress = broken
+    assert RolloutController(OUTAGE_POLICY, "1", "2", effects).run().outcome == "promoted"
+
+
+def test_the_throttle_reports_the_first_look_every_interval_and_each_change_of_status() -> None:
+    throttle = ProgressThrottle(every_s=5)
+    looks = [(0, "wait"), (1, "wait"), (4.9, "wait"), (5, "wait"), (6, "pass"), (7, "pass"), (8, "wait")]
+    due = [t for t, status in looks if throttle.due(t, (1, status))]
+    assert due == [0, 5, 6, 8], f"first look, after 5 s, and on each change of status: got {due}"
+    assert throttle.due(8.5, (2, "wait")), "a new step reports at once"
+
+
+def progress_of(status: str, **numbers: float) -> StepProgress:
+    base = {
+        "candidate_requests": 41.0,
+        "champion_requests": 380.0,
+        "candidate_error_rate": 0.0,
+        "champion_error_rate": 0.0026,
+        "candidate_p99_s": 0.012,
+        "champion_p99_s": 0.0105,
+        "prediction_divergence": 0.031,
+        "prediction_divergence_low": 0.0,
+        "prediction_divergence_high": 0.08,
+        "prediction_divergence_bound": 0.1,
+    }
+    verdict = StepVerdict(
+        "wait" if status == "outage" else status,
+        ("error rate 9.00% vs champion 0.26%",) if status == "breach" else (),
+        base | numbers,
+    )
+    return StepProgress(
+        step=1,
+        steps=3,
+        weight=10,
+        champion_version="1",
+        candidate_version="2",
+        elapsed_s=12.4,
+        hold_s=20,
+        max_wait_s=300,
+        min_requests=100,
+        verdict=verdict,
+        metrics_down=status == "outage",
+        metrics_outage_s=7 if status == "outage" else 0,
+        unobserved_s=7 if status == "outage" else 0,
+        max_outage_s=60,
+    )
+
+
+def test_a_progress_line_shows_step_clock_requests_errors_p99_and_divergence_with_its_interval() -> None:
+    line = describe_progress(progress_of("wait"))
+    expected = [
+        "step 1/3 at 10%: 12s of 20s hold (at most 300s)",
+        "requests v2 41, v1 380",
+        "errors 0.00% vs 0.26%",
+        "p99 12ms vs 10ms",
+        "divergence 0.031 [0.000, 0.080] bound 0.1",
+        "waiting: 41 of 100 v2 requests",
+    ]
+    assert line == " | ".join(expected), line
+    assert describe_progress(progress_of("pass")).endswith("| within bounds")
+    assert describe_progress(progress_of("breach")).endswith("| BREACH: error rate 9.00% vs champion 0.26%")
+    outage = describe_progress(progress_of("outage"))
+    assert outage.endswith("| HOLDING: metrics unreadable for 7s (7s of 60s allowed this step)"), outage
+
+
+def test_numbers_not_measurable_yet_show_as_dashes_and_json_nulls() -> None:
+    # Given a first look with no candidate requests yet (p99 and divergence are NaN),
+    nan = math.nan
+    progress = progress_of("wait", candidate_requests=0.0, candidate_p99_s=nan, prediction_divergence=nan)
+    # then the line shows a dash and leaves the divergence out, and the JSON record has null, not NaN.
+    line = describe_progress(progress)
+    assert "p99 - vs 10ms" in line and "divergence" not in line, line
+    record = progress.to_dict()
+    assert record["candidate_p99_s"] is None and record["status"] == "wait", record
+    assert record["step"] == 1 and record["candidate_requests"] == 0.0, record
