@@ -8,14 +8,20 @@ It runs inside the Ray job (in a cluster too), so it needs ``contracts`` and ``s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from contracts.settings import EnvVar, ServingTarget
 from contracts.vocabulary import Alias, RolloutOutcome
 from pipeline.config import PipelineConfig
 from pipeline.events import RolloutSink
+
+if TYPE_CHECKING:
+    from serving.rollout import StepProgress
+
+logger = logging.getLogger("lockgate.pipeline")
 
 
 @dataclass(frozen=True)
@@ -81,7 +87,16 @@ def deploy_and_roll_out(
     update_rollout_state(state_path, candidate_weight=0.0)
     apply_desired(target.dashboard_url, headers, file, state_path)
     controller = rollout_controller(config.rollout, target, serving_file, (champion, version), emit)
+    # The job's log is what `lockgate run` tails: a holding step's live numbers as log lines, never silent.
+    controller.effects = replace(controller.effects, progress=_log_progress)
     result = controller.run()
     if result.outcome is None:
         raise RuntimeError("the rollout controller returned before the rollout ended")
     return DeployResult(RolloutOutcome(result.outcome), result.reason, result.steps)
+
+
+def _log_progress(progress: StepProgress) -> None:
+    """A holding step's live numbers as one log line (the controller throttles how often)."""
+    from serving.rollout import describe_progress
+
+    logger.info("rollout: %s", describe_progress(progress))

@@ -300,7 +300,7 @@ def describe_progress(progress: StepProgress) -> str:
     elif progress.status == "breach":
         parts.append("BREACH: " + "; ".join(progress.verdict.reasons))
     else:
-        parts.append("within bounds")
+        parts.append("within bounds" + (" so far" if progress.elapsed_s < progress.hold_s else ""))
     return " | ".join(parts)
 
 

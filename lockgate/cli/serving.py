@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -24,6 +26,7 @@ from lockgate.cli.common import (
     exits_on_error,
     progress_echo,
     show,
+    stdout_is_tty,
 )
 from lockgate.localenv import LocalEnvironment
 from lockgate.runtime import connect_ray, connected, local_environment, rollout_context
@@ -38,6 +41,7 @@ from serving.desired import (
 
 if TYPE_CHECKING:
     from pipeline.config import PipelineConfig
+    from serving.rollout import StepProgress
 
 Emit = Callable[[str, str, dict[str, Any]], None]
 
@@ -126,12 +130,10 @@ def rollout_set_weight(
 
 
 def _event_sender(
-    config: PipelineConfig, config_dir: Path, model_name: str, candidate: str, as_json: bool = False
+    config: PipelineConfig, config_dir: Path, model_name: str, candidate: str, echo: Callable[[str], None]
 ) -> Emit:
-    """Print each rollout event and emit it to the pipeline's event sinks, as the candidate's."""
+    """Print each rollout event with ``echo`` and emit it to the pipeline's event sinks, as the candidate's."""
     from pipeline.events import Event, EventType, emit
-
-    echo = progress_echo(as_json)
 
     def send(kind: str, message: str, details: dict[str, Any]) -> None:
         echo(f"[{kind}] {message}")
@@ -146,6 +148,35 @@ def _event_sender(
         emit(event, config.events, config_dir)
 
     return send
+
+
+Progress = Callable[["StepProgress"], None]
+
+
+@contextmanager
+def _rollout_display(opening: str, as_json: bool) -> Iterator[tuple[Callable[[str], None], Progress]]:
+    """Where ``rollout run`` shows its events and a holding step's live numbers; yields (echo, progress).
+
+    On a terminal: a Rich status line the numbers update in place, events printed above it. Elsewhere (a
+    pipe, CI) plain lines, one per report the controller's throttle lets through; under ``--json`` those go
+    to stderr, so stdout carries the final result alone.
+    """
+    from serving.rollout import describe_progress
+
+    if as_json or not stdout_is_tty():
+        echo = progress_echo(as_json)
+        yield echo, lambda progress: echo(f"[progress] {describe_progress(progress)}")
+        return
+    from rich.console import Console  # only on a terminal: the CLI's start-up stays light
+    from rich.text import Text
+
+    console = Console()
+    # Text, not a markup string: a line holds "[0.000, 0.080]", which Rich would read as a style tag.
+    with console.status(Text(opening), spinner="dots") as status:
+        yield (
+            lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True),
+            lambda progress: status.update(Text(describe_progress(progress))),
+        )
 
 
 @rollout_app.command("run")
@@ -170,13 +201,18 @@ def rollout_run(
                 f"model {model_name} needs a champion and a candidate to roll out, has {aliases}"
             )
         champion, candidate = aliases[Alias.champion], aliases[Alias.candidate]
-        send = _event_sender(context.config, config.resolve().parent, model_name, candidate, as_json)
-        connect_ray(context.env)
-        target = context.env.serving_target()
-        versions = (champion, candidate)
-        result = rollout_controller(
-            context.config.rollout, target, context.serving_file, versions, send
-        ).run()
+        opening = f"rolling out {model_name} v{candidate} against champion v{champion}"
+        with _rollout_display(opening, as_json) as (echo, progress):
+            send = _event_sender(context.config, config.resolve().parent, model_name, candidate, echo)
+            connect_ray(context.env)
+            target = context.env.serving_target()
+            versions = (champion, candidate)
+            controller = rollout_controller(
+                context.config.rollout, target, context.serving_file, versions, send
+            )
+            # serving.live builds the effects without a progress sink: the display is this command's.
+            controller.effects = replace(controller.effects, progress=progress)
+            result = controller.run()
     outcome = {"outcome": result.outcome, "reason": result.reason, "steps": result.steps}
     show(outcome, "ROLLOUT_RESULT " + json.dumps(outcome, default=str), as_json)
     raise typer.Exit(0 if result.outcome in ENDED_WELL else NOT_PROMOTED)

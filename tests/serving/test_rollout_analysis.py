@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from serving.metrics import VersionStats, parse_version_stats
 from serving.rollout import (
@@ -321,7 +322,8 @@ class TimedWorld:
         reset_counters: bool = False,
     ):
         self.time, self.weight = 0.0, 0.0
-        self.champion, self.candidate = VersionStats(), VersionStats()
+        # Cumulative counts, as the router's counters: champion ok, candidate ok, candidate errors.
+        self.champion_ok, self.candidate_ok, self.candidate_errors = 0.0, 0.0, 0.0
         self.down = (down_from, down_from + down_for)
         self.errors_while_down, self.reset_counters = errors_while_down, reset_counters
         self.actions: list[tuple] = []  # (time, what, ...)
@@ -339,8 +341,9 @@ class TimedWorld:
             share, down = self.weight / 100, self.is_down()
             candidate = share * self.RATE * dt
             errors = candidate * self.errors_while_down if down else 0.0
-            self.champion = self.champion.minus(VersionStats(ok=-(1 - share) * self.RATE * dt))
-            self.candidate = self.candidate.minus(VersionStats(ok=-(candidate - errors), errors=-errors))
+            self.champion_ok += (1 - share) * self.RATE * dt
+            self.candidate_ok += candidate - errors
+            self.candidate_errors += errors
             self.time += dt
             remaining -= dt
 
@@ -349,8 +352,12 @@ class TimedWorld:
             self.scrapes_while_down += 1
             raise ConnectionError("the metrics endpoint is not answering")
         if self.reset_counters and self.time >= self.down[1]:
-            self.champion, self.candidate, self.reset_counters = VersionStats(), VersionStats(), False
-        return {("1", "champion"): self.champion, ("2", "candidate"): self.candidate}
+            self.champion_ok = self.candidate_ok = self.candidate_errors = 0.0
+            self.reset_counters = False
+        # Both versions answer alike: fast, predictions spread around 0.3.
+        candidate = spread(self.candidate_ok, mean=0.3)
+        candidate.errors = self.candidate_errors
+        return {("1", "champion"): spread(self.champion_ok, mean=0.3), ("2", "candidate"): candidate}
 
     def effects(self) -> RolloutEffects:
         def apply_weight(weight: float) -> None:
@@ -550,7 +557,9 @@ def test_a_progress_line_shows_step_clock_requests_errors_p99_and_divergence_wit
         "waiting: 41 of 100 v2 requests",
     ]
     assert line == " | ".join(expected), line
-    assert describe_progress(progress_of("pass")).endswith("| within bounds")
+    assert describe_progress(progress_of("pass")).endswith("| within bounds so far"), "12 s of a 20 s hold"
+    done = replace(progress_of("pass"), elapsed_s=20.0)
+    assert describe_progress(done).endswith("| within bounds"), describe_progress(done)
     assert describe_progress(progress_of("breach")).endswith("| BREACH: error rate 9.00% vs champion 0.26%")
     outage = describe_progress(progress_of("outage"))
     assert outage.endswith("| HOLDING: metrics unreadable for 7s (7s of 60s allowed this step)"), outage
