@@ -146,6 +146,51 @@ class CheckResult:
         }
 
 
+def check_verdict(summary: dict[str, Any]) -> str:
+    """A check's outcome in a few words (drift, and whether a run was started), from its summary."""
+    drifted = summary.get("drifted")
+    drift = "drift not judged" if drifted is None else "DRIFT" if drifted else "no drift"
+    if summary.get("fire"):
+        return f"{drift}, RUN STARTED ({summary.get('reason')}, {summary.get('submission_id')})"
+    return f"{drift}, no run"
+
+
+def describe_check(summary: dict[str, Any], at: datetime) -> str:
+    """One line a person reads for a check: when, what it judged, and what it decided (and why)."""
+    champion = summary.get("champion")
+    parts = [
+        f"{at:%H:%M:%S} UTC",
+        f"champion v{champion}" if champion else "no champion",
+        f"{summary.get('window_rows', 0)} new rows",
+        check_verdict(summary),
+    ]
+    quality = summary.get("quality")
+    if quality:
+        parts.append("quality " + ", ".join(f"{name} {value:.3g}" for name, value in sorted(quality.items())))
+    if summary.get("explanation"):
+        parts.append(str(summary["explanation"]))
+    parts += [str(note) for note in summary.get("notes") or ()]
+    return " | ".join(parts)
+
+
+def describe_watch(
+    pipeline: str,
+    interval_s: float,
+    last: tuple[datetime, dict[str, Any]] | None,
+    next_in_s: float | None,
+) -> str:
+    """The status line of ``lockgate watch`` on a terminal: what it watches, the last check, the next one.
+
+    ``next_in_s`` None: a check is running now.
+    """
+    parts = [f"watching {pipeline} every {interval_s:g}s"]
+    if last is not None:
+        at, summary = last
+        parts.append(f"last check {at:%H:%M:%S} UTC: {check_verdict(summary)}")
+    parts.append("checking now" if next_in_s is None else f"next check in {math.ceil(max(next_in_s, 0)):d}s")
+    return " | ".join(parts)
+
+
 class Watcher:
     """Runs checks for one pipeline and the model it serves."""
 

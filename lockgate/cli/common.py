@@ -62,6 +62,11 @@ def show(result: Mapping[str, Any], human: str, as_json: bool) -> None:
         typer.echo(human)
 
 
+def show_json_line(result: Mapping[str, Any]) -> None:
+    """One of a command's many results (``watch``'s checks) as a JSON line on stdout, under ``--json`` too."""
+    typer.echo(json.dumps(result, default=str), file=_RESULT_STREAM.get() or sys.stdout)
+
+
 @contextmanager
 def _result_only_on_stdout(as_json: bool) -> Iterator[None]:
     """Under ``--json`` stdout carries the result alone: what libraries print (MLflow's run links) goes to stderr."""

@@ -5,8 +5,12 @@ from __future__ import annotations
 import json
 import signal
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -24,6 +28,8 @@ from lockgate.cli.common import (
     StateDir,
     exits_on_error,
     show,
+    show_json_line,
+    stdout_is_tty,
 )
 from lockgate.runtime import cluster_watcher, rollout_context, serving_path, watching
 from pipeline.config import PipelineConfig, load_config
@@ -95,6 +101,77 @@ def triggers_check(
     typer.echo(json.dumps(result.summary(), indent=2, default=str))
 
 
+class _WatchDisplay:
+    """Where ``watch`` reports: plain lines (one JSON summary per check) off a terminal and under ``--json``."""
+
+    def __init__(self, as_json: bool):
+        self.as_json = as_json
+
+    def opening(self, line: str) -> None:
+        """What is watched and where the metrics are (stderr under ``--json``: stdout holds summaries only)."""
+        typer.echo(line, err=self.as_json)
+
+    def checking(self) -> None:
+        """A check starts (nothing to say in a pipe)."""
+
+    def checked(self, summary: dict[str, Any], at: datetime) -> None:
+        """A check's result: its summary as one JSON line, for a log or a program."""
+        show_json_line(summary)
+
+    def waiting(self, next_in_s: float) -> None:
+        """Time until the next check (nothing to say in a pipe)."""
+
+
+class _WatchStatus(_WatchDisplay):
+    """On a terminal: a Rich status line (last check, its verdict, next check in N s), each check above it."""
+
+    def __init__(self, console: Any, status: Any, pipeline: str, interval_s: float):
+        super().__init__(as_json=False)
+        self.console, self.status, self.pipeline, self.interval_s = console, status, pipeline, interval_s
+        self.last: tuple[datetime, dict[str, Any]] | None = None
+
+    def _show(self, next_in_s: float | None) -> None:
+        from rich.text import Text
+
+        from lockgate.watch import describe_watch
+
+        # Text, not markup: a check's explanation may hold brackets Rich would read as style tags.
+        self.status.update(Text(describe_watch(self.pipeline, self.interval_s, self.last, next_in_s)))
+
+    def opening(self, line: str) -> None:
+        """Printed once, above the status line."""
+        self.console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+    def checking(self) -> None:
+        """The status says a check is running."""
+        self._show(None)
+
+    def checked(self, summary: dict[str, Any], at: datetime) -> None:
+        """The check as a line a person reads, above the status line; the status shows its verdict."""
+        from lockgate.watch import describe_check
+
+        self.last = (at, summary)
+        self.console.print(describe_check(summary, at), markup=False, highlight=False, soft_wrap=True)
+
+    def waiting(self, next_in_s: float) -> None:
+        """The status counts down to the next check."""
+        self._show(next_in_s)
+
+
+@contextmanager
+def _watch_display(pipeline: str, interval_s: float, as_json: bool) -> Iterator[_WatchDisplay]:
+    """A Rich status on a terminal; plain JSON lines in a pipe, a log or under ``--json``."""
+    if as_json or not stdout_is_tty():
+        yield _WatchDisplay(as_json)
+        return
+    from rich.console import Console  # only on a terminal: the CLI's start-up stays light
+    from rich.text import Text
+
+    console = Console()
+    with console.status(Text(f"watching {pipeline}"), spinner="dots") as status:
+        yield _WatchStatus(console, status, pipeline, interval_s)
+
+
 @commands.command()
 @exits_on_error(causes=BACKEND_CAUSES)
 def watch(
@@ -108,32 +185,57 @@ def watch(
     max_checks: Annotated[
         int, typer.Option(min=0, help="stop after this many checks (0: until stopped)")
     ] = 0,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json", help="one JSON summary per check on stdout, as in a pipe (other lines go to stderr)"
+        ),
+    ] = False,
 ) -> None:
-    """Check the triggers every interval (drift, degradation, schedule) and export metrics until stopped."""
+    """Check the triggers every interval (drift, degradation, schedule) and export metrics until stopped.
+
+    On a terminal a status line shows the last check's verdict and counts down to the next; elsewhere (and
+    with ``--json``) each check prints its summary as one JSON line.
+    """
     parsed = load_config(config)
     file = load_serving_file(serving_path(config, parsed))
     exporter = _exporter(config, parsed, file.model_name)
     stop = _stop_on_sigterm()
     try:
-        with watching(config, state_dir, data, exporter) as watcher:
+        with (
+            watching(config, state_dir, data, exporter) as watcher,
+            _watch_display(parsed.name, interval, as_json) as display,
+        ):
             port = exporter.serve(metrics_port)
-            typer.echo(
+            display.opening(
                 f"watching {parsed.name} every {interval:g}s; metrics at http://127.0.0.1:{port}/metrics"
             )
             checks = 0
             while not stop.is_set():
+                display.checking()
                 exporter.poll()
                 result = watcher.check()
                 exporter.poll()
                 checks += 1
-                typer.echo(json.dumps(result.summary(), default=str))
+                display.checked(result.summary(), datetime.now(UTC))
                 if max_checks and checks >= max_checks:
                     break
-                stop.wait(interval)
+                _wait_for_next_check(stop, interval, display)
     except KeyboardInterrupt:
         pass
     finally:
         exporter.close()
+
+
+def _wait_for_next_check(stop: threading.Event, interval_s: float, display: _WatchDisplay) -> None:
+    """Wait ``interval_s`` (less if asked to stop), telling the display the time left about every second."""
+    deadline = time.monotonic() + interval_s
+    while not stop.is_set():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        display.waiting(left)
+        stop.wait(min(1.0, left))
 
 
 @commands.command()

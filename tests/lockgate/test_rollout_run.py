@@ -100,3 +100,20 @@ def test_with_json_stdout_is_the_result_alone_and_progress_goes_to_stderr(
     result = json.loads(done.stdout)
     assert result["outcome"] == "promoted" and [s["weight"] for s in result["steps"]] == [10, 50, 100], result
     assert "[progress] step 1/3 at 10%: " in done.stderr, f"progress on stderr under --json: {done.stderr!r}"
+
+
+def test_on_a_terminal_the_numbers_update_one_status_line_instead_of_printing_lines(
+    scripted_rollout: TimedWorld, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a terminal (Rich told the captured stdout is one, as a real terminal would be detected),
+    monkeypatch.setattr(serving_cli, "stdout_is_tty", lambda: True)
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")
+    # when the rollout runs,
+    done = runner.invoke(app, ["rollout", "run", "--config", str(tmp_path / "pipeline.yaml")])
+    assert done.exit_code == 0, done.output
+    # then the live numbers are drawn in the status line (the last step's final numbers at least), not
+    # printed as "[progress]" lines, while the events are still printed as lines above it.
+    assert "[progress]" not in done.stdout, done.stdout
+    assert "step 3/3 at 100%: 10s of 10s hold" in done.stdout, done.stdout
+    assert "[rollout_step] candidate v2 at 50%" in done.stdout, done.stdout
+    assert "\x1b[" in done.stdout, "a terminal gets the status line's cursor control"
