@@ -107,6 +107,7 @@ def test_on_a_terminal_the_numbers_update_one_status_line_instead_of_printing_li
 ) -> None:
     # Given a terminal (Rich told the captured stdout is one, as a real terminal would be detected),
     monkeypatch.setattr(serving_cli, "stdout_is_tty", lambda: True)
+    # Rich 15's Console.is_terminal (rich/console.py) takes TTY_COMPATIBLE=1 as "this file is a terminal".
     monkeypatch.setenv("TTY_COMPATIBLE", "1")
     # when the rollout runs,
     done = runner.invoke(app, ["rollout", "run", "--config", str(tmp_path / "pipeline.yaml")])

@@ -122,6 +122,7 @@ def test_on_a_terminal_a_status_line_counts_down_and_checks_read_as_lines(
 ) -> None:
     # Given a terminal (Rich told the captured stdout is one, as a real terminal would be detected),
     monkeypatch.setattr(observe_cli, "stdout_is_tty", lambda: True)
+    # Rich 15's Console.is_terminal (rich/console.py) takes TTY_COMPATIBLE=1 as "this file is a terminal".
     monkeypatch.setenv("TTY_COMPATIBLE", "1")
     stdout, _ = watch(watched)
     # then each check is a line a person reads, not JSON, and the status shows the verdict and the countdown.
