@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import queue
+import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 
@@ -14,6 +17,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from benchmarks.chaos_bench.forwarder import TcpForwarder
 from pipeline.data import make_loans
 from pipeline.events import read_events
 from tests.conftest import write_pipeline
@@ -180,3 +184,114 @@ def test_concurrent_promoters_compare_and_set(local_env) -> None:
     assert len(winners) == 1 and winners[0] in contenders, f"exactly one promotion wins: {winners}"
     assert aliases(name)["champion"] == winners[0] and aliases(name)["previous"] == first.version
     assert not results[blocked]["ok"], "a version a gate blocked is never made champion"
+
+
+OUTAGE_SCRIPT = """
+import json, sys
+from dataclasses import replace
+from pathlib import Path
+import ray
+from contracts.settings import ServingTarget
+from pipeline.config import load_config
+from serving.live import rollout_controller
+gcs, config_path, metrics_url, dashboard_url, home, token, champion, candidate = sys.argv[1:]
+ray.init(address=gcs, logging_level="ERROR")
+config = load_config(Path(config_path))
+target = ServingTarget(dashboard_url, metrics_url, Path(home), Path(token))
+def emit(kind, message, details):
+    print("EVENT " + json.dumps({"kind": kind, "message": message}), flush=True)
+serving_file = Path(config_path).parent / config.rollout.serving_file
+controller = rollout_controller(config.rollout, target, serving_file, (champion, candidate), emit)
+controller.effects = replace(
+    controller.effects, progress=lambda p: print("PROGRESS " + json.dumps(p.to_dict()), flush=True)
+)
+result = controller.run()
+print("RESULT " + json.dumps({"outcome": result.outcome, "reason": result.reason,
+                              "steps": [s["weight"] for s in result.steps]}), flush=True)
+"""
+OUTAGE_S = 15.0
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_a_15s_metrics_outage_mid_step_holds_the_step_and_a_good_candidate_is_still_promoted(
+    local_env, tmp_path
+) -> None:
+    # Given a good candidate whose controller reads Ray's metrics through a forwarder we can take away,
+    name, champion, candidate, config = serving_setup(tmp_path, local_env)
+    metrics_port = int(local_env.metrics_url.split(":")[-1].split("/")[0])
+    forwarder = TcpForwarder(free_port(), metrics_port)
+    forwarder.start()
+    lines: queue.Queue[tuple[float, str]] = queue.Queue()
+    seen: list[tuple[float, str]] = []
+    command = [
+        sys.executable,
+        "-c",
+        OUTAGE_SCRIPT,
+        f"127.0.0.1:{local_env.ports.ray_gcs}",
+        str(config),
+        f"http://127.0.0.1:{forwarder.listen_port}/metrics",
+        local_env.dashboard_url,
+        str(local_env.state_dir),
+        str(local_env.ray_token_path),
+        champion,
+        candidate,
+    ]
+    env = {**os.environ, **local_env.client_env()}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
+    assert process.stdout is not None
+    stdout = process.stdout
+    threading.Thread(
+        target=lambda: [lines.put((time.monotonic(), line.rstrip())) for line in stdout], daemon=True
+    ).start()
+    outage: tuple[float, float] | None = None
+    try:
+        with closed_loop(URL, clients=4) as load:
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline:
+                try:
+                    seen.append(lines.get(timeout=1))
+                except queue.Empty:
+                    assert process.poll() is None, f"the rollout ended without a result: {seen}"
+                    continue
+                if seen[-1][1].startswith("RESULT "):
+                    break
+                if outage is None and seen[-1][1].startswith("EVENT "):
+                    # when the endpoint goes away 1 s into the first step (25%) for 15 s,
+                    time.sleep(1)
+                    began = time.monotonic()
+                    forwarder.stop()
+                    time.sleep(OUTAGE_S)
+                    forwarder.start()
+                    outage = (began, time.monotonic())
+            else:
+                pytest.fail(f"no rollout result within 300 s: {seen}")
+    finally:
+        process.kill()
+        process.wait(timeout=30)
+        forwarder.stop()
+    # then the candidate is still promoted, after both steps and one ending event,
+    result = json.loads(seen[-1][1].removeprefix("RESULT "))
+    assert result["outcome"] == "promoted" and result["steps"] == [25, 100], result
+    events = [
+        json.loads(line.removeprefix("EVENT "))["kind"] for _, line in seen if line.startswith("EVENT ")
+    ]
+    assert events == ["rollout_step", "rollout_step", "promotion"], events
+    assert aliases(name) == {"champion": candidate, "previous": champion}, (
+        "traffic and aliases moved together"
+    )
+    # nothing moved while the metrics were gone, and the step said it was holding for want of them,
+    assert outage is not None
+    during = [line for at, line in seen if outage[0] + 0.5 < at < outage[1] and line.startswith("EVENT ")]
+    assert during == [], f"no step may start while the analysis is impossible: {during}"
+    progress = [
+        json.loads(line.removeprefix("PROGRESS ")) for _, line in seen if line.startswith("PROGRESS ")
+    ]
+    holding = [p for p in progress if p["status"] == "outage"]
+    assert holding and {p["weight"] for p in holding} == {25}, holding
+    assert max(p["metrics_outage_s"] for p in holding) >= 5, "the outage is reported while it lasts"
+    assert load.failed == 0, load.failures.most_common(3)
