@@ -373,7 +373,11 @@ class CaptureBuffer:
         ]
         # ASCII JSON escapes anything (a lone surrogate too), so the line is always writable; a value JSON
         # cannot hold is spooled as its repr and quarantined at conversion like any row a table cannot hold.
-        lines = "".join(json.dumps(row, ensure_ascii=True, default=repr) + "\n" for row in captured).encode()
+        lines = (
+            "".join(json.dumps(row, ensure_ascii=True, default=repr) + "\n" for row in captured).encode()
+            if self._dir is not None
+            else b""
+        )
         with self._lock:
             if self._oldest is None:
                 self._oldest = now
