@@ -196,6 +196,7 @@ class CaptureBuffer:
         self.spool_root = spool_dir or spool_root(uri)
         self._pending: dict[str, int] = {}  # spool file name -> rows, oldest name first
         self._active: str | None = None  # the spool file requests are appended to
+        self._active_bytes = 0  # its length: only this replica writes it
         self._converting: str | None = None
         self._next_recovery = time.monotonic() + recover_s
         self._handles = _SpoolHandles()
@@ -301,15 +302,21 @@ class CaptureBuffer:
                 name = f"{stamp}-{self.writer_id}-{self._sequence:06d}{SPOOL_SUFFIX}"
                 flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
                 self._handles.active_fd = os.open(os.path.join(self._dir, name), flags, 0o600)
-                self._active = name
+                self._active, self._active_bytes = name, 0
                 self._pending[name] = 0
             view = memoryview(lines)
             while view:
                 view = view[os.write(self._handles.active_fd, view) :]
         except OSError:
             logger.exception("capture: spool write failed; these rows are kept in memory only")
+            if self._handles.active_fd is not None:
+                # A write cut short (a full disk) may have left whole lines of these rows: cut them off, or the
+                # rows kept in memory would be written twice.
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._handles.active_fd, self._active_bytes)
             self._seal()
             return False
+        self._active_bytes += len(lines)
         assert self._active is not None
         self._pending[self._active] += rows
         if self._pending[self._active] >= self.batch_rows:

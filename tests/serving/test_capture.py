@@ -466,3 +466,32 @@ def test_where_the_spool_lives() -> None:
     assert spool_root("file:///data/capture") == "/data/capture/spool"
     remote = spool_root("s3://bucket/capture")
     assert remote.startswith(tempfile.gettempdir()) and remote != spool_root("s3://bucket/other"), remote
+
+
+def test_a_spool_write_cut_short_keeps_the_rows_in_memory_and_writes_each_once(tmp_path, monkeypatch) -> None:
+    import errno as errno_module
+
+    import serving.capture as capture_module
+
+    class DiskFillsUp:
+        """``os`` as the capture module sees it, whose next write stores half its bytes, then fails (ENOSPC)."""
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(os, name)
+
+        def write(self, fd: int, data: bytes) -> int:
+            os.write(fd, bytes(data[: len(data) * 2 // 3]))  # whole lines of the first rows, then a torn one
+            raise OSError(errno_module.ENOSPC, "No space left on device")
+
+    # Given a spool that takes one request, then fails in the middle of a three-row one,
+    buffer = CaptureBuffer(str(tmp_path), batch_rows=100, flush_s=3600)
+    answered(buffer, "a")
+    monkeypatch.setattr(capture_module, "os", DiskFillsUp())
+    answered(buffer, "b", rows=3)
+    monkeypatch.undo()
+    answered(buffer, "c")
+    # when it is flushed,
+    buffer.flush()
+    # then every row is written exactly once: the cut-short request from memory, nothing of it from the spool.
+    ids = captured_ids(str(tmp_path))
+    assert sorted(ids) == ["a", "b:0", "b:1", "b:2", "c"], ids
