@@ -506,21 +506,27 @@ def main(argv: list[str] | None = None) -> int:
         record.mark(f"rollout A ended: {rollout_a.summary()['outcome']} (hung: {not ended})")
         results["rollout_A"] = after_rollout(env, model, state_path, rollout_a, (v1, v2))
 
+        def next_rollout(name: str, candidate: str) -> tuple[ControllerThread, str, float, float]:
+            """Make ``candidate`` the candidate at weight 0 and run its rollout; (thread, champion, start, 10%)."""
+            champion = aliases_now(model).get("champion", v1)
+            client.set_registered_model_alias(model, "candidate", candidate)
+            update_rollout_state(state_path, candidate_weight=0.0)
+            apply_desired(
+                env.dashboard_url, env.ray_auth_header(), load_serving_file(serving_file), state_path
+            )
+            started = record.mark(f"rollout {name} starts (v{champion} -> v{candidate})")
+            emit = record.emitter(name, events_path, model, candidate)
+            thread = ControllerThread(
+                rollout_controller(policy, target, serving_file, (champion, candidate), emit),
+                f"rollout-{name}",
+            ).start()
+            step = record.wait_event(name, "rollout_step", 10.0, 120)
+            if step is None:
+                raise RuntimeError(f"rollout {name} never reached its 10% step")
+            return thread, champion, started, step
+
         # Rollout B: the metrics endpoint goes away at 10%.
-        champion_b = aliases_now(model).get("champion", v1)
-        client.set_registered_model_alias(model, "candidate", v3)
-        update_rollout_state(state_path, candidate_weight=0.0)
-        apply_desired(env.dashboard_url, env.ray_auth_header(), load_serving_file(serving_file), state_path)
-        start_b = record.mark(f"rollout B starts (v{champion_b} -> v{v3})")
-        rollout_b = ControllerThread(
-            rollout_controller(
-                policy, target, serving_file, (champion_b, v3), record.emitter("B", events_path, model, v3)
-            ),
-            "rollout-B",
-        ).start()
-        step = record.wait_event("B", "rollout_step", 10.0, 120)
-        if step is None:
-            raise RuntimeError("rollout B never reached its 10% step")
+        rollout_b, champion_b, start_b, step = next_rollout("B", v3)
         time.sleep(max(step + 2 - time.monotonic(), 0))
         outage_at = record.mark(
             f"fault metrics: the metrics endpoint goes away for {args.metrics_outage:g} s"
@@ -546,20 +552,7 @@ def main(argv: list[str] | None = None) -> int:
         # Rollout C: the Ray head is killed with everything under it during the 10% step, brought back, and
         # the serving file applied again, while the controller runs on.
         time.sleep(3)
-        champion_c = aliases_now(model).get("champion", v1)
-        client.set_registered_model_alias(model, "candidate", v4)
-        update_rollout_state(state_path, candidate_weight=0.0)
-        apply_desired(env.dashboard_url, env.ray_auth_header(), load_serving_file(serving_file), state_path)
-        start_c = record.mark(f"rollout C starts (v{champion_c} -> v{v4})")
-        rollout_c = ControllerThread(
-            rollout_controller(
-                policy, target, serving_file, (champion_c, v4), record.emitter("C", events_path, model, v4)
-            ),
-            "rollout-C",
-        ).start()
-        step = record.wait_event("C", "rollout_step", 10.0, 120)
-        if step is None:
-            raise RuntimeError("rollout C never reached its 10% step")
+        rollout_c, champion_c, start_c, step = next_rollout("C", v4)
         time.sleep(max(step + 3 - time.monotonic(), 0))
         import ray
 

@@ -121,6 +121,7 @@ def events_check(emitted: Sequence[dict[str, Any]], logged: Sequence[dict[str, A
         "duplicated": sorted(i for i, n in Counter(logged_ids).items() if n > 1),
         "types": [e["type"] for e in logged],
         "endings": endings,
+        "ending_messages": [e["message"][:600] for e in logged if e["type"] in ("promotion", "rollback")],
         "one_ending": len(endings) == 1,
     }
 
