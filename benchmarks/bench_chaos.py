@@ -10,9 +10,9 @@ workers 28400-28799, dashboard 28275, Serve HTTP 28800, the metrics forwarder 28
 directory under /tmp:
 
 1. ``LocalEnvironment.up``; two versions of one model are logged and registered from a subprocess
-   (``serving_bench.registration``: torch stays out of this process), a third version is registered from the
-   second's artefacts; all three carry passing gate tags, so promotion is allowed. ``champion`` -> v1,
-   ``candidate`` -> v2. The router (2 replicas of 0.25 CPU) is deployed from a serving file through
+   (``serving_bench.registration``: torch stays out of this process), a third and a fourth version are
+   registered from the second's artefacts; all carry passing gate tags, so promotion is allowed.
+   ``champion`` -> v1, ``candidate`` -> v2. The router (2 replicas of 0.25 CPU) is deployed from a serving file through
    ``apply_desired`` with capture at 100% into the environment's capture directory (batches of 50 rows or
    2 s). Closed-loop load (``lockgate.traffic.LoadClient``, 4 clients, every outcome kept with its times
    and its request id) runs from here to the end.
@@ -28,17 +28,22 @@ directory under /tmp:
    the port itself; 2 s into the 10% step the forwarder stops listening and cuts its connections for
    ``--metrics-outage`` s, then listens again. This stands in for the endpoint going away: Ray's own
    metrics agent keeps running (stopping it would take the head's other agent functions with it).
-4. Fault 4, ``head``: this process leaves the cluster (``ray.shutdown``: a driver whose GCS dies is ended by
-   Ray), then every process of the Ray head's session (the head's PID from the state file is the session
-   leader) is SIGKILLed; ``LocalEnvironment.up`` brings the environment back and the serving file is applied
-   again; the champion must answer again.
+4. Rollout C (champion -> v4, same policy), fault 4, ``head``: 3 s into the 10% step this process leaves the
+   cluster (``ray.shutdown``: a driver whose GCS dies is ended by Ray), then every process of the Ray head's
+   session (the head's PID from the state file is the session leader) is SIGKILLed, router replicas
+   included; ``LocalEnvironment.up`` brings the environment back and the serving file is applied again; the
+   champion must answer again. The controller keeps running in its thread meanwhile: its scrapes and Serve
+   calls fail while the head is down, so it must end in a rollback (weight 0 in the rollout state, the
+   candidate tagged rejected, one ``rollback`` event), which the re-applied serving file then serves.
 
 Then the load stops, the routers' last capture batches are waited for, and the run is judged: per fault,
 failed requests (non-200 answers plus attempts that found no router) and time to recover (from the fault to
 the first answer after the last failure); lost captures (answered request ids missing from the captured
-``request_id`` column); the events (each emitted event logged once, one promotion or one rollback per
-rollout); and the aliases and weight after each rollout and at the end. A table is printed and everything
-is written to ``benchmarks/results/chaos-<stamp>.json``.
+``request_id`` column; the routers spool every captured request before answering and a replica recovers the
+spools of killed ones, ``serving/capture.py``), captured rows written twice, and rows captured but never
+answered to the client (a request in flight when its replica died); the events (each emitted event logged
+once, one promotion or one rollback per rollout); and the aliases and weight after each rollout and at the
+end. A table is printed and everything is written to ``benchmarks/results/chaos-<stamp>.json``.
 
 Every process is started here and stopped by PID or process group in ``finally`` (SIGINT and SIGTERM
 included); the run ends by checking that nothing of its own still runs or listens.
@@ -416,12 +421,15 @@ def main(argv: list[str] | None = None) -> int:
         model, (v1, v2) = registered["name"], registered["versions"]
         client = MlflowClient()
         v3 = str(mlflow.register_model(client.get_model_version(model, v2).source, model).version)
-        for version in (v1, v2, v3):
+        v4 = str(mlflow.register_model(client.get_model_version(model, v2).source, model).version)
+        for version in (v1, v2, v3, v4):
             for key, value in PASSED.items():
                 client.set_model_version_tag(model, version, key, value)
         client.set_registered_model_alias(model, "champion", v1)
         client.set_registered_model_alias(model, "candidate", v2)
-        record.mark(f"registered {model} v{v1} (champion), v{v2} (candidate A), v{v3} (candidate B)")
+        record.mark(
+            f"registered {model} v{v1} (champion), v{v2} (candidate A), v{v3} (candidate B), v{v4} (candidate C)"
+        )
         write_serving_file(serving_file, model, env.capture_dir)
         target = ServingTarget(
             env.dashboard_url, f"http://127.0.0.1:{FORWARDER_PORT}/metrics", env.state_dir, env.ray_token_path
@@ -498,21 +506,27 @@ def main(argv: list[str] | None = None) -> int:
         record.mark(f"rollout A ended: {rollout_a.summary()['outcome']} (hung: {not ended})")
         results["rollout_A"] = after_rollout(env, model, state_path, rollout_a, (v1, v2))
 
+        def next_rollout(name: str, candidate: str) -> tuple[ControllerThread, str, float, float]:
+            """Make ``candidate`` the candidate at weight 0 and run its rollout; (thread, champion, start, 10%)."""
+            champion = aliases_now(model).get("champion", v1)
+            client.set_registered_model_alias(model, "candidate", candidate)
+            update_rollout_state(state_path, candidate_weight=0.0)
+            apply_desired(
+                env.dashboard_url, env.ray_auth_header(), load_serving_file(serving_file), state_path
+            )
+            started = record.mark(f"rollout {name} starts (v{champion} -> v{candidate})")
+            emit = record.emitter(name, events_path, model, candidate)
+            thread = ControllerThread(
+                rollout_controller(policy, target, serving_file, (champion, candidate), emit),
+                f"rollout-{name}",
+            ).start()
+            step = record.wait_event(name, "rollout_step", 10.0, 120)
+            if step is None:
+                raise RuntimeError(f"rollout {name} never reached its 10% step")
+            return thread, champion, started, step
+
         # Rollout B: the metrics endpoint goes away at 10%.
-        champion_b = aliases_now(model).get("champion", v1)
-        client.set_registered_model_alias(model, "candidate", v3)
-        update_rollout_state(state_path, candidate_weight=0.0)
-        apply_desired(env.dashboard_url, env.ray_auth_header(), load_serving_file(serving_file), state_path)
-        start_b = record.mark(f"rollout B starts (v{champion_b} -> v{v3})")
-        rollout_b = ControllerThread(
-            rollout_controller(
-                policy, target, serving_file, (champion_b, v3), record.emitter("B", events_path, model, v3)
-            ),
-            "rollout-B",
-        ).start()
-        step = record.wait_event("B", "rollout_step", 10.0, 120)
-        if step is None:
-            raise RuntimeError("rollout B never reached its 10% step")
+        rollout_b, champion_b, start_b, step = next_rollout("B", v3)
         time.sleep(max(step + 2 - time.monotonic(), 0))
         outage_at = record.mark(
             f"fault metrics: the metrics endpoint goes away for {args.metrics_outage:g} s"
@@ -535,21 +549,32 @@ def main(argv: list[str] | None = None) -> int:
         }
         results["rollout_B"] = after_rollout(env, model, state_path, rollout_b, (champion_b, v3))
 
-        # The Ray head: killed with everything under it, brought back, the serving file applied again.
+        # Rollout C: the Ray head is killed with everything under it during the 10% step, brought back, and
+        # the serving file applied again, while the controller runs on.
         time.sleep(3)
+        rollout_c, champion_c, start_c, step = next_rollout("C", v4)
+        time.sleep(max(step + 3 - time.monotonic(), 0))
         import ray
 
         ray.shutdown()
         head = kill_head(env, record)
-        starts.append(("head", head["at"] - 0.5, head["at"], "SIGKILL the Ray head's session, up, apply"))
+        starts.append(("head", start_c - 0.5, head["at"], "SIGKILL the Ray head's session in rollout C"))
         env_up(env)
         SESSIONS.extra.add(env.read_state().ray.pid)  # type: ignore[union-attr]
         up_at = record.mark("environment up again")
+        ended = rollout_c.join(bound)
+        record.mark(f"rollout C ended: {rollout_c.summary()['outcome']} (hung: {not ended})")
         apply_desired(env.dashboard_url, env.ray_auth_header(), load_serving_file(serving_file), state_path)
         applied_at = record.mark("serving file applied again")
         time.sleep(8)
-        head |= {"up_s": round(up_at - head["at"], 2), "reapplied_s": round(applied_at - head["at"], 2)}
+        reaction = [at for at, name, e in record.events if name == "C" and at >= head["at"]]
+        head |= {
+            "up_s": round(up_at - head["at"], 2),
+            "reapplied_s": round(applied_at - head["at"], 2),
+            "controller_reacted_after_s": round(reaction[0] - head["at"], 2) if reaction else None,
+        }
         results["faults"]["head"] = head
+        results["rollout_C"] = after_rollout(env, model, state_path, rollout_c, (champion_c, v4))
         record.mark("load stops")
     except BaseException as exc:  # noqa: BLE001 - report what was measured, then re-raise below
         error = f"{type(exc).__name__}: {exc}"
@@ -633,14 +658,17 @@ def judge(
         "answers_by_version": dict(load.answers),
     }
     judged["phases"] = [phase_figures(phase, outcomes, samples) for phase in phases]
-    # The routers write a batch every 50 rows or 2 s: wait until the captured count stops growing.
-    previous, captured = -1, None
-    for _ in range(20):
+    # The routers write a batch every 50 rows or 2 s, a quiet one from Serve's health check (every 10 s):
+    # wait until the captured count has stayed the same over 12 s (at most 90 s).
+    counts: list[int] = []
+    captured = None
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
         captured = read_captured(str(env.capture_dir))
-        if len(captured) == previous:
+        counts.append(len(captured))
+        if len(counts) >= 4 and len(set(counts[-4:])) == 1:
             break
-        previous = len(captured)
-        time.sleep(2)
+        time.sleep(4)
     ids = [] if captured is None else [str(i) for i in captured["request_id"]]
     judged["captures"] = capture_check(outcomes, ids, phases)
     logged = [e.model_dump(mode="json") for e in read_events(events_path)] if events_path.exists() else []
@@ -649,7 +677,7 @@ def judge(
             [e for _, name, e in record.events if name == rollout],
             [e for e in logged if e["stage"] == rollout],
         )
-        for rollout in ("A", "B")
+        for rollout in ("A", "B", "C")
     }
     try:
         name = next(iter({e["model_name"] for e in logged}), None)
@@ -705,6 +733,7 @@ def print_report(results: dict[str, Any]) -> None:
         print(
             f"\ncaptures: {captures['answered']} answered, {captures['captured_rows']} captured, "
             f"{captures['lost']} lost {captures['lost_by_phase']}, "
+            f"{captures['captured_twice']} captured twice, "
             f"{captures['captured_not_answered']} captured but not answered to the client"
         )
     for rollout, check in (results.get("events") or {}).items():
@@ -712,7 +741,7 @@ def print_report(results: dict[str, Any]) -> None:
             f"events {rollout}: {check['types']}; lost {len(check['lost'])}, duplicated "
             f"{len(check['duplicated'])}, one ending: {check['one_ending']}"
         )
-    for key in ("rollout_A", "rollout_B"):
+    for key in ("rollout_A", "rollout_B", "rollout_C"):
         rollout = results.get(key)
         if rollout:
             end = rollout["end"]

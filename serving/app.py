@@ -167,8 +167,8 @@ class Router:
                 if spec.sample_percent > 0 and spec.uri
                 else None
             )
-            if old is not None:
-                await asyncio.to_thread(self._flush_quietly, old)
+            if old is not None:  # its last batches written, its spool released (left to recovery if not)
+                await asyncio.to_thread(old.close)
         logger.info(
             "router config applied: champion=%s (%s) candidate=%s traffic=%s",
             config.champion.uri,
@@ -459,7 +459,7 @@ class Router:
         """On shutdown, write what is still buffered."""
         capture = getattr(self, "capture", None)
         if capture is not None:
-            self._flush_quietly(capture)
+            capture.close()
 
     async def _shadow(self, candidate: LoadedModel, rows: list[dict], answered: Scored, mode: str) -> None:
         """Score the mirrored request with the candidate; record, never return."""

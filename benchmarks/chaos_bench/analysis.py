@@ -77,20 +77,26 @@ def phase_figures(
 def capture_check(
     outcomes: Sequence[Outcome], captured_ids: Iterable[str], phases: Sequence[Phase]
 ) -> dict[str, Any]:
-    """Every answered request (all are sampled at 100%) against the captured request ids, per phase."""
-    captured = set(captured_ids)
+    """Every answered request (all are sampled at 100%) against the captured request ids, per phase.
+
+    ``captured_twice``: ids that appear in more than one captured row (a spool converted twice would).
+    """
+    ids = list(captured_ids)
+    captured = set(ids)
     answered = [o for o in outcomes if o.ok]
     lost = [o for o in answered if o.request_id not in captured]
     answered_ids = {o.request_id for o in answered}
     per_phase = {phase.name: sum(1 for o in lost if phase.start <= o.done_s < phase.end) for phase in phases}
     return {
         "answered": len(answered),
-        "captured_rows": len(captured),
+        "captured_rows": len(ids),
+        "captured_twice": sum(1 for n in Counter(ids).values() if n > 1),
         "lost": len(lost),
         "lost_by_phase": per_phase,
         "lost_outside_phases": len(lost) - sum(per_phase.values()),
         "captured_not_answered": len(captured - answered_ids),
-        # A replica buffers up to flush_interval_s of answers: a killed one loses what it answered just before.
+        # How long before a kill the lost rows were answered (a replica that buffered rows in memory lost
+        # up to flush_interval_s of them).
         "lost_seconds_before_a_kill": sorted(
             {
                 round(min((p.fault - o.done_s for p in phases if p.fault >= o.done_s), default=-1.0), 1)
@@ -115,6 +121,7 @@ def events_check(emitted: Sequence[dict[str, Any]], logged: Sequence[dict[str, A
         "duplicated": sorted(i for i, n in Counter(logged_ids).items() if n > 1),
         "types": [e["type"] for e in logged],
         "endings": endings,
+        "ending_messages": [e["message"][:600] for e in logged if e["type"] in ("promotion", "rollback")],
         "one_ending": len(endings) == 1,
     }
 

@@ -3,13 +3,27 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from serving.capture import CaptureBuffer, read_captured, read_labels, write_labels
+from serving.capture import (
+    SPOOL_DIR,
+    CaptureBuffer,
+    read_captured,
+    read_labels,
+    read_spool,
+    spool_root,
+    write_labels,
+)
 
 ROW = {"age": 40, "income": 52_000.0, "region": "north"}
 
@@ -242,3 +256,242 @@ def test_captured_answers_read_back_every_kind_of_answer(tmp_path) -> None:
     buffer.flush()
     # when the captured rows are read back, then each answer is the router's own.
     assert captured_answers(read_captured(str(tmp_path))) == answers
+
+
+# -- the spool: a killed replica loses nothing it answered, recovered exactly once -------------------------
+# A replica as the router runs it: each request spooled by ``add`` before it is answered (the id printed
+# here stands for the answer), a batch written whenever one is due. ``--no-flush``: nothing is ever written,
+# so every batch stays spooled (a replica whose store refused every write).
+REPLICA = """
+import sys, time
+from serving.capture import CaptureBuffer
+uri, tag, count, flush = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "flush"
+buffer = CaptureBuffer(uri, batch_rows=7, flush_s=3600)
+for index in range(count):
+    buffer.add([{"age": index, "region": "north"}], [{"probability": 0.5, "prediction": 1}],
+               request_id=f"{tag}-{index}", model="m", version="1", role="champion")
+    print(f"{tag}-{index}", flush=True)
+    if flush and buffer.due():
+        buffer.flush()
+print("done", flush=True)
+time.sleep(600)
+"""
+
+# A replica that starts (recovering dead replicas' spools), writes what it holds and stops, once ``go`` exists.
+RECOVERER = """
+import os, sys, time
+from serving.capture import CaptureBuffer
+uri, go = sys.argv[1], sys.argv[2]
+while not os.path.exists(go):
+    time.sleep(0.001)
+buffer = CaptureBuffer(uri, batch_rows=7, flush_s=3600)
+buffer.flush()
+print(buffer.recovered_files, flush=True)
+buffer.close()
+"""
+
+
+def start_python(code: str, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *args], stdout=subprocess.PIPE, text=True, env=dict(os.environ)
+    )
+
+
+def kill(process: subprocess.Popen[str]) -> None:
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+
+
+def answered_then_killed(
+    uri: str, tag: str, count: int, flush: bool, kill_after: int | None = None
+) -> list[str]:
+    """Run a replica; SIGKILL it after ``kill_after`` answers (or once all are answered); the ids answered."""
+    replica = start_python(REPLICA, uri, tag, str(count), "flush" if flush else "keep")
+    answered: list[str] = []
+    try:
+        assert replica.stdout is not None
+        for line in replica.stdout:
+            if line.strip() == "done" or (kill_after is not None and len(answered) >= kill_after):
+                break
+            answered.append(line.strip())
+    finally:
+        kill(replica)
+    assert replica.stdout is not None
+    answered += [line.strip() for line in replica.stdout if line.strip() != "done"]  # answered before it died
+    return answered
+
+
+def lines_until_done(process: subprocess.Popen[str]) -> list[str]:
+    """What a replica printed up to its "done" (bounded by its output ending, should it die)."""
+    assert process.stdout is not None
+    lines = []
+    for line in process.stdout:
+        if line.strip() == "done":
+            break
+        lines.append(line.strip())
+    return lines
+
+
+def captured_ids(uri: str) -> list[str]:
+    return read_captured(uri)["request_id"].tolist()
+
+
+def test_a_replica_killed_mid_stream_loses_no_answered_row_and_recovery_writes_each_once(tmp_path) -> None:
+    # Given a replica answering a stream of requests, writing a batch every 7 rows, SIGKILLed mid-stream,
+    uri = str(tmp_path)
+    answered = answered_then_killed(uri, "r", count=100_000, flush=True, kill_after=300)
+    assert len(answered) >= 300, f"the replica answered {len(answered)} requests before the kill"
+    before = set(captured_ids(uri))
+    assert set(answered) - before, "the killed replica had answered rows not yet written (the case at stake)"
+    # when the next replica starts and flushes,
+    recoverer = CaptureBuffer(uri, batch_rows=7, flush_s=3600)
+    recoverer.flush()
+    # then every answered row is captured exactly once; at most the one request in flight is captured unanswered.
+    ids = captured_ids(uri)
+    duplicated = sorted({i for i in ids if ids.count(i) > 1})
+    assert not duplicated, f"rows captured twice: {duplicated[:5]}"
+    assert not set(answered) - set(ids), f"answered rows lost: {sorted(set(answered) - set(ids))[:5]}"
+    assert len(set(ids) - set(answered)) <= 1, f"captured, never answered: {sorted(set(ids) - set(answered))}"
+    assert recoverer.recovered_files >= 1 and recoverer.pending_rows == 0, recoverer.recovered_files
+    leftovers = [p.name for p in (tmp_path / SPOOL_DIR).rglob("*.jsonl")]
+    assert not leftovers, f"recovered spool files are deleted once written: {leftovers}"
+
+
+def test_racing_recoverers_write_each_orphaned_row_exactly_once(tmp_path) -> None:
+    # Given three replicas, alive together, killed with all they answered still spooled (9 batches each),
+    uri = str(tmp_path)
+    replicas = [start_python(REPLICA, uri, tag, "63", "keep") for tag in "abc"]
+    answered = []
+    try:
+        for replica in replicas:
+            answered += lines_until_done(replica)
+    finally:
+        for replica in replicas:
+            kill(replica)
+    assert len(answered) == 189 and captured_ids(uri) == [], "nothing written before the recovery"
+    orphans = list((tmp_path / SPOOL_DIR).rglob("*.jsonl"))
+    # when three replicas start at the same instant and all race to recover them,
+    go = tmp_path / "go"
+    recoverers = [start_python(RECOVERER, uri, str(go)) for _ in range(3)]
+    time.sleep(2.0)  # every recoverer imported and waiting
+    go.touch()
+    claimed = []
+    for recoverer in recoverers:
+        out, _ = recoverer.communicate(timeout=120)
+        assert recoverer.returncode == 0, f"a recoverer failed (exit {recoverer.returncode})"
+        claimed.append(int(out.strip()))
+    # then each orphaned file was claimed by exactly one of them and every row is written exactly once.
+    assert sum(claimed) == len(orphans), f"claims per recoverer {claimed} for {len(orphans)} orphaned files"
+    ids = captured_ids(uri)
+    assert sorted(ids) == sorted(answered), (
+        f"{len(ids)} rows for {len(answered)} answered; twice: {sorted({i for i in ids if ids.count(i) > 1})[:5]}"
+    )
+    assert not list((tmp_path / SPOOL_DIR).iterdir()), "the dead and the closed spools are all cleaned up"
+
+
+def test_a_spool_converted_twice_after_a_crash_writes_no_duplicate(tmp_path) -> None:
+    # Given a replica that wrote a batch and died before deleting its spool file (a copy stands for it),
+    uri = str(tmp_path)
+    buffer = CaptureBuffer(uri, batch_rows=100, flush_s=3600)
+    for index in range(5):
+        answered(buffer, f"r{index}")
+    (spooled,) = (tmp_path / SPOOL_DIR / buffer.writer_id).glob("*.jsonl")
+    copy = spooled.read_bytes()
+    first = buffer.flush()
+    assert first is not None and captured_ids(uri) == [f"r{i}" for i in range(5)]
+    buffer.close()
+    dead = tmp_path / SPOOL_DIR / "deadbeef"
+    dead.mkdir()
+    (dead / "owner.lock").touch()
+    (dead / spooled.name).write_bytes(copy)
+    # when another replica recovers that spool file and converts it again,
+    other = CaptureBuffer(uri, batch_rows=100, flush_s=3600)
+    second = other.flush()
+    # then it rewrote the same file: every row is there once.
+    assert second == first, f"the same batch goes to the same file: {second} vs {first}"
+    assert captured_ids(uri) == [f"r{i}" for i in range(5)], captured_ids(uri)
+
+
+def test_a_live_replicas_spool_is_never_taken_and_a_torn_last_line_is_skipped(tmp_path) -> None:
+    # Given a live replica (another process) holding spooled rows it has not written,
+    uri = str(tmp_path)
+    replica = start_python(REPLICA, uri, "live", "10", "keep")
+    try:
+        live = lines_until_done(replica)
+        assert len(live) == 10, live
+        # and a dead one whose last write was torn by the kill,
+        dead = tmp_path / SPOOL_DIR / "deadbeef"
+        dead.mkdir()
+        (dead / "owner.lock").touch()
+        whole = json.dumps({**ROW, "request_id": "whole", "captured_at": 1.0, "model": "m", "version": "1"})
+        (dead / "20261130T000000000000-deadbeef-000001.jsonl").write_text(whole + '\n{"request_id": "to')
+        # when this process recovers,
+        recoverer = CaptureBuffer(uri, batch_rows=100, flush_s=3600)
+        recoverer.flush()
+        # then it took the dead spool only: the whole line written, the torn one skipped, the live rows left.
+        assert captured_ids(uri) == ["whole"], captured_ids(uri)
+        assert recoverer.unreadable_lines == 1, recoverer.unreadable_lines
+    finally:
+        kill(replica)
+    # and once the live one dies, its rows are recovered too.
+    CaptureBuffer(uri, batch_rows=100, flush_s=3600).flush()
+    assert sorted(captured_ids(uri)) == sorted(["whole", *live]), captured_ids(uri)
+
+
+def test_the_spool_stays_bounded_while_a_remote_store_refuses_writes(tmp_path) -> None:
+    # Given a store that refuses every write, with a spool on local disk (as for s3://),
+    blocked = tmp_path / "not-a-dir"
+    blocked.write_text("a file where the store should be")
+    buffer = CaptureBuffer(str(blocked), batch_rows=5, flush_s=1, spool_dir=str(tmp_path / "spool"))
+    # when far more requests arrive than the bound, with failed flushes in between,
+    for index in range(200):
+        answered(buffer, f"r{index}")
+        if index % 5 == 4:
+            with pytest.raises(OSError):
+                buffer.flush()
+    # then the spool holds at most the bound, the oldest batches were dropped and counted, the newest kept;
+    spooled = sorted((tmp_path / "spool" / buffer.writer_id).glob("*.jsonl"))
+    rows = [r["request_id"] for path in spooled for r in read_spool(str(path))[0]]
+    assert len(rows) == buffer.pending_rows <= buffer.max_rows == 50, (len(rows), buffer.pending_rows)
+    assert buffer.dropped_rows == 200 - len(rows) and rows[-1] == "r199", (buffer.dropped_rows, rows[-3:])
+    # and when the store takes writes again, what was kept is written.
+    blocked.unlink()
+    buffer.flush()
+    assert captured_ids(str(blocked)) == rows, "the kept rows are written once the store is back"
+
+
+def test_where_the_spool_lives() -> None:
+    # A local capture directory spools beside itself; a remote store on the replica's local disk, per URI.
+    assert spool_root("/data/capture") == "/data/capture/spool"
+    assert spool_root("file:///data/capture") == "/data/capture/spool"
+    remote = spool_root("s3://bucket/capture")
+    assert remote.startswith(tempfile.gettempdir()) and remote != spool_root("s3://bucket/other"), remote
+
+
+def test_a_spool_write_cut_short_keeps_the_rows_in_memory_and_writes_each_once(tmp_path, monkeypatch) -> None:
+    import errno as errno_module
+
+    import serving.capture as capture_module
+
+    class DiskFillsUp:
+        """``os`` as the capture module sees it, whose next write stores half its bytes, then fails (ENOSPC)."""
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(os, name)
+
+        def write(self, fd: int, data: bytes) -> int:
+            os.write(fd, bytes(data[: len(data) * 2 // 3]))  # whole lines of the first rows, then a torn one
+            raise OSError(errno_module.ENOSPC, "No space left on device")
+
+    # Given a spool that takes one request, then fails in the middle of a three-row one,
+    buffer = CaptureBuffer(str(tmp_path), batch_rows=100, flush_s=3600)
+    answered(buffer, "a")
+    monkeypatch.setattr(capture_module, "os", DiskFillsUp())
+    answered(buffer, "b", rows=3)
+    monkeypatch.undo()
+    answered(buffer, "c")
+    # when it is flushed,
+    buffer.flush()
+    # then every row is written exactly once: the cut-short request from memory, nothing of it from the spool.
+    ids = captured_ids(str(tmp_path))
+    assert sorted(ids) == ["a", "b:0", "b:1", "b:2", "c"], ids
