@@ -1,11 +1,18 @@
-"""Read the router's per-version metrics back from Prometheus text, as dashboards and rollout analysis do."""
+"""Read the router's per-version metrics back, as dashboards and rollout analysis do.
+
+From one Prometheus endpoint (Ray's metrics export port, locally) or from the Prometheus HTTP API (the in-cluster
+Prometheus, summing every router pod).
+"""
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import requests
@@ -326,3 +333,31 @@ def query_version_stats(
     counter-reset correction between readings (see ``PrometheusVersionStats``).
     """
     return PrometheusVersionStats(prometheus_url, selector, timeout_s)
+
+
+def parse_selector(text: str | None) -> dict[str, str]:
+    """Exact label values from a JSON object (``LOCKGATE_PROMETHEUS_SELECTOR``); empty for None or ''."""
+    if not text:
+        return {}
+    try:
+        selector = json.loads(text)
+    except ValueError as error:
+        raise ValueError(f"prometheus selector: {text!r} is not JSON: {error}") from error
+    if not isinstance(selector, dict) or not all(
+        isinstance(k, str) and re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", k) and isinstance(v, str)
+        for k, v in selector.items()
+    ):
+        raise ValueError(f"prometheus selector: {text!r} must be a JSON object of label name → string value")
+    return selector
+
+
+def version_stats_source(
+    metrics_url: str, prometheus_url: str | None = None, selector: dict[str, str] | None = None
+) -> Callable[[], dict[tuple[str, str], VersionStats]]:
+    """Where a rollout reads its stats: the in-cluster Prometheus when its URL is set, else the metrics endpoint.
+
+    One call per rollout: the Prometheus reader carries its counter-reset correction from reading to reading.
+    """
+    if prometheus_url:
+        return query_version_stats(prometheus_url, selector)
+    return partial(scrape_version_stats, metrics_url)

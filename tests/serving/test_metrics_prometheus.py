@@ -30,8 +30,10 @@ from serving.metrics import (
     MetricsUnavailable,
     PrometheusVersionStats,
     VersionStats,
+    parse_selector,
     query_version_stats,
     scrape_version_stats,
+    version_stats_source,
 )
 from serving.rollout import RolloutController, RolloutEffects, RolloutOutcome
 from serving.spec import RolloutPolicy, TrafficSpec
@@ -151,7 +153,17 @@ def exporters() -> Iterator[list[Exporter]]:
 def _reading_reaches(
     reader: PrometheusVersionStats, key: tuple[str, str], total: float
 ) -> Callable[[], bool]:
-    return lambda: reader().get(key, VersionStats()).total == total
+    """A wait condition: a reading shows ``total`` requests for ``key`` (a scrape failing meanwhile: not yet)."""
+
+    def reached() -> bool:
+        try:
+            return reader().get(key, VersionStats()).total == total
+        except (
+            MetricsUnavailable
+        ):  # a restarted exporter may miss one scrape: the reader refuses that reading
+            return False
+
+    return reached
 
 
 def test_counter_reset_on_one_pod_never_makes_a_delta_negative(exporters, tmp_path) -> None:
@@ -257,6 +269,31 @@ def test_prometheus_unreachable_ends_a_rollout_as_a_rollback_with_the_reason() -
         f"expected the reason to name {url}, got {result.reason!r}"
     )
     assert rejected == [result.reason], f"expected the candidate tagged rejected once, got {rejected}"
+
+
+def test_selector_from_the_environment_is_checked() -> None:
+    assert parse_selector(None) == {} and parse_selector("") == {}, "expected no selector when unset"
+    assert parse_selector('{"namespace": "ml", "application": "lockgate"}') == {
+        "namespace": "ml",
+        "application": "lockgate",
+    }, "expected the JSON object's labels"
+    for bad in ("namespace=ml", '["ml"]', '{"name-space": "ml"}', '{"namespace": 3}'):
+        with pytest.raises(ValueError, match="prometheus selector"):
+            parse_selector(bad)
+
+
+def test_prometheus_url_selects_the_prometheus_reader(exporters, tmp_path) -> None:
+    # Given an exporter both readers can reach
+    exporters[0].serve("1", "champion", ok=6)
+    direct = f"http://127.0.0.1:{EXPORTER_PORTS[0]}/metrics"
+    assert version_stats_source(direct)()[("1", "champion")].ok == 6, "expected the endpoint read directly"
+    with prometheus(tmp_path, [f"127.0.0.1:{EXPORTER_PORTS[0]}"]) as url:
+        # When a Prometheus URL is given, then the reading comes from Prometheus, with the selector applied
+        source = version_stats_source(direct, url, {"job": "router"})
+        assert isinstance(source, PrometheusVersionStats), f"expected the Prometheus reader, got {source}"
+        _wait(_reading_reaches(source, ("1", "champion"), 6), 30, "6 requests in Prometheus", lambda: True)
+        elsewhere = version_stats_source(direct, url, {"job": "another-stack"})
+        assert elsewhere() == {}, "expected no series for another stack's selector"
 
 
 @pytest.mark.e2e
