@@ -288,13 +288,13 @@ class PrometheusVersionStats:
     def _check_targets(self, seen: set[tuple[str, str]]) -> None:
         """Raise if a target that carries (or carried) router series is down now."""
         self._targets |= seen
-        jobs = sorted({job for job, _ in self._targets})
-        if not jobs:
+        if not self._targets:
             return
-        job_regex = "|".join(re.escape(job) for job in jobs)
+        # Every target that is down, filtered here: a job name (`<namespace>/<monitor>` in a cluster) would
+        # need escaping twice (regex, then PromQL string) to be matched in the query.
         down = sorted(
             f"{sample['metric'].get('instance', '?')} (job {sample['metric'].get('job', '?')})"
-            for sample in self.query(f'up{{job=~"{job_regex}"}} == 0')
+            for sample in self.query("up == 0")
             if (sample["metric"].get("job", ""), sample["metric"].get("instance", "")) in self._targets
         )
         if down:

@@ -44,6 +44,8 @@ from tests.serving.test_router import closed_loop
 PROMETHEUS_PORT = 17860 + PORT_OFFSET
 EXPORTER_PORTS = (17861 + PORT_OFFSET, 17862 + PORT_OFFSET)
 INSTALL_HINT = "apt-get install -y --no-install-recommends prometheus"
+# Shaped like a PodMonitor's job in a cluster (`<namespace>/<monitor name>`): characters a regex would escape.
+JOB = "lockgate/lockgate-ray-workers"
 
 
 def _prometheus_binary() -> str:
@@ -64,7 +66,7 @@ def _wait(condition: Callable[[], bool], timeout_s: float, what: str, alive: Cal
 
 @contextmanager
 def prometheus(directory: Path, targets: list[str]) -> Iterator[str]:
-    """A real Prometheus scraping ``targets`` (host:port) every second as job ``router``; yields its URL."""
+    """A real Prometheus scraping ``targets`` (host:port) every second as job ``JOB``; yields its URL."""
     binary = _prometheus_binary()
     directory.mkdir(parents=True, exist_ok=True)
     config = directory / "prometheus.yml"
@@ -72,7 +74,7 @@ def prometheus(directory: Path, targets: list[str]) -> Iterator[str]:
         yaml.safe_dump(
             {
                 "global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
-                "scrape_configs": [{"job_name": "router", "static_configs": [{"targets": targets}]}],
+                "scrape_configs": [{"job_name": JOB, "static_configs": [{"targets": targets}]}],
             }
         )
     )
@@ -209,7 +211,7 @@ def test_a_target_down_is_reported_not_judged_on_partial_data(exporters, tmp_pat
 
         # Then the next readings raise naming the target instead of returning the other pod's share alone
         _wait(reports_down, 30, f"a MetricsUnavailable naming {down}", lambda: True)
-        with pytest.raises(MetricsUnavailable, match="up == 0"):
+        with pytest.raises(MetricsUnavailable, match=rf"\(job {JOB}\) \(up == 0\)"):
             reader()
         exporters[1].start()  # the fixture stops it again
 
@@ -289,7 +291,7 @@ def test_prometheus_url_selects_the_prometheus_reader(exporters, tmp_path) -> No
     assert version_stats_source(direct)()[("1", "champion")].ok == 6, "expected the endpoint read directly"
     with prometheus(tmp_path, [f"127.0.0.1:{EXPORTER_PORTS[0]}"]) as url:
         # When a Prometheus URL is given, then the reading comes from Prometheus, with the selector applied
-        source = version_stats_source(direct, url, {"job": "router"})
+        source = version_stats_source(direct, url, {"job": JOB})
         assert isinstance(source, PrometheusVersionStats), f"expected the Prometheus reader, got {source}"
         _wait(_reading_reaches(source, ("1", "champion"), 6), 30, "6 requests in Prometheus", lambda: True)
         elsewhere = version_stats_source(direct, url, {"job": "another-stack"})
