@@ -304,7 +304,9 @@ def test_prometheus_reading_equals_the_direct_scrape_of_a_real_router(deployed, 
     deployed.apply(TrafficSpec(candidate_weight=50))
     target = local_env.metrics_url.removeprefix("http://").removesuffix("/metrics")
     with prometheus(tmp_path, [target]) as url:
-        reader = query_version_stats(url)
+        # Selected as a cluster selects its router (infra sets LOCKGATE_PROMETHEUS_SELECTOR): by the Serve
+        # application label Ray adds to every custom metric (ray/serve/metrics.py, APPLICATION_TAG).
+        reader = query_version_stats(url, {"application": deployed.spec.app_name})
         # When traffic is served and has stopped
         with closed_loop(deployed.url, clients=4) as load:
             deadline = time.monotonic() + 120
