@@ -216,6 +216,48 @@ def test_a_target_down_is_reported_not_judged_on_partial_data(exporters, tmp_pat
         exporters[1].start()  # the fixture stops it again
 
 
+def test_a_target_down_mid_step_rolls_the_candidate_back_saying_which(exporters, tmp_path) -> None:
+    # Given a rollout reading two router pods through Prometheus, both scraped once
+    for exporter in exporters:
+        exporter.serve("1", "champion", ok=10)
+        exporter.serve("2", "candidate", ok=10)
+    down = f"127.0.0.1:{EXPORTER_PORTS[1]}"
+    with prometheus(tmp_path, [f"127.0.0.1:{port}" for port in EXPORTER_PORTS]) as url:
+        reader = query_version_stats(url)
+        _wait(_reading_reaches(reader, ("2", "candidate"), 20), 30, "both pods in Prometheus", lambda: True)
+        applied: list[float] = []
+        events: list[tuple[str, str]] = []
+        stopped: list[bool] = []
+
+        def sleep(seconds: float) -> None:
+            if not stopped:  # the step's first wait: one pod stops answering scrapes
+                exporters[1].stop()
+                stopped.append(True)
+                seconds = 3.0  # a few scrape intervals, so that Prometheus has marked it down
+            time.sleep(min(seconds, 3.0))
+
+        effects = RolloutEffects(
+            apply_weight=applied.append,
+            scrape=reader,
+            promote=lambda: pytest.fail("a rollout judged on partial data must not promote"),
+            reject=lambda _reason: None,
+            emit=lambda kind, message, _details: events.append((kind, message)),
+            is_pinned=lambda: False,
+            sleep=sleep,
+        )
+        policy = RolloutPolicy.model_validate({"steps": [50, 100], "interval_s": 1, "max_step_wait_s": 30})
+        # When the controller holds its first step
+        result = RolloutController(policy, "1", "2", effects).run()
+        exporters[1].start()  # the fixture stops it again
+    # Then it rolls back at once, weight 0, one rollback event naming the pod Prometheus could not scrape
+    assert result.outcome == RolloutOutcome.rolled_back, f"expected a rollback, got {result}"
+    assert applied == [50, 0.0], f"expected 50% then 0, got {applied}"
+    assert [kind for kind, _ in events].count("rollback") == 1, f"expected one rollback event, got {events}"
+    assert down in result.reason and "up == 0" in result.reason, (
+        f"expected {down} named, got {result.reason!r}"
+    )
+
+
 def test_selector_keeps_only_the_matching_series(exporters, tmp_path) -> None:
     # Given two pods, Prometheus labelling each with its own instance
     exporters[0].serve("1", "champion", ok=3)
