@@ -126,63 +126,8 @@ class VersionStats:
         return next(bound for bound, count in ordered if count >= target)
 
 
-def parse_version_stats(text: str) -> dict[tuple[str, str], VersionStats]:
-    """Sum the router's counters and latency buckets over replicas, keyed by (version, role)."""
-    stats: dict[tuple[str, str], VersionStats] = defaultdict(VersionStats)
-    for family in text_string_to_metric_families(text):
-        if family.name not in (
-            REQUESTS_METRIC,
-            LATENCY_METRIC,
-            PREDICTION_METRIC,
-            MOMENTS_METRIC,
-            CLASS_METRIC,
-        ):
-            continue
-        for sample in family.samples:
-            key = (sample.labels.get("version", ""), sample.labels.get("role", ""))
-            if family.name == REQUESTS_METRIC and sample.name.endswith("_total"):
-                if sample.labels.get("status") == "ok":
-                    stats[key].ok += sample.value
-                else:
-                    stats[key].errors += sample.value
-            elif family.name == LATENCY_METRIC and sample.name.endswith("_bucket"):
-                bound = float(sample.labels["le"])
-                stats[key].latency_buckets[bound] = stats[key].latency_buckets.get(bound, 0.0) + sample.value
-            elif family.name == PREDICTION_METRIC and sample.name.endswith("_bucket"):
-                bound = float(sample.labels["le"])
-                buckets = stats[key].prediction_buckets
-                buckets[bound] = buckets.get(bound, 0.0) + sample.value
-            elif family.name == PREDICTION_METRIC and sample.name.endswith("_sum"):
-                stats[key].prediction_sum += sample.value
-            elif family.name == PREDICTION_METRIC and sample.name.endswith("_count"):
-                stats[key].prediction_count += sample.value
-            elif family.name == MOMENTS_METRIC and sample.name.endswith("_total"):
-                moments, moment = stats[key].value_moments, sample.labels.get("moment", "")
-                moments[moment] = moments.get(moment, 0.0) + sample.value
-            elif family.name == CLASS_METRIC and sample.name.endswith("_total"):
-                counts, label = stats[key].class_counts, sample.labels.get("class", "")
-                counts[label] = counts.get(label, 0.0) + sample.value
-    return dict(stats)
-
-
-def scrape_version_stats(metrics_url: str, timeout_s: float = 5.0) -> dict[tuple[str, str], VersionStats]:
-    """Scrape a Prometheus endpoint (Ray's metrics export port) and parse the router's metrics."""
-    response = requests.get(metrics_url, timeout=timeout_s)
-    response.raise_for_status()
-    return parse_version_stats(response.text)
-
-
-class MetricsUnavailable(RuntimeError):
-    """Prometheus could not be asked, or its answer cannot be judged on (a scrape target is down).
-
-    A plain ``RuntimeError``: the rollout controller retries any effect that raises and, when it keeps failing,
-    ends the rollout as a rollback with ``EffectFailed`` carrying this message.
-    """
-
-
-# (metric, the labels that key a VersionStats field besides version and role) for each series the router
-# exports; the histograms' _sum and _count of latency are not needed by the analysis.
-_ROUTER_SERIES = (
+# Every series of the router's exposition the analysis reads (latency's _sum and _count it does not need).
+ROUTER_SERIES = (
     f"{REQUESTS_METRIC}_total",
     f"{LATENCY_METRIC}_bucket",
     f"{PREDICTION_METRIC}_bucket",
@@ -193,7 +138,7 @@ _ROUTER_SERIES = (
 )
 
 
-def _add(stats: VersionStats, name: str, labels: dict[str, str], value: float) -> None:
+def add_sample(stats: VersionStats, name: str, labels: dict[str, str], value: float) -> None:
     """Add one series' value to the field of ``stats`` it feeds (the inverse of the router's exposition)."""
     if name == f"{REQUESTS_METRIC}_total":
         if labels.get("status") == "ok":
@@ -216,6 +161,32 @@ def _add(stats: VersionStats, name: str, labels: dict[str, str], value: float) -
     elif name == f"{CLASS_METRIC}_total":
         label = labels.get("class", "")
         stats.class_counts[label] = stats.class_counts.get(label, 0.0) + value
+
+
+def parse_version_stats(text: str) -> dict[tuple[str, str], VersionStats]:
+    """Sum the router's counters and latency buckets over replicas, keyed by (version, role)."""
+    stats: dict[tuple[str, str], VersionStats] = defaultdict(VersionStats)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in ROUTER_SERIES:
+                key = (sample.labels.get("version", ""), sample.labels.get("role", ""))
+                add_sample(stats[key], sample.name, sample.labels, sample.value)
+    return dict(stats)
+
+
+def scrape_version_stats(metrics_url: str, timeout_s: float = 5.0) -> dict[tuple[str, str], VersionStats]:
+    """Scrape a Prometheus endpoint (Ray's metrics export port) and parse the router's metrics."""
+    response = requests.get(metrics_url, timeout=timeout_s)
+    response.raise_for_status()
+    return parse_version_stats(response.text)
+
+
+class MetricsUnavailable(RuntimeError):
+    """Prometheus could not be asked, or its answer cannot be judged on (a scrape target is down).
+
+    A plain ``RuntimeError``: the rollout controller retries any effect that raises and, when it keeps failing,
+    ends the rollout as a rollback with ``EffectFailed`` carrying this message.
+    """
 
 
 def _matchers(selector: dict[str, str]) -> str:
@@ -307,7 +278,7 @@ class PrometheusVersionStats:
         """One cumulative reading, keyed by (version, role), corrected for counter resets."""
         samples = [
             (name, sample["metric"], float(sample["value"][1]))
-            for name in _ROUTER_SERIES
+            for name in ROUTER_SERIES
             for sample in self.query(f"{name}{self.matchers}")
         ]
         self._check_targets({(labels.get("job", ""), labels.get("instance", "")) for _, labels, _ in samples})
@@ -320,7 +291,7 @@ class PrometheusVersionStats:
         for identity, (value, carried) in self._series.items():
             labels = dict(identity)
             key = (labels.get("version", ""), labels.get("role", ""))
-            _add(stats[key], labels["__name__"], labels, value + carried)
+            add_sample(stats[key], labels["__name__"], labels, value + carried)
         return dict(stats)
 
 
