@@ -50,6 +50,9 @@ class EnvVar(StrEnum):
     live_state_uri = "LOCKGATE_LIVE_STATE_URI"
     # The Prometheus HTTP API the rollout analysis queries in a cluster (the in-cluster Prometheus).
     prometheus_url = "LOCKGATE_PROMETHEUS_URL"
+    # Which router series there are this stack's: a JSON object of exact label values (for example namespace
+    # and Serve application), since one in-cluster Prometheus scrapes every stack (serving/metrics.py).
+    prometheus_selector = "LOCKGATE_PROMETHEUS_SELECTOR"
     # The router: the file holding the bearer token `POST <route>/labels` requires (none: labels are off).
     labels_token_file = "LOCKGATE_LABELS_TOKEN_FILE"
     # MLflow's users, made and repaired before its server starts (`python -m lockgate.mlflow_admin`).

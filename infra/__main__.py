@@ -6,6 +6,7 @@ Reads top to bottom like the architecture: cluster → KubeRay operator → name
 
 from __future__ import annotations
 
+import json
 import platform as host
 from functools import partial
 from pathlib import Path
@@ -23,7 +24,7 @@ from infra.components.exporter import MetricsExporter
 from infra.components.iam import WorkloadRole, bucket_prefix_statements
 from infra.components.image import CodeImage, RegistryLogin
 from infra.components.kuberay import KubeRayOperator
-from infra.components.monitoring import Monitoring
+from infra.components.monitoring import Monitoring, prometheus_url
 from infra.components.namespace import Namespace
 from infra.components.network import Network
 from infra.components.ray_platform import RayPlatform, WorkloadIdentityArgs, ray_pod_labels
@@ -44,9 +45,11 @@ IRSA_ANNOTATION = "eks.amazonaws.com/role-arn"
 VALIDATION_CAPTURE = "s3://validation/capture"  # stands in for the store's location in the early render
 
 
-def _statements(arns: list[str], read_write: list[str], read_only: list[str]) -> list[dict[str, Any]]:
+def _statements(
+    arns: list[str], read_write: list[str], read_only: list[str], get_put: list[str]
+) -> list[dict[str, Any]]:
     bucket_arn, key_arn = arns
-    return bucket_prefix_statements(bucket_arn, key_arn, read_write, read_only)
+    return bucket_prefix_statements(bucket_arn, key_arn, read_write, read_only, get_put)
 
 
 def host_platform() -> str:
@@ -160,6 +163,7 @@ def build(config: StackConfig, root: Path) -> dict[str, Any]:
                             _statements,
                             read_write=list(workload.read_write),
                             read_only=list(workload.read_only),
+                            get_put=list(workload.get_put),
                         )
                     ),
                 },
@@ -190,7 +194,12 @@ def build(config: StackConfig, root: Path) -> dict[str, Any]:
                 "client_image": config.artifact_store.minio_client_image,
                 # The same prefixes per workload as the IAM roles on aws, as MinIO users.
                 "workloads": [
-                    {"workload": w.name, "read_write": list(w.read_write), "read_only": list(w.read_only)}
+                    {
+                        "workload": w.name,
+                        "read_write": list(w.read_write),
+                        "read_only": list(w.read_only),
+                        "get_put": list(w.get_put),
+                    }
                     for w in workloads.WORKLOADS
                 ],
             },
@@ -316,6 +325,16 @@ def build(config: StackConfig, root: Path) -> dict[str, Any]:
             "capture_uri": store.capture_uri,
             "state_uri": store.state_uri,
             "events_uri": store.events_uri,
+            "live_state_uri": store.live_state_uri,
+            "prometheus_url": config.monitoring.prometheus_url
+            or prometheus_url(operators.monitoring_namespace),
+            # The namespace label comes from the workers' PodMonitor (infra/components/monitoring.py), the
+            # application label from Ray Serve (ray/serve/metrics.py adds it to every custom metric).
+            "prometheus_selector": pulumi.Output.from_input(ns).apply(
+                lambda namespace: json.dumps(
+                    {"namespace": namespace, "application": config.serve.serving.app_name}, sort_keys=True
+                )
+            ),
             "serving_file_yaml": serving_file_yaml,
             "serve_ingress": ray.serve_ingress,
             "public_serve": config.public_serve,

@@ -209,6 +209,9 @@ class MonitoringConfig(InfraModel):
     # Where the team reads monitoring/README.md (its repository's copy): each alert's runbook_url is this
     # base + its `runbook` anchor. Unset: the rule files' own runbook_url is kept.
     runbook_base_url: str | None = Field(default=None, pattern=r"^https?://[^\s]+/$")
+    # The Prometheus HTTP API the rollout analysis queries. Unset: the kube-prometheus-stack Service this
+    # stack installs (or a shared cluster's stack installed the same way) in `operators.monitoringNamespace`.
+    prometheus_url: str | None = Field(default=None, pattern=r"^https?://[^\s/]+(:[0-9]+)?/?$")
 
 
 class WorkerGroupConfig(InfraModel):

@@ -13,6 +13,7 @@ from infra.components.artifact_store import (
     CAPTURE_PREFIX,
     EVENTS_PREFIX,
     MLFLOW_PREFIX,
+    ROLLOUT_PREFIX,
     STATE_PREFIX,
     TRAIN_PREFIX,
 )
@@ -22,26 +23,40 @@ MLFLOW, SERVING, TRAINING, TRIGGERS, EXPORTER = "mlflow", "serving", "training",
 # experiments and runs, registers versions and moves aliases on a model any earlier user may have made);
 # "reader" is no admin and holds READ on the served registered model (experiments: the server's
 # default_permission, READ).
+# The rollout controller (the training RayJob's deploy stage) moves aliases and tags versions as the writer:
+# MLflow 3.17's basic-auth checks SetRegisteredModelAlias and SetModelVersionTag against `can_update` (EDIT or
+# MANAGE) and DeleteRegisteredModelAlias against `can_delete` (MANAGE only), and serving/promotion.py deletes
+# the `candidate` alias on promotion: the rollout needs MANAGE on its model, which the writer has; READ (the
+# router) has neither (mlflow/server/auth/__init__.py BEFORE_REQUEST_VALIDATORS, mlflow/server/auth/
+# permissions.py; tests/infra/test_cluster_rollout.py checks it against the installed MLflow).
+ROLLOUT_MLFLOW_PERMISSION = "MANAGE"
 MlflowAccess = Literal["writer", "reader"]
 
 
 @dataclass(frozen=True)
 class Workload:
-    """One workload: the prefixes it writes and reads, and its MLflow access (None: it never calls MLflow)."""
+    """One workload: the prefixes it writes and reads, and its MLflow access (None: it never calls MLflow).
+
+    ``get_put``: prefixes it reads and overwrites but may not delete from.
+    """
 
     name: str
     read_write: tuple[str, ...]
     read_only: tuple[str, ...]
     mlflow: MlflowAccess | None
+    get_put: tuple[str, ...] = ()
 
 
 WORKLOADS: tuple[Workload, ...] = (
     # MLflow's server stores model artefacts (it proxies them to every client).
     Workload(MLFLOW, (MLFLOW_PREFIX,), (), None),
-    # The router writes captured traffic; models reach it through MLflow's artefact proxy.
-    Workload(SERVING, (CAPTURE_PREFIX,), (), "reader"),
-    # A training run keeps checkpoints and writes its events; it registers models and moves aliases.
-    Workload(TRAINING, (TRAIN_PREFIX, EVENTS_PREFIX), (), "writer"),
+    # The router writes captured traffic and follows the live rollout state (it never writes it); models reach
+    # it through MLflow's artefact proxy.
+    Workload(SERVING, (CAPTURE_PREFIX,), (ROLLOUT_PREFIX,), "reader"),
+    # A training run keeps checkpoints and writes its events; it registers models and moves aliases. Its
+    # deploy stage is the rollout controller: it reads and writes the live rollout state with conditional PUTs
+    # (serving/livestate.py) and never deletes it.
+    Workload(TRAINING, (TRAIN_PREFIX, EVENTS_PREFIX), (), "writer", get_put=(ROLLOUT_PREFIX,)),
     # The checks keep their state and events and read captured traffic; MLflow: the champion's profile.
     Workload(TRIGGERS, (STATE_PREFIX, EVENTS_PREFIX), (CAPTURE_PREFIX,), "reader"),
     # The exporter reads events and the checks' state; it never calls MLflow.

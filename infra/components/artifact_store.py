@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 import pulumi
 import pulumi_aws as aws
@@ -24,6 +24,9 @@ TRAIN_PREFIX = "ray-train"
 CAPTURE_PREFIX = "capture"  # the router's sampled answers and late labels (serving/capture.py)
 STATE_PREFIX = "lockgate-state"  # the trigger checks' memory and history (pipeline/store.py)
 EVENTS_PREFIX = "events"  # every pod's events, one object each (pipeline/events.py)
+# The live rollout state, one object per model (serving/livestate.py): the rollout controller writes it with
+# conditional writes, the routers poll it (README "Who decides what serves").
+ROLLOUT_PREFIX = "rollout"
 MINIO_PORT = 9000
 MINIO_USER = 1000
 # Pod-template annotation that changes when the credentials a pod applies change, so the pod runs again.
@@ -65,6 +68,7 @@ class ArtifactStore(pulumi.ComponentResource):
     capture_uri: pulumi.Output[str]
     state_uri: pulumi.Output[str]
     events_uri: pulumi.Output[str]
+    live_state_uri: pulumi.Output[str]
     # Per workload (infra/workloads.py), the environment its S3 client needs.
     client_envs: dict[str, list[dict[str, Any]]]
 
@@ -84,6 +88,7 @@ class ArtifactStore(pulumi.ComponentResource):
         self.capture_uri = uri(CAPTURE_PREFIX)
         self.state_uri = uri(STATE_PREFIX)
         self.events_uri = uri(EVENTS_PREFIX)
+        self.live_state_uri = uri(ROLLOUT_PREFIX)
         return {
             "bucket": self.bucket,
             "mlflow_artifacts_uri": self.mlflow_artifacts_uri,
@@ -91,6 +96,7 @@ class ArtifactStore(pulumi.ComponentResource):
             "capture_uri": self.capture_uri,
             "state_uri": self.state_uri,
             "events_uri": self.events_uri,
+            "live_state_uri": self.live_state_uri,
         }
 
 
@@ -183,11 +189,12 @@ class S3ArtifactStore(ArtifactStore):
 
 
 class StoreWorkloadArgs(TypedDict):
-    """One workload's MinIO user: the prefixes it reads and writes, and those it only reads."""
+    """One workload's MinIO user: its prefixes by access (``get_put``: read and overwrite, never delete)."""
 
     workload: str
     read_write: list[str]
     read_only: list[str]
+    get_put: NotRequired[list[str]]
 
 
 class MinioArtifactStoreArgs(TypedDict):
@@ -203,12 +210,16 @@ class MinioArtifactStoreArgs(TypedDict):
 WORKLOAD_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 
 
-def minio_policy(bucket: str, read_write: list[str], read_only: list[str]) -> str:
+def minio_policy(
+    bucket: str, read_write: list[str], read_only: list[str], get_put: list[str] | None = None
+) -> str:
     """A MinIO policy (IAM's grammar) for these prefixes of one bucket: the IAM role's statements, no KMS."""
     return json.dumps(
         {
             "Version": "2012-10-17",
-            "Statement": bucket_prefix_statements(f"arn:aws:s3:::{bucket}", None, read_write, read_only),
+            "Statement": bucket_prefix_statements(
+                f"arn:aws:s3:::{bucket}", None, read_write, read_only, get_put or ()
+            ),
         },
         sort_keys=True,
     )
@@ -260,7 +271,7 @@ class MinioArtifactStore(ArtifactStore):
         for entry in args["workloads"]:
             if not WORKLOAD_NAME.match(entry["workload"]):
                 raise ValueError(f"workloads: {entry['workload']!r} is not a lowercase name")
-            if not entry["read_write"] and not entry["read_only"]:
+            if not entry["read_write"] and not entry["read_only"] and not entry.get("get_put"):
                 raise ValueError(f"workloads: {entry['workload']!r} is granted no prefix")
         super().__init__("lockgate:storage:MinioArtifactStore", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
@@ -377,7 +388,9 @@ class MinioArtifactStore(ArtifactStore):
                 string_data={"AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key.result},
                 opts=child,
             )
-            policies[f"{workload}.json"] = minio_policy(bucket_name, entry["read_write"], entry["read_only"])
+            policies[f"{workload}.json"] = minio_policy(
+                bucket_name, entry["read_write"], entry["read_only"], entry.get("get_put")
+            )
             users.append((access_key, workload))
             secret_keys[workload] = secret_key.result
             user_env.append(

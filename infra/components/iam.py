@@ -46,8 +46,11 @@ def bucket_prefix_statements(
     key_arn: str | None,
     read_write: tuple[str, ...] | list[str],
     read_only: tuple[str, ...] | list[str] = (),
+    get_put: tuple[str, ...] | list[str] = (),
 ) -> list[dict[str, Any]]:
-    """Objects under these prefixes of one bucket only (read-write, or read-only), listing only them, its key.
+    """Objects under these prefixes of one bucket only (by access), listing only them, its key.
+
+    ``get_put``: read and overwrite, never delete.
 
     ``key_arn`` None: no KMS grant (MinIO's policies use the same statements without one).
     """
@@ -68,7 +71,17 @@ def bucket_prefix_statements(
                 "Resource": [f"{bucket_arn}/{p}/*" for p in read_only],
             }
         )
-    prefixes = [*read_write, *read_only]
+    if get_put:
+        # Read and overwrite, never delete: a store written with conditional PUTs (If-Match / If-None-Match)
+        # needs only these two, and nothing written there can be removed.
+        statements.append(
+            {
+                "Effect": "Allow",
+                "Action": ["s3:GetObject", "s3:PutObject"],
+                "Resource": [f"{bucket_arn}/{p}/*" for p in get_put],
+            }
+        )
+    prefixes = [*read_write, *get_put, *read_only]
     statements.append(
         {
             "Effect": "Allow",

@@ -33,6 +33,18 @@ UNSET_SECRET = "https://unset.invalid/set-lockgate-alertmanagerSecrets"
 # the scrape targets and their rules (kube-prometheus-stack 88.0.0, templates/prometheus/rules-1.14/*.yaml
 # render only when `<component>.enabled`).
 UNSCRAPABLE_CONTROL_PLANE = ("kubeScheduler", "kubeControllerManager", "kubeEtcd", "kubeProxy")
+# The chart's Prometheus Service: `<fullname>-prometheus` on `prometheus.service.port` (9090), where fullname is
+# the release name when it contains the chart's name (our release is named `kube-prometheus-stack`,
+# kube.helm_release) (prometheus-community/helm-charts tag kube-prometheus-stack-88.0.0, commit b5a2d18:
+# charts/kube-prometheus-stack/templates/prometheus/service.yaml, templates/_helpers.tpl
+# "kube-prometheus-stack.fullname", values.yaml prometheus.service.port). Its HTTP API has no authentication.
+PROMETHEUS_SERVICE = "kube-prometheus-stack-prometheus"
+PROMETHEUS_PORT = 9090
+
+
+def prometheus_url(monitoring_namespace: str) -> str:
+    """The in-cluster URL of the stack's Prometheus HTTP API (what the rollout analysis queries)."""
+    return f"http://{PROMETHEUS_SERVICE}.{monitoring_namespace}.svc:{PROMETHEUS_PORT}"
 
 
 class MonitoringArgs(TypedDict):
@@ -296,7 +308,11 @@ class Monitoring(pulumi.ComponentResource):
                             {
                                 "sourceLabels": ["__meta_kubernetes_pod_label_ray_io_cluster"],
                                 "targetLabel": "ray_cluster",
-                            }
+                            },
+                            # The stack's namespace on every series, set here rather than assumed from the
+                            # operator's defaults: the rollout analysis selects its router's series by it
+                            # (Prometheus kubernetes_sd_config, role pod: __meta_kubernetes_namespace).
+                            {"sourceLabels": ["__meta_kubernetes_namespace"], "targetLabel": "namespace"},
                         ],
                     }
                 ],

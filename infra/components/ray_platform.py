@@ -10,6 +10,7 @@ from __future__ import annotations
 import shlex
 from pathlib import PurePosixPath
 from typing import Any, Literal, TypedDict
+from urllib.parse import urlsplit
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -44,6 +45,15 @@ RAY_SERVICE_READY = "condition=Ready"
 AWAIT_TIMEOUT_SECONDS = 1200
 # Where the serving cluster's pods find the /labels bearer token (the router reads the file the env names).
 LABELS_TOKEN_DIR, LABELS_TOKEN_FILE = "/etc/lockgate-labels", "token"
+HTTPS_PORT, DNS_PORT = 443, 53
+
+
+def url_port(url: str) -> int:
+    """The TCP port an http(s) URL reaches (its explicit port, else the scheme's)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"prometheus_url: {url!r} is not an http(s) URL")
+    return parts.port or (HTTPS_PORT if parts.scheme == "https" else 80)
 
 
 def serving_service_account(name: str) -> str:
@@ -125,6 +135,13 @@ class RayPlatformArgs(TypedDict):
     capture_uri: pulumi.Input[str]
     state_uri: pulumi.Input[str]
     events_uri: pulumi.Input[str]
+    # The live rollout state (s3://<bucket>/rollout): the routers follow it, the rollout controller writes it.
+    live_state_uri: pulumi.Input[str]
+    # The Prometheus HTTP API the rollout controller (the training RayJob's deploy stage) analyses with.
+    # Its port is the only one the training pods may reach in the monitoring namespace.
+    prometheus_url: str
+    # Which router series there are this stack's (JSON label → value: its namespace and Serve application).
+    prometheus_selector: pulumi.Input[str]
     serving_file_yaml: str
     serve_ingress: Literal["proxy", "haproxy"]
     public_serve: bool
@@ -137,8 +154,8 @@ class RayNodeArgs(TypedDict):
     identity: WorkloadIdentityArgs
     account: pulumi.Input[str]
     autoscale: bool
-    # Set on every node (the serving cluster's ingress choice, the labels token's file).
-    extra_env: dict[str, str]
+    # Set on every node (the serving cluster's ingress choice, the labels token's file, the live state).
+    extra_env: dict[str, pulumi.Input[str]]
     # Secret volumes every node mounts read-only: volume name → (Secret name, mount path).
     secret_mounts: dict[str, tuple[pulumi.Input[str], str]]
 
@@ -280,7 +297,12 @@ def training_job_spec(name: str, args: RayPlatformArgs, account: pulumi.Input[st
         "identity": args["training"],
         "account": account,
         "autoscale": False,
-        "extra_env": {},
+        # The pipeline's deploy stage runs the rollout here: it writes the live state and asks Prometheus.
+        "extra_env": {
+            EnvVar.live_state_uri.value: args["live_state_uri"],
+            EnvVar.prometheus_url.value: args["prometheus_url"],
+            EnvVar.prometheus_selector.value: args["prometheus_selector"],
+        },
         "secret_mounts": {},
     }
     return {
@@ -407,6 +429,8 @@ class RayPlatform(pulumi.ComponentResource):
                         "extra_env": {
                             **SERVE_INGRESS_ENV[args["serve_ingress"]],
                             EnvVar.labels_token_file.value: f"{LABELS_TOKEN_DIR}/{LABELS_TOKEN_FILE}",
+                            # The router follows the live rollout state (read-only: workloads.py).
+                            EnvVar.live_state_uri.value: args["live_state_uri"],
                         },
                         "secret_mounts": {"labels-token": (labels_secret.metadata.name, LABELS_TOKEN_DIR)},
                     },
@@ -417,6 +441,7 @@ class RayPlatform(pulumi.ComponentResource):
         )
         job_spec = training_job_spec(name, args, training_account.metadata.name)
         self._network_policies(name, args)
+        self._training_egress(name, args)
         self.training_job_manifest = pulumi.Output.from_input(
             {
                 "apiVersion": "ray.io/v1",
@@ -469,6 +494,35 @@ class RayPlatform(pulumi.ComponentResource):
             ray_pods,
             rules,
             pulumi.ResourceOptions(parent=self),
+        )
+
+    def _training_egress(self, name: str, args: RayPlatformArgs) -> None:
+        """What a training RayJob's Ray pods may reach: this namespace, DNS, HTTPS out, Prometheus' API port.
+
+        The deploy stage (the rollout controller) runs on the RayJob's head and reads the in-cluster Prometheus
+        in the monitoring namespace; nothing else there (Grafana, Alertmanager, node exporters) is reachable.
+        """
+        rules: list[dict[str, Any]] = [
+            # DNS wherever the cluster answers it (the kube-dns Service, or NodeLocal DNSCache's address).
+            {"ports": [{"protocol": protocol, "port": DNS_PORT} for protocol in ("UDP", "TCP")]},
+            # This namespace: the RayJob's other Ray pods, MLflow, MinIO.
+            {"to": [kube.same_namespace_pods()]},
+            {
+                "to": [kube.namespace_peer(args["monitoring_namespace"])],
+                "ports": [{"protocol": "TCP", "port": url_port(args["prometheus_url"])}],
+            },
+            # HTTPS outside the cluster: S3 and STS (IRSA) on aws, an s3:// data source.
+            {"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}], "ports": [{"protocol": "TCP", "port": HTTPS_PORT}]},
+        ]
+        k8s.networking.v1.NetworkPolicy(
+            f"{name}-training-egress",
+            metadata=kube.metadata(f"{name}-training-egress", args["namespace"], name, f"{name}-ray"),
+            spec={
+                "podSelector": {"matchLabels": {kube.WORKLOAD_LABEL: workloads.TRAINING}},
+                "policyTypes": ["Egress"],
+                "egress": rules,
+            },
+            opts=pulumi.ResourceOptions(parent=self),
         )
 
     def _trigger_checks(self, name: str, args: RayPlatformArgs, opts: pulumi.ResourceOptions) -> None:

@@ -207,7 +207,7 @@ def test_dev_store_users_have_the_iam_roles_prefixes_and_no_root_credentials(dev
     for workload in workloads.WORKLOADS:
         policy = json.loads(config_map["inputs"]["data"][f"{workload.name}.json"])
         expected = bucket_prefix_statements(
-            "arn:aws:s3:::lockgate", None, workload.read_write, workload.read_only
+            "arn:aws:s3:::lockgate", None, workload.read_write, workload.read_only, workload.get_put
         )
         assert policy["Statement"] == expected, f"{workload.name}: the aws role's statements, without KMS"
     pods = pod_templates(dev)

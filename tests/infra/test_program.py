@@ -335,7 +335,8 @@ def test_aws_resources_are_private_encrypted_and_least_privilege(aws) -> None:
     assert objects("triggers", "s3:PutObject") == {"lockgate-state/*", "events/*"}, "their state and events"
     assert objects("triggers", "s3:GetObject") == {"lockgate-state/*", "events/*", "capture/*"}
     assert objects("serving", "s3:PutObject") == {"capture/*"}, "the router writes captured traffic only"
-    assert objects("training", "s3:PutObject") == {"ray-train/*", "events/*"}
+    assert objects("training", "s3:PutObject") == {"ray-train/*", "events/*", "rollout/*"}
+    assert objects("serving", "s3:GetObject") == {"capture/*", "rollout/*"}, "it follows the live state"
     assert objects("mlflow", "s3:PutObject") == {"mlflow/*"}
     assert objects("exporter", "s3:PutObject") == set(), "the exporter only reads"
     assert objects("exporter", "s3:GetObject") == {"events/*", "lockgate-state/*"}

@@ -148,3 +148,45 @@ def test_parse_duration_reads_compound_durations() -> None:
     assert parse_duration("90s") == 90
     with pytest.raises(ValueError):
         parse_duration("5 minutes")
+
+
+# A cluster step names something a person runs against a stack: kubectl, Pulumi, or the lockgate CLI pointed at
+# the stack's live-state store.
+CLUSTER_COMMAND = re.compile(
+    r"kubectl -n |pulumi (config set|stack output)|LOCKGATE_LIVE_STATE_URI|lockgate rollout "
+)
+
+
+def runbook_section(alertname: str) -> str:
+    """The text of an alert's section in its runbook file (from its heading to the next one)."""
+    runbook = ALERTS[alertname]["annotations"]["runbook"]
+    path, _, _ = runbook.partition("#")
+    text = (MONITORING.parent / path).read_text()
+    match = re.search(rf"(?ms)^### {alertname}\n(.*?)(?=^#|\Z)", text)
+    assert match, f"{alertname}: expected a '### {alertname}' section in {path}"
+    return match.group(1)
+
+
+@pytest.mark.parametrize("alertname", sorted(ALERTS))
+def test_alert_says_what_to_do_in_a_cluster(alertname: str) -> None:
+    description = ALERTS[alertname]["annotations"]["description"]
+    _, found, step = description.partition("In a cluster")
+    assert found and CLUSTER_COMMAND.search(step), (
+        f"{alertname}: expected an 'In a cluster' step naming a kubectl, pulumi or live-state command"
+    )
+    cluster = [line for line in runbook_section(alertname).splitlines() if line.startswith("Cluster:")]
+    assert cluster, f"{alertname}: expected a 'Cluster:' step in its runbook section"
+
+
+def test_cluster_runbook_names_the_stacks_real_services() -> None:
+    # The names the cluster steps use are the ones infra declares (release, Services, CronJob, RayService).
+    from infra.components.monitoring import PROMETHEUS_SERVICE
+
+    text = (MONITORING / "README.md").read_text()
+    for name in (
+        f"svc/{PROMETHEUS_SERVICE}",
+        "svc/lockgate-mlflow",
+        "svc/lockgate-serve",
+        "svc/lockgate-artifacts-minio",
+    ):
+        assert name in text, f"expected the cluster runbook to reach {name}"
