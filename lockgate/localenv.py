@@ -24,7 +24,7 @@ from pathlib import Path
 
 import requests
 
-from contracts.settings import EnvVar, ServingTarget
+from contracts.settings import EnvVar, ServingTarget, rollout_state_dir
 from lockgate.loopback.sitecustomize import LOOPBACK_ONLY_ENV
 from serving.spec import SERVE_INGRESS_ENV
 
@@ -642,6 +642,9 @@ class LocalEnvironment:
             EnvVar.dashboard_url.value: self.dashboard_url,
             EnvVar.metrics_url.value: self.metrics_url,
             EnvVar.home.value: str(self.state_dir),
+            # The live rollout state the router follows and the rollout controller writes (serving/livestate.py):
+            # the state directory's, where the CLI reads and writes it too.
+            EnvVar.live_state_uri.value: str(rollout_state_dir(self.state_dir)),
             # Serve replicas (the router) inherit it: `POST <route>/labels` needs this token.
             EnvVar.labels_token_file.value: str(self.labels_token_path),
             "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "5",

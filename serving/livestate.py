@@ -36,7 +36,14 @@ from typing import Any
 from pydantic import Field, ValidationError, model_validator
 
 from contracts.strict import StrictModel, format_problems
-from serving.spec import MODEL_NAME_PATTERN, MODEL_VERSION_PATTERN
+from serving.spec import (
+    MODEL_NAME_PATTERN,
+    MODEL_VERSION_PATTERN,
+    AliasRef,
+    ModelRef,
+    RouterConfig,
+    TrafficMode,
+)
 
 Token = str | None
 """What a read saw: the content's hash (local) or the object's ETag (S3); None when there was no document."""
@@ -322,6 +329,10 @@ def open_store(uri: str) -> LiveStateStore:
     return LocalStateStore(uri)
 
 
+ENDED: dict[str, Any] = {"lease": None, "candidate": None, "champion": None, "candidate_weight": 0.0}
+"""The fields a finished (or reclaimed) rollout resets; ``paused`` is a person's and stays."""
+
+
 def utc_now() -> datetime:
     """Now, timezone-aware (leases compare against it)."""
     return datetime.now(UTC)
@@ -391,16 +402,16 @@ def heartbeat(
 
 
 def release(store: LiveStateStore, model: str, owner: str) -> LiveState:
-    """End the rollout ``owner`` runs: its lease and candidate go; champion, weight and paused are kept.
+    """End the rollout ``owner`` runs: lease, candidate, champion go and the weight is 0; ``paused`` is kept.
 
-    The caller sets the end state first (promote: champion moved, weight 0; reject: weight 0). Releasing a
-    lease that is already gone is not an error (it expired and was reclaimed): the state is left as it is.
+    What serves afterwards is the shape's: the registry's champion alias (moved first by a promotion). Releasing
+    a lease that is already gone is not an error (it expired and was reclaimed): the state is left as it is.
     """
 
     def drop(state: LiveState) -> LiveState:
         if state.lease is None or state.lease.owner != owner:
             return state
-        return state.model_copy(update={"lease": None, "candidate": None, "candidate_weight": 0.0})
+        return state.model_copy(update=ENDED)
 
     return store.update(model, drop)
 
@@ -410,8 +421,9 @@ def reclaim_orphan(
 ) -> LiveState | None:
     """Take over a rollout whose lease expired (its controller died): weight 0, no candidate, no lease.
 
-    The champion it was judged against keeps serving alone. Returns the safe state written, or None when
-    there was nothing to reclaim (no lease, or one still alive).
+    The registry's champion serves alone again (a promotion moves the aliases before it ends, so a controller
+    that died before that leaves them unmoved). Returns the safe state written, or None when there was nothing
+    to reclaim (no lease, or one still alive).
     """
     reclaimed: list[LiveState] = []
 
@@ -420,7 +432,38 @@ def reclaim_orphan(
         if state.lease is None or not state.lease.expired(now()):
             return state
         reclaimed.append(state)
-        return state.model_copy(update={"lease": None, "candidate": None, "candidate_weight": 0.0})
+        return state.model_copy(update=ENDED)
 
     written = store.update(model, reset)
     return written if reclaimed else None
+
+
+def follow_live_state(shape: RouterConfig, live: LiveState | None) -> RouterConfig:
+    """What the router serves: the deployed ``user_config`` (shape and pins) with the live rollout state applied.
+
+    A pin always wins: a champion or candidate version in the config, and a pinned weight
+    (``weight_pinned``). Otherwise the live state names the champion a rollout is judged against (instead
+    of the followed alias), the candidate and its weight. A live candidate is taken only when the champion
+    served is the one it is judged against; shadow mode never gives the candidate a weight.
+    """
+    if live is None:
+        return shape
+    name = shape.champion.name
+    champion = shape.champion
+    if isinstance(champion, AliasRef) and live.champion is not None and live.candidate is not None:
+        champion = ModelRef(name=name, version=live.champion)
+    candidate = shape.candidate
+    if (
+        candidate is None
+        and live.candidate is not None
+        and isinstance(champion, ModelRef)
+        and champion.version == live.champion
+    ):
+        candidate = ModelRef(name=name, version=live.candidate)
+    traffic = shape.traffic
+    if candidate is not None and not shape.weight_pinned and traffic.mode != TrafficMode.shadow:
+        weight = live.candidate_weight if candidate.version == live.candidate else traffic.candidate_weight
+        traffic = traffic.model_copy(update={"candidate_weight": weight})
+    return RouterConfig.model_validate(
+        {**shape.model_dump(), "champion": champion, "candidate": candidate, "traffic": traffic.model_dump()}
+    )

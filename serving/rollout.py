@@ -194,6 +194,8 @@ class RolloutEffects:
     reject: Callable[[str], None]
     emit: Callable[[str, str, dict[str, Any]], None]
     is_pinned: Callable[[], bool]
+    # Renews the rollout's lease in the live state store while a step holds (serving/livestate.py).
+    heartbeat: Callable[[], None] = lambda: None
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] = time.sleep
 
@@ -328,6 +330,7 @@ class RolloutController:
         verdict = StepVerdict("wait", (), {})
         while True:
             self.effects.sleep(POLL_S)
+            self._retried("renewing the rollout's lease", self.effects.heartbeat)
             elapsed = self.effects.clock() - started
             now = self._scrape()
             verdict = analyse_step(

@@ -160,13 +160,15 @@ def test_one_rollout_at_a_time_per_model(store: LiveStateStore) -> None:
         heartbeat(store, "m", "run-a", now=clock)
 
 
-def test_release_ends_the_rollout_and_keeps_champion_and_pause(store: LiveStateStore) -> None:
+def test_release_ends_the_rollout_and_keeps_the_pause(store: LiveStateStore) -> None:
     clock = Clock()
     acquire(store, "m", "run-a", "2", "3", now=clock)
     store.update("m", lambda s: s.model_copy(update={"candidate_weight": 50.0, "paused": True}))
     ended = release(store, "m", "run-a")
     assert (ended.lease, ended.candidate, ended.candidate_weight) == (None, None, 0.0), ended
-    assert (ended.champion, ended.paused) == ("2", True), f"champion and pause kept, got {ended}"
+    assert (ended.champion, ended.paused) == (None, True), (
+        f"the pause is kept, the champion is the alias, got {ended}"
+    )
     assert release(store, "m", "run-a") == ended, "releasing a lease that is gone changes nothing"
 
 
@@ -181,7 +183,7 @@ def test_reclaim_orphan_returns_a_dead_controllers_rollout_to_weight_zero(store:
     clock.now += timedelta(seconds=11)
     safe = reclaim_orphan(store, "m", now=clock)
     assert safe is not None, "an expired lease is reclaimed"
-    assert (safe.candidate_weight, safe.candidate, safe.lease, safe.champion) == (0.0, None, None, "2"), safe
+    assert (safe.candidate_weight, safe.candidate, safe.lease, safe.champion) == (0.0, None, None, None), safe
     assert reclaim_orphan(store, "m", now=clock) is None, "nothing left to reclaim"
     # And a new rollout may start at once
     assert acquire(store, "m", "run-b", "2", "4", now=clock).candidate == "4", "the model is free again"
@@ -225,3 +227,37 @@ def test_an_unreachable_s3_store_is_an_error_naming_the_object() -> None:
 def test_live_state_refuses_a_candidate_equal_to_its_champion() -> None:
     with pytest.raises(ValueError, match="candidate must differ from champion"):
         LiveState(candidate="2", champion="2")
+
+
+def test_the_router_follows_the_live_state_and_a_pin_always_wins() -> None:
+    from serving.livestate import follow_live_state
+    from serving.spec import AliasRef, ModelRef, RouterConfig, TrafficMode, TrafficSpec
+
+    shape = RouterConfig(champion=AliasRef(name="m"))
+    rollout = LiveState(champion="1", candidate="2", candidate_weight=30.0)
+    # The live state names the champion judged against, the candidate and its weight
+    served = follow_live_state(shape, rollout)
+    assert (served.champion, served.candidate) == (
+        ModelRef(name="m", version="1"),
+        ModelRef(name="m", version="2"),
+    )
+    assert served.traffic.candidate_weight == 30.0, f"the live weight, got {served.traffic}"
+    # No rollout: the shape as deployed (the alias followed)
+    assert follow_live_state(shape, LiveState(candidate_weight=0.0)) == shape, (
+        "nothing live, the shape serves"
+    )
+    # A weight pinned in the shape wins, for the live candidate too
+    pinned = RouterConfig(
+        champion=AliasRef(name="m"), traffic=TrafficSpec(candidate_weight=0.0), weight_pinned=True
+    )
+    assert follow_live_state(pinned, rollout).traffic.candidate_weight == 0.0, "the pin (0) stops the rollout"
+    # A pinned champion other than the one judged against keeps the live candidate out
+    other = RouterConfig(champion=ModelRef(name="m", version="7"))
+    assert follow_live_state(other, rollout).candidate is None, "a candidate judged against v1 never meets v7"
+    # Shadow mode mirrors to the live candidate and never gives it a weight
+    shadow = RouterConfig(
+        champion=AliasRef(name="m"), traffic=TrafficSpec(mode=TrafficMode.shadow, shadow_percent=40.0)
+    )
+    mirrored = follow_live_state(shadow, rollout)
+    assert mirrored.candidate is not None and mirrored.traffic.candidate_weight == 0.0, mirrored.traffic
+    assert mirrored.traffic.shadow_percent == 40.0, "the shape's shadow share applies"
