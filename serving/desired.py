@@ -70,6 +70,9 @@ def load_serving_file(path: str | Path) -> ServingFile:
         raise ServingFileError(f"{path}: " + "; ".join(format_problems(error))) from None
 
 
+APPLIED_WAIT_S = 10.0
+"""How long a local command waits for the router to report a live state change served (best effort)."""
+
 StateRef = Path | tuple[LiveStateStore, str]
 """A model's live state: its local file (``<dir>/<model>.json``), or a store and the model's name in it."""
 

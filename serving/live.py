@@ -18,7 +18,7 @@ from typing import Any
 from contracts.settings import ServingTarget, Settings, rollout_state_dir
 from contracts.vocabulary import RolloutOutcome
 from serving import promotion
-from serving.desired import load_serving_file, wait_live_applied
+from serving.desired import APPLIED_WAIT_S, load_serving_file, wait_live_applied
 from serving.livestate import (
     DEFAULT_LEASE_TTL_S,
     ENDED,
@@ -35,8 +35,6 @@ from serving.rollout import RolloutController, RolloutEffects, RolloutResult
 from serving.spec import RolloutPolicy
 
 logger = logging.getLogger(__name__)
-APPLIED_WAIT_S = 10.0
-"""How long a weight change waits for the router to report it served (local mode; best effort)."""
 
 
 class PromotionRefused(RuntimeError):

@@ -261,3 +261,52 @@ def test_the_router_follows_the_live_state_and_a_pin_always_wins() -> None:
     mirrored = follow_live_state(shadow, rollout)
     assert mirrored.candidate is not None and mirrored.traffic.candidate_weight == 0.0, mirrored.traffic
     assert mirrored.traffic.shadow_percent == 40.0, "the shape's shadow share applies"
+
+
+def test_rollout_commands_work_on_a_stacks_store_named_in_the_shell(s3_client, tmp_path, monkeypatch) -> None:
+    """Stack mode: no local environment up, LOCKGATE_LIVE_STATE_URI (an S3 prefix) set in the user's shell."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from contracts.settings import EnvVar
+    from lockgate.cli import app
+    from tests.conftest import ROOT
+
+    uri = f"s3://{BUCKET}/{tmp_path.name}/stack"
+    for key, value in {
+        EnvVar.live_state_uri.value: uri,
+        "AWS_ENDPOINT_URL_S3": s3_client.meta.endpoint_url,
+        "AWS_ACCESS_KEY_ID": "lockgate-test",
+        "AWS_SECRET_ACCESS_KEY": "lockgate-test-secret",
+        "AWS_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }.items():
+        monkeypatch.setenv(key, value)
+    serving = tmp_path / "serving.yaml"
+    serving.write_text((ROOT / "serving.yaml").read_text())
+    model = "loan-default"
+    store = S3StateStore(uri, client=s3_client)
+    # Given a rollout of v2 against v1 running in the cluster (its controller holds the lease),
+    acquire(store, model, "cluster-controller", "1", "2")
+    runner = CliRunner()
+    common = ["--file", str(serving), "--state-dir", str(tmp_path / "no-env"), "--json"]
+    # when a person asks for its status, pauses it and sets a weight from their shell,
+    status = runner.invoke(app, ["rollout", "status", *common])
+    paused = runner.invoke(app, ["rollout", "pause", *common])
+    weighted = runner.invoke(app, ["rollout", "set-weight", "30", *common])
+    # then each command read or wrote the stack's store.
+    assert status.exit_code == 0, status.output
+    shown = json.loads(status.stdout)
+    assert (shown["candidate"], shown["champion"], shown["lease"]["owner"]) == (
+        "2",
+        "1",
+        "cluster-controller",
+    ), shown
+    assert shown["store"] == f"{uri}/{model}.json", f"the stack's document, got {shown['store']}"
+    assert paused.exit_code == 0 and weighted.exit_code == 0, (paused.output, weighted.output)
+    state = store.read(model)[0]
+    assert (state.paused, state.candidate_weight) == (True, 30.0), f"pause and weight in the store: {state}"
+    assert state.lease is not None and state.lease.owner == "cluster-controller", (
+        "the controller keeps its lease"
+    )
