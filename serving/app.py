@@ -346,11 +346,10 @@ class Router:
         async with self._apply_lock:
             if self.shape is not shape:
                 return  # a reconfigure read the live state itself meanwhile
+            ended = self.live is not None and self.live.candidate is not None and live.candidate is None
+            # A finished rollout hands the champion back to the alias: ask the registry now, not a poll later.
             if self._effective(shape, live) != self.config or (
-                # A finished rollout hands the champion back to the alias: ask the registry now, not later.
-                isinstance(shape.champion, AliasRef)
-                and self.live is not None
-                and self.live.candidate is not None
+                ended and isinstance(shape.champion, AliasRef)
             ):
                 await self._apply(shape, live)
             self._live_applied(live, token)

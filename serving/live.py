@@ -12,6 +12,7 @@ import os
 import socket
 import uuid
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from serving.livestate import (
     acquire,
     heartbeat,
     open_store,
+    utc_now,
 )
 from serving.metrics import scrape_version_stats
 from serving.rollout import RolloutController, RolloutEffects, RolloutResult
@@ -97,7 +99,12 @@ def live_effects(
         promotion.reject(model, candidate, reason)
 
     def renew() -> None:
-        heartbeat(store, model, owner, lease_ttl_s)
+        # A write only when half the lease is used up: the router reads every change, S3 bills every PUT.
+        lease = store.read(model)[0].lease
+        if lease is None or lease.owner != owner:
+            raise LeaseLost(f"model {model}: the rollout of candidate v{candidate} lost its lease")
+        if lease.expires_at - utc_now() < timedelta(seconds=lease_ttl_s / 2):
+            heartbeat(store, model, owner, lease_ttl_s)
 
     return RolloutEffects(
         apply_weight=apply_weight,

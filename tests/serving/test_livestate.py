@@ -310,3 +310,25 @@ def test_rollout_commands_work_on_a_stacks_store_named_in_the_shell(s3_client, t
     assert state.lease is not None and state.lease.owner == "cluster-controller", (
         "the controller keeps its lease"
     )
+
+
+def test_a_second_rollout_of_a_model_is_refused_naming_the_running_candidate(tmp_path: Path) -> None:
+    from contracts.settings import ServingTarget
+    from serving.live import rollout_controller
+    from serving.spec import RolloutPolicy
+
+    serving = tmp_path / "serving.yaml"
+    serving.write_text("model_name: m\n")
+    store = LocalStateStore(tmp_path / "rollout")
+    target = ServingTarget("http://127.0.0.1:1", "http://127.0.0.1:1/metrics", tmp_path, tmp_path / "token")
+    # Given a rollout of v2 against v1 that a controller (the pipeline's, say) is running,
+    acquire(store, "m", "pipeline-run-1", "1", "2")
+    # when a second one is started for the next candidate,
+    second = rollout_controller(RolloutPolicy(), target, serving, ("1", "3"), lambda *event: None, store)
+    with pytest.raises(
+        RolloutBusy, match=r"model m: a rollout of candidate version 2 .* refusing .* version 3"
+    ):
+        second.run()
+    # then nothing of the running one changed.
+    state, _ = store.read("m")
+    assert (state.candidate, state.lease.owner if state.lease else None) == ("2", "pipeline-run-1"), state
