@@ -23,12 +23,12 @@ from serving.desired import APPLIED_WAIT_S, load_serving_file, wait_live_applied
 from serving.livestate import (
     DEFAULT_LEASE_TTL_S,
     ENDED,
-    LeaseLost,
     LiveState,
     LiveStateStore,
     LocalStateStore,
     acquire,
     heartbeat,
+    held_lease,
     open_store,
     utc_now,
 )
@@ -75,8 +75,7 @@ def live_effects(
         """Only while this rollout holds the lease: one whose lease was reclaimed must not write."""
 
         def guarded(state: LiveState) -> LiveState:
-            if state.lease is None or state.lease.owner != owner:
-                raise LeaseLost(f"model {model}: the rollout of candidate v{candidate} lost its lease")
+            held_lease(state, model, owner)
             return change(state)
 
         return guarded
@@ -100,9 +99,7 @@ def live_effects(
 
     def renew() -> None:
         # A write only when half the lease is used up: the router reads every change, S3 bills every PUT.
-        lease = store.read(model)[0].lease
-        if lease is None or lease.owner != owner:
-            raise LeaseLost(f"model {model}: the rollout of candidate v{candidate} lost its lease")
+        lease = held_lease(store.read(model)[0], model, owner)
         if lease.expires_at - utc_now() < timedelta(seconds=lease_ttl_s / 2):
             heartbeat(store, model, owner, lease_ttl_s)
 

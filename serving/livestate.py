@@ -377,7 +377,8 @@ def acquire(
     return store.update(model, take)
 
 
-def _held(state: LiveState, model: str, owner: str) -> RolloutLease:
+def held_lease(state: LiveState, model: str, owner: str) -> RolloutLease:
+    """The lease ``owner`` holds in ``state``; LeaseLost when it holds none (it expired and was reclaimed)."""
     if state.lease is None or state.lease.owner != owner:
         holder = state.lease.owner if state.lease is not None else "nobody"
         raise LeaseLost(f"model {model}: the rollout lease of {owner} is gone (held by {holder})")
@@ -394,7 +395,7 @@ def heartbeat(
     """Extend the lease ``owner`` holds by ``ttl_s`` from now; LeaseLost when it holds none any more."""
 
     def extend(state: LiveState) -> LiveState:
-        lease = _held(state, model, owner)
+        lease = held_lease(state, model, owner)
         renewed = lease.model_copy(update={"expires_at": now() + timedelta(seconds=ttl_s)})
         return state.model_copy(update={"lease": renewed})
 
