@@ -92,9 +92,14 @@ class ServingTarget:
         return rollout_state_path(self.home, model_name)
 
 
+def rollout_state_dir(home: Path) -> Path:
+    """The local environment's live rollout state store (its ``LOCKGATE_LIVE_STATE_URI``)."""
+    return home / "rollout"
+
+
 def rollout_state_path(home: Path, model_name: str) -> Path:
     """Where an environment keeps a model's live rollout state."""
-    return home / "rollout" / f"{model_name}.json"
+    return rollout_state_dir(home) / f"{model_name}.json"
 
 
 @dataclass(frozen=True)
@@ -117,6 +122,7 @@ class Settings:
     namespace: str | None = None
     serving_file: Path | None = None
     labels_token_file: Path | None = None
+    live_state_uri: str | None = None
     ray_address: str | None = None
     ray_auth_token_path: Path | None = None
     mlflow_tracking_uri: str | None = None
@@ -150,6 +156,7 @@ class Settings:
             namespace=get(EnvVar.namespace),
             serving_file=path(EnvVar.serving_file),
             labels_token_file=path(EnvVar.labels_token_file),
+            live_state_uri=get(EnvVar.live_state_uri),
             ray_address=get(EnvVar.ray_address),
             ray_auth_token_path=path(EnvVar.ray_auth_token_path),
             mlflow_tracking_uri=get(EnvVar.mlflow_tracking_uri),

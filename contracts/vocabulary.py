@@ -150,6 +150,8 @@ class ServingMetric(StrEnum):
     rejected = "lockgate_rejected_requests"
     prediction_moments = "lockgate_prediction_moments"  # n, sum and sum of squares of numeric predictions
     predicted_class = "lockgate_predicted_class"  # answers by predicted class label (classifiers)
+    live_state_failures = "lockgate_live_state_read_failures"  # reads of the live rollout state that failed
+    live_state_generation = "lockgate_live_state_generation"  # the live state generation the router applies
 
     @property
     def exported(self) -> str:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import requests
 
-from contracts.settings import EnvVar, ServingTarget
+from contracts.settings import EnvVar, ServingTarget, rollout_state_dir
 from lockgate.loopback.sitecustomize import LOOPBACK_ONLY_ENV
 from serving.spec import SERVE_INGRESS_ENV
 
@@ -262,11 +262,15 @@ class LocalEnvironment:
         ports: Ports | None = None,
         num_cpus: int | None = None,
         serve_ingress: str = DEFAULT_SERVE_INGRESS,
+        live_state_uri: str | None = None,
     ):
         if serve_ingress not in SERVE_INGRESSES:
             raise EnvironmentError_(f"serve_ingress: {serve_ingress!r} is not one of {list(SERVE_INGRESSES)}")
         self.serve_ingress = serve_ingress
         self.state_dir = (state_dir or default_state_dir()).resolve()
+        # The live rollout state store the router follows: the state directory's unless given (a rehearsal of
+        # a cluster's object store, s3://…, passes its own; its credentials come from this process's env).
+        self.live_state_uri = live_state_uri or str(rollout_state_dir(self.state_dir))
         self.ports = ports or Ports()
         # Logical CPUs are Ray's scheduling units, not cores: twice the cores leaves room for Serve replicas
         # beside a training run that reserves one CPU per worker.
@@ -642,6 +646,9 @@ class LocalEnvironment:
             EnvVar.dashboard_url.value: self.dashboard_url,
             EnvVar.metrics_url.value: self.metrics_url,
             EnvVar.home.value: str(self.state_dir),
+            # The live rollout state the router follows and the rollout controller writes (serving/livestate.py):
+            # by default the state directory's, where the CLI reads and writes it too.
+            EnvVar.live_state_uri.value: self.live_state_uri,
             # Serve replicas (the router) inherit it: `POST <route>/labels` needs this token.
             EnvVar.labels_token_file.value: str(self.labels_token_path),
             "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "5",

@@ -62,14 +62,8 @@ def deploy_and_roll_out(
             RolloutOutcome.skipped,
             f"no serving target in this environment ({EnvVar.dashboard_url.value} unset)",
         )
-    from serving.desired import (
-        apply_desired,
-        describe,
-        load_serving_file,
-        registry_aliases,
-        update_rollout_state,
-    )
-    from serving.live import rollout_controller
+    from serving.desired import apply_desired, describe, load_serving_file, registry_aliases
+    from serving.live import live_state_store, rollout_controller
 
     serving_file = base_dir / config.rollout.serving_file
     file = load_serving_file(serving_file)
@@ -78,15 +72,15 @@ def deploy_and_roll_out(
             f"rollout.serving_file serves '{file.model_name}', not '{config.registry.model_name}'"
         )
     headers = target.auth_headers()
-    state_path = target.rollout_state_path(file.model_name)
+    store = live_state_store(target)
     if Alias.candidate not in registered_aliases:
-        router = apply_desired(target.dashboard_url, headers, file, state_path)
+        router = apply_desired(target.dashboard_url, headers, file, (store, file.model_name))
         return DeployResult(RolloutOutcome.deployed, describe(file, router))
     champion = registry_aliases(file.model_name)[Alias.champion]
-    # The new candidate starts from nothing; a pause a person set stays (the controller then yields at once).
-    update_rollout_state(state_path, candidate_weight=0.0)
-    apply_desired(target.dashboard_url, headers, file, state_path)
-    controller = rollout_controller(config.rollout, target, serving_file, (champion, version), emit)
+    apply_desired(target.dashboard_url, headers, file, (store, file.model_name))
+    # The controller takes the model's lease: a new candidate starts at weight 0, a pause a person set stays
+    # (the controller then yields at once), and a rollout already running is refused, naming its candidate.
+    controller = rollout_controller(config.rollout, target, serving_file, (champion, version), emit, store)
     # The job's log is what `lockgate run` tails: a holding step's live numbers as log lines, never silent.
     controller.effects = replace(controller.effects, progress=_log_progress)
     result = controller.run()

@@ -11,6 +11,13 @@ asks the registry again every ``registry_poll_s`` until it can serve, with no re
 would stay failed in a cluster: KubeRay v1.7.0 calls a RayService ready only when every application is
 RUNNING and does not submit an unchanged ``serveConfigV2`` again (ray-operator/controllers/ray/
 rayservice_controller.go: getAndCheckServeStatus, checkIfNeedSubmitServeApplications).
+
+The deployed ``user_config`` is the *shape* (and any pin); the rollout's *live state* (candidate, weight,
+paused) lives in a store the environment names (``LOCKGATE_LIVE_STATE_URI``, serving/livestate.py). The
+router reads it every ``live_poll_s`` (a conditional GET on S3) and applies a change as ``reconfigure`` does,
+in place: no Serve redeploy, no replica restart, and ``serveConfigV2`` never changes during a rollout. A live
+candidate is loaded and smoke-scored before it takes traffic; one that fails is not served and the failure is
+shown on the health endpoint and counted. An unreadable store keeps the last state and never fails a request.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from typing import Any
 
 from ray import serve
 from ray.serve.context import _get_serve_request_context
-from ray.serve.metrics import Counter, Histogram
+from ray.serve.metrics import Counter, Gauge, Histogram
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
@@ -38,6 +45,8 @@ from contracts.vocabulary import Header, Role, ServingMetric
 from serving.answers import binary_probability, class_label, numeric_prediction
 from serving.batching import Batcher
 from serving.capture import CaptureBuffer, write_labels
+from serving.desired import smoke_score
+from serving.livestate import LiveState, LiveStateStore, Token, follow_live_state, open_store
 from serving.routing import (
     RequestError,
     choose_version,
@@ -84,8 +93,17 @@ class Router:
     """The ingress: validates, routes, scores, and measures per version and mode."""
 
     def __init__(self) -> None:
-        self.config: RouterConfig | None = None
+        self.config: RouterConfig | None = None  # what serves: the shape with the live state applied
+        self.shape: RouterConfig | None = None  # the deployed user_config
         self.models: dict[str, LoadedModel] = {}
+        live_state_uri = Settings.from_environ().live_state_uri
+        self._live_store: LiveStateStore | None = open_store(live_state_uri) if live_state_uri else None
+        self.live: LiveState | None = None  # the live state last applied, and the token it was read with
+        self._live_token: Token = None
+        self._live_unreadable: str | None = None  # why the store could not be read (the last state serves)
+        self._unservable: str | None = None  # a live candidate that failed to load or score: not retried
+        self._candidate_problem: str | None = None
+        self._apply_lock = asyncio.Lock()
         # Bumped by every reconfigure: a registry poll that finished loading after one drops its result.
         self._generation = 0
         self._poll: asyncio.Task | None = None
@@ -138,10 +156,70 @@ class Router:
             tag_keys=(*tags, "class"),  # type: ignore[arg-type]
         )
         self.class_labels: set[str] = set()
+        self.live_failures = Counter(
+            ServingMetric.live_state_failures.value,
+            "Live rollout state reads that failed (the last state kept serving) or candidates it named that "
+            "could not be served",
+            tag_keys=("reason",),  # type: ignore[arg-type]
+        )
+        self.live_generation = Gauge(
+            ServingMetric.live_state_generation.value,
+            "The live rollout state generation this replica applies",
+        )
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """Apply a new split and model set; load new versions first, then swap everything at once."""
-        config = RouterConfig.model_validate(user_config)
+        """Apply a new shape (the deployed user_config) with the live state; load new versions first, then swap."""
+        shape = RouterConfig.model_validate(user_config)
+        async with self._apply_lock:
+            live, token = self.live, self._live_token
+            if self._live_store is not None:
+                read = await self._read_live(shape.champion.name, token)
+                if read is not None:
+                    live, token = read
+            await self._apply(shape, live)
+            self._live_applied(live, token)
+
+    async def _read_live(self, model: str, token: Token) -> tuple[LiveState, Token] | None:
+        """The live state when it changed since ``token``; None when unchanged or unreadable (logged, counted)."""
+        store = self._live_store
+        assert store is not None  # noqa: S101 - only called when the environment names a store
+        try:
+            read = await asyncio.to_thread(store.read_if_changed, model, token)
+        except (
+            Exception
+        ) as error:  # unreadable or invalid: the last state keeps serving, the next poll retries
+            reason = f"live rollout state {store.location(model)} unreadable, last state kept: {error}"[:500]
+            if reason != self._live_unreadable:
+                logger.warning("%s", reason)
+            self._live_unreadable = reason
+            self.live_failures.inc(tags={"reason": "unreadable"})
+            return None
+        if self._live_unreadable is not None:
+            logger.info("live rollout state %s readable again", store.location(model))
+            self._live_unreadable = None
+        return read
+
+    def _live_applied(self, live: LiveState | None, token: Token) -> None:
+        if live is not None and (self.live is None or live.candidate != self.live.candidate):
+            self._unservable = None  # a new candidate gets its own chance
+        self.live, self._live_token = live, token
+        if live is not None:
+            self.live_generation.set(live.generation)
+
+    def _effective(self, shape: RouterConfig, live: LiveState | None) -> RouterConfig:
+        """The shape with the live state applied, minus a live candidate already found unservable."""
+        config = follow_live_state(shape, live)
+        if live is not None and config.candidate is not None and config.candidate.uri == self._unservable:
+            config = follow_live_state(shape, live.model_copy(update={"candidate": None}))
+        return config
+
+    async def _apply(self, shape: RouterConfig, live: LiveState | None) -> None:
+        """Serve ``shape`` with ``live`` applied: load (and smoke-score a live candidate) first, then swap.
+
+        A candidate the shape pins that fails to load fails this call, as a deploy should; one the live state
+        names is left out instead (the champion serves alone) and the failure is shown and counted.
+        """
+        config = self._effective(shape, live)
         self._generation += 1
         self._unloadable = None
         loaded: dict[str, LoadedModel] = {}
@@ -149,12 +227,25 @@ class Router:
         if champion is not None:
             loaded[Role.champion] = await self._load(champion)
         if config.candidate is not None:
-            loaded[Role.candidate] = await self._load(config.candidate)
+            from_live = config.candidate != shape.candidate
+            try:
+                loaded[Role.candidate] = await self._load(config.candidate, smoke=from_live)
+            except Exception as error:
+                if not from_live:
+                    raise
+                self._unservable = config.candidate.uri
+                self._candidate_problem = f"candidate {config.candidate.uri} is not served: {error}"[:1000]
+                logger.error("%s (from the live rollout state)", self._candidate_problem)
+                self.live_failures.inc(tags={"reason": "candidate"})
+                config = self._effective(shape, live)
+            else:
+                if from_live:
+                    self._candidate_problem = None
         _limit_torch_threads()
         previous = self.config.capture if self.config is not None else None
-        self.models, self.config = loaded, config
-        # Keep asking the registry while there is no champion, or while the champion is an alias.
-        if champion is None or isinstance(config.champion, AliasRef):
+        self.models, self.config, self.shape = loaded, config, shape
+        # Keep polling while there is a live state to follow, no champion, or a champion that is an alias.
+        if self._live_store is not None or champion is None or isinstance(config.champion, AliasRef):
             if self._poll is None or self._poll.done():
                 self._poll = asyncio.get_running_loop().create_task(self._poll_registry())
         elif self._poll is not None:
@@ -177,9 +268,14 @@ class Router:
             config.traffic.model_dump(),
         )
 
-    async def _load(self, ref: ModelRef) -> LoadedModel:
+    async def _load(self, ref: ModelRef, smoke: bool = False) -> LoadedModel:
         reuse = [m for m in self.models.values() if m.ref == ref]
-        return reuse[0] if reuse else await asyncio.to_thread(LoadedModel.load, ref)
+        if reuse:
+            return reuse[0]
+        model = await asyncio.to_thread(LoadedModel.load, ref)
+        if smoke:  # scored on its input example (or a served version's) before it takes any traffic
+            await asyncio.to_thread(smoke_score, {ref.uri: model}, list(self.models.values()))
+        return model
 
     async def _champion_version(self, ref: ModelRef | AliasRef) -> ModelRef | None:
         """The champion version to serve now, or None (and why, in ``_waiting``) when there is none yet.
@@ -207,18 +303,56 @@ class Router:
         return ModelRef(name=ref.name, version=version)
 
     async def _poll_registry(self) -> None:
-        """Every ``registry_poll_s``: serve the champion the registry names, once it names one (or a new one)."""
+        """The one poll loop: the live state and the registry's champion, each on its own period.
+
+        Every ``live_poll_s`` the live state (when a store is named); every ``registry_poll_s`` the champion
+        the registry names, once it names one (or a new one).
+        """
+        asked = time.monotonic()
         while self.config is not None:
             config = self.config
-            await asyncio.sleep(config.registry_poll_s)
+            following = self._live_store is not None
+            await asyncio.sleep(config.live_poll_s if following else config.registry_poll_s)
+            if following:
+                try:
+                    await self._refresh_live()
+                except (
+                    Exception
+                ):  # a failed round is logged; what serves keeps serving, the next round retries
+                    logger.exception("applying the live rollout state failed; the last state keeps serving")
             if self.config is not config:
                 continue  # reconfigured meanwhile: its own settings apply from the next round
             if Role.champion in self.models and not isinstance(config.champion, AliasRef):
-                return  # a pinned version that appeared is served: nothing left to wait for
+                if not following:
+                    return  # a pinned version that appeared is served: nothing left to wait for
+                continue
+            if following and time.monotonic() - asked < config.registry_poll_s:
+                continue
+            asked = time.monotonic()
             try:
                 await self._refresh_champion(config)
             except Exception:  # a failed round is logged; what serves keeps serving, the next round retries
                 logger.exception("asking the registry for %s failed", config.champion.uri)
+
+    async def _refresh_live(self) -> None:
+        """Apply the live state when it changed since the last read (a conditional GET on S3)."""
+        shape = self.shape
+        if shape is None:
+            return
+        read = await self._read_live(shape.champion.name, self._live_token)
+        if read is None:
+            return
+        live, token = read
+        async with self._apply_lock:
+            if self.shape is not shape:
+                return  # a reconfigure read the live state itself meanwhile
+            ended = self.live is not None and self.live.candidate is not None and live.candidate is None
+            # A finished rollout hands the champion back to the alias: ask the registry now, not a poll later.
+            if self._effective(shape, live) != self.config or (
+                ended and isinstance(shape.champion, AliasRef)
+            ):
+                await self._apply(shape, live)
+            self._live_applied(live, token)
 
     async def _refresh_champion(self, config: RouterConfig) -> None:
         generation = self._generation
@@ -240,6 +374,20 @@ class Router:
             return  # a reconfigure came in while this loaded: it decides what serves
         self.models = {**self.models, Role.champion: model}
         logger.info("champion %s (%s) now serves", model.ref.uri, config.champion.uri)
+
+    def _live_report(self) -> dict[str, Any]:
+        """What the live state says and what of it serves: the health endpoint's ``live_state``."""
+        live, config = self.live, self.config
+        return {
+            "generation": live.generation if live is not None else None,
+            "candidate": live.candidate if live is not None else None,
+            "paused": live.paused if live is not None else None,
+            "serving_candidate": config.candidate.version if config and config.candidate else None,
+            "candidate_weight": config.traffic.candidate_weight if config is not None else None,
+            "weight_pinned": config.weight_pinned if config is not None else None,
+            "unreadable": self._live_unreadable,
+            "candidate_problem": self._candidate_problem,
+        }
 
     def _batcher(self, model: LoadedModel, config: RouterConfig) -> Batcher:
         batcher = self._batchers.get(model)
@@ -268,7 +416,10 @@ class Router:
         if request.method == "GET" and endpoint in HEALTH_ENDPOINTS:
             # The router is up even while it waits for a champion: `serving` says whether it can answer.
             serving = config is not None and Role.champion in models
-            return JSONResponse({"status": "ok", "serving": serving, "request_id": request_id})
+            health: dict[str, Any] = {"status": "ok", "serving": serving, "request_id": request_id}
+            if self._live_store is not None:
+                health["live_state"] = self._live_report()
+            return JSONResponse(health)
         if config is None or Role.champion not in models:
             return self._no_model(request_id)
         if request.method != "POST":

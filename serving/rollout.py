@@ -323,6 +323,8 @@ class RolloutEffects:
     reject: Callable[[str], None]
     emit: Callable[[str, str, dict[str, Any]], None]
     is_pinned: Callable[[], bool]
+    # Renews the rollout's lease in the live state store while a step holds (serving/livestate.py).
+    heartbeat: Callable[[], None] = lambda: None
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] = time.sleep
     # Live numbers while a step holds (throttled by the controller): for people, not the event log.
@@ -465,6 +467,7 @@ class RolloutController:
         while True:
             before = self.effects.clock()
             self.effects.sleep(POLL_S)
+            self._retried("renewing the rollout's lease", self.effects.heartbeat)
             now, unobserved = self._read_metrics(hold)
             hold.elapsed_s += self.effects.clock() - before - unobserved
             if self._counters_went_back(now, baseline):

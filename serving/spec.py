@@ -28,6 +28,8 @@ SERVE_INGRESS_ENV: dict[str, dict[str, str]] = {
 }
 # How often the router asks the registry for a champion it does not serve yet (or an alias it follows).
 DEFAULT_REGISTRY_POLL_S = 5.0
+# How often the router reads the live rollout state (serving/livestate.py): bounds write-to-split latency.
+DEFAULT_LIVE_POLL_S = 1.0
 DEFAULT_BATCH_MAX_ROWS = 32
 """Rows one model call scores at most when concurrent requests are batched (serving/batching.py)."""
 # The rendered serve config is committed and shown in cluster state; a secret must travel another way.
@@ -132,6 +134,12 @@ class RouterConfig(StrictModel):
     # Concurrent requests for a version without the record-level path are scored in one call of up to this
     # many rows (serving/batching.py); 1 scores each request alone (a model whose rows are not independent).
     batch_max_rows: int = Field(default=DEFAULT_BATCH_MAX_ROWS, ge=1, le=10_000)
+    # How often the router reads the live rollout state (when its environment names a store): a change of
+    # candidate, weight or pause is served within about this long, without a redeploy.
+    live_poll_s: float = Field(default=DEFAULT_LIVE_POLL_S, gt=0.0, le=3600.0)
+    # traffic.candidate_weight is a pin (the serving file's or the stack's): it wins over the live state's
+    # weight, for whichever candidate the live state names, and may be set before any candidate is.
+    weight_pinned: bool = False
 
     @model_validator(mode="after")
     def _candidate_consistent(self) -> RouterConfig:
@@ -141,13 +149,15 @@ class RouterConfig(StrictModel):
                 f"not whatever {self.champion.uri} names"
             )
         if self.candidate is None:
+            # A pinned weight, or a shadow share in shadow mode, is shape: it applies to whichever candidate
+            # the live rollout state names later. Any other share without a candidate is a mistake.
             problems = [
                 f"traffic.{field} must be 0 when there is no candidate, got {value}"
-                for field, value in (
-                    ("candidate_weight", self.traffic.candidate_weight),
-                    ("shadow_percent", self.traffic.shadow_percent),
+                for field, value, shape in (
+                    ("candidate_weight", self.traffic.candidate_weight, self.weight_pinned),
+                    ("shadow_percent", self.traffic.shadow_percent, self.traffic.mode == TrafficMode.shadow),
                 )
-                if value != 0
+                if value != 0 and not shape
             ]
             if problems:
                 raise ValueError("; ".join(problems))

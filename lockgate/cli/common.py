@@ -20,6 +20,7 @@ from lockgate.runtime import MissingSettingError, RemoteUnsupportedError
 from pipeline.config import ConfigError
 from serving.deploy import DeployError
 from serving.desired import ServingFileError
+from serving.livestate import LiveStateError
 
 FAILURE, USAGE = 1, 2
 """Exit codes: the command failed; its input (a file, an option) is wrong."""
@@ -111,7 +112,8 @@ def working(message: str, as_json: bool) -> Iterator[Callable[[str], None]]:
 ErrorType = type[BaseException] | str
 """An exception class, or ``"module:Class"`` for one in a module too heavy to import at start-up."""
 
-SERVING_ERRORS: tuple[ErrorType, ...] = (ServingFileError, DeployError, EnvironmentError_)
+# LiveStateError: the live rollout state store unreadable, a write lost, or a rollout already running.
+SERVING_ERRORS: tuple[ErrorType, ...] = (ServingFileError, DeployError, EnvironmentError_, LiveStateError)
 STANDARD_CODES: Mapping[ErrorType, int] = {
     ConfigError: USAGE,
     MissingSettingError: USAGE,

@@ -1,4 +1,9 @@
-"""What is served and its rollout: apply, and rollout status, set-weight, run, promote, rollback, pause, resume."""
+"""What is served and its rollout: apply, and rollout status, set-weight, run, promote, rollback, pause, resume.
+
+The rollout commands read and write the live rollout state (serving/livestate.py) the router follows:
+the local environment's (its state directory) when one is up or nothing else is named, else the store
+``LOCKGATE_LIVE_STATE_URI`` names in the user's shell, a stack's over its artefact store (stack mode).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from contracts.settings import rollout_state_path
+from contracts.settings import EnvVar, Settings, rollout_state_dir
 from contracts.vocabulary import Alias, RolloutOutcome
 from lockgate.cli.common import (
     BACKEND_CAUSES,
@@ -30,14 +35,8 @@ from lockgate.cli.common import (
 )
 from lockgate.localenv import LocalEnvironment
 from lockgate.runtime import connect_ray, connected, local_environment, rollout_context
-from serving.desired import (
-    apply_desired,
-    describe,
-    load_serving_file,
-    read_rollout_state,
-    registry_aliases,
-    update_rollout_state,
-)
+from serving.desired import APPLIED_WAIT_S, apply_desired, describe, load_serving_file, registry_aliases
+from serving.livestate import ENDED, LiveState, LiveStateStore, LocalStateStore, open_store
 
 if TYPE_CHECKING:
     from pipeline.config import PipelineConfig
@@ -53,12 +52,29 @@ NOT_PROMOTED = 3
 """``rollout run``'s exit code when the candidate was rolled back or stalled (a pipeline run's "blocked")."""
 
 
+def live_store(state_dir: Path | None) -> tuple[LiveStateStore, LocalEnvironment | None]:
+    """The live state store a rollout command works on, and the local environment when it is that one's.
+
+    A local environment that is up wins; else ``LOCKGATE_LIVE_STATE_URI`` when set (a stack's store); else
+    the state directory's (an environment that is down: its state is still read and written there).
+    """
+    env = local_environment(state_dir)
+    uri = Settings.from_environ().live_state_uri
+    if uri and (env.read_state() is None or not env.is_healthy()):
+        return open_store(uri), None
+    return LocalStateStore(rollout_state_dir(env.state_dir)), env
+
+
 def _apply(env: LocalEnvironment, serving_file: Path) -> tuple[dict[str, Any], str]:
-    """Deploy the desired serving state in place; returns what is now served (as data, and as a line)."""
+    """Deploy the desired serving state in place; returns what is now served (as data, and as a line).
+
+    Returns once the router reports the live state applied (or after ``APPLIED_WAIT_S``).
+    """
     file = load_serving_file(serving_file)
+    store = LocalStateStore(rollout_state_dir(env.state_dir))
     with connected(env):
         router = apply_desired(
-            env.dashboard_url, env.ray_auth_header(), file, rollout_state_path(env.state_dir, file.model_name)
+            env.dashboard_url, env.ray_auth_header(), file, (store, file.model_name), wait_s=APPLIED_WAIT_S
         )
     served = {
         "model_name": file.model_name,
@@ -76,9 +92,9 @@ def _show_applied(env: LocalEnvironment, serving_file: Path, as_json: bool, **re
     show({**result, "served": served}, line, as_json)
 
 
-def _update_rollout_state(env: LocalEnvironment, model_name: str, **changes: Any) -> None:
-    """Change some fields of a model's rollout state, keeping the others."""
-    update_rollout_state(rollout_state_path(env.state_dir, model_name), **changes)
+def _update_live(store: LiveStateStore, model_name: str, **changes: Any) -> LiveState:
+    """Change some fields of a model's live state, keeping the others (compare-and-set, retried)."""
+    return store.update(model_name, lambda state: state.model_copy(update=changes))
 
 
 @commands.command()
@@ -91,25 +107,41 @@ def apply(
 
 
 @rollout_app.command("status")
-@exits_on_error()
+@exits_on_error(causes=BACKEND_CAUSES)
 def rollout_status(
     serving_file: ServingFileOption = SERVING_FILE, state_dir: StateDir = None, as_json: JsonOption = False
 ) -> None:
-    """Show the rollout state and whether the serving file pins the weight."""
+    """Show the live rollout state (candidate, weight, paused, lease) and whether the serving file pins the weight."""
     file = load_serving_file(serving_file)
-    env = local_environment(state_dir)
-    state = read_rollout_state(rollout_state_path(env.state_dir, file.model_name))
+    store, env = live_store(state_dir)
+    state = store.read(file.model_name)[0]
     pinned = file.traffic.candidate_weight
+    lease = state.lease
     result = {
         "model_name": file.model_name,
         "candidate_weight": state.candidate_weight,
         "paused": state.paused,
         "pinned_weight": pinned,
+        "candidate": state.candidate,
+        "champion": state.champion,
+        "lease": lease.model_dump(mode="json") if lease is not None else None,
+        "generation": state.generation,
+        "store": store.location(file.model_name),
     }
+    rollout = (
+        f" of candidate v{state.candidate} against v{state.champion}"
+        + (
+            f", run by {lease.owner} (lease until {lease.expires_at.isoformat()})"
+            if lease
+            else ", no controller"
+        )
+        if state.candidate
+        else ""
+    )
     show(
         result,
         f"model {file.model_name}: rollout weight {state.candidate_weight:g}%"
-        f"{' (paused)' if state.paused else ''}; "
+        f"{' (paused)' if state.paused else ''}{rollout}; "
         + (f"pinned to {pinned:g}% by {serving_file}" if pinned is not None else "not pinned"),
         as_json,
     )
@@ -123,9 +155,29 @@ def rollout_set_weight(
     state_dir: StateDir = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Write the candidate's share to the rollout state and apply it (a pin in the serving file still wins)."""
-    env = local_environment(state_dir)
-    _update_rollout_state(env, load_serving_file(serving_file).model_name, candidate_weight=weight)
+    """Write the candidate's share to the live state (a pin in the serving file still wins).
+
+    Locally the registry's candidate is named live when no rollout holds one, and the command returns once
+    the router serves the weight. On a stack only the store is written: the router follows it.
+    """
+    file = load_serving_file(serving_file)
+    store, env = live_store(state_dir)
+    if env is None:
+        state = store.read(file.model_name)[0]
+        if state.candidate is None:
+            raise CommandError(
+                f"model {file.model_name}: no candidate under rollout in {store.location(file.model_name)}; "
+                "a weight needs one (start a rollout first)"
+            )
+        written = _update_live(store, file.model_name, candidate_weight=weight)
+        show(
+            {"model_name": file.model_name, "candidate_weight": weight, "generation": written.generation},
+            f"model {file.model_name}: candidate v{written.candidate} weight {weight:g}% written to "
+            f"{store.location(file.model_name)}; the stack's router follows it",
+            as_json,
+        )
+        return
+    _update_live(store, file.model_name, candidate_weight=weight)
     _show_applied(env, serving_file, as_json)
 
 
@@ -243,8 +295,10 @@ def rollout_promote(
         if context.remote:
             _show_stack_aliases(model_name, change.aliases, as_json)
             return
-        # The next candidate starts from nothing; a pause a person set stays.
-        update_rollout_state(rollout_state_path(context.env.state_dir, model_name), candidate_weight=0.0)
+        # The rollout (if any) ends: the router serves the new champion alone; a pause a person set stays.
+        LocalStateStore(rollout_state_dir(context.env.state_dir)).update(
+            model_name, lambda state: state.model_copy(update=ENDED)
+        )
         _show_applied(context.env, context.serving_file, as_json, aliases=change.aliases)
 
 
@@ -269,12 +323,24 @@ def rollout_rollback(
         # Ray reads its auth and loopback settings when it is imported: only once connected() has set them.
         from serving import promotion
 
+        model_name = context.serving.model_name
+        store = _context_store(context.remote, context.env)
+        live = store.read(model_name)[0]
+        if live.candidate is not None:
+            # A rollout in progress is what is rolled back: its candidate leaves traffic, the champion stays.
+            store.update(model_name, lambda state: state.model_copy(update=ENDED))
+            line = f"model {model_name}: rollout of candidate v{live.candidate} stopped, weight 0"
+            if context.remote:
+                show({"model_name": model_name, "stopped_candidate": live.candidate}, line, as_json)
+                return
+            _show_applied(context.env, context.serving_file, as_json, stopped_candidate=live.candidate)
+            return
         connect_ray(None if context.remote else context.env)
-        change = promotion.restore_previous(context.serving.model_name)
+        change = promotion.restore_previous(model_name)
         if not change.ok:
             raise CommandError(f"rollback refused: {change.reason}")
         if context.remote:
-            _show_stack_aliases(context.serving.model_name, change.aliases, as_json)
+            _show_stack_aliases(model_name, change.aliases, as_json)
             return
         _show_applied(context.env, context.serving_file, as_json, aliases=change.aliases)
 
@@ -299,9 +365,24 @@ def rollout_resume(
 
 def _set_paused(serving_file: Path, state_dir: Path | None, paused: bool, as_json: bool) -> None:
     file = load_serving_file(serving_file)
-    _update_rollout_state(local_environment(state_dir), file.model_name, paused=paused)
+    store, _ = live_store(state_dir)
+    _update_live(store, file.model_name, paused=paused)
     show(
-        {"model_name": file.model_name, "paused": paused},
+        {"model_name": file.model_name, "paused": paused, "store": store.location(file.model_name)},
         f"rollout of {file.model_name} {'paused' if paused else 'resumed'}",
         as_json,
     )
+
+
+def _context_store(remote: bool, env: LocalEnvironment) -> LiveStateStore:
+    """The live state store of a rollout command's context: the stack's (``LOCKGATE_LIVE_STATE_URI``) or local."""
+    if not remote:
+        return LocalStateStore(rollout_state_dir(env.state_dir))
+    uri = Settings.from_environ().live_state_uri
+    if not uri:
+        raise CommandError(
+            f"{EnvVar.live_state_uri.value}: not set; on a stack this command needs the live rollout state's "
+            "store (the artefact store's, e.g. s3://<bucket>/rollout)",
+            USAGE,
+        )
+    return open_store(uri)

@@ -38,7 +38,8 @@ def test_pin_in_file_wins_over_rollout_state() -> None:
 def test_no_candidate_or_no_champion() -> None:
     file = ServingFile.model_validate({"model_name": "m", "traffic": {"candidate_weight": 50}})
     alone = resolve_router_config(file, RolloutState(), {"champion": "1"})
-    assert alone.candidate is None and alone.traffic.candidate_weight == 0, "no candidate gets no traffic"
+    assert alone.candidate is None, "no candidate alias, none served"
+    assert alone.weight_pinned and alone.traffic.candidate_weight == 50, "the pin holds for a later candidate"
     with pytest.raises(ServingFileError, match="no 'champion' alias"):
         resolve_router_config(file, RolloutState(), {"candidate": "2"})
 
@@ -47,7 +48,9 @@ def test_state_round_trip_and_bad_file(tmp_path) -> None:
     path = tmp_path / "rollout" / "m.json"
     assert read_rollout_state(path) == RolloutState(), "defaults before anything was written"
     write_rollout_state(path, RolloutState(candidate_weight=12.5, paused=True))
-    assert read_rollout_state(path) == RolloutState(candidate_weight=12.5, paused=True)
+    assert read_rollout_state(path) == RolloutState(candidate_weight=12.5, paused=True, generation=1), (
+        "what was written, as the first write"
+    )
     bad = tmp_path / "serving.yaml"
     bad.write_text("model_name: m\ntraffic: {candidate_weight: 140, colour: red}\n")
     with pytest.raises(ServingFileError) as caught:
@@ -99,7 +102,10 @@ def test_a_deploy_that_fails_puts_the_previous_router_config_back(tmp_path, monk
         apply_desired("http://127.0.0.1:1", {}, ServingFile(model_name="m"), tmp_path / "state.json")
     # then the previous user_config was deployed again, and the error says v1 keeps serving.
     user_configs = [c["applications"][0]["deployments"][0]["user_config"] for c in puts]
-    assert [u["champion"]["version"] for u in user_configs] == ["2", "1"], user_configs
+    assert [u["champion"] for u in user_configs] == [
+        {"name": "m", "alias": "champion"},
+        {"name": "m", "version": "1"},
+    ], f"the shape (the alias followed), then what served before: {user_configs}"
     assert "champion v1) was deployed again and keeps serving" in str(caught.value), caught.value
 
 
@@ -162,26 +168,110 @@ def test_preflight_refuses_a_version_that_never_answers_and_leaves_intermittent_
         assert model.calls == 4, "it stops at the first answer"
 
 
-def test_a_rollout_moves_the_weight_of_the_version_it_judges_whatever_the_aliases_say(
-    tmp_path, monkeypatch
-) -> None:
+def fake_serve(monkeypatch, aliases: dict[str, str]) -> list[dict]:
+    """Serve's REST calls and the registry replaced: returns the list every deployed config is appended to."""
     from serving import deploy, desired
-    from serving.desired import ServingFile, apply_desired, update_rollout_state
 
-    # Given a rollout judging v2 against v1, and a run that meanwhile registered v3 as candidate,
     puts: list[dict] = []
-    monkeypatch.setattr(desired, "registry_aliases", lambda name: {"champion": "1", "candidate": "3"})
-    monkeypatch.setattr(desired, "preflight", lambda router, before: None)
+    monkeypatch.setattr(desired, "registry_aliases", lambda name: dict(aliases))
+    monkeypatch.setattr(desired, "preflight", lambda router, before, skip_champion=False: None)
     monkeypatch.setattr(deploy, "router_user_config", lambda url, headers, app: None)
     monkeypatch.setattr(deploy, "deploy_config", lambda url, headers, config: puts.append(config))
     monkeypatch.setattr(deploy, "wait_running", lambda url, headers, app: None)
-    update_rollout_state(tmp_path / "state.json", candidate_weight=50.0)
-    # when the rollout's next step deploys its weight,
-    router = apply_desired(
-        "http://127.0.0.1:1", {}, ServingFile(model_name="m"), tmp_path / "state.json", judged=("1", "2")
-    )
-    # then the split is between the versions it judges; without a rollout the aliases decide.
+    return puts
+
+
+def test_a_rollout_moves_the_weight_of_the_version_it_judges_whatever_the_aliases_say(
+    tmp_path, monkeypatch
+) -> None:
+    from serving.desired import ServingFile, apply_desired
+    from serving.livestate import LocalStateStore, acquire
+
+    # Given a rollout judging v2 against v1 in the live state, and a run that meanwhile registered v3,
+    puts = fake_serve(monkeypatch, {"champion": "1", "candidate": "3"})
+    store = LocalStateStore(tmp_path)
+    acquire(store, "m", "run-a", "1", "2")
+    store.update("m", lambda s: s.model_copy(update={"candidate_weight": 50.0}))
+    # when the desired state is applied,
+    router = apply_desired("http://127.0.0.1:1", {}, ServingFile(model_name="m"), (store, "m"))
+    # then the split served is between the versions the rollout judges, and the deployed config names neither.
     assert router.candidate is not None and router.candidate.version == "2", router
     assert router.traffic.candidate_weight == 50.0, router.traffic
-    unpinned = apply_desired("http://127.0.0.1:1", {}, ServingFile(model_name="m"), tmp_path / "state.json")
+    deployed = puts[-1]["applications"][0]["deployments"][0]["user_config"]
+    assert deployed["candidate"] is None and deployed["traffic"]["candidate_weight"] == 0, deployed
+    assert deployed["champion"] == {"name": "m", "alias": "champion"}, deployed
+    # and without a rollout the registry's candidate is named live, at the live weight.
+    other = LocalStateStore(tmp_path / "other")
+    other.update("m", lambda s: s.model_copy(update={"candidate_weight": 20.0}))
+    unpinned = apply_desired("http://127.0.0.1:1", {}, ServingFile(model_name="m"), (other, "m"))
     assert unpinned.candidate is not None and unpinned.candidate.version == "3", unpinned
+    assert other.read("m")[0].candidate == "3", "the registry's candidate is now the live state's"
+
+
+def test_the_deployed_config_is_byte_identical_before_and_after_a_rollout(tmp_path, monkeypatch) -> None:
+    """The rendered serveConfigV2 carries shape and pin only: a finished rollout leaves no diff for Pulumi."""
+    import dataclasses
+
+    import yaml
+
+    from serving import live
+    from serving.desired import ServingFile, apply_desired
+    from serving.livestate import LocalStateStore
+    from serving.spec import AnalysisSpec, RolloutPolicy
+    from tests.serving.test_rollout_analysis import stats
+
+    # Given a champion v1 and a registered candidate v2, served through the desired state,
+    aliases = {"champion": "1", "candidate": "2"}
+    puts = fake_serve(monkeypatch, aliases)
+    serving_file = tmp_path / "serving.yaml"
+    serving_file.write_text("model_name: m\ncapture: {sample_percent: 5, uri: s3://lockgate/capture}\n")
+    file = ServingFile(model_name="m")
+    file = ServingFile.model_validate(yaml.safe_load(serving_file.read_text()))
+    store = LocalStateStore(tmp_path / "rollout")
+    apply_desired("http://127.0.0.1:1", {}, file, (store, "m"))
+    before = yaml.safe_dump(puts[-1], sort_keys=True, default_flow_style=False)  # as infra/serve.py dumps it
+
+    # when a rollout runs to promotion through the store (metrics that pass, an alias writer that agrees),
+    def promote(name: str, candidate: str, champion: str | None) -> object:
+        aliases.update(champion=candidate, previous=str(champion))
+        aliases.pop("candidate")
+        return type("Change", (), {"ok": True, "reason": ""})()
+
+    monkeypatch.setattr(live.promotion, "promote", promote)
+    weights: list[float] = []
+    policy = RolloutPolicy(steps=(50.0, 100.0), interval_s=1, analysis=AnalysisSpec(min_requests=10))
+    controller = live.rollout_controller(
+        policy, _target(tmp_path), serving_file, ("1", "2"), lambda *event: None, store
+    )
+    counts = iter(range(1, 10_000))
+
+    def scrape() -> dict:
+        n = 100.0 * next(counts)
+        weights.append(store.read("m")[0].candidate_weight)
+        return {("1", "champion"): stats(n), ("2", "candidate"): stats(n)}
+
+    controller.effects = dataclasses.replace(
+        controller.effects, scrape=scrape, sleep=lambda s: None, clock=_ticking_clock()
+    )
+    monkeypatch.setattr(live, "wait_live_applied", lambda spec, generation, timeout: True)
+    result = controller.run()
+    apply_desired("http://127.0.0.1:1", {}, file, (store, "m"))
+    after = yaml.safe_dump(puts[-1], sort_keys=True, default_flow_style=False)
+    # then it was promoted, its weights moved in the store, and the deployed bytes did not change.
+    assert result.outcome == "promoted", result
+    assert {50.0, 100.0} <= set(weights), f"the live weights the steps wrote, got {sorted(set(weights))}"
+    final = store.read("m")[0]
+    assert (final.candidate, final.lease, final.candidate_weight) == (None, None, 0.0), final
+    assert after == before, "the rendered serve config changed during a rollout"
+
+
+def _target(tmp_path):
+    from contracts.settings import ServingTarget
+
+    return ServingTarget("http://127.0.0.1:1", "http://127.0.0.1:1/metrics", tmp_path, tmp_path / "token")
+
+
+def _ticking_clock():
+    """A clock that advances one second per reading (the controller's holds end without real waiting)."""
+    ticks = iter(range(1_000_000))
+    return lambda: float(next(ticks))

@@ -381,3 +381,133 @@ def test_replica_killed_under_load_recovers(deployed, local_env) -> None:
     )
     assert recovery_s < 60, f"a new replica ran within 60 s, took {recovery_s:.1f}s"
     assert failed <= max(10, 0.02 * during), f"{failed} failed of {during}: {load.failures.most_common(5)}"
+
+
+def deploy_shape(deployed) -> None:
+    """Deploy the router as local mode and a cluster now do: the champion only, nothing pinned, no candidate."""
+    from serving.deploy import deploy_config, wait_running
+    from serving.render import render_serve_config
+    from serving.spec import RouterConfig
+
+    headers = deployed.env.ray_auth_header()
+    config = render_serve_config(deployed.spec, RouterConfig(champion=deployed.champion))
+    deploy_config(deployed.env.dashboard_url, headers, config)
+    wait_running(deployed.env.dashboard_url, headers, deployed.spec.app_name)
+
+
+def live_report(url: str) -> dict:
+    """The router's ``live_state`` on its health endpoint."""
+    report = requests.get(url + "health", timeout=5).json().get("live_state")
+    assert isinstance(report, dict), (
+        "the router follows a live state in this environment (LOCKGATE_LIVE_STATE_URI)"
+    )
+    return report
+
+
+def wait_report(url: str, check, timeout_s: float = 20.0) -> dict:
+    """Poll the health endpoint until ``check(report)`` holds; the last report otherwise."""
+    deadline = time.monotonic() + timeout_s
+    report = live_report(url)
+    while not check(report) and time.monotonic() < deadline:
+        time.sleep(0.05)
+        report = live_report(url)
+    return report
+
+
+@pytest.fixture()
+def live_store(deployed):
+    """The environment's live state store, with the served model's document removed afterwards."""
+    from contracts.settings import rollout_state_dir
+    from serving.livestate import LocalStateStore
+
+    store = LocalStateStore(rollout_state_dir(deployed.env.state_dir))
+    deploy_shape(deployed)
+    try:
+        yield store
+    finally:
+        store.path(deployed.champion.name).unlink(missing_ok=True)
+        deployed.apply(TrafficSpec())
+
+
+def test_weights_written_to_the_live_state_are_served_within_two_seconds_without_failures(
+    deployed, live_store
+) -> None:
+    # Given the router deployed with the shape only, under load,
+    model, champion, candidate = deployed.champion.name, deployed.champion.version, deployed.candidate.version
+    settings = [(50, 1200), (100, 300), (10, 600), (0, 300)]
+    delays = []
+    with closed_loop(deployed.url, clients=8) as load:
+        for weight, needed in settings:
+            # when a weight is written to the live state (as the rollout controller and the CLI do),
+            written = live_store.update(
+                model,
+                lambda s, w=weight: s.model_copy(
+                    update={"champion": champion, "candidate": candidate, "candidate_weight": float(w)}
+                ),
+            )
+            started = time.monotonic()
+            report = wait_report(deployed.url, lambda r, g=written.generation: (r["generation"] or 0) >= g)
+            delays.append(time.monotonic() - started)
+            assert report["candidate_weight"] == weight, f"weight {weight} applied, got {report}"
+            deadline = time.monotonic() + 120
+            while (
+                sum(load.answers_in(f"weighted:{weight}").values()) < needed and time.monotonic() < deadline
+            ):
+                time.sleep(0.1)
+    # then each was served within 2 s, with the split it names, and no request failed.
+    assert max(delays) <= 2.0, f"write to applied took {max(delays):.2f} s at most (want <= 2 s): {delays}"
+    assert load.failed == 0, f"{load.failed} failed of {load.responses}: {load.failures.most_common(5)}"
+    for weight, needed in settings:
+        seen = load.answers_in(f"weighted:{weight}")
+        share = 100 * seen[candidate] / max(sum(seen.values()), 1)
+        assert sum(seen.values()) >= needed, f"weight {weight}: {sum(seen.values())} answers, wanted {needed}"
+        assert abs(share - weight) <= 6, f"weight {weight}: candidate answered {share:.1f}% of {seen}"
+
+
+def test_a_live_candidate_that_cannot_load_is_not_served_and_says_so(deployed, live_store, tmp_path) -> None:
+    from tests.serving.test_bad_model import register_unloadable
+
+    model, champion = deployed.champion.name, deployed.champion.version
+    broken = register_unloadable(model, deployed.champion.uri, tmp_path)
+    # When the live state names a candidate whose weights are corrupt, at half the traffic,
+    live_store.update(
+        model,
+        lambda s: s.model_copy(update={"champion": champion, "candidate": broken, "candidate_weight": 50.0}),
+    )
+    report = wait_report(deployed.url, lambda r: r["candidate_problem"] is not None, timeout_s=60)
+    # then it is not served, the health endpoint says why, and the champion answers everything.
+    assert f"models:/{model}/{broken}" in (report["candidate_problem"] or ""), report
+    assert report["serving_candidate"] is None, f"the broken candidate takes no traffic: {report}"
+    answers = [requests.post(deployed.url, json=body(), timeout=10) for _ in range(30)]
+    assert [a.status_code for a in answers] == [200] * 30, [a.text for a in answers if a.status_code != 200]
+    assert {a.headers[VERSION_HEADER] for a in answers} == {champion}, "only the champion answers"
+    # And a good candidate named next is served again.
+    live_store.update(model, lambda s: s.model_copy(update={"candidate": deployed.candidate.version}))
+    report = wait_report(deployed.url, lambda r: r["serving_candidate"] == deployed.candidate.version)
+    assert report["serving_candidate"] == deployed.candidate.version, f"the next candidate serves: {report}"
+    assert report["candidate_problem"] is None, f"the problem cleared with it: {report}"
+
+
+def test_an_unreadable_live_state_keeps_the_last_split_and_every_request(deployed, live_store) -> None:
+    model, champion, candidate = deployed.champion.name, deployed.champion.version, deployed.candidate.version
+    written = live_store.update(
+        model,
+        lambda s: s.model_copy(
+            update={"champion": champion, "candidate": candidate, "candidate_weight": 100.0}
+        ),
+    )
+    wait_report(deployed.url, lambda r: (r["generation"] or 0) >= written.generation)
+    # When the document becomes unreadable (not JSON),
+    live_store.path(model).write_text("{not json")
+    report = wait_report(deployed.url, lambda r: r["unreadable"] is not None)
+    # then the router says so, keeps the last split, and answers every request.
+    assert live_store.location(model) in (report["unreadable"] or ""), report
+    assert report["candidate_weight"] == 100.0, f"the last weight kept: {report}"
+    answers = [requests.post(deployed.url, json=body(), timeout=10) for _ in range(20)]
+    assert [a.status_code for a in answers] == [200] * 20, [a.text for a in answers if a.status_code != 200]
+    assert {a.headers[VERSION_HEADER] for a in answers} == {candidate}, "the last split (100%) still serves"
+    # And a readable state again is followed again.
+    live_store.path(model).unlink()
+    live_store.update(model, lambda s: s.model_copy(update={"candidate_weight": 0.0}))
+    report = wait_report(deployed.url, lambda r: r["unreadable"] is None and r["candidate_weight"] == 0.0)
+    assert report["unreadable"] is None and report["candidate_weight"] == 0.0, report
