@@ -63,6 +63,8 @@ for _entry in (BENCHMARKS, REPO):
 
 # This benchmark's own ports: other environments (a developer's, the test session's) use different ones.
 MLFLOW_PORT, RAY_GCS_PORT, RAY_DASHBOARD_PORT = 27055, 27390, 27275
+PORT_OFFSET = 0
+"""Added to every port above (``--port-offset``): two benchmarks on one machine do not collide."""
 NUM_CPUS = 2
 DATA_ROWS, DATA_SEED = 20_000, 0
 STAGES = ("prepare", "train", "package", "evaluate", "gate", "register", "rollout")
@@ -112,7 +114,11 @@ def make_env(state_dir: Path) -> Any:
     """A LocalEnvironment on this benchmark's ports."""
     from lockgate.localenv import LocalEnvironment, Ports
 
-    ports = Ports.from_base(mlflow=MLFLOW_PORT, ray_gcs=RAY_GCS_PORT, ray_dashboard=RAY_DASHBOARD_PORT)
+    ports = Ports.from_base(
+        mlflow=MLFLOW_PORT + PORT_OFFSET,
+        ray_gcs=RAY_GCS_PORT + PORT_OFFSET,
+        ray_dashboard=RAY_DASHBOARD_PORT + PORT_OFFSET,
+    )
     return LocalEnvironment(state_dir, ports, num_cpus=NUM_CPUS)
 
 
@@ -732,9 +738,9 @@ def write_results(
                     "platform": platform.platform(),
                 },
                 "ports": {
-                    "mlflow": MLFLOW_PORT,
-                    "ray_gcs": RAY_GCS_PORT,
-                    "ray_dashboard": RAY_DASHBOARD_PORT,
+                    "mlflow": MLFLOW_PORT + PORT_OFFSET,
+                    "ray_gcs": RAY_GCS_PORT + PORT_OFFSET,
+                    "ray_dashboard": RAY_DASHBOARD_PORT + PORT_OFFSET,
                 },
                 "data": {"rows": DATA_ROWS, "seed": DATA_SEED},
                 **payload,
@@ -868,6 +874,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--profile", action="store_true", help="with --example: one more run, sampled with py-spy"
     )
+    parser.add_argument(
+        "--port-offset", type=int, default=0, help="added to this benchmark's ports (another one is running)"
+    )
     parser.add_argument("--bare-baseline", metavar="PIPELINE_YAML", help=argparse.SUPPRESS)
     parser.add_argument("--bare-example", metavar="PIPELINE_YAML", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -880,7 +889,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     """Run every measurement, print the table, write the JSON."""
+    global PORT_OFFSET
     args = parse_args(argv)
+    PORT_OFFSET = args.port_offset
     if args.bare_baseline:
         print(BARE_RESULT_PREFIX + json.dumps(bare_baseline(args.bare_baseline)), flush=True)
         return 0
