@@ -487,10 +487,101 @@ def run_pipeline_once(env: Any, config_path: Path) -> dict[str, Any]:
     return sample
 
 
-def bench_pipeline(root: Path, config_path: Path, repeats: int) -> list[dict[str, Any]]:
-    """``repeats`` pipeline runs on one environment, stopped afterwards whatever happens."""
+# -- the floor: what any run costs before its own work --------------------------------------------------
+FLOOR_SCRIPT = """
+import json, sys, time
+started = time.time()
+from contracts.settings import RESULT_MARKER
+timings = {}
+if sys.argv[2] == "train":
+    import ray.train
+    from contracts.settings import Settings
+    from pipeline.config import load_config
+    from pipeline.trainer import ray_train_configs
+    config = load_config(sys.argv[1])
+    if config.training.trainer is None:
+        from ray.train.torch import TorchTrainer as Trainer
+    else:
+        from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer as Trainer
+    imported = time.time()
+    def loop(_):
+        import ray.train
+        ray.train.report({"noop": 1})
+    storage = Settings.from_environ().train_storage
+    scaling, run = ray_train_configs(config.training, f"floor-{time.time_ns()}", storage)
+    Trainer(loop, scaling_config=scaling, run_config=run).fit()
+    timings = {"import_s": imported - started, "fit_s": time.time() - imported}
+print(RESULT_MARKER, json.dumps({"outcome": "registered", "run_id": None, "floor": timings}), flush=True)
+"""
+"""A job's driver for the floor: with ``job`` it only prints the result line; with ``train`` it first runs a
+no-op Ray Train fit (one ``report``) with the run's own scaling, FailureConfig and storage, the trainer class
+the run would use (TorchTrainer for the built-in MLP: its workers import torch and join a process group)."""
+
+
+def run_floor_once(env: Any, config_path: Path, kind: str) -> dict[str, Any]:
+    """One floor job (``job`` or ``train``), shipped as a run is and followed as a run is; timed end to end."""
+    import shlex
+
+    from lockgate import jobs
+
+    client = jobs.job_client(env)
+    submission_id = f"floor-{kind}-{time.strftime('%H%M%S')}-{os.urandom(3).hex()}"
+    script = f"python -c {shlex.quote(FLOOR_SCRIPT)} {shlex.quote(config_path.name)} {kind}"
+    start = time.perf_counter()
+    client.submit_job(
+        entrypoint=script,
+        submission_id=submission_id,
+        runtime_env=jobs.job_runtime_env(config_path, submission_id),
+    )
+    submitted = time.perf_counter() - start
+    tail: collections.deque[str] = collections.deque(maxlen=30)
+    result, status = jobs.follow_job(client, submission_id, tail.append, timeout_s=900)
+    wall = time.perf_counter() - start
+    if result is None:
+        raise RuntimeError(
+            f"floor job {submission_id} ended {status.value} without a result:\n" + "\n".join(tail)
+        )
+    return {"kind": kind, "wall_s": wall, "submit_job_s": submitted, **result["floor"]}
+
+
+def bench_floor(env: Any, config_path: Path, floors: list[dict[str, Any]], round_index: int) -> None:
+    """Both floor jobs once, appended to ``floors``."""
+    for kind in ("job", "train"):
+        sample = run_floor_once(env, config_path, kind)
+        progress(f"floor {kind} {round_index + 1}: {sample['wall_s']:.2f}s")
+        floors.append(sample)
+
+
+def summarise_floor(floors: list[dict[str, Any]], bare_wall: float | None, bare_train: float | None) -> dict:
+    """Floor medians and the smallest ratio a run could reach: the floor plus the bare script's own training."""
+    job = median([f["wall_s"] for f in floors if f["kind"] == "job"])
+    train = median([f["wall_s"] for f in floors if f["kind"] == "train"])
+    fit = median([f["fit_s"] for f in floors if f["kind"] == "train"])
+    reachable = (train + bare_train) / bare_wall if train and bare_wall and bare_train is not None else None
+    return {"job_s": job, "train_job_s": train, "noop_fit_s": fit, "reachable_ratio": reachable}
+
+
+def print_floor(floor: dict[str, Any], floors: list[dict[str, Any]]) -> None:
+    """The floor lines of a table."""
+    for label, key, kind in (
+        ("floor: a Ray job that only prints its result", "job_s", "job"),
+        ("floor: a Ray job with a no-op Ray Train fit", "train_job_s", "train"),
+    ):
+        samples = [f["wall_s"] for f in floors if f["kind"] == kind]
+        print(f"{label:<57} {fmt(floor[key]):>9}   {fmt_samples(samples)}")
+    print(f"{'  of which the no-op fit() call':<57} {fmt(floor['noop_fit_s']):>9}")
+    print(
+        f"{'reachable ratio ((floor + bare training) / bare wall)':<57} {fmt(floor['reachable_ratio'], 'x'):>9}"
+    )
+
+
+def bench_pipeline(
+    root: Path, config_path: Path, repeats: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``repeats`` pipeline runs, each followed by the floor jobs, on one environment, stopped afterwards."""
     env = make_env(root / "pipeline-env")
-    samples = []
+    samples: list[dict[str, Any]] = []
+    floors: list[dict[str, Any]] = []
     try:
         env.up(log=log_env)
         for i in range(repeats):
@@ -500,22 +591,24 @@ def bench_pipeline(root: Path, config_path: Path, repeats: int) -> list[dict[str
                 f"(exit {sample['exit_code']}), test.auc {sample['test_auc']}"
             )
             samples.append(sample)
+            bench_floor(env, config_path, floors, i)
     finally:
         stop_env(env)
-    return samples
+    return samples, floors
 
 
 def bench_example(
     root: Path, config_path: Path, repeats: int, threads: int, profile: bool
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any] | None]:
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]], dict[str, Any] | None]:
     """Bare script and pipeline run, interleaved (the order alternates per round), on one environment.
 
     With ``profile``, one more pipeline run (not counted) is sampled with py-spy: the job driver (wall time,
-    idle included) and Ray Train's processes (CPU).
+    idle included) and Ray Train's processes (CPU). Each round ends with the floor jobs.
     """
     env = make_env(root / "example-env")
     bare: list[dict[str, Any]] = []
     runs: list[dict[str, Any]] = []
+    floors: list[dict[str, Any]] = []
     profiled = None
     try:
         env.up(log=log_env)
@@ -535,11 +628,12 @@ def bench_example(
                         f"(exit {sample['exit_code']}), stages {fmt_stages(sample['stages_s'])}"
                     )
                     runs.append(sample)
+            bench_floor(env, config_path, floors, i)
         if profile:
             profiled = profile_pipeline(env, config_path, root / "profile")
     finally:
         stop_env(env)
-    return bare, runs, profiled
+    return bare, runs, floors, profiled
 
 
 def fmt_stages(stages: dict[str, float]) -> str:
@@ -648,8 +742,8 @@ def profile_pipeline(env: Any, config_path: Path, out_dir: Path) -> dict[str, An
 
 
 # -- report ------------------------------------------------------------------------------------------
-def summarise(bare: list[dict], ups: list[dict], runs: list[dict]) -> dict[str, Any]:
-    """Medians, per-stage medians, the overhead ratio and the AUC check."""
+def summarise(bare: list[dict], ups: list[dict], runs: list[dict], floors: list[dict]) -> dict[str, Any]:
+    """Medians, per-stage medians, the overhead ratio, the floor and the AUC check."""
     bare_wall = median([s["wall_s"] for s in bare])
     pipeline_wall = median([s["wall_s"] for s in runs])
     stage_medians = {
@@ -667,10 +761,13 @@ def summarise(bare: list[dict], ups: list[dict], runs: list[dict]) -> dict[str, 
         "pipeline_test_auc": median([r["test_auc"] for r in runs if r.get("test_auc") is not None]),
         "stage_medians_s": stage_medians,
         "overhead_ratio": pipeline_wall / bare_wall if pipeline_wall and bare_wall else None,
+        "floor": summarise_floor(floors, bare_wall, median([s["train_s"] for s in bare])),
     }
 
 
-def print_table(summary: dict[str, Any], bare: list[dict], ups: list[dict], runs: list[dict]) -> None:
+def print_table(
+    summary: dict[str, Any], bare: list[dict], ups: list[dict], runs: list[dict], floors: list[dict]
+) -> None:
     """The human-readable result."""
     rows = [
         ("lockgate up, cold (fresh state dir)", summary["cold_up_s"], [s["cold_up_s"] for s in ups]),
@@ -703,7 +800,8 @@ def print_table(summary: dict[str, Any], bare: list[dict], ups: list[dict], runs
     print(f"{'run outcomes':<40}    {outcomes}")
     print(f"{'bare script torch threads':<40} {bare[0]['torch_threads']:>9}")
     ratio = summary["overhead_ratio"]
-    print(f"{'overhead ratio (pipeline / bare wall)':<40} {fmt(ratio, 'x'):>9}")
+    print(f"{'overhead ratio (pipeline / bare wall)':<40} {fmt(ratio, 'x'):>9}   (target <= 1.5x)")
+    print_floor(summary["floor"], floors)
     bare_auc, pipe_auc = summary["bare_auc"], summary["pipeline_test_auc"]
     bare_aucs = [s["auc"] for s in bare]
     pipe_aucs = [r["test_auc"] for r in runs if r.get("test_auc") is not None]
@@ -752,7 +850,7 @@ def write_results(
     return path
 
 
-def summarise_example(bare: list[dict], runs: list[dict]) -> dict[str, Any]:
+def summarise_example(bare: list[dict], runs: list[dict], floors: list[dict]) -> dict[str, Any]:
     """Medians of both sides, the ratio (of medians, and paired per round), stages and the run's timeline."""
     bare_wall = median([s["wall_s"] for s in bare])
     pipeline_wall = median([s["wall_s"] for s in runs])
@@ -784,11 +882,14 @@ def summarise_example(bare: list[dict], runs: list[dict]) -> dict[str, Any]:
         },
         "overhead_ratio": pipeline_wall / bare_wall if pipeline_wall and bare_wall else None,
         "paired_ratios": [r["wall_s"] / b["wall_s"] for r, b in zip(runs, bare, strict=False)],
+        "floor": summarise_floor(floors, bare_wall, median([s["train_s"] for s in bare])),
         "outcomes": [r["outcome"] for r in runs],
     }
 
 
-def print_example(example: str, summary: dict[str, Any], bare: list[dict], runs: list[dict]) -> None:
+def print_example(
+    example: str, summary: dict[str, Any], bare: list[dict], runs: list[dict], floors: list[dict]
+) -> None:
     """The example's table: both walls, the ratio, the stages and the timeline of a run."""
     print()
     print(f"example {example}: {'measurement':<46} {'median':>9}   samples (s)")
@@ -816,6 +917,7 @@ def print_example(example: str, summary: dict[str, Any], bare: list[dict], runs:
     print(
         f"{'overhead ratio (pipeline / bare wall)':<57} {fmt(ratio, 'x'):>9}   paired: {paired}  (target <= 1.5x)"
     )
+    print_floor(summary["floor"], floors)
     print(
         f"{'held-out metric, bare vs pipeline':<57} {summary['bare_metric']} vs {summary['pipeline_metric']}"
     )
@@ -830,12 +932,14 @@ def main_example(args: argparse.Namespace) -> int:
     progress(f"work dir {root}; example {args.example}; repeats {args.repeats}; load average {load_before}")
     try:
         config_path = write_example_files(root / args.example, args.example, f"bench-{args.example}-{stamp}")
-        bare, runs, profiled = bench_example(root, config_path, args.repeats, args.bare_threads, args.profile)
+        bare, runs, floors, profiled = bench_example(
+            root, config_path, args.repeats, args.bare_threads, args.profile
+        )
     except BaseException:
         progress(f"failed: state and logs kept in {root}")
         raise
-    summary = summarise_example(bare, runs)
-    print_example(args.example, summary, bare, runs)
+    summary = summarise_example(bare, runs, floors)
+    print_example(args.example, summary, bare, runs, floors)
     path = write_results(
         stamp,
         args,
@@ -845,6 +949,7 @@ def main_example(args: argparse.Namespace) -> int:
             "summary": summary,
             "bare": bare,
             "pipeline": runs,
+            "floor": floors,
             "profile": profiled,
         },
         name=f"pipeline-{args.example}",
@@ -909,12 +1014,12 @@ def main(argv: list[str] | None = None) -> int:
         config_path = write_pipeline_files(root / "pipeline", model_name=f"bench-{stamp}")
         bare = bench_bare(config_path, args.repeats, args.bare_threads)
         ups = bench_up(root, args.repeats)
-        runs = bench_pipeline(root, config_path, args.repeats)
+        runs, floors = bench_pipeline(root, config_path, args.repeats)
     except BaseException:
         progress(f"failed: state and logs kept in {root}")
         raise
-    summary = summarise(bare, ups, runs)
-    print_table(summary, bare, ups, runs)
+    summary = summarise(bare, ups, runs, floors)
+    print_table(summary, bare, ups, runs, floors)
     path = write_results(
         stamp,
         args,
@@ -924,6 +1029,7 @@ def main(argv: list[str] | None = None) -> int:
             "bare": bare,
             "up": ups,
             "pipeline": runs,
+            "floor": floors,
         },
     )
     print(f"results written to {path.relative_to(REPO)}")
