@@ -32,6 +32,15 @@ With ``--example diabetes|wine`` a team trainer is measured instead (``--profile
    ``--profile``: one more run with ``py-spy record`` on the job driver (wall time, idle included) and on
    Ray Train's controller and worker (CPU), summarised by function.
 
+5. The floor, after each pipeline run on the same environment: a Ray job shipped and followed as a run is
+   (same runtime environment, ``lockgate.jobs.follow_job``, ending at the result line) whose driver only
+   prints its result line, and one whose driver first runs a no-op Ray Train fit with the run's scaling,
+   ``FailureConfig`` and trainer class. The "reachable ratio" is (that floor + the bare script's training
+   loop) / the bare script's wall: what a run could reach if everything but Ray's fixed costs were free.
+
+``--rows N`` (MLP data size) and ``--workers N`` (the MLP's Ray Train workers) vary the main measurement;
+``--port-offset N`` moves every port (another benchmark on the machine).
+
 Everything listens on 127.0.0.1 on this script's own ports; every environment is stopped in a ``finally``
 (Ctrl-C and SIGTERM included). Results are printed as a table and written to
 ``benchmarks/results/pipeline-<timestamp>.json`` (``pipeline-<example>-<timestamp>.json``).
@@ -135,10 +144,13 @@ def stop_env(env: Any) -> float:
 
 
 # -- the pipeline file -------------------------------------------------------------------------------
-def write_pipeline_files(directory: Path, model_name: str) -> Path:
-    """The shipped pipeline.yaml with its own data, event log and model name, in ``directory``.
+def write_pipeline_files(
+    directory: Path, model_name: str, rows: int = DATA_ROWS, workers: int | None = None
+) -> Path:
+    """The shipped pipeline.yaml with its own data (``rows`` loans), event log and model name, in ``directory``.
 
-    ``directory`` becomes the Ray job's working directory, so it holds nothing but these files.
+    ``directory`` becomes the Ray job's working directory, so it holds nothing but these files. ``workers``
+    replaces ``training.scaling.num_workers`` (the bare script always trains in one process).
     """
     import yaml
 
@@ -146,11 +158,13 @@ def write_pipeline_files(directory: Path, model_name: str) -> Path:
     from pipeline.data import make_loans, write_table
 
     directory.mkdir(parents=True, exist_ok=True)
-    write_table(make_loans(rows=DATA_ROWS, seed=DATA_SEED), directory / "data.parquet")
+    write_table(make_loans(rows=rows, seed=DATA_SEED), directory / "data.parquet")
     raw = yaml.safe_load((REPO / "pipeline.yaml").read_text())
     raw["data"]["uri"] = "data.parquet"  # relative to the pipeline file, shipped with the job's working_dir
     raw["events"]["log_file"] = str(directory / "events.jsonl")
     raw["registry"]["model_name"] = model_name
+    if workers is not None:
+        raw["training"]["scaling"]["num_workers"] = workers
     # Measured up to registration: the rollout stage waits on live traffic, which is serving's benchmark.
     raw["rollout"] = {"enabled": False}
     path = directory / "pipeline.yaml"
@@ -337,10 +351,18 @@ def bench_up(root: Path, repeats: int) -> list[dict[str, float]]:
 
 # -- 3. the pipeline through the product path ---------------------------------------------------------
 def job_times(env: Any, submission_id: str) -> dict[str, float | None]:
-    """The Ray job's own start-to-end time, as the Jobs API recorded it."""
+    """The Ray job's own start-to-end time, as the Jobs API recorded it.
+
+    The submitter returns at the run's result line, before the job's process has exited: wait (up to 60 s,
+    outside the timed part) for the job to end first.
+    """
     from ray.job_submission import JobSubmissionClient
 
-    info = JobSubmissionClient(env.dashboard_url, headers=env.ray_auth_header()).get_job_info(submission_id)
+    client = JobSubmissionClient(env.dashboard_url, headers=env.ray_auth_header())
+    deadline = time.monotonic() + 60
+    while not client.get_job_status(submission_id).is_terminal() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    info = client.get_job_info(submission_id)
     if info.start_time and info.end_time:
         return {"job_s": (info.end_time - info.start_time) / 1000}
     return {"job_s": None}
@@ -840,7 +862,8 @@ def write_results(
                     "ray_gcs": RAY_GCS_PORT + PORT_OFFSET,
                     "ray_dashboard": RAY_DASHBOARD_PORT + PORT_OFFSET,
                 },
-                "data": {"rows": DATA_ROWS, "seed": DATA_SEED},
+                "data": {"rows": args.rows, "seed": DATA_SEED},
+                "workers": args.workers,
                 **payload,
             },
             indent=2,
@@ -980,6 +1003,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--profile", action="store_true", help="with --example: one more run, sampled with py-spy"
     )
     parser.add_argument(
+        "--rows", type=int, default=DATA_ROWS, help=f"loans in the MLP's data set (default {DATA_ROWS})"
+    )
+    parser.add_argument(
+        "--workers", type=int, help="the MLP's Ray Train workers (default: the shipped pipeline.yaml's)"
+    )
+    parser.add_argument(
         "--port-offset", type=int, default=0, help="added to this benchmark's ports (another one is running)"
     )
     parser.add_argument("--bare-baseline", metavar="PIPELINE_YAML", help=argparse.SUPPRESS)
@@ -1011,7 +1040,9 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     progress(f"work dir {root}; repeats {args.repeats}; load average {load_before}")
     try:
-        config_path = write_pipeline_files(root / "pipeline", model_name=f"bench-{stamp}")
+        config_path = write_pipeline_files(
+            root / "pipeline", model_name=f"bench-{stamp}", rows=args.rows, workers=args.workers
+        )
         bare = bench_bare(config_path, args.repeats, args.bare_threads)
         ups = bench_up(root, args.repeats)
         runs, floors = bench_pipeline(root, config_path, args.repeats)
@@ -1031,8 +1062,11 @@ def main(argv: list[str] | None = None) -> int:
             "pipeline": runs,
             "floor": floors,
         },
+        name="pipeline"
+        + (f"-workers{args.workers}" if args.workers is not None else "")
+        + (f"-rows{args.rows}" if args.rows != DATA_ROWS else ""),
     )
-    print(f"results written to {path.relative_to(REPO)}")
+    print(f"results written to {path.relative_to(REPO)}; load average {load_before} -> {os.getloadavg()}")
     shutil.rmtree(root, ignore_errors=True)
     return 0 if all(r["outcome"] in ("registered", "blocked") for r in runs) else 1
 
