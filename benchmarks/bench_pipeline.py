@@ -38,8 +38,9 @@ With ``--example diabetes|wine`` a team trainer is measured instead (``--profile
    ``FailureConfig`` and trainer class. The "reachable ratio" is (that floor + the bare script's training
    loop) / the bare script's wall: what a run could reach if everything but Ray's fixed costs were free.
 
-``--rows N`` (MLP data size) and ``--workers N`` (the MLP's Ray Train workers) vary the main measurement;
-``--port-offset N`` moves every port (another benchmark on the machine).
+``--interleaved`` alternates 1. and 3. on the running environment instead (paired ratios: a shared
+machine's load changes by the minute). ``--rows N`` (MLP data size) and ``--workers N`` (the MLP's Ray
+Train workers) vary the main measurement; ``--port-offset N`` moves every port (another benchmark).
 
 Everything listens on 127.0.0.1 on this script's own ports; every environment is stopped in a ``finally``
 (Ctrl-C and SIGTERM included). Results are printed as a table and written to
@@ -619,6 +620,36 @@ def bench_pipeline(
     return samples, floors
 
 
+def bench_interleaved(
+    root: Path, config_path: Path, repeats: int, threads: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """``--interleaved``: bare script and pipeline run alternate (order alternating per round) on one running
+    environment, each round ending with the floor jobs: on a shared, busy machine the pairs see the same load."""
+    env = make_env(root / "pipeline-env")
+    bare: list[dict[str, Any]] = []
+    runs: list[dict[str, Any]] = []
+    floors: list[dict[str, Any]] = []
+    try:
+        env.up(log=log_env)
+        for i in range(repeats):
+            for kind in ("bare", "pipeline") if i % 2 == 0 else ("pipeline", "bare"):
+                if kind == "bare":
+                    sample = run_bare_once(config_path, threads)
+                    progress(f"bare {i + 1}/{repeats}: {sample['wall_s']:.2f}s, auc {sample['auc']:.4f}")
+                    bare.append(sample)
+                else:
+                    sample = run_pipeline_once(env, config_path)
+                    progress(
+                        f"pipeline {i + 1}/{repeats}: {sample['wall_s']:.2f}s, {sample['outcome']} "
+                        f"(exit {sample['exit_code']}), stages {fmt_stages(sample['stages_s'])}"
+                    )
+                    runs.append(sample)
+            bench_floor(env, config_path, floors, i)
+    finally:
+        stop_env(env)
+    return bare, runs, floors
+
+
 def bench_example(
     root: Path, config_path: Path, repeats: int, threads: int, profile: bool
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]], dict[str, Any] | None]:
@@ -783,6 +814,7 @@ def summarise(bare: list[dict], ups: list[dict], runs: list[dict], floors: list[
         "pipeline_test_auc": median([r["test_auc"] for r in runs if r.get("test_auc") is not None]),
         "stage_medians_s": stage_medians,
         "overhead_ratio": pipeline_wall / bare_wall if pipeline_wall and bare_wall else None,
+        "paired_ratios": [r["wall_s"] / b["wall_s"] for r, b in zip(runs, bare, strict=False)],
         "floor": summarise_floor(floors, bare_wall, median([s["train_s"] for s in bare])),
     }
 
@@ -822,7 +854,10 @@ def print_table(
     print(f"{'run outcomes':<40}    {outcomes}")
     print(f"{'bare script torch threads':<40} {bare[0]['torch_threads']:>9}")
     ratio = summary["overhead_ratio"]
-    print(f"{'overhead ratio (pipeline / bare wall)':<40} {fmt(ratio, 'x'):>9}   (target <= 1.5x)")
+    paired = ", ".join(f"{r:.2f}" for r in summary["paired_ratios"])
+    print(
+        f"{'overhead ratio (pipeline / bare wall)':<40} {fmt(ratio, 'x'):>9}   paired: {paired}  (target <= 1.5x)"
+    )
     print_floor(summary["floor"], floors)
     bare_auc, pipe_auc = summary["bare_auc"], summary["pipeline_test_auc"]
     bare_aucs = [s["auc"] for s in bare]
@@ -864,6 +899,7 @@ def write_results(
                 },
                 "data": {"rows": args.rows, "seed": DATA_SEED},
                 "workers": args.workers,
+                "interleaved": args.interleaved,
                 **payload,
             },
             indent=2,
@@ -1003,6 +1039,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--profile", action="store_true", help="with --example: one more run, sampled with py-spy"
     )
     parser.add_argument(
+        "--interleaved",
+        action="store_true",
+        help="bare script and pipeline alternate on the running environment (paired under the same load)",
+    )
+    parser.add_argument(
         "--rows", type=int, default=DATA_ROWS, help=f"loans in the MLP's data set (default {DATA_ROWS})"
     )
     parser.add_argument(
@@ -1043,9 +1084,13 @@ def main(argv: list[str] | None = None) -> int:
         config_path = write_pipeline_files(
             root / "pipeline", model_name=f"bench-{stamp}", rows=args.rows, workers=args.workers
         )
-        bare = bench_bare(config_path, args.repeats, args.bare_threads)
-        ups = bench_up(root, args.repeats)
-        runs, floors = bench_pipeline(root, config_path, args.repeats)
+        if args.interleaved:
+            ups = bench_up(root, args.repeats)
+            bare, runs, floors = bench_interleaved(root, config_path, args.repeats, args.bare_threads)
+        else:
+            bare = bench_bare(config_path, args.repeats, args.bare_threads)
+            ups = bench_up(root, args.repeats)
+            runs, floors = bench_pipeline(root, config_path, args.repeats)
     except BaseException:
         progress(f"failed: state and logs kept in {root}")
         raise
