@@ -32,6 +32,16 @@ With ``--example diabetes|wine`` a team trainer is measured instead (``--profile
    ``--profile``: one more run with ``py-spy record`` on the job driver (wall time, idle included) and on
    Ray Train's controller and worker (CPU), summarised by function.
 
+5. The floor, after each pipeline run on the same environment: a Ray job shipped and followed as a run is
+   (same runtime environment, ``lockgate.jobs.follow_job``, ending at the result line) whose driver only
+   prints its result line, and one whose driver first runs a no-op Ray Train fit with the run's scaling,
+   ``FailureConfig`` and trainer class. The "reachable ratio" is (that floor + the bare script's training
+   loop) / the bare script's wall: what a run could reach if everything but Ray's fixed costs were free.
+
+``--interleaved`` alternates 1. and 3. on the running environment instead (paired ratios: a shared
+machine's load changes by the minute). ``--rows N`` (MLP data size) and ``--workers N`` (the MLP's Ray
+Train workers) vary the main measurement; ``--port-offset N`` moves every port (another benchmark).
+
 Everything listens on 127.0.0.1 on this script's own ports; every environment is stopped in a ``finally``
 (Ctrl-C and SIGTERM included). Results are printed as a table and written to
 ``benchmarks/results/pipeline-<timestamp>.json`` (``pipeline-<example>-<timestamp>.json``).
@@ -63,6 +73,8 @@ for _entry in (BENCHMARKS, REPO):
 
 # This benchmark's own ports: other environments (a developer's, the test session's) use different ones.
 MLFLOW_PORT, RAY_GCS_PORT, RAY_DASHBOARD_PORT = 27055, 27390, 27275
+PORT_OFFSET = 0
+"""Added to every port above (``--port-offset``): two benchmarks on one machine do not collide."""
 NUM_CPUS = 2
 DATA_ROWS, DATA_SEED = 20_000, 0
 STAGES = ("prepare", "train", "package", "evaluate", "gate", "register", "rollout")
@@ -112,7 +124,11 @@ def make_env(state_dir: Path) -> Any:
     """A LocalEnvironment on this benchmark's ports."""
     from lockgate.localenv import LocalEnvironment, Ports
 
-    ports = Ports.from_base(mlflow=MLFLOW_PORT, ray_gcs=RAY_GCS_PORT, ray_dashboard=RAY_DASHBOARD_PORT)
+    ports = Ports.from_base(
+        mlflow=MLFLOW_PORT + PORT_OFFSET,
+        ray_gcs=RAY_GCS_PORT + PORT_OFFSET,
+        ray_dashboard=RAY_DASHBOARD_PORT + PORT_OFFSET,
+    )
     return LocalEnvironment(state_dir, ports, num_cpus=NUM_CPUS)
 
 
@@ -129,10 +145,13 @@ def stop_env(env: Any) -> float:
 
 
 # -- the pipeline file -------------------------------------------------------------------------------
-def write_pipeline_files(directory: Path, model_name: str) -> Path:
-    """The shipped pipeline.yaml with its own data, event log and model name, in ``directory``.
+def write_pipeline_files(
+    directory: Path, model_name: str, rows: int = DATA_ROWS, workers: int | None = None
+) -> Path:
+    """The shipped pipeline.yaml with its own data (``rows`` loans), event log and model name, in ``directory``.
 
-    ``directory`` becomes the Ray job's working directory, so it holds nothing but these files.
+    ``directory`` becomes the Ray job's working directory, so it holds nothing but these files. ``workers``
+    replaces ``training.scaling.num_workers`` (the bare script always trains in one process).
     """
     import yaml
 
@@ -140,11 +159,13 @@ def write_pipeline_files(directory: Path, model_name: str) -> Path:
     from pipeline.data import make_loans, write_table
 
     directory.mkdir(parents=True, exist_ok=True)
-    write_table(make_loans(rows=DATA_ROWS, seed=DATA_SEED), directory / "data.parquet")
+    write_table(make_loans(rows=rows, seed=DATA_SEED), directory / "data.parquet")
     raw = yaml.safe_load((REPO / "pipeline.yaml").read_text())
     raw["data"]["uri"] = "data.parquet"  # relative to the pipeline file, shipped with the job's working_dir
     raw["events"]["log_file"] = str(directory / "events.jsonl")
     raw["registry"]["model_name"] = model_name
+    if workers is not None:
+        raw["training"]["scaling"]["num_workers"] = workers
     # Measured up to registration: the rollout stage waits on live traffic, which is serving's benchmark.
     raw["rollout"] = {"enabled": False}
     path = directory / "pipeline.yaml"
@@ -331,10 +352,18 @@ def bench_up(root: Path, repeats: int) -> list[dict[str, float]]:
 
 # -- 3. the pipeline through the product path ---------------------------------------------------------
 def job_times(env: Any, submission_id: str) -> dict[str, float | None]:
-    """The Ray job's own start-to-end time, as the Jobs API recorded it."""
+    """The Ray job's own start-to-end time, as the Jobs API recorded it.
+
+    The submitter returns at the run's result line, before the job's process has exited: wait (up to 60 s,
+    outside the timed part) for the job to end first.
+    """
     from ray.job_submission import JobSubmissionClient
 
-    info = JobSubmissionClient(env.dashboard_url, headers=env.ray_auth_header()).get_job_info(submission_id)
+    client = JobSubmissionClient(env.dashboard_url, headers=env.ray_auth_header())
+    deadline = time.monotonic() + 60
+    while not client.get_job_status(submission_id).is_terminal() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    info = client.get_job_info(submission_id)
     if info.start_time and info.end_time:
         return {"job_s": (info.end_time - info.start_time) / 1000}
     return {"job_s": None}
@@ -481,10 +510,101 @@ def run_pipeline_once(env: Any, config_path: Path) -> dict[str, Any]:
     return sample
 
 
-def bench_pipeline(root: Path, config_path: Path, repeats: int) -> list[dict[str, Any]]:
-    """``repeats`` pipeline runs on one environment, stopped afterwards whatever happens."""
+# -- the floor: what any run costs before its own work --------------------------------------------------
+FLOOR_SCRIPT = """
+import json, sys, time
+started = time.time()
+from contracts.settings import RESULT_MARKER
+timings = {}
+if sys.argv[2] == "train":
+    import ray.train
+    from contracts.settings import Settings
+    from pipeline.config import load_config
+    from pipeline.trainer import ray_train_configs
+    config = load_config(sys.argv[1])
+    if config.training.trainer is None:
+        from ray.train.torch import TorchTrainer as Trainer
+    else:
+        from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer as Trainer
+    imported = time.time()
+    def loop(_):
+        import ray.train
+        ray.train.report({"noop": 1})
+    storage = Settings.from_environ().train_storage
+    scaling, run = ray_train_configs(config.training, f"floor-{time.time_ns()}", storage)
+    Trainer(loop, scaling_config=scaling, run_config=run).fit()
+    timings = {"import_s": imported - started, "fit_s": time.time() - imported}
+print(RESULT_MARKER, json.dumps({"outcome": "registered", "run_id": None, "floor": timings}), flush=True)
+"""
+"""A job's driver for the floor: with ``job`` it only prints the result line; with ``train`` it first runs a
+no-op Ray Train fit (one ``report``) with the run's own scaling, FailureConfig and storage, the trainer class
+the run would use (TorchTrainer for the built-in MLP: its workers import torch and join a process group)."""
+
+
+def run_floor_once(env: Any, config_path: Path, kind: str) -> dict[str, Any]:
+    """One floor job (``job`` or ``train``), shipped as a run is and followed as a run is; timed end to end."""
+    import shlex
+
+    from lockgate import jobs
+
+    client = jobs.job_client(env)
+    submission_id = f"floor-{kind}-{time.strftime('%H%M%S')}-{os.urandom(3).hex()}"
+    script = f"python -c {shlex.quote(FLOOR_SCRIPT)} {shlex.quote(config_path.name)} {kind}"
+    start = time.perf_counter()
+    client.submit_job(
+        entrypoint=script,
+        submission_id=submission_id,
+        runtime_env=jobs.job_runtime_env(config_path, submission_id),
+    )
+    submitted = time.perf_counter() - start
+    tail: collections.deque[str] = collections.deque(maxlen=30)
+    result, status = jobs.follow_job(client, submission_id, tail.append, timeout_s=900)
+    wall = time.perf_counter() - start
+    if result is None:
+        raise RuntimeError(
+            f"floor job {submission_id} ended {status.value} without a result:\n" + "\n".join(tail)
+        )
+    return {"kind": kind, "wall_s": wall, "submit_job_s": submitted, **result["floor"]}
+
+
+def bench_floor(env: Any, config_path: Path, floors: list[dict[str, Any]], round_index: int) -> None:
+    """Both floor jobs once, appended to ``floors``."""
+    for kind in ("job", "train"):
+        sample = run_floor_once(env, config_path, kind)
+        progress(f"floor {kind} {round_index + 1}: {sample['wall_s']:.2f}s")
+        floors.append(sample)
+
+
+def summarise_floor(floors: list[dict[str, Any]], bare_wall: float | None, bare_train: float | None) -> dict:
+    """Floor medians and the smallest ratio a run could reach: the floor plus the bare script's own training."""
+    job = median([f["wall_s"] for f in floors if f["kind"] == "job"])
+    train = median([f["wall_s"] for f in floors if f["kind"] == "train"])
+    fit = median([f["fit_s"] for f in floors if f["kind"] == "train"])
+    reachable = (train + bare_train) / bare_wall if train and bare_wall and bare_train is not None else None
+    return {"job_s": job, "train_job_s": train, "noop_fit_s": fit, "reachable_ratio": reachable}
+
+
+def print_floor(floor: dict[str, Any], floors: list[dict[str, Any]]) -> None:
+    """The floor lines of a table."""
+    for label, key, kind in (
+        ("floor: a Ray job that only prints its result", "job_s", "job"),
+        ("floor: a Ray job with a no-op Ray Train fit", "train_job_s", "train"),
+    ):
+        samples = [f["wall_s"] for f in floors if f["kind"] == kind]
+        print(f"{label:<57} {fmt(floor[key]):>9}   {fmt_samples(samples)}")
+    print(f"{'  of which the no-op fit() call':<57} {fmt(floor['noop_fit_s']):>9}")
+    print(
+        f"{'reachable ratio ((floor + bare training) / bare wall)':<57} {fmt(floor['reachable_ratio'], 'x'):>9}"
+    )
+
+
+def bench_pipeline(
+    root: Path, config_path: Path, repeats: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``repeats`` pipeline runs, each followed by the floor jobs, on one environment, stopped afterwards."""
     env = make_env(root / "pipeline-env")
-    samples = []
+    samples: list[dict[str, Any]] = []
+    floors: list[dict[str, Any]] = []
     try:
         env.up(log=log_env)
         for i in range(repeats):
@@ -494,22 +614,54 @@ def bench_pipeline(root: Path, config_path: Path, repeats: int) -> list[dict[str
                 f"(exit {sample['exit_code']}), test.auc {sample['test_auc']}"
             )
             samples.append(sample)
+            bench_floor(env, config_path, floors, i)
     finally:
         stop_env(env)
-    return samples
+    return samples, floors
+
+
+def bench_interleaved(
+    root: Path, config_path: Path, repeats: int, threads: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """``--interleaved``: bare script and pipeline run alternate (order alternating per round) on one running
+    environment, each round ending with the floor jobs: on a shared, busy machine the pairs see the same load."""
+    env = make_env(root / "pipeline-env")
+    bare: list[dict[str, Any]] = []
+    runs: list[dict[str, Any]] = []
+    floors: list[dict[str, Any]] = []
+    try:
+        env.up(log=log_env)
+        for i in range(repeats):
+            for kind in ("bare", "pipeline") if i % 2 == 0 else ("pipeline", "bare"):
+                if kind == "bare":
+                    sample = run_bare_once(config_path, threads)
+                    progress(f"bare {i + 1}/{repeats}: {sample['wall_s']:.2f}s, auc {sample['auc']:.4f}")
+                    bare.append(sample)
+                else:
+                    sample = run_pipeline_once(env, config_path)
+                    progress(
+                        f"pipeline {i + 1}/{repeats}: {sample['wall_s']:.2f}s, {sample['outcome']} "
+                        f"(exit {sample['exit_code']}), stages {fmt_stages(sample['stages_s'])}"
+                    )
+                    runs.append(sample)
+            bench_floor(env, config_path, floors, i)
+    finally:
+        stop_env(env)
+    return bare, runs, floors
 
 
 def bench_example(
     root: Path, config_path: Path, repeats: int, threads: int, profile: bool
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any] | None]:
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]], dict[str, Any] | None]:
     """Bare script and pipeline run, interleaved (the order alternates per round), on one environment.
 
     With ``profile``, one more pipeline run (not counted) is sampled with py-spy: the job driver (wall time,
-    idle included) and Ray Train's processes (CPU).
+    idle included) and Ray Train's processes (CPU). Each round ends with the floor jobs.
     """
     env = make_env(root / "example-env")
     bare: list[dict[str, Any]] = []
     runs: list[dict[str, Any]] = []
+    floors: list[dict[str, Any]] = []
     profiled = None
     try:
         env.up(log=log_env)
@@ -529,11 +681,12 @@ def bench_example(
                         f"(exit {sample['exit_code']}), stages {fmt_stages(sample['stages_s'])}"
                     )
                     runs.append(sample)
+            bench_floor(env, config_path, floors, i)
         if profile:
             profiled = profile_pipeline(env, config_path, root / "profile")
     finally:
         stop_env(env)
-    return bare, runs, profiled
+    return bare, runs, floors, profiled
 
 
 def fmt_stages(stages: dict[str, float]) -> str:
@@ -642,8 +795,8 @@ def profile_pipeline(env: Any, config_path: Path, out_dir: Path) -> dict[str, An
 
 
 # -- report ------------------------------------------------------------------------------------------
-def summarise(bare: list[dict], ups: list[dict], runs: list[dict]) -> dict[str, Any]:
-    """Medians, per-stage medians, the overhead ratio and the AUC check."""
+def summarise(bare: list[dict], ups: list[dict], runs: list[dict], floors: list[dict]) -> dict[str, Any]:
+    """Medians, per-stage medians, the overhead ratio, the floor and the AUC check."""
     bare_wall = median([s["wall_s"] for s in bare])
     pipeline_wall = median([s["wall_s"] for s in runs])
     stage_medians = {
@@ -661,10 +814,14 @@ def summarise(bare: list[dict], ups: list[dict], runs: list[dict]) -> dict[str, 
         "pipeline_test_auc": median([r["test_auc"] for r in runs if r.get("test_auc") is not None]),
         "stage_medians_s": stage_medians,
         "overhead_ratio": pipeline_wall / bare_wall if pipeline_wall and bare_wall else None,
+        "paired_ratios": [r["wall_s"] / b["wall_s"] for r, b in zip(runs, bare, strict=False)],
+        "floor": summarise_floor(floors, bare_wall, median([s["train_s"] for s in bare])),
     }
 
 
-def print_table(summary: dict[str, Any], bare: list[dict], ups: list[dict], runs: list[dict]) -> None:
+def print_table(
+    summary: dict[str, Any], bare: list[dict], ups: list[dict], runs: list[dict], floors: list[dict]
+) -> None:
     """The human-readable result."""
     rows = [
         ("lockgate up, cold (fresh state dir)", summary["cold_up_s"], [s["cold_up_s"] for s in ups]),
@@ -697,7 +854,11 @@ def print_table(summary: dict[str, Any], bare: list[dict], ups: list[dict], runs
     print(f"{'run outcomes':<40}    {outcomes}")
     print(f"{'bare script torch threads':<40} {bare[0]['torch_threads']:>9}")
     ratio = summary["overhead_ratio"]
-    print(f"{'overhead ratio (pipeline / bare wall)':<40} {fmt(ratio, 'x'):>9}")
+    paired = ", ".join(f"{r:.2f}" for r in summary["paired_ratios"])
+    print(
+        f"{'overhead ratio (pipeline / bare wall)':<40} {fmt(ratio, 'x'):>9}   paired: {paired}  (target <= 1.5x)"
+    )
+    print_floor(summary["floor"], floors)
     bare_auc, pipe_auc = summary["bare_auc"], summary["pipeline_test_auc"]
     bare_aucs = [s["auc"] for s in bare]
     pipe_aucs = [r["test_auc"] for r in runs if r.get("test_auc") is not None]
@@ -732,11 +893,13 @@ def write_results(
                     "platform": platform.platform(),
                 },
                 "ports": {
-                    "mlflow": MLFLOW_PORT,
-                    "ray_gcs": RAY_GCS_PORT,
-                    "ray_dashboard": RAY_DASHBOARD_PORT,
+                    "mlflow": MLFLOW_PORT + PORT_OFFSET,
+                    "ray_gcs": RAY_GCS_PORT + PORT_OFFSET,
+                    "ray_dashboard": RAY_DASHBOARD_PORT + PORT_OFFSET,
                 },
-                "data": {"rows": DATA_ROWS, "seed": DATA_SEED},
+                "data": {"rows": args.rows, "seed": DATA_SEED},
+                "workers": args.workers,
+                "interleaved": args.interleaved,
                 **payload,
             },
             indent=2,
@@ -746,7 +909,7 @@ def write_results(
     return path
 
 
-def summarise_example(bare: list[dict], runs: list[dict]) -> dict[str, Any]:
+def summarise_example(bare: list[dict], runs: list[dict], floors: list[dict]) -> dict[str, Any]:
     """Medians of both sides, the ratio (of medians, and paired per round), stages and the run's timeline."""
     bare_wall = median([s["wall_s"] for s in bare])
     pipeline_wall = median([s["wall_s"] for s in runs])
@@ -778,11 +941,14 @@ def summarise_example(bare: list[dict], runs: list[dict]) -> dict[str, Any]:
         },
         "overhead_ratio": pipeline_wall / bare_wall if pipeline_wall and bare_wall else None,
         "paired_ratios": [r["wall_s"] / b["wall_s"] for r, b in zip(runs, bare, strict=False)],
+        "floor": summarise_floor(floors, bare_wall, median([s["train_s"] for s in bare])),
         "outcomes": [r["outcome"] for r in runs],
     }
 
 
-def print_example(example: str, summary: dict[str, Any], bare: list[dict], runs: list[dict]) -> None:
+def print_example(
+    example: str, summary: dict[str, Any], bare: list[dict], runs: list[dict], floors: list[dict]
+) -> None:
     """The example's table: both walls, the ratio, the stages and the timeline of a run."""
     print()
     print(f"example {example}: {'measurement':<46} {'median':>9}   samples (s)")
@@ -810,6 +976,7 @@ def print_example(example: str, summary: dict[str, Any], bare: list[dict], runs:
     print(
         f"{'overhead ratio (pipeline / bare wall)':<57} {fmt(ratio, 'x'):>9}   paired: {paired}  (target <= 1.5x)"
     )
+    print_floor(summary["floor"], floors)
     print(
         f"{'held-out metric, bare vs pipeline':<57} {summary['bare_metric']} vs {summary['pipeline_metric']}"
     )
@@ -824,12 +991,14 @@ def main_example(args: argparse.Namespace) -> int:
     progress(f"work dir {root}; example {args.example}; repeats {args.repeats}; load average {load_before}")
     try:
         config_path = write_example_files(root / args.example, args.example, f"bench-{args.example}-{stamp}")
-        bare, runs, profiled = bench_example(root, config_path, args.repeats, args.bare_threads, args.profile)
+        bare, runs, floors, profiled = bench_example(
+            root, config_path, args.repeats, args.bare_threads, args.profile
+        )
     except BaseException:
         progress(f"failed: state and logs kept in {root}")
         raise
-    summary = summarise_example(bare, runs)
-    print_example(args.example, summary, bare, runs)
+    summary = summarise_example(bare, runs, floors)
+    print_example(args.example, summary, bare, runs, floors)
     path = write_results(
         stamp,
         args,
@@ -839,6 +1008,7 @@ def main_example(args: argparse.Namespace) -> int:
             "summary": summary,
             "bare": bare,
             "pipeline": runs,
+            "floor": floors,
             "profile": profiled,
         },
         name=f"pipeline-{args.example}",
@@ -868,6 +1038,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--profile", action="store_true", help="with --example: one more run, sampled with py-spy"
     )
+    parser.add_argument(
+        "--interleaved",
+        action="store_true",
+        help="bare script and pipeline alternate on the running environment (paired under the same load)",
+    )
+    parser.add_argument(
+        "--rows", type=int, default=DATA_ROWS, help=f"loans in the MLP's data set (default {DATA_ROWS})"
+    )
+    parser.add_argument(
+        "--workers", type=int, help="the MLP's Ray Train workers (default: the shipped pipeline.yaml's)"
+    )
+    parser.add_argument(
+        "--port-offset", type=int, default=0, help="added to this benchmark's ports (another one is running)"
+    )
     parser.add_argument("--bare-baseline", metavar="PIPELINE_YAML", help=argparse.SUPPRESS)
     parser.add_argument("--bare-example", metavar="PIPELINE_YAML", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -880,7 +1064,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     """Run every measurement, print the table, write the JSON."""
+    global PORT_OFFSET
     args = parse_args(argv)
+    PORT_OFFSET = args.port_offset
     if args.bare_baseline:
         print(BARE_RESULT_PREFIX + json.dumps(bare_baseline(args.bare_baseline)), flush=True)
         return 0
@@ -895,15 +1081,21 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     progress(f"work dir {root}; repeats {args.repeats}; load average {load_before}")
     try:
-        config_path = write_pipeline_files(root / "pipeline", model_name=f"bench-{stamp}")
-        bare = bench_bare(config_path, args.repeats, args.bare_threads)
-        ups = bench_up(root, args.repeats)
-        runs = bench_pipeline(root, config_path, args.repeats)
+        config_path = write_pipeline_files(
+            root / "pipeline", model_name=f"bench-{stamp}", rows=args.rows, workers=args.workers
+        )
+        if args.interleaved:
+            ups = bench_up(root, args.repeats)
+            bare, runs, floors = bench_interleaved(root, config_path, args.repeats, args.bare_threads)
+        else:
+            bare = bench_bare(config_path, args.repeats, args.bare_threads)
+            ups = bench_up(root, args.repeats)
+            runs, floors = bench_pipeline(root, config_path, args.repeats)
     except BaseException:
         progress(f"failed: state and logs kept in {root}")
         raise
-    summary = summarise(bare, ups, runs)
-    print_table(summary, bare, ups, runs)
+    summary = summarise(bare, ups, runs, floors)
+    print_table(summary, bare, ups, runs, floors)
     path = write_results(
         stamp,
         args,
@@ -913,9 +1105,13 @@ def main(argv: list[str] | None = None) -> int:
             "bare": bare,
             "up": ups,
             "pipeline": runs,
+            "floor": floors,
         },
+        name="pipeline"
+        + (f"-workers{args.workers}" if args.workers is not None else "")
+        + (f"-rows{args.rows}" if args.rows != DATA_ROWS else ""),
     )
-    print(f"results written to {path.relative_to(REPO)}")
+    print(f"results written to {path.relative_to(REPO)}; load average {load_before} -> {os.getloadavg()}")
     shutil.rmtree(root, ignore_errors=True)
     return 0 if all(r["outcome"] in ("registered", "blocked") for r in runs) else 1
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import secrets
 import shlex
@@ -15,12 +14,12 @@ from typing import Any
 import contracts
 import pipeline
 import serving
-from contracts.settings import EnvVar, Settings
+from contracts.settings import RESULT_MARKER, EnvVar, Settings
 from contracts.vocabulary import RunOutcome, Tag
 from lockgate.localenv import LocalEnvironment, connected, require_healthy
 from pipeline.config import load_config
 from pipeline.events import log_path
-from pipeline.run import EXIT_BLOCKED, EXIT_FAILED, EXIT_OK, git_commit, with_data
+from pipeline.run import EXIT_BLOCKED, EXIT_FAILED, EXIT_OK, exit_code, git_commit, with_data
 
 # Never shipped with a job: the environment's own state, virtualenvs, VCS data, caches.
 UPLOAD_EXCLUDES = [
@@ -173,31 +172,24 @@ def wait_pipeline(
     timeout_s: float = 3600.0,
     env: LocalEnvironment | None = None,
 ) -> JobOutcome:
-    """Stream a submitted run's logs until it ends, then map its outcome to an exit code.
+    """Stream a submitted run's logs until it reports its result (or ends without one); map it to an exit code.
 
-    The run's outcome is read from MLflow: the local environment's when ``env`` is given, else the one this
+    The run's last act is its result line (``RESULT_MARKER`` + JSON, printed after the MLflow run has ended
+    and every event was sent): once it is read the outcome is known and nothing the job does later (its
+    interpreter and Ray client shutting down, 1 to 2 s) can change it, so this returns without waiting for
+    the job to end; ``status`` is then the job's status at that moment. A job that ends without the line
+    (a failed stage, a runtime environment that could not be set up) is mapped from its status and the
+    outcome tag of its MLflow run: the local environment's when ``env`` is given, else the one this
     process's ``MLFLOW_TRACKING_*`` variables name.
     """
     from ray.job_submission import JobStatus
 
-    async def follow() -> None:
-        async for chunk in client.tail_job_logs(submission_id):
-            for line in chunk.rstrip("\n").splitlines():
-                stream(line)
-
-    started = time.monotonic()
-    try:
-        asyncio.run(asyncio.wait_for(follow(), timeout=timeout_s))
-    except TimeoutError:
-        pass
-    status = client.get_job_status(submission_id)
-    if not status.is_terminal() and time.monotonic() < started + timeout_s:
-        # The log stream can end before the job does (a dropped connection): wait for the job itself.
-        stream(f"job {submission_id}: log stream ended while {status.value}; waiting for the job to finish")
-    deadline = started + timeout_s
-    while not status.is_terminal() and time.monotonic() < deadline:
-        time.sleep(1)
-        status = client.get_job_status(submission_id)
+    result, status = follow_job(client, submission_id, stream, timeout_s)
+    if result is not None:
+        outcome = RunOutcome(result["outcome"])
+        return JobOutcome(
+            submission_id, str(status.value), outcome, result.get("run_id"), exit_code(outcome), ""
+        )
     if not status.is_terminal():
         client.stop_job(submission_id)
         stream(f"job {submission_id} exceeded {timeout_s:.0f}s: stopped")
@@ -205,18 +197,81 @@ def wait_pipeline(
     info = client.get_job_info(submission_id)
     experiment = config.registry.experiment or config.name
     if env is None:
-        run_id, outcome = find_run(experiment, submission_id)
+        run_id, found = find_run(experiment, submission_id)
     else:
         with connected(env):
-            run_id, outcome = find_run(experiment, submission_id)
+            run_id, found = find_run(experiment, submission_id)
     if status == JobStatus.SUCCEEDED:
         code = EXIT_OK
-    elif outcome in (RunOutcome.blocked, RunOutcome.rolled_back):
+    elif found in (RunOutcome.blocked, RunOutcome.rolled_back):
         code = EXIT_BLOCKED
     else:
         code = EXIT_FAILED
     return JobOutcome(
-        submission_id, str(status.value), outcome or RunOutcome.failed, run_id, code, info.message or ""
+        submission_id, str(status.value), found or RunOutcome.failed, run_id, code, info.message or ""
+    )
+
+
+LOG_POLL_S = 0.25
+"""How often the submitter reads the job's log. Ray's own log stream (``tail_job_logs``) sleeps 1 s at every
+end of file in the reader and 1 s more in the job manager, and closes only after one more such round once
+the job has ended: lines arrived in 3 s bursts and the stream closed about 5 s after a 1 s job ended
+(ray/dashboard/modules/job/utils.py ``file_tail_iterator``, job_manager.py ``LOG_TAIL_SLEEP_S``)."""
+LONG_LOG_CHARS, LONG_LOG_POLL_S = 1_000_000, 2.0
+"""Each read returns the whole log (job_log_storage_client.py ``get_logs``): past a megabyte, read less often."""
+POLL_ERRORS_TOLERATED = 20
+"""Consecutive failed reads (a dashboard restart, a dropped connection) before the error is raised."""
+
+
+def follow_job(
+    client: Any, submission_id: str, stream: Callable[[str], None], timeout_s: float
+) -> tuple[dict[str, Any] | None, Any]:
+    """Stream the job's log lines until its result line, its end, or ``timeout_s``; (result, status).
+
+    ``result`` is the JSON of the result line, None when the job ended (or ran out of time) without one.
+    The status is read before the log each round, so a terminal status means the log read after it is
+    complete: no line is lost at the end.
+    """
+    deadline = time.monotonic() + timeout_s
+    shown, partial, failures = 0, "", 0
+    while True:
+        try:
+            status = client.get_job_status(submission_id)
+            text = client.get_job_logs(submission_id)
+        except (RuntimeError, OSError) as error:  # requests' ConnectionError is an OSError
+            failures += 1
+            if failures > POLL_ERRORS_TOLERATED:
+                raise
+            stream(f"job {submission_id}: reading its state failed ({type(error).__name__}); retrying")
+            time.sleep(LOG_POLL_S)
+            continue
+        failures = 0
+        lines = (partial + text[shown:]).split("\n")
+        shown, partial = len(text), lines.pop()
+        if status.is_terminal() and partial:
+            lines.append(partial)  # the job has ended: its last line will not be completed
+        for line in lines:
+            stream(line)
+            result = result_of(line)
+            if result is not None:
+                return result, status
+        if status.is_terminal() or time.monotonic() > deadline:
+            return None, status
+        time.sleep(LOG_POLL_S if shown < LONG_LOG_CHARS else LONG_LOG_POLL_S)
+
+
+def result_of(line: str) -> dict[str, Any] | None:
+    """The run's result from its result line (``pipeline.run`` prints it last), None for any other line."""
+    if not line.startswith(f"{RESULT_MARKER} "):
+        return None
+    try:
+        result = json.loads(line.removeprefix(f"{RESULT_MARKER} "))
+    except ValueError:
+        return None  # a line that only looks like it (the team's code printed it): keep following the job
+    return (
+        result
+        if isinstance(result, dict) and result.get("outcome") in {o.value for o in RunOutcome}
+        else None
     )
 
 

@@ -73,6 +73,11 @@ class RunResult:
         }
 
 
+def exit_code(outcome: RunOutcome) -> int:
+    """The exit code of a run that reported its result: 3 when a gate blocked it or rollout rolled it back."""
+    return EXIT_BLOCKED if outcome in (RunOutcome.blocked, RunOutcome.rolled_back) else EXIT_OK
+
+
 def check_mlflow(settings: Settings) -> str:
     """Fail fast, with the fix in the message, when no tracking server answers."""
     uri = settings.mlflow_tracking_uri or ""
@@ -345,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error} (MLflow run {error.run_id})", file=sys.stderr)
         return EXIT_FAILED
     print(f"{RESULT_MARKER} " + json.dumps(result.to_dict(), sort_keys=True, default=str), flush=True)
-    return EXIT_BLOCKED if result.outcome in (RunOutcome.blocked, RunOutcome.rolled_back) else EXIT_OK
+    return exit_code(result.outcome)
 
 
 if __name__ == "__main__":

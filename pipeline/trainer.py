@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
+import sys
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -128,12 +129,15 @@ def _signature_text(function: Any) -> str:
 
 
 def check_model(model: Any, path: str) -> str:
-    """The MLflow flavour a returned model is logged with; a ``TrainerError`` when it cannot be logged."""
-    import mlflow.pyfunc
+    """The MLflow flavour a returned model is logged with; a ``TrainerError`` when it cannot be logged.
 
+    It runs in the Train worker, where importing MLflow would cost 1 to 2 s of every run: a model can only be
+    a ``PythonModel`` if something in the worker (the team's module) has imported ``mlflow.pyfunc`` already.
+    """
     if model is None:
         raise TrainerError(f"training.trainer: '{path}' returned nothing; it must return the fitted model")
-    if isinstance(model, mlflow.pyfunc.PythonModel):
+    pyfunc = sys.modules.get("mlflow.pyfunc")
+    if pyfunc is not None and isinstance(model, pyfunc.PythonModel):
         return "pyfunc"
     if callable(getattr(model, "fit", None)) and callable(getattr(model, "predict", None)):
         return "sklearn"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -78,6 +79,34 @@ def test_what_a_trainer_returns_must_be_a_model() -> None:
     with pytest.raises(TrainerError, match="returned a builtins.dict"):
         check_model({"weights": 1}, "t.m:train")
     assert check_model(Ridge(), "t.m:train") == "sklearn", "a scikit-learn estimator logs as sklearn"
+
+
+def test_checking_a_model_in_a_train_worker_does_not_import_mlflow() -> None:
+    # Given a fresh interpreter, as a Ray Train worker is, whose trainer returned a scikit-learn model
+    # and whose trainer module did not import MLflow,
+    script = (
+        "import sys\n"
+        "from sklearn.linear_model import Ridge\n"
+        "from pipeline.trainer import check_model\n"
+        "flavour = check_model(Ridge(), 't.m:train')\n"
+        "print(flavour, 'mlflow' in sys.modules)\n"
+    )
+    # when the model is checked there,
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
+    )
+    # then it is an sklearn model and MLflow (1 to 2 s of every run's train stage) was never imported.
+    assert done.stdout.split() == ["sklearn", "False"], done.stdout + done.stderr
+
+
+def test_a_python_model_is_found_when_the_team_module_imported_mlflow() -> None:
+    # Given a PythonModel (its module imported mlflow.pyfunc, as this test module did),
+    class Constant(mlflow.pyfunc.PythonModel):
+        def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
+            return [0] * len(model_input)
+
+    # then checking it says pyfunc.
+    assert check_model(Constant(), "t.m:train") == "pyfunc", "a PythonModel logs as pyfunc"
 
 
 def config_for(task: Task, label_type: dict) -> object:
