@@ -38,9 +38,13 @@ UPLOAD_EXCLUDES = [
 RUNTIME_ENV_FAILURE = "runtime_env setup failed"
 
 
+FINISHING = "FINISHING"
+"""A job's status once its run's result line was read while its driver was still exiting."""
+
+
 @dataclass(frozen=True)
 class JobOutcome:
-    """How a submitted run ended."""
+    """How a submitted run ended (``status``: Ray's job status, or FINISHING when the result came first)."""
 
     submission_id: str
     status: str
@@ -187,9 +191,9 @@ def wait_pipeline(
     result, status = follow_job(client, submission_id, stream, timeout_s)
     if result is not None:
         outcome = RunOutcome(result["outcome"])
-        return JobOutcome(
-            submission_id, str(status.value), outcome, result.get("run_id"), exit_code(outcome), ""
-        )
+        # The result line is the run's last act: a driver still exiting says so rather than RUNNING.
+        shown = str(status.value) if status.is_terminal() else FINISHING
+        return JobOutcome(submission_id, shown, outcome, result.get("run_id"), exit_code(outcome), "")
     if not status.is_terminal():
         client.stop_job(submission_id)
         stream(f"job {submission_id} exceeded {timeout_s:.0f}s: stopped")
