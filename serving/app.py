@@ -185,9 +185,8 @@ class Router:
         assert store is not None  # noqa: S101 - only called when the environment names a store
         try:
             read = await asyncio.to_thread(store.read_if_changed, model, token)
-        except (
-            Exception
-        ) as error:  # unreadable or invalid: the last state keeps serving, the next poll retries
+        except Exception as error:
+            # Unreadable or invalid: the last state keeps serving, the next poll retries.
             reason = f"live rollout state {store.location(model)} unreadable, last state kept: {error}"[:500]
             if reason != self._live_unreadable:
                 logger.warning("%s", reason)
