@@ -3,20 +3,38 @@
 The writer is a named, detached Ray actor with ``max_concurrency=1``: calls are serialised cluster-wide,
 each checks that the aliases are still what the caller saw before it moves anything, and a version that a
 gate blocked or a rollout rejected is never made champion.
+
+Every call joins the cluster explicitly (:func:`connect`), never through Ray's implicit ``ray.init``: that
+one reads ``RAY_ADDRESS``, which a local environment's clients set to the dashboard's ``http://`` URL (for
+the Jobs API), and fails with "Invalid Ray address" once this process has left the cluster (a driver must
+leave before its head dies, or Ray ends it). Joining again goes to the GCS address the environment names,
+or the one this process was last connected to, so after a head restart the calls reach the new head.
 """
 
 from __future__ import annotations
 
+import logging
+import socket
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 import ray
 
+from contracts.settings import Settings
 from contracts.vocabulary import Alias, GateStatus, RolloutVerdict, Tag
 from serving.desired import aliases_of, registry_aliases
 
 WRITER_NAME, WRITER_NAMESPACE = "lockgate-alias-writer", "lockgate"
 BLOCKING_GATE_STATES = frozenset({GateStatus.blocked.value})
+GCS_PROBE_TIMEOUT_S = 2.0  # a dead head's port refuses at once; a slow one gets this long before a retry
+
+_connection = threading.Lock()  # one join at a time: the controller thread and its caller may both call
+_last_address: list[str] = []  # the GCS address this process was last connected to
+
+
+class RayUnreachable(ConnectionError):
+    """The GCS the alias writer needs is not answering (a head that died, not back yet): retry later."""
 
 
 @dataclass(frozen=True)
@@ -116,8 +134,58 @@ def _restore(client: Any, name: str, applied: list[AliasMove], before: dict[str,
     return ok
 
 
+def _gcs_address() -> str:
+    """The GCS address to join: ``RAY_ADDRESS`` when it names one, else the one last connected to."""
+    named = Settings.from_environ().ray_address or ""
+    if named and not named.startswith(("http://", "https://")):
+        return named
+    if _last_address:
+        return _last_address[-1]
+    raise RayUnreachable(
+        f"RAY_ADDRESS is {named or 'not set'} and this process was never connected to a Ray cluster: the "
+        "alias writer needs the GCS address (host:port, or ray://host:10001) of the cluster it lives in"
+    )
+
+
+def _probe(address: str) -> None:
+    """Fail fast when nothing listens at ``address``: ``ray.init`` on a dead GCS waits a long time first."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host:  # "auto" and the like: Ray resolves those itself
+        return
+    try:
+        with socket.create_connection((host, int(port)), timeout=GCS_PROBE_TIMEOUT_S):
+            pass
+    except (OSError, ValueError) as error:
+        raise RayUnreachable(
+            f"Ray's GCS at {address} is not answering ({type(error).__name__}: {error}); its head may be "
+            "restarting"
+        ) from error
+
+
+def connect() -> None:
+    """Join the Ray cluster explicitly (again after this process left it, or its head restarted).
+
+    Already connected: remember where, for a later reconnect. Raises :class:`RayUnreachable` when the GCS
+    does not answer, so a caller's retry can wait for a head that is coming back.
+    """
+    with _connection:
+        if not ray.is_initialized():
+            address = _gcs_address()
+            _probe(address)
+            ray.init(
+                address=address,
+                logging_level=logging.ERROR,
+                log_to_driver=False,
+                ignore_reinit_error=True,
+            )
+        gcs = ray.get_runtime_context().gcs_address
+        if gcs and gcs not in _last_address[-1:]:
+            _last_address.append(gcs)
+
+
 def alias_writer() -> Any:
-    """The cluster's one writer, created on first use."""
+    """The cluster's one writer, created on first use (on a restarted head: created there again)."""
+    connect()
     actor_class: Any = ray.remote(AliasWriter)
     # max_concurrency=1 is the compare-and-set: one call at a time, cluster-wide.
     return actor_class.options(
