@@ -2,7 +2,9 @@
 
 The writer is a named, detached Ray actor with ``max_concurrency=1``: calls are serialised cluster-wide,
 each checks that the aliases are still what the caller saw before it moves anything, and a version that a
-gate blocked or a rollout rejected is never made champion.
+gate blocked or a rollout rejected is never made champion. A writer killed halfway (its Ray head died
+mid-call, so no ``except`` runs) leaves its intent on the registered model: the next call first puts the
+aliases and tags back as they were before it, so a call either lands whole or, as its caller saw, not at all.
 
 Every call joins the cluster explicitly (:func:`connect`), never through Ray's implicit ``ray.init``: that
 one reads ``RAY_ADDRESS``, which a local environment's clients set to the dashboard's ``http://`` URL (for
@@ -13,6 +15,7 @@ or the one this process was last connected to, so after a head restart the calls
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import threading
@@ -27,6 +30,7 @@ from serving.desired import aliases_of, registry_aliases
 
 WRITER_NAME, WRITER_NAMESPACE = "lockgate-alias-writer", "lockgate"
 BLOCKING_GATE_STATES = frozenset({GateStatus.blocked.value})
+INTENT_TAG = "lockgate.alias_intent"  # a registered-model tag: what an unfinished call must put back
 GCS_PROBE_TIMEOUT_S = 2.0  # a dead head's port refuses at once; a slow one gets this long before a retry
 
 _connection = threading.Lock()  # one join at a time: the controller thread and its caller may both call
@@ -80,6 +84,7 @@ class AliasWriter:
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient()
+        _undo_unfinished(client, name)
         current = aliases_of(client, name)
         stale = [m.alias for m in moves if m.required and current.get(m.alias) != m.expected]
         if stale:
@@ -89,6 +94,15 @@ class AliasWriter:
                 why_not = eligible_for_champion(dict(client.get_model_version(name, move.version).tags))
                 if why_not:
                     return AliasChange(False, f"v{move.version} cannot be champion: {why_not}", current)
+        # Written ahead: if this process dies during the moves, the next call undoes them (_undo_unfinished).
+        intent = {
+            "aliases": {m.alias: current.get(m.alias) for m in moves},
+            "tags": {
+                version: {key: client.get_model_version(name, version).tags.get(key) for key in version_tags}
+                for version, version_tags in tags.items()
+            },
+        }
+        client.set_registered_model_tag(name, INTENT_TAG, json.dumps(intent))
         applied: list[AliasMove] = []
         try:
             for move in moves:
@@ -98,6 +112,8 @@ class AliasWriter:
                 applied.append(move)
         except Exception as error:  # MLflow refused one move: put back the ones made, so none is half-done
             restored = _restore(client, name, applied, current)
+            if restored:
+                client.delete_registered_model_tag(name, INTENT_TAG)
             return AliasChange(
                 False,
                 f"MLflow refused moving '{move.alias}' ({type(error).__name__}: {error}); "
@@ -111,8 +127,39 @@ class AliasWriter:
         for version, version_tags in tags.items():
             for key, value in version_tags.items():
                 client.set_model_version_tag(name, version, key, value)
+        client.delete_registered_model_tag(name, INTENT_TAG)
         aliases = aliases_of(client, name)
         return AliasChange(True, "", aliases)
+
+
+def _undo_unfinished(client: Any, name: str) -> None:
+    """Put back what a call that died halfway had moved (its intent tag says how things were before it).
+
+    Only the single writer calls this, one call at a time, so nothing else moves the aliases meanwhile.
+    """
+    from mlflow.exceptions import MlflowException
+
+    try:
+        raw = client.get_registered_model(name).tags.get(INTENT_TAG)
+    except MlflowException:  # no such model yet: nothing can be unfinished
+        return
+    if not raw:
+        return
+    intent = json.loads(raw)
+    current = aliases_of(client, name)
+    for alias, version in intent["aliases"].items():
+        if current.get(alias) != version:
+            _point(client, name, alias, version)
+    for version, version_tags in intent["tags"].items():
+        for key, value in version_tags.items():
+            if value is None:
+                try:
+                    client.delete_model_version_tag(name, version, key)
+                except MlflowException:  # never written: nothing to take back
+                    pass
+            else:
+                client.set_model_version_tag(name, version, key, value)
+    client.delete_registered_model_tag(name, INTENT_TAG)
 
 
 def _point(client: Any, name: str, alias: str, version: str | None) -> None:

@@ -16,13 +16,20 @@ class FlakyRegistry:
     """A registry whose aliases live in a dict; setting ``fail_on`` raises, as a refusing MLflow would."""
 
     aliases: dict[str, str] = {}
+    model_tags: dict[str, str] = {}
     fail_on: str | None = None
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         pass
 
     def get_registered_model(self, name: str) -> SimpleNamespace:
-        return SimpleNamespace(aliases=dict(FlakyRegistry.aliases))
+        return SimpleNamespace(aliases=dict(FlakyRegistry.aliases), tags=dict(FlakyRegistry.model_tags))
+
+    def set_registered_model_tag(self, name: str, key: str, value: str) -> None:
+        FlakyRegistry.model_tags[key] = value
+
+    def delete_registered_model_tag(self, name: str, key: str) -> None:
+        FlakyRegistry.model_tags.pop(key)
 
     def get_model_version(self, name: str, version: str) -> SimpleNamespace:
         return SimpleNamespace(tags=PASSED)
@@ -43,6 +50,7 @@ class FlakyRegistry:
 def registry(monkeypatch):
     monkeypatch.setattr(mlflow.tracking, "MlflowClient", FlakyRegistry)
     FlakyRegistry.aliases = {"champion": "1", "candidate": "2"}
+    FlakyRegistry.model_tags = {}
     FlakyRegistry.fail_on = None
     return FlakyRegistry
 
@@ -72,6 +80,44 @@ def test_a_promotion_that_succeeds_moves_all_aliases(registry) -> None:
     registry.set_model_version_tag = lambda self, *args: None  # type: ignore[method-assign]
     change = AliasWriter().apply("m", moves, {})
     assert change.ok and registry.aliases == {"champion": "2", "previous": "1"}, (change, registry.aliases)
+
+
+class Killed(BaseException):
+    """The writer's process dying mid-call (its Ray head SIGKILLed): no ``except Exception`` runs."""
+
+
+def test_a_writer_killed_halfway_through_a_promotion_is_undone_by_the_next_call(
+    registry, monkeypatch
+) -> None:
+    # Given a promotion of v2 whose writer dies after moving champion, before the other moves,
+    moves = [
+        AliasMove("champion", "1", "2"),
+        AliasMove("candidate", "2", None, required=False),
+        AliasMove("previous", None, "1"),
+    ]
+    written: dict[tuple[str, str], str] = {}
+    registry.set_model_version_tag = lambda self, n, v, k, value: written.__setitem__((v, k), value)  # type: ignore[method-assign]
+    registry.delete_model_version_tag = lambda self, n, v, k: written.pop((v, k), None)  # type: ignore[attr-defined]
+    original = FlakyRegistry.set_registered_model_alias
+
+    def dies_after_champion(self, name: str, alias: str, version: str) -> None:
+        original(self, name, alias, version)
+        if alias == "champion":
+            raise Killed
+
+    monkeypatch.setattr(FlakyRegistry, "set_registered_model_alias", dies_after_champion)
+    with pytest.raises(Killed):
+        AliasWriter().apply("m", moves, {"2": {"lockgate.rollout": "promoted"}})
+    assert registry.aliases == {"champion": "2", "candidate": "2"}, "the kill left the aliases half-moved"
+    monkeypatch.setattr(FlakyRegistry, "set_registered_model_alias", original)
+    # when the next call (a rollback's rejection of v2, as the caller still sees it) reaches the writer,
+    change = AliasWriter().apply(
+        "m", [AliasMove("candidate", "2", None)], {"2": {"lockgate.rollout": "rejected"}}
+    )
+    # then the unfinished promotion was put back first, untouched as its caller saw it, and the rejection landed.
+    assert change.ok and registry.aliases == {"champion": "1"}, (change, registry.aliases)
+    assert written == {("2", "lockgate.rollout"): "rejected"}, written
+    assert registry.model_tags == {}, f"no intent is left behind: {registry.model_tags}"
 
 
 def test_registration_points_its_alias_by_compare_and_set_and_never_over_a_move_made_meanwhile(
