@@ -30,7 +30,10 @@ from serving.desired import aliases_of, registry_aliases
 
 WRITER_NAME, WRITER_NAMESPACE = "lockgate-alias-writer", "lockgate"
 BLOCKING_GATE_STATES = frozenset({GateStatus.blocked.value})
-INTENT_TAG = "lockgate.alias_intent"  # a registered-model tag: what an unfinished call must put back
+# A registered-model tag: what an unfinished call must put back. Writing it needs no right the writer lacks:
+# MLflow 3's basic-auth checks Set/DeleteRegisteredModelTag as an update of the model, like setting an alias,
+# and DeleteModelVersionTag as a delete, like deleting an alias (mlflow/server/auth/__init__.py validators).
+INTENT_TAG = "lockgate.alias_intent"
 GCS_PROBE_TIMEOUT_S = 2.0  # a dead head's port refuses at once; a slow one gets this long before a retry
 
 _connection = threading.Lock()  # one join at a time: the controller thread and its caller may both call
