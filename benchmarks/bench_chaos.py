@@ -34,7 +34,10 @@ directory under /tmp:
    included; ``LocalEnvironment.up`` brings the environment back and the serving file is applied again; the
    champion must answer again. The controller keeps running in its thread meanwhile: its scrapes and Serve
    calls fail while the head is down, so it must end in a rollback (weight 0 in the rollout state, the
-   candidate tagged rejected, one ``rollback`` event), which the re-applied serving file then serves.
+   candidate tagged rejected, one ``rollback`` event), which the re-applied serving file then serves. Its
+   ``analysis.max_metrics_outage_s`` is ``--head-outage-bound`` (10 s), shorter than the restart, so the
+   rollback's cleanup (``analysis.cleanup_timeout_s``) begins while the head is down and must outlast it:
+   weight 0 first, then the alias writer joins the new head (this process left the old one) and rejects.
 
 Then the load stops, the routers' last capture batches are waited for, and the run is judged: per fault,
 failed requests (non-200 answers plus attempts that found no router) and time to recover (from the fault to
@@ -99,6 +102,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--metrics-outage", type=float, default=15.0, help="seconds the metrics endpoint is gone (default 15)"
+    )
+    parser.add_argument(
+        "--head-outage-bound",
+        type=float,
+        default=10.0,
+        help="rollout C's analysis.max_metrics_outage_s: shorter than the head's 13-25 s restart, so the "
+        "controller ends the rollout while the head is still down (default 10)",
     )
     parser.add_argument("--clients", type=int, default=4, help="closed-loop load clients (default 4)")
     parser.add_argument(
@@ -506,7 +516,9 @@ def main(argv: list[str] | None = None) -> int:
         record.mark(f"rollout A ended: {rollout_a.summary()['outcome']} (hung: {not ended})")
         results["rollout_A"] = after_rollout(env, model, state_path, rollout_a, (v1, v2))
 
-        def next_rollout(name: str, candidate: str) -> tuple[ControllerThread, str, float, float]:
+        def next_rollout(
+            name: str, candidate: str, policy: RolloutPolicy = policy
+        ) -> tuple[ControllerThread, str, float, float]:
             """Make ``candidate`` the candidate at weight 0 and run its rollout; (thread, champion, start, 10%)."""
             champion = aliases_now(model).get("champion", v1)
             client.set_registered_model_alias(model, "candidate", candidate)
@@ -552,7 +564,17 @@ def main(argv: list[str] | None = None) -> int:
         # Rollout C: the Ray head is killed with everything under it during the 10% step, brought back, and
         # the serving file applied again, while the controller runs on.
         time.sleep(3)
-        rollout_c, champion_c, start_c, step = next_rollout("C", v4)
+        # Its metrics outage bound is shorter than the head's restart: the rollback and its cleanup start while
+        # the head is down, so the cleanup must outlast the restart and the alias writer reach the new head.
+        policy_c = policy.model_copy(
+            update={
+                "analysis": policy.analysis.model_copy(
+                    update={"max_metrics_outage_s": args.head_outage_bound}
+                )
+            }
+        )
+        results["policy_C"] = policy_c.model_dump(mode="json")
+        rollout_c, champion_c, start_c, step = next_rollout("C", v4, policy_c)
         time.sleep(max(step + 3 - time.monotonic(), 0))
         import ray
 

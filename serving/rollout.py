@@ -29,6 +29,7 @@ POLL_S = 1.0
 RETRIES = 3  # attempts of one effect, 1 s and 2 s apart
 PROGRESS_EVERY_S = 5.0  # a holding step reports its numbers this often (and whenever its status changes)
 OUTAGE_BACKOFF_MAX_S = 5.0  # while metrics are unreachable, retries back off 1, 2, 4, 5, 5 ... s
+CLEANUP_BACKOFF_MAX_S = 10.0  # a rollback's cleanup retries back off 1, 2, 4, 8, 10, 10 ... s
 
 
 class EffectFailed(RuntimeError):
@@ -342,6 +343,7 @@ class RolloutController:
         self.candidate_key = (candidate_version, Role.candidate.value)
         self.candidate_version = candidate_version
         self._weight = 0.0  # the candidate's weight as last applied
+        self._ending = False  # set once the rollback's cleanup has begun: it ends the rollout exactly once
         self._throttle = ProgressThrottle()
 
     def _retried(self, what: str, action: Callable[[], Any]) -> Any:
@@ -357,6 +359,72 @@ class RolloutController:
                 self.effects.sleep(2.0**attempt)
         raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
+    def _retried_until(self, deadline: float, what: str, action: Callable[[], Any]) -> None:
+        """An effect of the rollback's cleanup, retried with backoff (capped) until it works or ``deadline``.
+
+        It is tried at least once even when the deadline has passed. Raises :class:`EffectFailed` naming
+        ``what``, the attempts and the last error once the deadline is reached.
+        """
+        delay, attempts = 1.0, 0
+        while True:
+            attempts += 1
+            try:
+                action()
+                return
+            except Exception as error:  # every failure is retried: the cause (a dead head) may be transient
+                left = deadline - self.effects.clock()
+                if left <= 0:
+                    raise EffectFailed(
+                        f"{what} failed {attempts} times in "
+                        f"{self.policy.analysis.cleanup_timeout_s:g}s (analysis.cleanup_timeout_s): "
+                        f"{type(error).__name__}: {error}"
+                    ) from error
+                self.effects.sleep(min(delay, left))
+                delay = min(2 * delay, CLEANUP_BACKOFF_MAX_S)
+
+    def _roll_back(
+        self, result: RolloutResult, weight: float, reason: str, outcome: RolloutOutcome, details: dict
+    ) -> RolloutResult:
+        """End the rollout: weight 0 first, then the alias and tag, then exactly one ``rollback`` event.
+
+        Both cleanups share one budget, ``analysis.cleanup_timeout_s``. Traffic is what matters: if weight 0
+        cannot be written within it the event says so and :class:`EffectFailed` propagates. If only the
+        candidate's alias and tag could not be written the rollout has still ended (no traffic reaches the
+        candidate), so it returns ``outcome`` with a reason that says the cleanup is pending.
+        """
+        self._ending = True  # from here on a failure must not start a second ending
+        deadline = self.effects.clock() + self.policy.analysis.cleanup_timeout_s
+        stuck: EffectFailed | None = None
+        pending = ""
+        try:
+            self._retried_until(
+                deadline, "setting the candidate's weight to 0", partial(self.effects.apply_weight, 0.0)
+            )
+        except EffectFailed as failed:
+            stuck = failed
+        if stuck is None:
+            try:
+                self._retried_until(
+                    deadline, "tagging the candidate rejected", partial(self.effects.reject, reason)
+                )
+            except EffectFailed as failed:
+                pending = f"the candidate's alias and tag cleanup is pending: {failed}"
+        message = f"candidate v{self.candidate_version} rolled back at {weight:g}%: {reason}"
+        if stuck is not None:
+            message += f"; and {stuck}"
+        elif pending:
+            message += f"; {pending}"
+        self.effects.emit(
+            "rollback",
+            message,
+            {"weight": weight, "outcome": outcome, "steps": result.steps, "cleanup_pending": pending}
+            | details,
+        )
+        if stuck is not None:
+            raise stuck
+        result.outcome, result.reason = outcome, f"{reason}; {pending}" if pending else reason
+        return result
+
     def _delta(self, now: dict, baseline: dict, key: tuple[str, str]) -> VersionStats:
         return now.get(key, VersionStats()).minus(baseline.get(key, VersionStats()))
 
@@ -365,41 +433,22 @@ class RolloutController:
 
         An effect that keeps failing (metrics unreachable, Serve or MLflow refusing) ends the rollout as a
         rollback: the candidate's weight goes to 0, it is tagged rejected, and one ``rollback`` event says
-        why. Only if even that fails does the error propagate, after the event.
+        why. The cleanup is retried for up to ``analysis.cleanup_timeout_s``; an alias cleanup still failing
+        then leaves the outcome ``rolled_back`` with the reason saying it is pending. Only a weight that
+        cannot be set to 0 propagates its error, after the event.
         """
         result = RolloutResult(None)
-        self._weight = 0.0
+        self._weight, self._ending = 0.0, False
         try:
             return self._walk(result)
         except Exception as error:
-            # The weight the candidate had when it failed: a step in progress is in no finished step yet.
-            weight = self._weight
-            reason = f"the rollout could not continue: {error}"
-            failures = []
-            cleanup: tuple[tuple[str, Callable[[], Any]], ...] = (
-                ("setting the candidate's weight to 0", partial(self.effects.apply_weight, 0.0)),
-                ("tagging the candidate rejected", partial(self.effects.reject, reason)),
-            )
-            for what, action in cleanup:
-                try:
-                    self._retried(what, action)
-                except EffectFailed as failed:
-                    failures.append(str(failed))
-            self.effects.emit(
-                "rollback",
-                f"candidate v{self.candidate_version} rolled back at {weight:g}%: {reason}"
-                + (f"; and {'; '.join(failures)}" if failures else ""),
-                {
-                    "weight": weight,
-                    "outcome": RolloutOutcome.rolled_back,
-                    "error": str(error),
-                    "steps": result.steps,
-                },
-            )
-            if failures:
+            if self._ending:  # the ending's own event is out already; nothing is left to clean up
                 raise
-            result.outcome, result.reason = RolloutOutcome.rolled_back, reason
-            return result
+            # The weight the candidate had when it failed: a step in progress is in no finished step yet.
+            reason = f"the rollout could not continue: {error}"
+            return self._roll_back(
+                result, self._weight, reason, RolloutOutcome.rolled_back, {"error": str(error)}
+            )
 
     def _walk(self, result: RolloutResult) -> RolloutResult:
         """The steps, the holds and the end: promotion, or the rollback a verdict asks for."""
@@ -436,15 +485,7 @@ class RolloutController:
                     if stalled
                     else "; ".join(verdict.reasons)
                 )
-                self._retried("setting the candidate's weight to 0", partial(self.effects.apply_weight, 0.0))
-                self._retried("tagging the candidate rejected", partial(self.effects.reject, reason))
-                self.effects.emit(
-                    "rollback",
-                    f"candidate v{self.candidate_version} rolled back at {weight:g}%: {reason}",
-                    {"weight": weight, "verdict": verdict.numbers, "outcome": outcome, "steps": result.steps},
-                )
-                result.outcome, result.reason = outcome, reason
-                return result
+                return self._roll_back(result, weight, reason, outcome, {"verdict": verdict.numbers})
         self.effects.promote()  # a refused promotion is not retried: the aliases moved meanwhile
         self.effects.emit(
             "promotion", f"candidate v{self.candidate_version} promoted to champion", {"steps": result.steps}

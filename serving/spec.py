@@ -272,6 +272,9 @@ class AnalysisSpec(StrictModel):
     # promoted without evidence); once a step has gone this long unobserved in total, the candidate is
     # rolled back to weight 0. A short outage keeps a good candidate; a long or flapping one ends safely.
     max_metrics_outage_s: float = Field(default=60.0, gt=0.0)
+    # How long a rollback keeps retrying its cleanup (weight 0 first, then the candidate's alias and tag):
+    # a Ray head that died takes 13-25 s to come back, so a few seconds of retries would give up too soon.
+    cleanup_timeout_s: float = Field(default=120.0, gt=0.0)
 
 
 class RolloutPolicy(StrictModel):

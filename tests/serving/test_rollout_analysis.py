@@ -5,8 +5,11 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
+import pytest
+
 from serving.metrics import VersionStats, parse_version_stats
 from serving.rollout import (
+    EffectFailed,
     ProgressThrottle,
     RolloutController,
     RolloutEffects,
@@ -575,3 +578,120 @@ def test_numbers_not_measurable_yet_show_as_dashes_and_json_nulls() -> None:
     record = progress.to_dict()
     assert record["candidate_p99_s"] is None and record["status"] == "wait", record
     assert record["step"] == 1 and record["candidate_requests"] == 0.0, record
+
+
+class DeadHeadWorld(World):
+    """A world whose registry writes (the alias writer, on a Ray head that died) fail until ``reject_back_at``.
+
+    ``weight_back_at`` does the same for setting a weight to 0 (Serve down with the head). Every sleep the
+    controller asks for is recorded, to check its backoff.
+    """
+
+    def __init__(
+        self,
+        candidate_errors_per_tick: float = 10,
+        reject_back_at: float = 0.0,
+        weight_back_at: float = 0.0,
+    ):
+        super().__init__(candidate_errors_per_tick)
+        self.reject_back_at, self.weight_back_at = reject_back_at, weight_back_at
+        self.sleeps: list[float] = []
+        self.reject_attempts = 0
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        super().sleep(seconds)
+
+    def effects(self) -> RolloutEffects:
+        effects = super().effects()
+        reject, apply_weight = effects.reject, effects.apply_weight
+
+        def failing_reject(reason: str) -> None:
+            self.reject_attempts += 1
+            if self.time < self.reject_back_at:
+                raise ConnectionError("Ray's GCS at 127.0.0.1:28390 is not answering")
+            reject(reason)
+
+        def failing_weight(weight: float) -> None:
+            if weight == 0 and self.time < self.weight_back_at:
+                raise ConnectionError("the dashboard at 127.0.0.1:28275 is not answering")
+            apply_weight(weight)
+
+        effects.reject, effects.apply_weight = failing_reject, failing_weight
+        return effects
+
+    def rollbacks(self) -> list[tuple]:
+        return [a for a in self.actions if a == ("event", "rollback")]
+
+
+CLEANUP_POLICY = POLICY.model_copy(
+    update={"analysis": POLICY.analysis.model_copy(update={"cleanup_timeout_s": 120.0})}
+)
+
+
+def test_a_rejection_failing_while_the_head_restarts_is_retried_until_it_lands_then_rolled_back() -> None:
+    # Given a candidate that breaches, and a registry that refuses every write for the next 25 s (a Ray head
+    # killed and coming back: 13-25 s on these machines),
+    world = DeadHeadWorld(candidate_errors_per_tick=10)
+    effects = world.effects()
+    controller = RolloutController(CLEANUP_POLICY, "1", "2", effects)
+    original_apply = effects.apply_weight
+
+    def weight_then_head_dies(weight: float) -> None:
+        original_apply(weight)
+        if weight == 0:
+            world.reject_back_at = world.time + 25
+            world.head_died_at = world.time
+
+    effects.apply_weight = weight_then_head_dies
+    # when the rollout runs,
+    result = controller.run()
+    # then it ends rolled back (no error), the rejection landed after the head came back, weight 0 first,
+    assert result.outcome == "rolled_back" and "pending" not in result.reason, result
+    assert ("reject", result.reason) in world.actions, f"the candidate is tagged rejected: {world.actions}"
+    kinds = [a[0] for a in world.actions]
+    assert world.actions.index(("weight", 0.0)) < kinds.index("reject"), "weight 0 comes before the aliases"
+    assert world.time >= world.head_died_at + 25, f"it gave up at {world.time}s, before the head was back"
+    # with exactly one rollback event, after the retries, whose backoff never exceeds 10 s.
+    assert world.rollbacks() == [("event", "rollback")], world.actions
+    assert world.reject_attempts >= 4, f"retried with backoff, {world.reject_attempts} attempts"
+    assert max(world.sleeps) <= 10.0, f"the backoff is capped at 10 s: {max(world.sleeps)}"
+
+
+def test_a_rejection_failing_beyond_the_budget_ends_rolled_back_with_the_cleanup_pending() -> None:
+    # Given metrics that stop answering for good and a registry that never comes back,
+    world = DeadHeadWorld(candidate_errors_per_tick=0, reject_back_at=math.inf)
+    effects = world.effects()
+    scrape = effects.scrape
+    effects.scrape = lambda: (_ for _ in ()).throw(ConnectionError("gone")) if world.ticks > 3 else scrape()
+    details: list[tuple[str, dict]] = []
+    emit = effects.emit
+    effects.emit = lambda kind, message, detail: (
+        details.append((message, detail)),
+        emit(kind, message, detail),
+    )
+    # when the rollout runs,
+    started = world.time
+    result = RolloutController(CLEANUP_POLICY, "1", "2", effects).run()
+    # then it does not raise: it ends rolled back at weight 0, its reason saying the alias cleanup is pending,
+    assert result.outcome == "rolled_back", result
+    assert "alias and tag cleanup is pending" in result.reason, result.reason
+    assert "analysis.cleanup_timeout_s" in result.reason, f"the reason names the budget: {result.reason}"
+    assert world.weight == 0.0 and not [a for a in world.actions if a[0] == "reject"], world.actions
+    # with exactly one rollback event that says so too, after a bounded wait (outage bound + cleanup budget).
+    assert world.rollbacks() == [("event", "rollback")], world.actions
+    message, detail = details[-1]
+    assert detail["cleanup_pending"] and "pending" in message, (message, detail)
+    cleanup_s = world.time - started - 60  # the metrics outage bound (60 s) came first
+    assert 120 <= cleanup_s <= 120 + 10 + 5, f"the cleanup retried for {cleanup_s:.0f}s, budget 120 s"
+
+
+def test_a_weight_that_cannot_go_to_zero_within_the_budget_is_an_error_after_one_rollback_event() -> None:
+    # Given a breaching candidate and a Serve that refuses weight 0 for longer than the cleanup budget,
+    world = DeadHeadWorld(candidate_errors_per_tick=10, weight_back_at=math.inf)
+    # when the rollout runs, then it raises (traffic may still reach the candidate: nobody may be told
+    # otherwise), after one rollback event, and it never touched the aliases before weight 0 held.
+    with pytest.raises(EffectFailed, match="setting the candidate's weight to 0 failed"):
+        RolloutController(CLEANUP_POLICY, "1", "2", world.effects()).run()
+    assert world.rollbacks() == [("event", "rollback")], world.actions
+    assert world.reject_attempts == 0, f"no alias work before weight 0 is written: {world.reject_attempts}"
