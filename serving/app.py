@@ -166,6 +166,13 @@ class Router:
             ServingMetric.live_state_generation.value,
             "The live rollout state generation this replica applies",
         )
+        # What this replica obeys: 1 while the deployed config pins the weight. The rollout controller in a
+        # cluster reads it through Prometheus (serving/live.py), needing no Kubernetes API rights to see a pin
+        # Pulumi wrote into serveConfigV2; the router writes nothing to the store, so it stays read-only there.
+        self.weight_pinned = Gauge(
+            ServingMetric.weight_pinned.value,
+            "1 while the deployed serve config pins the candidate's weight (automation yields), else 0",
+        )
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Apply a new shape (the deployed user_config) with the live state; load new versions first, then swap."""
@@ -244,6 +251,7 @@ class Router:
         _limit_torch_threads()
         previous = self.config.capture if self.config is not None else None
         self.models, self.config, self.shape = loaded, config, shape
+        self.weight_pinned.set(1.0 if shape.weight_pinned else 0.0)
         # Keep polling while there is a live state to follow, no champion, or a champion that is an alias.
         if self._live_store is not None or champion is None or isinstance(config.champion, AliasRef):
             if self._poll is None or self._poll.done():
