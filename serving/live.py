@@ -17,7 +17,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,17 @@ logger = logging.getLogger(__name__)
 
 class PromotionRefused(RuntimeError):
     """The alias writer refused a move (aliases changed meanwhile, or the version is not eligible)."""
+
+
+class YieldToPin(BaseException):  # noqa: N818 - a signal to stop, like KeyboardInterrupt, not an error
+    """A pin (or a pause) appeared while a step held or just before the promotion: automation stops now.
+
+    A ``BaseException`` on purpose: ``RolloutController`` turns every ``Exception`` into a rollback (weight 0,
+    rejected, a ``rollback`` event), and a person's pin is not a verdict on the candidate. It passes through
+    the controller untouched and :class:`LeasedRolloutController` ends the rollout as ``pinned``. Without it a
+    pin set mid-step (the router then gives the candidate the pinned weight, often 0) would starve the step
+    until it stalls and rolls back, and a pin set during the last step would not stop the promotion.
+    """
 
 
 def live_state_store(target: ServingTarget, settings: Settings | None = None) -> LiveStateStore:
@@ -187,9 +198,14 @@ def live_effects(
 
     def promote() -> None:
         # A pin set during the last step must stop the promotion too (the controller checks only between
-        # steps); here an unreadable pin refuses, since a promotion cannot be undone by the pin.
-        if file().traffic.candidate_weight is not None or target.router_pinned():
-            raise PromotionRefused("the router obeys a pinned weight: automation yields, nothing promoted")
+        # steps). Here a pin that cannot be read refuses (MetricsUnavailable → a rollback): a promotion is
+        # the one step a later pin cannot undo.
+        if (
+            file().traffic.candidate_weight is not None
+            or store.read(model)[0].paused
+            or target.router_pinned()
+        ):
+            raise YieldToPin("a pin or a pause was set before the promotion")
         outcome = promotion.promote(model, candidate, champion)
         if not outcome.ok:
             raise PromotionRefused(outcome.reason)
@@ -232,6 +248,16 @@ class LeasedRolloutController(RolloutController):
         super().__init__(policy, versions[0], versions[1], effects)
         self.store, self.model, self.owner, self.lease_ttl_s = store, model, owner, lease_ttl_s
         self.versions = versions
+        # The controller checks a pin only between steps; every wait of a hold checks it too (once a second).
+        self.effects = replace(effects, sleep=self._sleep_unless_pinned(effects.sleep))
+
+    def _sleep_unless_pinned(self, sleep: Callable[[float], None]) -> Callable[[float], None]:
+        def checked(seconds: float) -> None:
+            if self.effects.is_pinned():
+                raise YieldToPin("a pin or a pause was set while a step held")
+            sleep(seconds)
+
+        return checked
 
     def run(self) -> RolloutResult:
         """Acquire the lease (RolloutBusy naming the running candidate if another holds it), run, release.
@@ -243,7 +269,13 @@ class LeasedRolloutController(RolloutController):
         acquire(self.store, self.model, self.owner, champion, candidate, self.lease_ttl_s)
         result: RolloutResult | None = None
         try:
-            result = super().run()
+            try:
+                result = super().run()
+            except YieldToPin as pinned:
+                result = RolloutResult(
+                    RolloutOutcome.pinned, reason=f"{pinned}: the router obeys the pin; automation yields"
+                )
+                self.effects.emit("rollout_step", result.reason, {"weight": None})
             return result
         finally:
             ended = result is not None and result.outcome != RolloutOutcome.pinned
