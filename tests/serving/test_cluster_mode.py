@@ -192,6 +192,20 @@ def cluster_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[st
     return at
 
 
+@pytest.fixture()
+def live(
+    tmp_path: Path, cluster_env: Callable[[str], LocalStateStore], exporter: Exporter
+) -> Iterator[tuple[LocalStateStore, FollowingRouter]]:
+    """A real Prometheus scraping the stand-in router, which follows the cluster env's store; stopped after."""
+    with prometheus(tmp_path / "prom", [f"127.0.0.1:{EXPORTER_PORTS[0]}"]) as url:
+        store = cluster_env(url)
+        router = FollowingRouter(store, exporter)
+        try:
+            yield store, router
+        finally:
+            router.stop()
+
+
 def _deploy(config: Any, tmp_path: Path, version: str, events: list[tuple[str, str, dict]]) -> Any:
     return deploy_and_roll_out(
         config, tmp_path, None, ("candidate",), version, lambda *event: events.append(event)
@@ -227,16 +241,11 @@ def test_without_store_or_prometheus_the_stage_still_skips(tmp_path, monkeypatch
 
 
 def test_cluster_mode_promotes_a_good_candidate_through_store_and_prometheus(
-    tmp_path, cluster_env, registry, exporter
+    tmp_path, live, registry
 ) -> None:
     events: list[tuple[str, str, dict]] = []
-    with prometheus(tmp_path / "prom", [f"127.0.0.1:{EXPORTER_PORTS[0]}"]) as url:
-        store = cluster_env(url)
-        router = FollowingRouter(store, exporter)
-        try:
-            result = _deploy(_config(tmp_path), tmp_path, "2", events)
-        finally:
-            router.stop()
+    store, router = live
+    result = _deploy(_config(tmp_path), tmp_path, "2", events)
     assert result.outcome == RolloutOutcome.promoted, f"expected promoted, got {result}"
     assert {50.0, 100.0} <= set(router.weights_seen), f"expected 50 and 100 served, saw {router.weights_seen}"
     assert registry.aliases == {"champion": "2", "previous": "1"}, (
@@ -246,27 +255,22 @@ def test_cluster_mode_promotes_a_good_candidate_through_store_and_prometheus(
     _assert_ended(store)
 
 
-def test_a_pin_set_mid_rollout_makes_the_controller_yield(tmp_path, cluster_env, registry, exporter) -> None:
+def test_a_pin_set_mid_rollout_makes_the_controller_yield(tmp_path, live, registry) -> None:
     events: list[tuple[str, str, dict]] = []
     policy = POLICY.model_copy(update={"steps": (10.0, 50.0, 100.0)})
-    with prometheus(tmp_path / "prom", [f"127.0.0.1:{EXPORTER_PORTS[0]}"]) as url:
-        store = cluster_env(url)
-        router = FollowingRouter(store, exporter)
+    store, router = live
 
-        def pin_at_first_step(kind: str, message: str, details: dict) -> None:
-            events.append((kind, message, details))
-            if kind == "rollout_step" and details.get("weight") == 10.0:
-                router.set_pin(0.0)  # `pulumi config set lockgate:canaryWeight 0 && pulumi up`
+    def pin_at_first_step(kind: str, message: str, details: dict) -> None:
+        events.append((kind, message, details))
+        if kind == "rollout_step" and details.get("weight") == 10.0:
+            router.set_pin(0.0)  # `pulumi config set lockgate:canaryWeight 0 && pulumi up`
 
-        try:
-            result = deploy_and_roll_out(
-                _config(tmp_path, policy), tmp_path, None, ("candidate",), "2", pin_at_first_step
-            )
-            answered_before = router.champion_answers
-            time.sleep(0.5)
-            champion_kept_serving = router.champion_answers > answered_before
-        finally:
-            router.stop()
+    result = deploy_and_roll_out(
+        _config(tmp_path, policy), tmp_path, None, ("candidate",), "2", pin_at_first_step
+    )
+    answered_before = router.champion_answers
+    time.sleep(0.5)
+    champion_kept_serving = router.champion_answers > answered_before
     assert result.outcome == RolloutOutcome.pinned, f"expected the controller to yield, got {result}"
     assert router.weights_seen[-1] == 0.0, f"expected the router to obey the pin, saw {router.weights_seen}"
     assert _endings(events) == [], f"expected no promotion or rollback when yielding, got {_endings(events)}"
@@ -314,18 +318,11 @@ def test_prometheus_unreachable_mid_step_holds_then_rolls_back(
     _assert_ended(store)
 
 
-def test_mlflow_refusing_an_alias_move_mid_promotion_moves_none(
-    tmp_path, cluster_env, registry, exporter
-) -> None:
+def test_mlflow_refusing_an_alias_move_mid_promotion_moves_none(tmp_path, live, registry) -> None:
     events: list[tuple[str, str, dict]] = []
     registry.fail_on = "previous"  # champion moves first, then MLflow refuses `previous`
-    with prometheus(tmp_path / "prom", [f"127.0.0.1:{EXPORTER_PORTS[0]}"]) as url:
-        store = cluster_env(url)
-        router = FollowingRouter(store, exporter)
-        try:
-            result = _deploy(_config(tmp_path), tmp_path, "2", events)
-        finally:
-            router.stop()
+    store, router = live
+    result = _deploy(_config(tmp_path), tmp_path, "2", events)
     assert result.outcome == RolloutOutcome.rolled_back, f"expected no promotion, got {result}"
     assert "MLflow refused" in result.reason, f"expected the refusal named, got {result.reason!r}"
     # The champion alias had moved to v2 and was put back: never half-moved.
@@ -335,31 +332,22 @@ def test_mlflow_refusing_an_alias_move_mid_promotion_moves_none(
     _assert_ended(store)
 
 
-def test_a_second_candidate_is_refused_while_the_first_rolls_out(
-    tmp_path, cluster_env, registry, exporter
-) -> None:
+def test_a_second_candidate_is_refused_while_the_first_rolls_out(tmp_path, live, registry) -> None:
     events: list[tuple[str, str, dict]] = []
-    with prometheus(tmp_path / "prom", [f"127.0.0.1:{EXPORTER_PORTS[0]}"]) as url:
-        store = cluster_env(url)
-        router = FollowingRouter(store, exporter)
-        first: list[Any] = []
-        runner = threading.Thread(
-            target=lambda: first.append(_deploy(_config(tmp_path), tmp_path, "2", events))
-        )
-        runner.start()
-        try:
-            deadline = time.monotonic() + 20
-            while store.read(MODEL)[0].lease is None:
-                assert time.monotonic() < deadline, "expected the first rollout to take the lease"
-                time.sleep(0.1)
-            registry.aliases["candidate"] = "3"  # a second run registers v3 meanwhile
-            with pytest.raises(
-                RolloutBusy, match="candidate version 2 .* refusing to start candidate version 3"
-            ):
-                _deploy(_config(tmp_path), tmp_path, "3", events)
-            runner.join(60)
-        finally:
-            router.stop()
+    store, _ = live
+    first: list[Any] = []
+    runner = threading.Thread(target=lambda: first.append(_deploy(_config(tmp_path), tmp_path, "2", events)))
+    runner.start()
+    try:
+        deadline = time.monotonic() + 20
+        while store.read(MODEL)[0].lease is None:
+            assert time.monotonic() < deadline, "expected the first rollout to take the lease"
+            time.sleep(0.1)
+        registry.aliases["candidate"] = "3"  # a second run registers v3 meanwhile
+        with pytest.raises(RolloutBusy, match="candidate version 2 .* refusing to start candidate version 3"):
+            _deploy(_config(tmp_path), tmp_path, "3", events)
+    finally:
+        runner.join(60)
     assert first and first[0].outcome == RolloutOutcome.promoted, f"expected the first promoted, got {first}"
     assert registry.aliases["champion"] == "2", f"expected v2 champion, got {registry.aliases}"
     assert _endings(events) == ["promotion"], f"expected one promotion event, got {_endings(events)}"
