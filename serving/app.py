@@ -251,7 +251,7 @@ class Router:
         _limit_torch_threads()
         previous = self.config.capture if self.config is not None else None
         self.models, self.config, self.shape = loaded, config, shape
-        self.weight_pinned.set(1.0 if shape.weight_pinned else 0.0)
+        self._report_pin()
         # Keep polling while there is a live state to follow, no champion, or a champion that is an alias.
         if self._live_store is not None or champion is None or isinstance(config.champion, AliasRef):
             if self._poll is None or self._poll.done():
@@ -310,6 +310,16 @@ class Router:
         self._waiting = ""
         return ModelRef(name=ref.name, version=version)
 
+    def _report_pin(self) -> None:
+        """Set the pin gauge from the deployed shape, every poll round as well as on each apply.
+
+        Ray evicts a gauge value that is not recorded again within two metric export intervals
+        (ray/_private/telemetry/open_telemetry_metric_recorder.py, ``_resolve_gauge_ttl_seconds``): set once,
+        the series vanishes from Prometheus and the controller would never see a pin.
+        """
+        if self.shape is not None:
+            self.weight_pinned.set(1.0 if self.shape.weight_pinned else 0.0)
+
     async def _poll_registry(self) -> None:
         """The one poll loop: the live state and the registry's champion, each on its own period.
 
@@ -321,6 +331,7 @@ class Router:
             config = self.config
             following = self._live_store is not None
             await asyncio.sleep(config.live_poll_s if following else config.registry_poll_s)
+            self._report_pin()
             if following:
                 try:
                     await self._refresh_live()

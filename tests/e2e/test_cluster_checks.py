@@ -296,6 +296,7 @@ def test_a_drift_triggered_run_rolls_out_in_cluster_mode(
     directly (a model failing half its answers; no training makes one) and rolled out by the deploy stage in
     this process with the same cluster env.
     """
+    from contracts.vocabulary import ServingMetric
     from lockgate.jobs import job_client, job_runtime_env, wait_pipeline
     from lockgate.localenv import connected
     from lockgate.runtime import connect_ray
@@ -304,6 +305,7 @@ def test_a_drift_triggered_run_rolls_out_in_cluster_mode(
     from serving.deploy import deploy_config, wait_running
     from serving.desired import following_router_config, load_serving_file, registry_aliases
     from serving.livestate import S3StateStore
+    from serving.metrics import PrometheusVersionStats
     from serving.render import render_serve_config
     from tests.conftest import SESSION_SERVE_PORT, remove_serve_applications
     from tests.serving.conftest import register_version
@@ -421,6 +423,13 @@ def test_a_drift_triggered_run_rolls_out_in_cluster_mode(
             assert [e.type for e in stored].count("promotion") == 1, [e.type for e in stored]
             assert json.loads(job_env["LOCKGATE_TRIGGER"])["reason"] == "drift", (
                 "the run is the triggered one"
+            )
+            # The router reports the pin it obeys (none here) where the controller looks for it.
+            gauge = PrometheusVersionStats(prometheus_url, {"application": app_name}).query(
+                ServingMetric.weight_pinned.exported
+            )
+            assert gauge and all(float(g["value"][1]) == 0.0 for g in gauge), (
+                f"expected 0 per replica: {gauge}"
             )
 
             # Given a bad candidate (half its answers fail) registered next,
