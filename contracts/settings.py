@@ -123,6 +123,8 @@ class Settings:
     serving_file: Path | None = None
     labels_token_file: Path | None = None
     live_state_uri: str | None = None
+    prometheus_url: str | None = None
+    prometheus_selector: str | None = None
     ray_address: str | None = None
     ray_auth_token_path: Path | None = None
     mlflow_tracking_uri: str | None = None
@@ -157,6 +159,8 @@ class Settings:
             serving_file=path(EnvVar.serving_file),
             labels_token_file=path(EnvVar.labels_token_file),
             live_state_uri=get(EnvVar.live_state_uri),
+            prometheus_url=get(EnvVar.prometheus_url),
+            prometheus_selector=get(EnvVar.prometheus_selector),
             ray_address=get(EnvVar.ray_address),
             ray_auth_token_path=path(EnvVar.ray_auth_token_path),
             mlflow_tracking_uri=get(EnvVar.mlflow_tracking_uri),

@@ -152,6 +152,9 @@ class ServingMetric(StrEnum):
     predicted_class = "lockgate_predicted_class"  # answers by predicted class label (classifiers)
     live_state_failures = "lockgate_live_state_read_failures"  # reads of the live rollout state that failed
     live_state_generation = "lockgate_live_state_generation"  # the live state generation the router applies
+    # 1 while the deployed config pins the candidate's weight (the router obeys it over the live state): how a
+    # rollout controller in a cluster learns of `lockgate:canaryWeight` without Kubernetes API rights.
+    weight_pinned = "lockgate_weight_pinned"
 
     @property
     def exported(self) -> str:

@@ -8,6 +8,10 @@ checks (``<state>/watch/<model>/``, a local directory or the artefact store) is 
 the guardrails' memory, how far captured traffic has been judged, and the drift, quality and serving history
 the report and the exporter read.
 
+Before anything else a check reclaims a rollout whose controller died (its lease in the live state store
+expired): weight 0, the candidate tagged rejected, one ``rollback`` event. The CronJob's trigger check and
+``lockgate watch`` run it every few minutes, so an orphaned rollout needs nobody.
+
 The watcher asks the model registry (:class:`ModelRegistry`) which version is champion and what it was
 trained against; :class:`MlflowRegistry`, the default, asks the MLflow server the environment names.
 """
@@ -26,7 +30,7 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-from contracts.vocabulary import Alias, Task
+from contracts.vocabulary import Alias, RolloutOutcome, Task
 from pipeline.config import PipelineConfig
 from pipeline.drift import (
     PROFILE_ARTIFACT,
@@ -207,8 +211,13 @@ class Watcher:
         exporter: Any = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         registry: ModelRegistry | None = None,
+        live_store: Any = None,
     ):
-        """``registry``: where the champion and its reference come from (default: the MLflow server)."""
+        """``registry``: where the champion and its reference come from (default: the MLflow server).
+
+        ``live_store``: the live rollout state store (``serving.livestate.LiveStateStore``) whose orphaned
+        rollouts each check reclaims; None: none is reclaimed.
+        """
         self.config, self.config_dir, self.model_name = config, config_dir, model_name
         self.capture_uri, self.submit, self.running_runs = capture_uri, submit, running_runs
         self.metrics_url, self.exporter, self.clock = metrics_url, exporter, clock
@@ -218,6 +227,7 @@ class Watcher:
         self._last_scrape: tuple[float, dict] | None = None
         # History rows of the current check: written with the state, once the check has succeeded.
         self._pending: list[HistoryRow] = []
+        self.live_store = live_store
 
     def _profile(self, version: str) -> tuple[ReferenceProfile, float | None]:
         """The version's reference profile and its offline value of the degradation metric (cached)."""
@@ -266,6 +276,7 @@ class Watcher:
         now = self.clock()
         self._pending = []
         self._notes: list[str] = []
+        self._reclaim_orphan()
         self._sample_serving()
         champion = self.registry.champion_version(self.model_name)
         notes: list[str] = []
@@ -344,6 +355,48 @@ class Watcher:
         write_cursor(self.store, cursor)
         self.store.write(TRIGGER_STATE, new_state.model_dump(mode="json"))
         return CheckResult(champion, window_rows, report, quality, decision, submission, notes + self._notes)
+
+    def _reclaim_orphan(self) -> None:
+        """End a rollout of the model whose controller died; one event by whichever checker won the store's CAS.
+
+        A failure is a note, never the end of the check: the triggers are still decided (the next check
+        tries again, and the lease stays expired until someone reclaims it).
+        """
+        if self.live_store is None:
+            return
+        from serving.live import reclaim_rollout
+
+        try:
+            reclaimed = reclaim_rollout(self.live_store, self.model_name)
+        except Exception as error:  # the store or MLflow unreachable: the next check retries
+            self._notes.append(f"reclaiming an orphaned rollout failed: {type(error).__name__}: {error}")
+            return
+        if reclaimed is None:
+            return
+        details: dict[str, Any] = {
+            "weight": reclaimed.weight,
+            "owner": reclaimed.owner,
+            "reclaimed": True,
+            "champion": reclaimed.champion,
+        }
+        if reclaimed.promoted:
+            self._notes.append(f"v{reclaimed.candidate}'s rollout was reclaimed after its promotion")
+            self._emit(
+                EventType.promotion,
+                f"candidate v{reclaimed.candidate} promoted to champion (its controller died after the "
+                "alias moves; the rollout was ended by a trigger check)",
+                reclaimed.candidate,
+                details,
+            )
+            return
+        self._notes.append(f"reclaimed the orphaned rollout of v{reclaimed.candidate}: weight 0")
+        self._emit(
+            EventType.rollback,
+            f"candidate v{reclaimed.candidate} rolled back at {reclaimed.weight:g}%: {reclaimed.reason}"
+            + ("" if reclaimed.tagged else "; tagging it rejected failed (see the log)"),
+            reclaimed.candidate,
+            {**details, "outcome": RolloutOutcome.rolled_back.value, "tagged": reclaimed.tagged},
+        )
 
     def _quality(
         self, read_captured: Callable, read_labels: Callable, cursor: WatchCursor, champion: str

@@ -166,6 +166,13 @@ class Router:
             ServingMetric.live_state_generation.value,
             "The live rollout state generation this replica applies",
         )
+        # What this replica obeys: 1 while the deployed config pins the weight. The rollout controller in a
+        # cluster reads it through Prometheus (serving/live.py), needing no Kubernetes API rights to see a pin
+        # Pulumi wrote into serveConfigV2; the router writes nothing to the store, so it stays read-only there.
+        self.weight_pinned = Gauge(
+            ServingMetric.weight_pinned.value,
+            "1 while the deployed serve config pins the candidate's weight (automation yields), else 0",
+        )
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Apply a new shape (the deployed user_config) with the live state; load new versions first, then swap."""
@@ -243,6 +250,7 @@ class Router:
         _limit_torch_threads()
         previous = self.config.capture if self.config is not None else None
         self.models, self.config, self.shape = loaded, config, shape
+        self._report_pin()
         # Keep polling while there is a live state to follow, no champion, or a champion that is an alias.
         if self._live_store is not None or champion is None or isinstance(config.champion, AliasRef):
             if self._poll is None or self._poll.done():
@@ -301,6 +309,16 @@ class Router:
         self._waiting = ""
         return ModelRef(name=ref.name, version=version)
 
+    def _report_pin(self) -> None:
+        """Set the pin gauge from the deployed shape, every poll round as well as on each apply.
+
+        Ray evicts a gauge value that is not recorded again within two metric export intervals
+        (ray/_private/telemetry/open_telemetry_metric_recorder.py, ``_resolve_gauge_ttl_seconds``): set once,
+        the series vanishes from Prometheus and the controller would never see a pin.
+        """
+        if self.shape is not None:
+            self.weight_pinned.set(1.0 if self.shape.weight_pinned else 0.0)
+
     async def _poll_registry(self) -> None:
         """The one poll loop: the live state and the registry's champion, each on its own period.
 
@@ -312,6 +330,7 @@ class Router:
             config = self.config
             following = self._live_store is not None
             await asyncio.sleep(config.live_poll_s if following else config.registry_poll_s)
+            self._report_pin()
             if following:
                 try:
                     await self._refresh_live()

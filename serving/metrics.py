@@ -332,3 +332,17 @@ def version_stats_source(
     if prometheus_url:
         return query_version_stats(prometheus_url, selector)
     return partial(scrape_version_stats, metrics_url)
+
+
+def query_weight_pinned(
+    prometheus_url: str, selector: dict[str, str] | None = None, timeout_s: float = 5.0
+) -> bool:
+    """Whether any router replica reports obeying a pinned weight (``lockgate_weight_pinned`` is 1).
+
+    The router sets the gauge on every apply (serving/app.py). ``max`` over the replicas: one replica that
+    obeys a pin is enough for automation to yield. No series at all (a router that never reported) counts as
+    no pin; ``MetricsUnavailable`` when Prometheus cannot be asked.
+    """
+    reader = PrometheusVersionStats(prometheus_url, selector, timeout_s)
+    samples = reader.query(f"max({ServingMetric.weight_pinned.exported}{reader.matchers})")
+    return any(float(sample["value"][1]) >= 1.0 for sample in samples)

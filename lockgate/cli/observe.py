@@ -31,7 +31,13 @@ from lockgate.cli.common import (
     show_json_line,
     stdout_is_tty,
 )
-from lockgate.runtime import cluster_watcher, rollout_context, serving_path, watching
+from lockgate.runtime import (
+    cluster_watcher,
+    local_environment,
+    rollout_context,
+    serving_path,
+    watching,
+)
 from pipeline.config import PipelineConfig, load_config
 from serving.desired import load_serving_file
 
@@ -50,6 +56,20 @@ def _exporter(
     from pipeline.events import log_path
 
     return Exporter(parsed.name, model_name, events_uri or log_path(parsed.events, config.resolve().parent))
+
+
+def _live_store(state_dir: Path | None, cluster: bool) -> Any:
+    """The live rollout state store whose orphaned rollouts a check reclaims.
+
+    ``LOCKGATE_LIVE_STATE_URI`` when set (the stack's ``s3://…/rollout``); else, locally, the local
+    environment's store; in a cluster without it, None (nothing to reclaim, as before).
+    """
+    from serving.livestate import open_store
+
+    uri = Settings.from_environ().live_state_uri
+    if uri:
+        return open_store(uri)
+    return None if cluster else open_store(local_environment(state_dir).live_state_uri)
 
 
 def _stop_on_sigterm() -> threading.Event:
@@ -90,13 +110,17 @@ def triggers_check(
     if job_template is not None:
         if data:
             raise CommandError("--data: a cluster run trains on the pipeline file's data.uri", USAGE)
-        result = cluster_watcher(config, job_template, namespace, state_uri, serving_file).check()
+        watcher = cluster_watcher(config, job_template, namespace, state_uri, serving_file)
+        # The CronJob runs this every few minutes: it is what reclaims a rollout whose controller pod died.
+        watcher.live_store = _live_store(None, cluster=True)
+        result = watcher.check()
     elif serving_file is not None:
         raise CommandError(
             "--serving-file goes with --job-template (locally the pipeline file names it)", USAGE
         )
     else:
         with watching(config, state_dir, data) as watcher:
+            watcher.live_store = _live_store(state_dir, cluster=False)
             result = watcher.check()
     typer.echo(json.dumps(result.summary(), indent=2, default=str))
 
@@ -206,6 +230,7 @@ def watch(
             watching(config, state_dir, data, exporter) as watcher,
             _watch_display(parsed.name, interval, as_json) as display,
         ):
+            watcher.live_store = _live_store(state_dir, cluster=False)
             port = exporter.serve(metrics_port)
             display.opening(
                 f"watching {parsed.name} every {interval:g}s; metrics at http://127.0.0.1:{port}/metrics"

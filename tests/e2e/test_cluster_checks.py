@@ -34,7 +34,7 @@ from pipeline.events import read_events
 from pipeline.run import EXIT_OK
 from pipeline.store import StateStore
 from serving.capture import CaptureBuffer
-from tests.conftest import write_pipeline
+from tests.conftest import PORT_OFFSET, write_pipeline
 from tests.infra.conftest import crd_errors
 
 pytestmark = pytest.mark.e2e
@@ -171,33 +171,7 @@ def test_trigger_checks_in_a_cluster_start_one_rayjob_per_drift_event(
     model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
     features = list(load_config(config).features)
 
-    template = tmp_path / "rayjob.yaml"
-    template.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "ray.io/v1",
-                "kind": "RayJob",
-                "metadata": {
-                    "generateName": "lockgate-train-",
-                    "labels": {"app.kubernetes.io/instance": "lockgate", ROLE_LABEL: TRAINING_ROLE},
-                },
-                "spec": {"entrypoint": "python -m pipeline.run --config pipeline.yaml"},
-            }
-        )
-    )
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "test", "cluster": {"server": kube_api.url}}],
-                "users": [{"name": "checks", "user": {"token": TOKEN}}],
-                "contexts": [{"name": "test", "context": {"cluster": "test", "user": "checks"}}],
-                "current-context": "test",
-            }
-        )
-    )
+    template, kubeconfig = _rayjob_template(tmp_path), _kubeconfig(tmp_path, kube_api.url)
     capture_uri, state_uri = f"s3://{BUCKET}/capture", f"s3://{BUCKET}/lockgate-state"
     events_uri = f"s3://{BUCKET}/events"
     # The stack's serving file (mounted from a ConfigMap in the pod) stands in for the pipeline's own.
@@ -291,3 +265,237 @@ def test_trigger_checks_in_a_cluster_start_one_rayjob_per_drift_event(
 
     missing = check(LOCKGATE_JOB_TEMPLATE=str(tmp_path / "nope.yaml"))
     assert missing.returncode == 2 and "nope.yaml" in missing.stderr, missing.stderr[-2000:]
+
+
+# Apart from the session's ports and tests/serving/test_metrics_prometheus.py's (17860..17862), shifted alike.
+CLUSTER_PROMETHEUS_PORT = 17863 + PORT_OFFSET
+CLUSTER_ROLLOUT = {
+    "enabled": True,
+    "steps": [50, 100],
+    "interval_s": 4,
+    "max_step_wait_s": 120,
+    "analysis": {"min_requests": 30, "max_metrics_outage_s": 60, "max_error_rate_increase": 0.05},
+}
+
+
+def test_a_drift_triggered_run_rolls_out_in_cluster_mode(
+    local_env, tmp_path, s3, kube_api, monkeypatch
+) -> None:
+    """Cluster mode end to end: a drift-triggered run registers a candidate and its rollout ends promoted;
+    a bad candidate then ends at weight 0 with one rollback event.
+
+    Real: MLflow, Ray (training and Serve), the router reading the live state from S3 (moto's server), a real
+    ``prometheus`` scraping the router, the trigger check as a fresh process creating the RayJob (stand-in
+    API), and the alias writer. The triggered run is not a KubeRay RayJob (there is no cluster): it is the
+    RayJob's entrypoint (``python -m pipeline.run --config …``) submitted as a Ray job with the env vars the
+    created RayJob carries (its ``runtimeEnvYAML``) plus the pod env infra gives the training RayJob
+    (``LOCKGATE_LIVE_STATE_URI``, ``LOCKGATE_PROMETHEUS_URL``/``_SELECTOR``, the store's AWS variables) and no
+    ``LOCKGATE_DASHBOARD_URL`` (blanked: the session's Ray head has one). The router is deployed once, as the
+    RayService's ``serveConfigV2`` would be (the shape only, the champion alias followed), with the store's
+    variables in its runtime env where a pod has them from its identity. The bad candidate is registered
+    directly (a model failing half its answers; no training makes one) and rolled out by the deploy stage in
+    this process with the same cluster env.
+    """
+    from contracts.vocabulary import ServingMetric
+    from lockgate.jobs import job_client, job_runtime_env, wait_pipeline
+    from lockgate.localenv import connected
+    from lockgate.runtime import connect_ray
+    from lockgate.traffic import LoadClient
+    from pipeline.deploy import deploy_and_roll_out
+    from serving.deploy import deploy_config, wait_running
+    from serving.desired import following_router_config, load_serving_file, registry_aliases
+    from serving.livestate import S3StateStore
+    from serving.metrics import PrometheusVersionStats
+    from serving.render import render_serve_config
+    from tests.conftest import SESSION_SERVE_PORT, remove_serve_applications
+    from tests.serving.conftest import register_version
+    from tests.serving.test_metrics_prometheus import prometheus
+    from tests.serving.test_router import ROW
+
+    monkeypatch.setattr("tests.serving.test_metrics_prometheus.PROMETHEUS_PORT", CLUSTER_PROMETHEUS_PORT)
+    name = f"cmode-{uuid.uuid4().hex[:6]}"
+    app_name = "lockgate-cluster-mode"
+    serving_yaml = {
+        "model_name": name,
+        "serving": {"app_name": app_name, "http_port": SESSION_SERVE_PORT, "replica_num_cpus": 0.25},
+        "capture": {"sample_percent": 0},
+    }
+    (tmp_path / "serving.yaml").write_text(yaml.safe_dump(serving_yaml))
+    config = write_pipeline(
+        tmp_path,
+        {
+            "registry": {"model_name": name},
+            "rollout": CLUSTER_ROLLOUT,
+            "triggers": {
+                "drift": {"window_rows": WINDOW, "confirm": {"breaches": 1, "windows": 1}},
+                "guardrails": {"cooldown_s": 3600, "max_concurrent_runs": 1},
+            },
+        },
+    )
+    live_uri, capture_uri = f"s3://{BUCKET}/rollout", f"s3://{BUCKET}/capture"
+    state_uri, events_uri = f"s3://{BUCKET}/lockgate-state", f"s3://{BUCKET}/events"
+    store = S3StateStore(live_uri)
+    target = local_env.metrics_url.removeprefix("http://").removesuffix("/metrics")
+    selector = json.dumps({"application": app_name})
+    with prometheus(tmp_path / "prometheus", [target]) as prometheus_url:
+        # The training RayJob pod's environment in cluster mode (infra/components/ray_platform.py).
+        cluster_env = {
+            **s3,
+            "LOCKGATE_DASHBOARD_URL": "",
+            "LOCKGATE_LIVE_STATE_URI": live_uri,
+            "LOCKGATE_PROMETHEUS_URL": prometheus_url,
+            "LOCKGATE_PROMETHEUS_SELECTOR": selector,
+            "LOCKGATE_EVENTS_URI": events_uri,
+        }
+        client = job_client(local_env)
+
+        def run_as_rayjob(env_vars: dict[str, str], key: str) -> Any:
+            submission_id = f"cluster-mode-{name}-{key}"
+            runtime_env = job_runtime_env(config, submission_id)
+            runtime_env["env_vars"].update({**env_vars, **cluster_env})
+            client.submit_job(
+                entrypoint=f"python -m pipeline.run --config {config.name}",
+                submission_id=submission_id,
+                runtime_env=runtime_env,
+            )
+            return wait_pipeline(client, submission_id, load_config(config), lambda _: None, 1200, local_env)
+
+        # Given a first champion registered by a run in cluster mode: nothing deployed by the run,
+        first = run_as_rayjob({}, "first")
+        assert (first.exit_code, first.outcome) == (EXIT_OK, "registered"), first.message
+        # and the router as the RayService serves it (shape only), following the live state in S3.
+        rendered = render_serve_config(
+            load_serving_file(tmp_path / "serving.yaml").serving,
+            following_router_config(load_serving_file(tmp_path / "serving.yaml"), capture_uri),
+        )
+        rendered["applications"][0]["runtime_env"].setdefault("env_vars", {}).update(
+            {**s3, "LOCKGATE_LIVE_STATE_URI": live_uri}
+        )
+        headers = local_env.ray_auth_header()
+        deploy_config(local_env.dashboard_url, headers, rendered)
+        try:
+            wait_running(local_env.dashboard_url, headers, app_name)
+            url = f"http://127.0.0.1:{SESSION_SERVE_PORT}/"
+            # When the applicants drift and a trigger check (the CronJob's pod) starts a RayJob,
+            model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
+            features = list(load_config(config).features)
+            capture(capture_uri, model, name, "1", make_loans(WINDOW, seed=12, shift=1.0), features)
+            template, kubeconfig = _rayjob_template(tmp_path), _kubeconfig(tmp_path, kube_api.url)
+            checked = subprocess.run(
+                [sys.executable, "-m", "lockgate", "triggers", "check", "-c", str(config)],
+                env={
+                    **os.environ,
+                    **local_env.client_env(include_secrets=True),
+                    **s3,
+                    "KUBECONFIG": str(kubeconfig),
+                    "LOCKGATE_CAPTURE_URI": capture_uri,
+                    "LOCKGATE_STATE_URI": state_uri,
+                    "LOCKGATE_JOB_TEMPLATE": str(template),
+                    "LOCKGATE_NAMESPACE": NAMESPACE,
+                    "LOCKGATE_EVENTS_URI": events_uri,
+                    "LOCKGATE_LIVE_STATE_URI": live_uri,
+                },
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+            assert checked.returncode == 0, checked.stderr[-3000:]
+            summary = json.loads(checked.stdout)
+            assert summary["reason"] == "drift" and summary["submission_id"], summary
+            job_env = yaml.safe_load(kube_api.jobs[summary["submission_id"]]["spec"]["runtimeEnvYAML"])[
+                "env_vars"
+            ]
+            # and that job runs while users are served,
+            with LoadClient(url, [ROW], clients=4, timeout_s=5) as load:
+                triggered = run_as_rayjob(job_env, "drift")
+                served_during = load.responses
+                failed_during = load.failed
+            # then its candidate was rolled out on the live router and promoted, with no failed request.
+            assert triggered.exit_code == EXIT_OK, triggered.message
+            aliases = registry_aliases(name)
+            assert (aliases.get("champion"), aliases.get("previous")) == ("2", "1"), f"promoted: {aliases}"
+            assert failed_during == 0 and served_during > 0, (
+                f"expected every request answered during the rollout, {failed_during} of {served_during} failed"
+            )
+            final = store.read(name)[0]
+            assert (final.candidate, final.candidate_weight, final.lease) == (None, 0.0, None), final
+            stored = [e for e in read_events(events_uri) if e.model_name == name]
+            assert [e.type for e in stored].count("promotion") == 1, [e.type for e in stored]
+            assert json.loads(job_env["LOCKGATE_TRIGGER"])["reason"] == "drift", (
+                "the run is the triggered one"
+            )
+            # The router reports the pin it obeys (none here) where the controller looks for it.
+            gauge = PrometheusVersionStats(prometheus_url, {"application": app_name}).query(
+                ServingMetric.weight_pinned.exported
+            )
+            assert gauge and all(float(g["value"][1]) == 0.0 for g in gauge), (
+                f"expected 0 per replica: {gauge}"
+            )
+
+            # Given a bad candidate (half its answers fail) registered next,
+            tags = {"lockgate.gate.regression": "passed"}
+            bad = register_version(name, seed=7, fail_rate=0.5, tags=tags)
+            mlflow.MlflowClient().set_registered_model_alias(name, "candidate", bad.version)
+            for key, value in cluster_env.items():
+                monkeypatch.setenv(key, value)
+            monkeypatch.delenv("LOCKGATE_DASHBOARD_URL", raising=False)
+            events: list[tuple[str, str, dict]] = []
+            # when the deploy stage rolls it out in cluster mode under load,
+            with connected(local_env), LoadClient(url, [ROW], clients=4, timeout_s=5):
+                connect_ray(local_env)  # the alias writer is a Ray actor, as in the RayJob's driver
+                result = deploy_and_roll_out(
+                    load_config(config),
+                    tmp_path,
+                    None,
+                    ("candidate",),
+                    bad.version,
+                    lambda *event: events.append(event),
+                )
+        finally:
+            remove_serve_applications(local_env)
+    # then it ends at weight 0, tagged rejected, with exactly one rollback event, the champion unmoved.
+    assert result.outcome == "rolled_back", f"expected a rollback, got {result}"
+    assert [kind for kind, _, _ in events if kind in ("rollback", "promotion")] == ["rollback"], events
+    after = registry_aliases(name)
+    assert after.get("champion") == "2" and "candidate" not in after, f"champion v2 kept: {after}"
+    state = store.read(name)[0]
+    assert (state.candidate, state.candidate_weight) == (None, 0.0), f"expected weight 0: {state}"
+    tags_after = mlflow.MlflowClient().get_model_version(name, bad.version).tags
+    assert tags_after.get("lockgate.rollout") == "rejected", f"expected rejected: {tags_after}"
+
+
+def _rayjob_template(directory: Any) -> Any:
+    """The stack's training RayJob template (its ``trainingJobManifest``), as the CronJob's pod mounts it."""
+    template = directory / "rayjob.yaml"
+    template.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "ray.io/v1",
+                "kind": "RayJob",
+                "metadata": {
+                    "generateName": "lockgate-train-",
+                    "labels": {"app.kubernetes.io/instance": "lockgate", ROLE_LABEL: TRAINING_ROLE},
+                },
+                "spec": {"entrypoint": "python -m pipeline.run --config pipeline.yaml"},
+            }
+        )
+    )
+    return template
+
+
+def _kubeconfig(directory: Any, server: str) -> Any:
+    """A kubeconfig naming the stand-in API server, with the check pod's bearer token."""
+    kubeconfig = directory / "kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "test", "cluster": {"server": server}}],
+                "users": [{"name": "checks", "user": {"token": TOKEN}}],
+                "contexts": [{"name": "test", "context": {"cluster": "test", "user": "checks"}}],
+                "current-context": "test",
+            }
+        )
+    )
+    return kubeconfig

@@ -31,9 +31,10 @@ def test_no_serving_target_in_the_settings_skips_the_stage(tmp_path) -> None:
     result = deploy_and_roll_out(config(), tmp_path, target, ("candidate",), "2", no_events)
     # Then it is skipped and says which setting is missing
     assert result.outcome == RolloutOutcome.skipped, "no serving target, no rollout"
-    assert result.reason == "no serving target in this environment (LOCKGATE_DASHBOARD_URL unset)", (
-        "the reason names the missing setting"
-    )
+    assert result.reason == (
+        "no serving target in this environment (LOCKGATE_DASHBOARD_URL unset, and "
+        "LOCKGATE_LIVE_STATE_URI with LOCKGATE_PROMETHEUS_URL not both set)"
+    ), "the reason names the missing settings (local serving, or cluster mode)"
 
 
 def test_a_disabled_rollout_is_skipped_even_with_a_target(tmp_path) -> None:
