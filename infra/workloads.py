@@ -30,7 +30,10 @@ MLFLOW, SERVING, TRAINING, TRIGGERS, EXPORTER = "mlflow", "serving", "training",
 # router) has neither (mlflow/server/auth/__init__.py BEFORE_REQUEST_VALIDATORS, mlflow/server/auth/
 # permissions.py; tests/infra/test_cluster_rollout.py checks it against the installed MLflow).
 ROLLOUT_MLFLOW_PERMISSION = "MANAGE"
-MlflowAccess = Literal["writer", "reader"]
+# "reclaimer": no admin; MANAGE on the served registered model only. The trigger checks end a rollout whose
+# controller died (serving/live.py reclaim_rollout: tag the orphaned candidate rejected, drop its alias), which
+# needs exactly the rollout's rights on that one model, and they read its champion's profile with the same grant.
+MlflowAccess = Literal["writer", "reader", "reclaimer"]
 
 
 @dataclass(frozen=True)
@@ -57,8 +60,12 @@ WORKLOADS: tuple[Workload, ...] = (
     # deploy stage is the rollout controller: it reads and writes the live rollout state with conditional PUTs
     # (serving/livestate.py) and never deletes it.
     Workload(TRAINING, (TRAIN_PREFIX, EVENTS_PREFIX), (), "writer", get_put=(ROLLOUT_PREFIX,)),
-    # The checks keep their state and events and read captured traffic; MLflow: the champion's profile.
-    Workload(TRIGGERS, (STATE_PREFIX, EVENTS_PREFIX), (CAPTURE_PREFIX,), "reader"),
+    # The checks keep their state and events and read captured traffic; MLflow: the champion's profile. Every
+    # check first reclaims a rollout whose controller died (its lease expired): a conditional PUT of the live
+    # state (weight 0), the candidate tagged rejected and its alias dropped.
+    Workload(
+        TRIGGERS, (STATE_PREFIX, EVENTS_PREFIX), (CAPTURE_PREFIX,), "reclaimer", get_put=(ROLLOUT_PREFIX,)
+    ),
     # The exporter reads events and the checks' state; it never calls MLflow.
     Workload(EXPORTER, (), (EVENTS_PREFIX, STATE_PREFIX), None),
 )

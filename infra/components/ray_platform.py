@@ -560,6 +560,8 @@ class RayPlatform(pulumi.ComponentResource):
                 {"name": EnvVar.capture_uri.value, "value": args["capture_uri"]},
                 {"name": EnvVar.state_uri.value, "value": args["state_uri"]},
                 {"name": EnvVar.events_uri.value, "value": args["events_uri"]},
+                # Each check first reclaims a rollout whose controller died (its lease expired in this store).
+                {"name": EnvVar.live_state_uri.value, "value": args["live_state_uri"]},
                 {"name": EnvVar.job_template.value, "value": f"{TEMPLATE_DIR}/{TEMPLATE_FILE}"},
                 # What the RayService serves is stack config: the checks judge that model, not the image's file.
                 {"name": EnvVar.serving_file.value, "value": f"{TEMPLATE_DIR}/{SERVING_FILE}"},

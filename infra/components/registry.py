@@ -17,6 +17,7 @@ import pulumi_random as random
 from contracts.settings import EnvVar
 from infra import kube
 from infra.components.artifact_store import GENERATION_ANNOTATION
+from infra.workloads import ROLLOUT_MLFLOW_PERMISSION
 
 POSTGRES_PORT = 5432
 POSTGRES_USER_ID = 999  # the postgres image's own user
@@ -323,7 +324,7 @@ class MlflowUserArgs(TypedDict):
 
     workload: str
     username: str
-    access: Literal["writer", "reader"]
+    access: Literal["writer", "reader", "reclaimer"]
 
 
 class ModelRegistryArgs(TypedDict):
@@ -351,12 +352,13 @@ AUTH_DIR = "/etc/mlflow-auth"
 
 
 def user_entry(user: MlflowUserArgs, password: str, registered_model: str) -> dict[str, Any]:
-    """A user as ``python -m lockgate.mlflow_admin`` reads it: readers get READ on the served model only."""
+    """A user as ``python -m lockgate.mlflow_admin`` reads it: READ (reader) or MANAGE (reclaimer) on one model."""
+    grants = {"reader": "READ", "reclaimer": ROLLOUT_MLFLOW_PERMISSION}
     return {
         "username": user["username"],
         "password": password,
         "is_admin": user["access"] == "writer",
-        "registered_models": {registered_model: "READ"} if user["access"] == "reader" else {},
+        "registered_models": {registered_model: grants[user["access"]]} if user["access"] in grants else {},
     }
 
 
@@ -371,9 +373,10 @@ def validate_users(admin_username: str, users: list[MlflowUserArgs]) -> None:
     if len(set(workloads)) != len(workloads):
         raise ValueError(f"users: one user per workload, got {workloads}")
     for user in users:
-        if user["access"] not in ("writer", "reader"):
+        if user["access"] not in ("writer", "reader", "reclaimer"):
             raise ValueError(
-                f"users: {user['workload']}'s access must be writer or reader, got {user['access']!r}"
+                f"users: {user['workload']}'s access must be writer, reader or reclaimer, "
+                f"got {user['access']!r}"
             )
 
 

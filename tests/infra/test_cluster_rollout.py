@@ -54,15 +54,16 @@ def bucket(run: ProgramRun) -> str:
 
 
 @pytest.mark.parametrize("stack", ["dev", "aws"])
-def test_live_state_uri_reaches_the_rollout_step_and_the_router_only(program_runs, stack) -> None:
+def test_live_state_uri_reaches_the_rollout_step_the_router_and_the_checks_only(program_runs, stack) -> None:
+    # The trigger checks reclaim a rollout whose controller died (lockgate/watch.py), so they name the store too.
     run = program(program_runs, stack)
     pods = pod_templates(run)
     expected = f"s3://{bucket(run)}/{ROLLOUT_PREFIX}"
     having = {key for key in POD_KEYS for t in pods[key] if EnvVar.live_state_uri.value in env_of(t)}
-    assert having == {"serving", "training"}, (
-        f"expected the router and the RayJob's Ray pods only, got {having}"
+    assert having == {"serving", "training", "lockgate-triggers"}, (
+        f"expected the router, the RayJob's Ray pods and the trigger checks only, got {having}"
     )
-    for key in ("serving", "training"):
+    for key in ("serving", "training", "lockgate-triggers"):
         for template in pods[key]:
             got = env_of(template)[EnvVar.live_state_uri.value]
             assert got == expected, f"{key}: expected {EnvVar.live_state_uri.value}={expected}, got {got}"
@@ -208,13 +209,13 @@ def actions_on(statements: list[dict[str, Any]], prefix: str) -> set[str]:
 
 
 @pytest.mark.parametrize("stack", ["dev", "aws"])
-def test_only_the_rollout_step_writes_the_live_state_and_the_router_reads_it(program_runs, stack) -> None:
+def test_only_the_rollout_step_and_the_reclaiming_checks_write_the_live_state(program_runs, stack) -> None:
     run = program(program_runs, stack)
     for workload in workloads.WORKLOADS:
         actions = actions_on(store_statements(run, stack, workload.name), ROLLOUT_PREFIX)
-        if workload.name == workloads.TRAINING:
+        if workload.name in (workloads.TRAINING, workloads.TRIGGERS):
             assert actions == {"s3:GetObject", "s3:PutObject"}, (
-                f"training: expected Get and Put only (no Delete), got {actions}"
+                f"{workload.name}: expected Get and Put only (no Delete), got {actions}"
             )
         elif workload.name == workloads.SERVING:
             assert actions == {"s3:GetObject"}, f"serving: expected read-only, got {actions}"

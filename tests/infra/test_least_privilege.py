@@ -113,8 +113,9 @@ def test_workload_users_are_distinct_and_serving_only_reads(dev) -> None:
     model = yaml.safe_load(template["inputs"]["data"]["serving.yaml"])["model_name"]  # the served model
     serving = users["lockgate-serving"]
     assert serving["is_admin"] is False and serving["registered_models"] == {model: "READ"}, serving
-    assert users["lockgate-triggers"]["is_admin"] is False, "the checks only read"
-    assert users["lockgate-triggers"]["registered_models"] == {model: "READ"}
+    assert users["lockgate-triggers"]["is_admin"] is False, "the checks are no admin"
+    # MANAGE on the served model alone: they reclaim an orphaned rollout (tag rejected, drop its alias).
+    assert users["lockgate-triggers"]["registered_models"] == {model: "MANAGE"}
     assert users["lockgate-training"]["is_admin"] is True, "the writer: a separate admin, not the human one"
     for workload in ("serving", "training", "triggers"):
         client = secret_data(dev, f"lockgate-mlflow-{workload}")

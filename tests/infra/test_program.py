@@ -332,8 +332,10 @@ def test_aws_resources_are_private_encrypted_and_least_privilege(aws) -> None:
             for resource in ([s["Resource"]] if isinstance(s["Resource"], str) else s["Resource"])
         }
 
-    assert objects("triggers", "s3:PutObject") == {"lockgate-state/*", "events/*"}, "their state and events"
-    assert objects("triggers", "s3:GetObject") == {"lockgate-state/*", "events/*", "capture/*"}
+    assert objects("triggers", "s3:PutObject") == {"lockgate-state/*", "events/*", "rollout/*"}, (
+        "their state and events, and the live state of a rollout they reclaim"
+    )
+    assert objects("triggers", "s3:GetObject") == {"lockgate-state/*", "events/*", "capture/*", "rollout/*"}
     assert objects("serving", "s3:PutObject") == {"capture/*"}, "the router writes captured traffic only"
     assert objects("training", "s3:PutObject") == {"ray-train/*", "events/*", "rollout/*"}
     assert objects("serving", "s3:GetObject") == {"capture/*", "rollout/*"}, "it follows the live state"
