@@ -212,7 +212,11 @@ def live_effects(
         end()  # the champion alias now names the candidate: the router serves it alone
 
     def reject(reason: str) -> None:
-        promotion.reject(model, candidate, reason)
+        change = promotion.reject(model, candidate, reason)
+        # Stale: the candidate alias already names another version, nothing of ours to remove. Any other
+        # refusal (MLflow said no) is raised, so the rollback's cleanup retries it within its budget.
+        if not change.ok and not change.stale:
+            raise PromotionRefused(f"rejecting v{candidate} of {model}: {change.reason}")
 
     def renew() -> None:
         # A write only when half the lease is used up: the router reads every change, S3 bills every PUT.

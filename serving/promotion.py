@@ -262,8 +262,12 @@ def promote(name: str, candidate: str, expected_champion: str | None) -> AliasCh
 
 
 def reject(name: str, candidate: str, reason: str) -> AliasChange:
-    """Take the candidate out of rollout: remove its alias (if still its own) and tag it rejected."""
-    moves = [AliasMove(Alias.candidate, candidate, None)]
+    """Take the candidate out of rollout: remove its alias (if still its own) and tag it rejected.
+
+    The alias move is optional: a candidate alias that already names another version (registered meanwhile)
+    stays, and the rejected version is still tagged.
+    """
+    moves = [AliasMove(Alias.candidate, candidate, None, required=False)]
     tags = {
         candidate: {Tag.rollout.value: RolloutVerdict.rejected.value, Tag.rollout_reason.value: reason[:4000]}
     }

@@ -50,17 +50,24 @@ PASSED = {"lockgate.gate.regression": "passed"}
 
 
 class MemoryRegistry:
-    """MLflow's registry in memory: aliases, version tags, and an alias move that can be made to fail."""
+    """MLflow's registry in memory: aliases, version and model tags, and an alias move that can be made to fail."""
 
     aliases: dict[str, str] = {}
     tags: dict[str, dict[str, str]] = {}
+    model_tags: dict[str, str] = {}  # the alias writer's intent record lives here while it moves aliases
     fail_on: str | None = None
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         pass
 
     def get_registered_model(self, name: str) -> SimpleNamespace:
-        return SimpleNamespace(aliases=dict(MemoryRegistry.aliases))
+        return SimpleNamespace(aliases=dict(MemoryRegistry.aliases), tags=dict(MemoryRegistry.model_tags))
+
+    def set_registered_model_tag(self, name: str, key: str, value: str) -> None:
+        MemoryRegistry.model_tags[key] = value
+
+    def delete_registered_model_tag(self, name: str, key: str) -> None:
+        MemoryRegistry.model_tags.pop(key, None)
 
     def get_model_version(self, name: str, version: str) -> SimpleNamespace:
         return SimpleNamespace(tags={**PASSED, **MemoryRegistry.tags.get(version, {})})
@@ -98,6 +105,7 @@ def registry(monkeypatch: pytest.MonkeyPatch) -> type[MemoryRegistry]:
     monkeypatch.setattr(promotion, "ray", SimpleNamespace(get=lambda value: value))
     MemoryRegistry.aliases = {"champion": "1", "candidate": "2"}
     MemoryRegistry.tags = {}
+    MemoryRegistry.model_tags = {}
     MemoryRegistry.fail_on = None
     return MemoryRegistry
 
