@@ -18,6 +18,17 @@ import yaml
 from lockgate.localenv import LocalEnvironment, Ports
 from pipeline.data import make_loans, write_table
 
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Before any test module imports Ray: this process's Ray node is 127.0.0.1, as every Lockgate client's is.
+
+    Ray reads ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` once, when ``ray`` is first imported; a test that imports Ray
+    before ``connected()`` sets it would otherwise join as the machine's routable address, which the
+    loopback-only local environment has no raylet on (``ray.init`` retries for minutes, then fails).
+    """
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+
 ROOT = Path(__file__).resolve().parents[1]
 # Two suites on one machine (two checkouts, say) each need their own ports: this shifts every port the
 # session listens on, Serve's HTTP port included (tests/serving/conftest.py). Tests only; 0 by default.

@@ -17,6 +17,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
@@ -278,6 +279,25 @@ CLUSTER_ROLLOUT = {
 }
 
 
+ROLL_OUT_IN_A_DRIVER = """
+import json, sys
+from pathlib import Path
+from lockgate.localenv import LocalEnvironment, require_healthy
+from lockgate.runtime import connect_ray
+from pipeline.config import load_config
+from pipeline.deploy import deploy_and_roll_out
+
+state_dir, config, base, version = sys.argv[1:5]
+env = require_healthy(LocalEnvironment(Path(state_dir)))
+connect_ray(env)  # the alias writer is a Ray actor, as in the RayJob's driver
+events = []
+result = deploy_and_roll_out(
+    load_config(Path(config)), Path(base), None, ("candidate",), version, lambda *e: events.append(e)
+)
+print(json.dumps({"outcome": result.outcome.value, "reason": result.reason, "events": events}, default=str))
+"""
+
+
 def test_a_drift_triggered_run_rolls_out_in_cluster_mode(
     local_env, tmp_path, s3, kube_api, monkeypatch
 ) -> None:
@@ -298,10 +318,7 @@ def test_a_drift_triggered_run_rolls_out_in_cluster_mode(
     """
     from contracts.vocabulary import ServingMetric
     from lockgate.jobs import job_client, job_runtime_env, wait_pipeline
-    from lockgate.localenv import connected
-    from lockgate.runtime import connect_ray
     from lockgate.traffic import LoadClient
-    from pipeline.deploy import deploy_and_roll_out
     from serving.deploy import deploy_config, wait_running
     from serving.desired import following_router_config, load_serving_file, registry_aliases
     from serving.livestate import S3StateStore
@@ -436,21 +453,23 @@ def test_a_drift_triggered_run_rolls_out_in_cluster_mode(
             tags = {"lockgate.gate.regression": "passed"}
             bad = register_version(name, seed=7, fail_rate=0.5, tags=tags)
             mlflow.MlflowClient().set_registered_model_alias(name, "candidate", bad.version)
-            for key, value in cluster_env.items():
-                monkeypatch.setenv(key, value)
-            monkeypatch.delenv("LOCKGATE_DASHBOARD_URL", raising=False)
-            events: list[tuple[str, str, dict]] = []
-            # when the deploy stage rolls it out in cluster mode under load,
-            with connected(local_env), LoadClient(url, [ROW], clients=4, timeout_s=5):
-                connect_ray(local_env)  # the alias writer is a Ray actor, as in the RayJob's driver
-                result = deploy_and_roll_out(
-                    load_config(config),
-                    tmp_path,
-                    None,
-                    ("candidate",),
-                    bad.version,
-                    lambda *event: events.append(event),
+            # when the deploy stage rolls it out in cluster mode under load, in a fresh driver process as the
+            # RayJob's is (Ray reads its auth mode and node address once per process, at its first use),
+            driver_env = {**os.environ, **local_env.client_env(include_secrets=True), **cluster_env}
+            driver_env.pop("LOCKGATE_DASHBOARD_URL", None)
+            with LoadClient(url, [ROW], clients=4, timeout_s=5):
+                driver = subprocess.run(
+                    [sys.executable, "-c", ROLL_OUT_IN_A_DRIVER, str(local_env.state_dir), str(config)]
+                    + [str(tmp_path), bad.version],
+                    env=driver_env,
+                    capture_output=True,
+                    text=True,
+                    timeout=900,
                 )
+            assert driver.returncode == 0, f"the rollout's driver failed: {driver.stderr[-3000:]}"
+            ended = json.loads(driver.stdout.strip().splitlines()[-1])
+            result = SimpleNamespace(outcome=ended["outcome"], reason=ended["reason"])
+            events = [tuple(event) for event in ended["events"]]
         finally:
             remove_serve_applications(local_env)
     # then it ends at weight 0, tagged rejected, with exactly one rollback event, the champion unmoved.
