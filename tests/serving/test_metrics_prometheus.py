@@ -365,7 +365,7 @@ def test_prometheus_reading_equals_the_direct_scrape_of_a_real_router(deployed, 
                 for key in keys
             ) and all(direct.get(key, VersionStats()).total > 0 for key in keys)
 
-        _wait(settled, 60, "Prometheus to catch up with the router's endpoint", lambda: True)
+        _wait(settled, 120, "Prometheus to catch up with the router's endpoint", lambda: True)
         direct, queried = scrape_version_stats(local_env.metrics_url), reader()
     # Then every statistic the analysis uses is the same through Prometheus as from the endpoint
     for key in keys:

@@ -110,7 +110,11 @@ def test_good_candidate_is_promoted_then_rollback_restores_previous(local_env, t
     lockgate("rollout", "rollback", "--config", str(config), env=local_env)
     assert aliases(name) == {"champion": champion}, "rollback restores previous"
     assert MlflowClient().get_model_version(name, candidate).tags["lockgate.rollout"] == "rolled_back"
-    assert tally(URL, 20) == {champion: 20}
+    # The router follows the champion alias: it serves the restored champion by its next registry poll.
+    deadline = time.monotonic() + 15.0
+    while (served := tally(URL, 20)) != {champion: 20} and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert served == {champion: 20}, f"expected the restored champion within a registry poll, got {served}"
     assert load.failed == 0, load.failures.most_common(3)
 
 

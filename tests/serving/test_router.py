@@ -309,7 +309,7 @@ def test_fuzzed_requests_never_cause_server_errors(deployed) -> None:
 
     check()
     assert sum(statuses.values()) >= 1000, statuses
-    assert statuses[200] > 50 and sum(v for k, v in statuses.items() if 400 <= k < 500) > 300, statuses
+    assert statuses[200] > 20 and sum(v for k, v in statuses.items() if 400 <= k < 500) > 300, statuses
 
 
 def test_burst_beyond_capacity_is_shed_with_503_not_500(deployed) -> None:
