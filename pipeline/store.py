@@ -5,12 +5,14 @@ the report draws (drift scores, serving samples): locally under the state direct
 artefact store (``s3://…``), so a checker that runs as a fresh pod each time still remembers. One writer at a
 time is assumed (a local ``lockgate watch``, or a CronJob that forbids concurrent runs): a document is
 replaced whole (renamed into place locally, one PUT on an object store), and an append to a history on an
-object store rewrites the object.
+object store rewrites the object. Concurrent writers of one document never break each other's write
+(each writes its own temporary file); the last rename wins.
 """
 
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 import pyarrow.fs as pafs
@@ -57,7 +59,9 @@ class StateStore:
         """Replace a document whole (``name`` may hold sub-directories)."""
         path = self._path(name)
         self._fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-        target = f"{path}.partial" if self._local else path
+        # A temporary name of its own per write: two checkers (``watch`` and ``triggers check``) may replace the
+        # same document at once, and a shared name would let one rename the other's file away.
+        target = f"{path}.{uuid.uuid4().hex}.partial" if self._local else path
         with self._fs.open_output_stream(target) as stream:
             stream.write(text.encode())
         if self._local:

@@ -163,22 +163,31 @@ def add_sample(stats: VersionStats, name: str, labels: dict[str, str], value: fl
         stats.class_counts[label] = stats.class_counts.get(label, 0.0) + value
 
 
-def parse_version_stats(text: str) -> dict[tuple[str, str], VersionStats]:
-    """Sum the router's counters and latency buckets over replicas, keyed by (version, role)."""
+def parse_version_stats(
+    text: str, selector: dict[str, str] | None = None
+) -> dict[tuple[str, str], VersionStats]:
+    """Sum the router's counters and latency buckets over replicas, keyed by (version, role).
+
+    ``selector``: exact label values a series must carry to count (for example the Serve ``application``, when
+    several applications share one Ray cluster and so one metrics endpoint).
+    """
+    wanted = (selector or {}).items()
     stats: dict[tuple[str, str], VersionStats] = defaultdict(VersionStats)
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name in ROUTER_SERIES:
+            if sample.name in ROUTER_SERIES and all(sample.labels.get(k) == v for k, v in wanted):
                 key = (sample.labels.get("version", ""), sample.labels.get("role", ""))
                 add_sample(stats[key], sample.name, sample.labels, sample.value)
     return dict(stats)
 
 
-def scrape_version_stats(metrics_url: str, timeout_s: float = 5.0) -> dict[tuple[str, str], VersionStats]:
+def scrape_version_stats(
+    metrics_url: str, timeout_s: float = 5.0, selector: dict[str, str] | None = None
+) -> dict[tuple[str, str], VersionStats]:
     """Scrape a Prometheus endpoint (Ray's metrics export port) and parse the router's metrics."""
     response = requests.get(metrics_url, timeout=timeout_s)
     response.raise_for_status()
-    return parse_version_stats(response.text)
+    return parse_version_stats(response.text, selector)
 
 
 class MetricsUnavailable(RuntimeError):
@@ -331,7 +340,7 @@ def version_stats_source(
     """
     if prometheus_url:
         return query_version_stats(prometheus_url, selector)
-    return partial(scrape_version_stats, metrics_url)
+    return partial(scrape_version_stats, metrics_url, selector=selector)
 
 
 def query_weight_pinned(

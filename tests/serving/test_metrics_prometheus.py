@@ -348,7 +348,8 @@ def test_prometheus_reading_equals_the_direct_scrape_of_a_real_router(deployed, 
     with prometheus(tmp_path, [target]) as url:
         # Selected as a cluster selects its router (infra sets LOCKGATE_PROMETHEUS_SELECTOR): by the Serve
         # application label Ray adds to every custom metric (ray/serve/metrics.py, APPLICATION_TAG).
-        reader = query_version_stats(url, {"application": deployed.spec.app_name})
+        selector = {"application": deployed.spec.app_name}
+        reader = query_version_stats(url, selector)
         # When traffic is served and has stopped
         with closed_loop(deployed.url, clients=4) as load:
             deadline = time.monotonic() + 120
@@ -359,14 +360,24 @@ def test_prometheus_reading_equals_the_direct_scrape_of_a_real_router(deployed, 
 
         def settled() -> bool:
             # Ray exports on its own period and Prometheus scrapes on its own: wait until both agree.
-            direct, queried = scrape_version_stats(local_env.metrics_url), reader()
+            # Both select the application: earlier tests' applications share this Ray cluster's endpoint.
+            direct = scrape_version_stats(local_env.metrics_url, selector=selector)
+            queried = reader()
+            seen[:] = [
+                (key, direct.get(key, VersionStats()).total, queried.get(key, VersionStats()).total)
+                for key in keys
+            ]
             return all(
                 direct.get(key, VersionStats()).total == queried.get(key, VersionStats()).total
                 for key in keys
             ) and all(direct.get(key, VersionStats()).total > 0 for key in keys)
 
-        _wait(settled, 120, "Prometheus to catch up with the router's endpoint", lambda: True)
-        direct, queried = scrape_version_stats(local_env.metrics_url), reader()
+        seen: list[tuple[tuple[str, str], float, float]] = []  # (key, direct total, Prometheus total)
+        try:
+            _wait(settled, 120, "Prometheus to catch up with the router's endpoint", lambda: True)
+        except AssertionError as error:
+            raise AssertionError(f"{error}; last (key, direct, Prometheus) totals: {seen}") from None
+        direct, queried = scrape_version_stats(local_env.metrics_url, selector=selector), reader()
     # Then every statistic the analysis uses is the same through Prometheus as from the endpoint
     for key in keys:
         expected, got = direct[key], queried[key]
