@@ -620,68 +620,62 @@ def bench_pipeline(
     return samples, floors
 
 
-def bench_interleaved(
-    root: Path, config_path: Path, repeats: int, threads: int
+def interleaved_rounds(
+    env: Any, config_path: Path, repeats: int, threads: int, example: bool
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
-    """``--interleaved``: bare script and pipeline run alternate (order alternating per round) on one running
-    environment, each round ending with the floor jobs: on a shared, busy machine the pairs see the same load."""
-    env = make_env(root / "pipeline-env")
+    """``repeats`` rounds on a running environment: the bare script and a pipeline run (the order alternating
+    per round, so that on a shared, busy machine the pairs see the same load), then the floor jobs."""
     bare: list[dict[str, Any]] = []
     runs: list[dict[str, Any]] = []
     floors: list[dict[str, Any]] = []
+    for i in range(repeats):
+        for kind in ("bare", "pipeline") if i % 2 == 0 else ("pipeline", "bare"):
+            if kind == "bare":
+                sample = run_bare_once(config_path, threads, example=example)
+                result = (
+                    f"(train {sample['train_s']:.2f}s), {sample['metric']} {sample['value']:.4f}"
+                    if example
+                    else f"auc {sample['auc']:.4f}"
+                )
+                progress(f"bare {i + 1}/{repeats}: {sample['wall_s']:.2f}s, {result}")
+                bare.append(sample)
+            else:
+                sample = run_pipeline_once(env, config_path)
+                progress(
+                    f"pipeline {i + 1}/{repeats}: {sample['wall_s']:.2f}s, {sample['outcome']} "
+                    f"(exit {sample['exit_code']}), stages {fmt_stages(sample['stages_s'])}"
+                )
+                runs.append(sample)
+        bench_floor(env, config_path, floors, i)
+    return bare, runs, floors
+
+
+def bench_interleaved(
+    root: Path, config_path: Path, repeats: int, threads: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """``--interleaved``: bare script and pipeline run alternate on one running environment (see
+    ``interleaved_rounds``)."""
+    env = make_env(root / "pipeline-env")
     try:
         env.up(log=log_env)
-        for i in range(repeats):
-            for kind in ("bare", "pipeline") if i % 2 == 0 else ("pipeline", "bare"):
-                if kind == "bare":
-                    sample = run_bare_once(config_path, threads)
-                    progress(f"bare {i + 1}/{repeats}: {sample['wall_s']:.2f}s, auc {sample['auc']:.4f}")
-                    bare.append(sample)
-                else:
-                    sample = run_pipeline_once(env, config_path)
-                    progress(
-                        f"pipeline {i + 1}/{repeats}: {sample['wall_s']:.2f}s, {sample['outcome']} "
-                        f"(exit {sample['exit_code']}), stages {fmt_stages(sample['stages_s'])}"
-                    )
-                    runs.append(sample)
-            bench_floor(env, config_path, floors, i)
+        return interleaved_rounds(env, config_path, repeats, threads, example=False)
     finally:
         stop_env(env)
-    return bare, runs, floors
 
 
 def bench_example(
     root: Path, config_path: Path, repeats: int, threads: int, profile: bool
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]], dict[str, Any] | None]:
-    """Bare script and pipeline run, interleaved (the order alternates per round), on one environment.
+    """Bare script and pipeline run, interleaved (see ``interleaved_rounds``), on one environment.
 
     With ``profile``, one more pipeline run (not counted) is sampled with py-spy: the job driver (wall time,
-    idle included) and Ray Train's processes (CPU). Each round ends with the floor jobs.
+    idle included) and Ray Train's processes (CPU).
     """
     env = make_env(root / "example-env")
-    bare: list[dict[str, Any]] = []
-    runs: list[dict[str, Any]] = []
-    floors: list[dict[str, Any]] = []
     profiled = None
     try:
         env.up(log=log_env)
-        for i in range(repeats):
-            for kind in ("bare", "pipeline") if i % 2 == 0 else ("pipeline", "bare"):
-                if kind == "bare":
-                    sample = run_bare_once(config_path, threads, example=True)
-                    progress(
-                        f"bare {i + 1}/{repeats}: {sample['wall_s']:.2f}s (train {sample['train_s']:.2f}s), "
-                        f"{sample['metric']} {sample['value']:.4f}"
-                    )
-                    bare.append(sample)
-                else:
-                    sample = run_pipeline_once(env, config_path)
-                    progress(
-                        f"pipeline {i + 1}/{repeats}: {sample['wall_s']:.2f}s, {sample['outcome']} "
-                        f"(exit {sample['exit_code']}), stages {fmt_stages(sample['stages_s'])}"
-                    )
-                    runs.append(sample)
-            bench_floor(env, config_path, floors, i)
+        bare, runs, floors = interleaved_rounds(env, config_path, repeats, threads, example=True)
         if profile:
             profiled = profile_pipeline(env, config_path, root / "profile")
     finally:

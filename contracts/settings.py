@@ -128,6 +128,7 @@ class Settings:
     ray_address: str | None = None
     ray_auth_token_path: Path | None = None
     mlflow_tracking_uri: str | None = None
+    mlflow_username: str | None = None  # a name, not a secret: the password is never read into Settings
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -164,6 +165,7 @@ class Settings:
             ray_address=get(EnvVar.ray_address),
             ray_auth_token_path=path(EnvVar.ray_auth_token_path),
             mlflow_tracking_uri=get(EnvVar.mlflow_tracking_uri),
+            mlflow_username=get(EnvVar.mlflow_username),
         )
 
     @property

@@ -19,21 +19,33 @@ from infra.components.artifact_store import (
 )
 
 MLFLOW, SERVING, TRAINING, TRIGGERS, EXPORTER = "mlflow", "serving", "training", "triggers", "exporter"
-# What a workload's MLflow user may do: "writer" is an MLflow admin separate from the human admin (it creates
-# experiments and runs, registers versions and moves aliases on a model any earlier user may have made);
-# "reader" is no admin and holds READ on the served registered model (experiments: the server's
-# default_permission, READ).
-# The rollout controller (the training RayJob's deploy stage) moves aliases and tags versions as the writer:
+# What a workload's MLflow user may do. None is an MLflow admin: the human admin is the only one there is.
+# "trainer" (the training RayJob): no admin; MANAGE on the served registered model. Experiments need no grant:
+# any signed-in user may create one and MLflow gives its creator MANAGE (mlflow/server/auth/__init__.py,
+# set_can_manage_experiment_permission / set_can_manage_registered_model_permission, run after CreateExperiment
+# and CreateRegisteredModel); every other experiment it reads under the server's default_permission, READ. An
+# experiment someone else made first refuses its runs, and the run fails saying which grant it needs
+# (pipeline/tracking.py). tests/e2e/test_cluster_checks.py runs the RayJob's whole run, rollout included, as this
+# user against a real MLflow server.
+# The rollout controller (the training RayJob's deploy stage) moves aliases and tags versions as the trainer:
 # MLflow 3.17's basic-auth checks SetRegisteredModelAlias and SetModelVersionTag against `can_update` (EDIT or
 # MANAGE) and DeleteRegisteredModelAlias against `can_delete` (MANAGE only), and serving/promotion.py deletes
-# the `candidate` alias on promotion: the rollout needs MANAGE on its model, which the writer has; READ (the
-# router) has neither (mlflow/server/auth/__init__.py BEFORE_REQUEST_VALIDATORS, mlflow/server/auth/
-# permissions.py; tests/infra/test_cluster_rollout.py checks it against the installed MLflow).
+# the `candidate` alias on promotion: the rollout needs MANAGE on its model; READ (the router) has neither
+# (mlflow/server/auth/__init__.py BEFORE_REQUEST_VALIDATORS, mlflow/server/auth/permissions.py;
+# tests/infra/test_cluster_rollout.py checks it against the installed MLflow).
 ROLLOUT_MLFLOW_PERMISSION = "MANAGE"
-# "reclaimer": no admin; MANAGE on the served registered model only. The trigger checks end a rollout whose
-# controller died (serving/live.py reclaim_rollout: tag the orphaned candidate rejected, drop its alias), which
-# needs exactly the rollout's rights on that one model, and they read its champion's profile with the same grant.
-MlflowAccess = Literal["writer", "reader", "reclaimer"]
+# "reader" (the router): no admin; READ on the served registered model (experiments: default_permission, READ).
+# "reclaimer" (the trigger checks): no admin; MANAGE on the served registered model only. They end a rollout
+# whose controller died (serving/live.py reclaim_rollout: tag the orphaned candidate rejected, drop its alias),
+# which needs exactly the rollout's rights on that one model, and they read its champion's profile with the same
+# grant.
+MlflowAccess = Literal["trainer", "reader", "reclaimer"]
+# What each access holds on the served registered model; no workload user is an MLflow admin.
+MLFLOW_GRANTS: dict[str, str] = {
+    "trainer": ROLLOUT_MLFLOW_PERMISSION,
+    "reader": "READ",
+    "reclaimer": ROLLOUT_MLFLOW_PERMISSION,
+}
 
 
 @dataclass(frozen=True)
@@ -59,7 +71,7 @@ WORKLOADS: tuple[Workload, ...] = (
     # A training run keeps checkpoints and writes its events; it registers models and moves aliases. Its
     # deploy stage is the rollout controller: it reads and writes the live rollout state with conditional PUTs
     # (serving/livestate.py) and never deletes it.
-    Workload(TRAINING, (TRAIN_PREFIX, EVENTS_PREFIX), (), "writer", get_put=(ROLLOUT_PREFIX,)),
+    Workload(TRAINING, (TRAIN_PREFIX, EVENTS_PREFIX), (), "trainer", get_put=(ROLLOUT_PREFIX,)),
     # The checks keep their state and events and read captured traffic; MLflow: the champion's profile. Every
     # check first reclaims a rollout whose controller died (its lease expired): a conditional PUT of the live
     # state (weight 0), the candidate tagged rejected and its alias dropped.

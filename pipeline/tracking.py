@@ -124,8 +124,27 @@ class MlflowTracker:
         warnings.filterwarnings(
             "ignore", message="Hint: Inferred schema contains integer column", category=UserWarning
         )
-        mlflow.set_experiment(experiment)
-        return str(mlflow.start_run(run_name=run_name).info.run_id)
+        from mlflow.exceptions import MlflowException
+
+        from contracts.settings import Settings
+
+        experiment_id = None
+        try:
+            experiment_id = mlflow.set_experiment(experiment).experiment_id
+            return str(mlflow.start_run(run_name=run_name).info.run_id)
+        except MlflowException as error:
+            if error.error_code != "PERMISSION_DENIED":
+                raise
+            # A workload's MLflow user is no admin: it writes to the experiments it created (MLflow makes their
+            # creator MANAGE) and reads the others. Name the grant that lets this run start.
+            user = Settings.from_environ().mlflow_username or "(MLFLOW_TRACKING_USERNAME is not set)"
+            where = f"experiment {experiment!r}" + (f" (id {experiment_id})" if experiment_id else "")
+            raise PermissionError(
+                f"MLflow user {user!r} may not start a run in {where}: another user created it and the "
+                "server gives everyone else READ. An MLflow admin grants it EDIT (MLflow's REST API: POST "
+                "/api/2.0/mlflow/experiments/permissions/create with experiment_id, username and permission "
+                "EDIT), or registry.experiment in the pipeline file names an experiment of its own"
+            ) from None
 
     def end_run(self, status: str) -> None:
         """End the run (FINISHED or FAILED), if one is active."""

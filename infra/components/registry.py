@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Literal, TypedDict
+from typing import Any, TypedDict
 
 import pulumi
 import pulumi_aws as aws
@@ -17,7 +17,7 @@ import pulumi_random as random
 from contracts.settings import EnvVar
 from infra import kube
 from infra.components.artifact_store import GENERATION_ANNOTATION
-from infra.workloads import ROLLOUT_MLFLOW_PERMISSION
+from infra.workloads import MLFLOW_GRANTS, MlflowAccess
 
 POSTGRES_PORT = 5432
 POSTGRES_USER_ID = 999  # the postgres image's own user
@@ -320,11 +320,11 @@ class ImageRepository(pulumi.ComponentResource):
 
 
 class MlflowUserArgs(TypedDict):
-    """One workload's MLflow user: ``writer`` (an admin apart from the human one) or ``reader`` (READ only)."""
+    """One workload's MLflow user and its access (infra/workloads.py: what each holds; none is an admin)."""
 
     workload: str
     username: str
-    access: Literal["writer", "reader", "reclaimer"]
+    access: MlflowAccess
 
 
 class ModelRegistryArgs(TypedDict):
@@ -341,7 +341,7 @@ class ModelRegistryArgs(TypedDict):
     service_account_annotations: pulumi.Input[dict[str, str]]
     admin_username: str
     admin_password: pulumi.Input[str]
-    # The registered model readers get READ on (the one the stack serves).
+    # The registered model every workload user holds its grant on (the one the stack serves).
     registered_model: str
     # One user per workload that calls MLflow; only their pods (by workload label) reach MLflow.
     users: list[MlflowUserArgs]
@@ -352,13 +352,12 @@ AUTH_DIR = "/etc/mlflow-auth"
 
 
 def user_entry(user: MlflowUserArgs, password: str, registered_model: str) -> dict[str, Any]:
-    """A user as ``python -m lockgate.mlflow_admin`` reads it: READ (reader) or MANAGE (reclaimer) on one model."""
-    grants = {"reader": "READ", "reclaimer": ROLLOUT_MLFLOW_PERMISSION}
+    """A user as ``python -m lockgate.mlflow_admin`` reads it: no admin, its access's grant on one model."""
     return {
         "username": user["username"],
         "password": password,
-        "is_admin": user["access"] == "writer",
-        "registered_models": {registered_model: grants[user["access"]]} if user["access"] in grants else {},
+        "is_admin": False,
+        "registered_models": {registered_model: MLFLOW_GRANTS[user["access"]]},
     }
 
 
@@ -373,9 +372,9 @@ def validate_users(admin_username: str, users: list[MlflowUserArgs]) -> None:
     if len(set(workloads)) != len(workloads):
         raise ValueError(f"users: one user per workload, got {workloads}")
     for user in users:
-        if user["access"] not in ("writer", "reader", "reclaimer"):
+        if user["access"] not in MLFLOW_GRANTS:
             raise ValueError(
-                f"users: {user['workload']}'s access must be writer, reader or reclaimer, "
+                f"users: {user['workload']}'s access must be one of {sorted(MLFLOW_GRANTS)}, "
                 f"got {user['access']!r}"
             )
 
@@ -437,7 +436,7 @@ class ModelRegistry(pulumi.ComponentResource):
         if args["replicas"] < 1:
             raise ValueError("replicas: at least one MLflow server")
         if not args["registered_model"]:
-            raise ValueError("registered_model: readers need the model they read")
+            raise ValueError("registered_model: the workload users' grants need the model the stack serves")
         validate_users(args["admin_username"], args["users"])
         super().__init__("lockgate:registry:ModelRegistry", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)

@@ -277,8 +277,8 @@ def rollout_promote(
 ) -> None:
     """Promote the candidate now (compare-and-set on the aliases), then serve it as champion.
 
-    On a stack (MLFLOW_TRACKING_URI and RAY_ADDRESS, no local environment up) only the registry's aliases
-    move; what the stack serves follows its config (`lockgate:models`).
+    On a stack (MLFLOW_TRACKING_URI and RAY_ADDRESS, no local environment up) the registry's aliases move and
+    the stack's router follows the champion alias (unless `lockgate:models.champion` pins a version).
     """
     with rollout_context(config, state_dir) as context:
         # Ray reads its auth and loopback settings when it is imported: only once connected() has set them.
@@ -303,12 +303,17 @@ def rollout_promote(
 
 
 def _show_stack_aliases(model_name: str, aliases: dict[str, str], as_json: bool) -> None:
-    """On a stack: the registry's aliases now, and how to make the stack serve them."""
+    """On a stack: the registry's aliases now, and when the stack serves them.
+
+    The stack's router follows the ``champion`` alias unless its config pins a version (README, "Who decides
+    what serves"), so nothing is left to do. Pinning is not the advice: a pin would hold back every later
+    promotion.
+    """
     champion = aliases.get(Alias.champion)
     show(
         {"model_name": model_name, "aliases": aliases, "served": None},
-        f"model {model_name}: aliases now {aliases}; the stack serves its config: "
-        f"pulumi config set --path 'lockgate:models.champion' '\"{champion}\"' && pulumi up",
+        f"model {model_name}: aliases now {aliases}; the stack's router serves v{champion} at its next registry "
+        "poll (it follows the champion alias; a stack that pins lockgate:models.champion serves its pin)",
         as_json,
     )
 

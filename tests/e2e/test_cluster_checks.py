@@ -24,6 +24,7 @@ from urllib.parse import parse_qs, urlparse
 import mlflow
 import pandas as pd
 import pytest
+import requests
 import yaml
 
 from lockgate.exporter import Exporter
@@ -298,6 +299,33 @@ print(json.dumps({"outcome": result.outcome.value, "reason": result.reason, "eve
 """
 
 
+def stack_mlflow_user(local_env: Any, workload: str, model: str) -> dict[str, str]:
+    """The MLflow user a stack gives ``workload`` (infra's exact users.json entry), made in the local server.
+
+    Made as the MLflow pod's init container makes it (``lockgate.mlflow_admin.ensure_users`` on the auth
+    database); returns the client variables the workload's pods get from its Secret.
+    """
+    import secrets
+
+    from infra.components.registry import user_entry
+    from infra.workloads import BY_NAME
+    from lockgate.mlflow_admin import WorkloadUser, ensure_users
+
+    access = BY_NAME[workload].mlflow
+    assert access is not None, f"{workload} has no MLflow user in a stack"
+    entry = user_entry(
+        {"workload": workload, "username": f"{model}-{workload}", "access": access},
+        secrets.token_hex(16),
+        model,
+    )
+    creds = local_env.credentials()
+    admin = WorkloadUser(creds["mlflow_username"], creds["mlflow_password"], is_admin=True)
+    ensure_users(
+        f"sqlite:///{local_env.state_dir / 'mlflow' / 'auth.db'}", admin, [WorkloadUser.from_json(entry)]
+    )
+    return {"MLFLOW_TRACKING_USERNAME": entry["username"], "MLFLOW_TRACKING_PASSWORD": entry["password"]}
+
+
 def test_a_drift_triggered_run_rolls_out_in_cluster_mode(
     local_env, tmp_path, s3, kube_api, monkeypatch
 ) -> None:
@@ -305,16 +333,17 @@ def test_a_drift_triggered_run_rolls_out_in_cluster_mode(
     a bad candidate then ends at weight 0 with one rollback event.
 
     Real: MLflow, Ray (training and Serve), the router reading the live state from S3 (moto's server), a real
-    ``prometheus`` scraping the router, the trigger check as a fresh process creating the RayJob (stand-in
-    API), and the alias writer. The triggered run is not a KubeRay RayJob (there is no cluster): it is the
-    RayJob's entrypoint (``python -m pipeline.run --config …``) submitted as a Ray job with the env vars the
-    created RayJob carries (its ``runtimeEnvYAML``) plus the pod env infra gives the training RayJob
-    (``LOCKGATE_LIVE_STATE_URI``, ``LOCKGATE_PROMETHEUS_URL``/``_SELECTOR``, the store's AWS variables) and no
-    ``LOCKGATE_DASHBOARD_URL`` (blanked: the session's Ray head has one). The router is deployed once, as the
-    RayService's ``serveConfigV2`` would be (the shape only, the champion alias followed), with the store's
-    variables in its runtime env where a pod has them from its identity. The bad candidate is registered
-    directly (a model failing half its answers; no training makes one) and rolled out by the deploy stage in
-    this process with the same cluster env.
+    ``prometheus`` scraping the router, the trigger check as a fresh process creating the RayJob (stand-in API),
+    and the alias writer. The runs and the rollout sign in to MLflow as the stack's training user and the check as
+    its trigger-checks user (infra's users.json entries, no admin). The triggered run is not a KubeRay RayJob
+    (there is no cluster): it is the RayJob's entrypoint (``python -m pipeline.run --config …``) submitted as a
+    Ray job with the env vars the created RayJob carries (its ``runtimeEnvYAML``) plus the pod env infra gives the
+    training RayJob (``LOCKGATE_LIVE_STATE_URI``, ``LOCKGATE_PROMETHEUS_URL``/``_SELECTOR``, the store's AWS
+    variables) and no ``LOCKGATE_DASHBOARD_URL`` (blanked: the session's Ray head has one). The router is deployed
+    once, as the RayService's ``serveConfigV2`` would be (the shape only, the champion alias followed), with the
+    store's variables in its runtime env where a pod has them from its identity. The bad candidate is registered
+    directly (a model failing half its answers; no training makes one) and rolled out by the deploy stage in this
+    process with the same cluster env.
     """
     from contracts.vocabulary import ServingMetric
     from lockgate.jobs import job_client, job_runtime_env, wait_pipeline
@@ -341,7 +370,8 @@ def test_a_drift_triggered_run_rolls_out_in_cluster_mode(
     config = write_pipeline(
         tmp_path,
         {
-            "registry": {"model_name": name},
+            # An experiment of its own: the training user is no admin and writes only to what it created.
+            "registry": {"model_name": name, "experiment": name},
             "rollout": CLUSTER_ROLLOUT,
             "triggers": {
                 "drift": {"window_rows": WINDOW, "confirm": {"breaches": 1, "windows": 1}},
@@ -354,6 +384,10 @@ def test_a_drift_triggered_run_rolls_out_in_cluster_mode(
     store = S3StateStore(live_uri)
     target = local_env.metrics_url.removeprefix("http://").removesuffix("/metrics")
     selector = json.dumps({"application": app_name})
+    # The stack's MLflow users, none an admin: the training RayJob's (MANAGE on the served model; the rollout
+    # runs as it) and the trigger checks' (MANAGE on it, to reclaim an orphaned rollout).
+    trainer = stack_mlflow_user(local_env, "training", name)
+    checker = stack_mlflow_user(local_env, "triggers", name)
     with prometheus(tmp_path / "prometheus", [target]) as prometheus_url:
         # The training RayJob pod's environment in cluster mode (infra/components/ray_platform.py).
         cluster_env = {
@@ -363,6 +397,7 @@ def test_a_drift_triggered_run_rolls_out_in_cluster_mode(
             "LOCKGATE_PROMETHEUS_URL": prometheus_url,
             "LOCKGATE_PROMETHEUS_SELECTOR": selector,
             "LOCKGATE_EVENTS_URI": events_uri,
+            **trainer,
         }
         client = job_client(local_env)
 
@@ -411,6 +446,7 @@ def test_a_drift_triggered_run_rolls_out_in_cluster_mode(
                     "LOCKGATE_NAMESPACE": NAMESPACE,
                     "LOCKGATE_EVENTS_URI": events_uri,
                     "LOCKGATE_LIVE_STATE_URI": live_uri,
+                    **checker,
                 },
                 capture_output=True,
                 text=True,
@@ -481,6 +517,16 @@ def test_a_drift_triggered_run_rolls_out_in_cluster_mode(
     assert (state.candidate, state.candidate_weight) == (None, 0.0), f"expected weight 0: {state}"
     tags_after = mlflow.MlflowClient().get_model_version(name, bad.version).tags
     assert tags_after.get("lockgate.rollout") == "rejected", f"expected rejected: {tags_after}"
+    # And the user all of that ran as is no admin: a model it holds no grant on refuses its changes.
+    from mlflow.exceptions import MlflowException
+
+    other = f"{name}-other"
+    mlflow.MlflowClient().create_registered_model(other)
+    for variable, value in trainer.items():
+        monkeypatch.setenv(variable, value)
+    with pytest.raises(MlflowException) as refused:
+        mlflow.MlflowClient().set_registered_model_tag(other, "lockgate.rollout", "rejected")
+    assert refused.value.error_code == "PERMISSION_DENIED", f"expected a refusal, got {refused.value}"
 
 
 def _rayjob_template(directory: Any) -> Any:
@@ -518,3 +564,37 @@ def _kubeconfig(directory: Any, server: str) -> Any:
         )
     )
     return kubeconfig
+
+
+def test_a_run_in_an_experiment_its_user_did_not_create_fails_naming_the_grant(
+    local_env, monkeypatch
+) -> None:
+    from pipeline.tracking import MlflowTracker
+
+    # Given an experiment a person (the admin) created, and the stack's training user, which is no admin
+    name = f"grant-{uuid.uuid4().hex[:6]}"
+    experiment_id = mlflow.MlflowClient().create_experiment(name)
+    trainer = stack_mlflow_user(local_env, "training", name)
+    for variable, value in trainer.items():
+        monkeypatch.setenv(variable, value)
+    # When a run starts there as the training user, then it fails naming the user, the experiment and the grant
+    user = trainer["MLFLOW_TRACKING_USERNAME"]
+    with pytest.raises(PermissionError) as refused:
+        MlflowTracker().start_run(name, "refused")
+    message = str(refused.value)
+    assert f"MLflow user {user!r}" in message and f"experiment {name!r} (id {experiment_id})" in message, (
+        message
+    )
+    assert "permission EDIT" in message and trainer["MLFLOW_TRACKING_PASSWORD"] not in message, message
+    # and with that grant made by the admin (MLflow's permissions API), the same run starts.
+    creds = local_env.credentials()
+    granted = requests.post(
+        f"{local_env.mlflow_url}/api/2.0/mlflow/experiments/permissions/create",
+        json={"experiment_id": experiment_id, "username": user, "permission": "EDIT"},
+        auth=(creds["mlflow_username"], creds["mlflow_password"]),
+        timeout=30,
+    )
+    assert granted.status_code == 200, granted.text
+    tracker = MlflowTracker()
+    assert tracker.start_run(name, "granted"), "expected the run to start once EDIT is granted"
+    tracker.end_run("FINISHED")

@@ -95,7 +95,7 @@ def minio_args(**overrides: Any) -> Any:
 
 
 REGISTRY_USERS: Any = [
-    {"workload": "training", "username": "lockgate-training", "access": "writer"},
+    {"workload": "training", "username": "lockgate-training", "access": "trainer"},
     {"workload": "serving", "username": "lockgate-serving", "access": "reader"},
 ]
 

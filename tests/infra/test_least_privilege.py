@@ -116,7 +116,9 @@ def test_workload_users_are_distinct_and_serving_only_reads(dev) -> None:
     assert users["lockgate-triggers"]["is_admin"] is False, "the checks are no admin"
     # MANAGE on the served model alone: they reclaim an orphaned rollout (tag rejected, drop its alias).
     assert users["lockgate-triggers"]["registered_models"] == {model: "MANAGE"}
-    assert users["lockgate-training"]["is_admin"] is True, "the writer: a separate admin, not the human one"
+    # The training RayJob (training, registration, its rollout): no admin either, MANAGE on the served model.
+    assert users["lockgate-training"]["is_admin"] is False, "no workload user is an MLflow admin"
+    assert users["lockgate-training"]["registered_models"] == {model: "MANAGE"}, users["lockgate-training"]
     for workload in ("serving", "training", "triggers"):
         client = secret_data(dev, f"lockgate-mlflow-{workload}")
         entry = users[client["MLFLOW_TRACKING_USERNAME"]]
@@ -128,7 +130,11 @@ def test_workload_users_are_distinct_and_serving_only_reads(dev) -> None:
     assert len(set(passwords)) == len(passwords), "no two users share a password"
     # The exact file the init container reads parses as `python -m lockgate.mlflow_admin` expects.
     parsed = [mlflow_admin.WorkloadUser.from_json(u) for u in users.values()]
-    assert {u.username for u in parsed if not u.is_admin} == {"lockgate-serving", "lockgate-triggers"}
+    assert {u.username for u in parsed if not u.is_admin} == {
+        "lockgate-serving",
+        "lockgate-triggers",
+        "lockgate-training",
+    }, "the init container makes no workload user an admin"
 
 
 @pytest.mark.parametrize("stack", ["dev", "aws"])

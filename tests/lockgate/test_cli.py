@@ -361,3 +361,17 @@ def test_progress_is_plain_lines_when_stdout_is_not_a_terminal(capsys: pytest.Ca
     # then it is plain text, on stdout for people and on stderr under --json: no spinner, no escape codes.
     assert captured.out == "step one\n", f"got {captured.out!r}"
     assert captured.err == "step two\n", f"got {captured.err!r}"
+
+
+def test_a_promotion_or_rollback_on_a_stack_says_the_router_follows_the_alias(capsys) -> None:
+    from lockgate.cli.serving import _show_stack_aliases
+
+    # Given aliases just moved on a stack (its router follows the champion alias unless a version is pinned)
+    aliases = {"champion": "3", "previous": "2"}
+    # When the command reports it, then it says which version serves and when, and does not advise a pin:
+    # a pin set by hand would hold back every later automated promotion.
+    _show_stack_aliases("loans", aliases, as_json=False)
+    line = capsys.readouterr().out
+    assert "serves v3 at its next registry poll" in line and "pulumi config set" not in line, line
+    _show_stack_aliases("loans", aliases, as_json=True)
+    assert json.loads(capsys.readouterr().out) == {"model_name": "loans", "aliases": aliases, "served": None}
