@@ -268,14 +268,9 @@ def _plain(label: Any) -> Any:
 
 def current_alias_version(client: Any, name: str, alias: str) -> str | None:
     """The version an alias points at, or None when the model or alias does not exist."""
-    from mlflow.exceptions import MlflowException
+    from serving.scoring import alias_version
 
-    try:
-        return str(client.get_model_version_by_alias(name, alias).version)
-    except MlflowException as error:
-        if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
-            return None
-        raise
+    return alias_version(client, name, alias)
 
 
 def point_new_version(name: str, version: str, first_model_alias: str) -> str:

@@ -139,11 +139,18 @@ class MlflowTracker:
             # creator MANAGE) and reads the others. Name the grant that lets this run start.
             user = Settings.from_environ().mlflow_username or "(MLFLOW_TRACKING_USERNAME is not set)"
             where = f"experiment {experiment!r}" + (f" (id {experiment_id})" if experiment_id else "")
+            # Under default_permission NO_PERMISSIONS the user cannot even read the experiment's id.
+            the_id = (
+                repr(experiment_id)
+                if experiment_id
+                else f"mlflow.get_experiment_by_name({experiment!r}).experiment_id"
+            )
             raise PermissionError(
-                f"MLflow user {user!r} may not start a run in {where}: another user created it and the "
-                "server gives everyone else READ. An MLflow admin grants it EDIT (MLflow's REST API: POST "
-                "/api/2.0/mlflow/experiments/permissions/create with experiment_id, username and permission "
-                "EDIT), or registry.experiment in the pipeline file names an experiment of its own"
+                f"MLflow user {user!r} may not start a run in {where}: another user created it. An MLflow "
+                "admin grants it EDIT: mlflow.server.get_app_client('basic-auth', tracking_uri=…)"
+                f".grant_user_permission({user!r}, 'experiment', {the_id}, 'EDIT') (REST: "
+                "POST /api/3.0/mlflow/users/permissions/grant); or registry.experiment in the pipeline file "
+                "names an experiment of its own"
             ) from None
 
     def end_run(self, status: str) -> None:

@@ -162,7 +162,39 @@ def probability_source(model: Any) -> Any | None:
 
 
 # What MLflow answers for a registered model, version or alias that does not exist (yet).
-MISSING_CODES = frozenset({"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"})
+MISSING_CODES = frozenset({"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"})
+
+
+def _version_or_none(client: Any, name: str, lookup: Callable[[], Any]) -> str | None:
+    """``lookup()``'s version, or None when registered model ``name`` (or the version asked for) does not exist.
+
+    MLflow's basic-auth answers a user who is no admin with 403, not 404, when the model does not exist yet:
+    a version or alias lookup needs a version-read right it cannot find on nothing (mlflow/server/auth/
+    __init__.py, ``_alias_version_requirement_met`` and the model-version validators), while the model lookup
+    says 404. A refusal is therefore checked against the model itself; when the model exists, it stands.
+    """
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(lookup().version)
+    except MlflowException as error:
+        if error.error_code in MISSING_CODES:
+            return None
+        if error.error_code != "PERMISSION_DENIED":
+            raise
+        refused = error
+    try:
+        client.get_registered_model(name)
+    except MlflowException as error:
+        if error.error_code in MISSING_CODES:
+            return None
+        raise
+    raise refused
+
+
+def alias_version(client: Any, name: str, alias: str) -> str | None:
+    """The version ``alias`` of registered model ``name`` names, or None when the model or alias does not exist."""
+    return _version_or_none(client, name, lambda: client.get_model_version_by_alias(name, alias))
 
 
 def registry_version(ref: ModelRef | AliasRef) -> str | None:
@@ -171,18 +203,12 @@ def registry_version(ref: ModelRef | AliasRef) -> str | None:
     A pinned version is looked up (it may not be registered yet, as on a fresh stack); an alias is resolved.
     Any other registry failure (unreachable, refused) raises: the caller retries, it does not conclude.
     """
-    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
-    try:
-        if isinstance(ref, AliasRef):
-            return str(client.get_model_version_by_alias(ref.name, ref.alias.value).version)
-        return str(client.get_model_version(ref.name, ref.version).version)
-    except MlflowException as error:
-        if error.error_code in MISSING_CODES:
-            return None
-        raise
+    if isinstance(ref, AliasRef):
+        return alias_version(client, ref.name, ref.alias.value)
+    return _version_or_none(client, ref.name, lambda: client.get_model_version(ref.name, ref.version))
 
 
 class LoadedModel:

@@ -24,7 +24,6 @@ from urllib.parse import parse_qs, urlparse
 import mlflow
 import pandas as pd
 import pytest
-import requests
 import yaml
 
 from lockgate.exporter import Exporter
@@ -37,6 +36,7 @@ from pipeline.run import EXIT_OK
 from pipeline.store import StateStore
 from serving.capture import CaptureBuffer
 from tests.conftest import PORT_OFFSET, write_pipeline
+from tests.e2e.mlflow_users import grant_experiment, stack_mlflow_user
 from tests.infra.conftest import crd_errors
 
 pytestmark = pytest.mark.e2e
@@ -299,33 +299,6 @@ print(json.dumps({"outcome": result.outcome.value, "reason": result.reason, "eve
 """
 
 
-def stack_mlflow_user(local_env: Any, workload: str, model: str) -> dict[str, str]:
-    """The MLflow user a stack gives ``workload`` (infra's exact users.json entry), made in the local server.
-
-    Made as the MLflow pod's init container makes it (``lockgate.mlflow_admin.ensure_users`` on the auth
-    database); returns the client variables the workload's pods get from its Secret.
-    """
-    import secrets
-
-    from infra.components.registry import user_entry
-    from infra.workloads import BY_NAME
-    from lockgate.mlflow_admin import WorkloadUser, ensure_users
-
-    access = BY_NAME[workload].mlflow
-    assert access is not None, f"{workload} has no MLflow user in a stack"
-    entry = user_entry(
-        {"workload": workload, "username": f"{model}-{workload}", "access": access},
-        secrets.token_hex(16),
-        model,
-    )
-    creds = local_env.credentials()
-    admin = WorkloadUser(creds["mlflow_username"], creds["mlflow_password"], is_admin=True)
-    ensure_users(
-        f"sqlite:///{local_env.state_dir / 'mlflow' / 'auth.db'}", admin, [WorkloadUser.from_json(entry)]
-    )
-    return {"MLFLOW_TRACKING_USERNAME": entry["username"], "MLFLOW_TRACKING_PASSWORD": entry["password"]}
-
-
 def test_a_drift_triggered_run_rolls_out_in_cluster_mode(
     local_env, tmp_path, s3, kube_api, monkeypatch
 ) -> None:
@@ -415,6 +388,11 @@ def test_a_drift_triggered_run_rolls_out_in_cluster_mode(
         # Given a first champion registered by a run in cluster mode: nothing deployed by the run,
         first = run_as_rayjob({}, "first")
         assert (first.exit_code, first.outcome) == (EXIT_OK, "registered"), first.message
+        # The stack's MLflow lets every user read every experiment (infra: default_permission READ); the local
+        # server lets none (NO_PERMISSIONS): the checks' user is given that READ on the run's experiment.
+        experiment = mlflow.MlflowClient().get_experiment_by_name(name)
+        assert experiment is not None, f"expected the run to have created experiment {name}"
+        grant_experiment(local_env, experiment.experiment_id, checker["MLFLOW_TRACKING_USERNAME"], "READ")
         # and the router as the RayService serves it (shape only), following the live state in S3.
         rendered = render_serve_config(
             load_serving_file(tmp_path / "serving.yaml").serving,
@@ -582,19 +560,34 @@ def test_a_run_in_an_experiment_its_user_did_not_create_fails_naming_the_grant(
     with pytest.raises(PermissionError) as refused:
         MlflowTracker().start_run(name, "refused")
     message = str(refused.value)
-    assert f"MLflow user {user!r}" in message and f"experiment {name!r} (id {experiment_id})" in message, (
-        message
-    )
-    assert "permission EDIT" in message and trainer["MLFLOW_TRACKING_PASSWORD"] not in message, message
+    # (the local server's default_permission is NO_PERMISSIONS, so the user cannot read the experiment's id: the
+    # grant names how to find it; under a stack's READ it names the id itself)
+    assert f"MLflow user {user!r} may not start a run in experiment {name!r}" in message, message
+    id_expression = f"mlflow.get_experiment_by_name({name!r}).experiment_id"
+    assert f".grant_user_permission({user!r}, 'experiment', {id_expression}, 'EDIT')" in message, message
+    assert trainer["MLFLOW_TRACKING_PASSWORD"] not in message, "the password stays out of the error"
     # and with that grant made by the admin (MLflow's permissions API), the same run starts.
-    creds = local_env.credentials()
-    granted = requests.post(
-        f"{local_env.mlflow_url}/api/2.0/mlflow/experiments/permissions/create",
-        json={"experiment_id": experiment_id, "username": user, "permission": "EDIT"},
-        auth=(creds["mlflow_username"], creds["mlflow_password"]),
-        timeout=30,
-    )
-    assert granted.status_code == 200, granted.text
+    grant_experiment(local_env, experiment_id, user, "EDIT")
     tracker = MlflowTracker()
     assert tracker.start_run(name, "granted"), "expected the run to start once EDIT is granted"
     tracker.end_run("FINISHED")
+
+
+def test_a_user_who_is_no_admin_finds_no_alias_on_a_model_not_registered_yet(local_env, monkeypatch) -> None:
+    from mlflow.exceptions import MlflowException
+
+    from pipeline.register import current_alias_version
+    from serving.scoring import registry_version
+    from serving.spec import AliasRef
+
+    # Given the stack's router user (READ on a model not registered yet): MLflow answers its alias lookup 403
+    name = f"absent-{uuid.uuid4().hex[:6]}"
+    for variable, value in stack_mlflow_user(local_env, "serving", name).items():
+        monkeypatch.setenv(variable, value)
+    client = mlflow.MlflowClient()
+    with pytest.raises(MlflowException) as refused:
+        client.get_model_version_by_alias(name, "champion")
+    assert refused.value.error_code == "PERMISSION_DENIED", "MLflow's answer changed: re-check alias_version"
+    # When the pipeline and the router ask which version the champion alias names, then: none yet
+    assert current_alias_version(client, name, "champion") is None
+    assert registry_version(AliasRef(name=name, alias="champion")) is None

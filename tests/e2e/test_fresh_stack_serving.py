@@ -5,7 +5,10 @@ KubeRay applies ``serveConfigV2``) and MLflow. The serve config is the dev stack
 by ``infra/serve.py`` (the builder the program uses). Adapted, and only these: ``http_options`` (127.0.0.1
 and this session's Serve port instead of 0.0.0.0:8000 in a pod), the capture location (a local directory
 instead of the artefact store's ``s3://…/capture``) and the registered model's name (one of this test's
-own, so no other test's model is there already). The registry poll interval is the stack's default.
+own, so no other test's model is there already). The registry poll interval is the stack's default. The
+router signs in to MLflow as the stack's serving user (infra's users.json entry: no admin, READ on the served
+model), as the RayService's pods do; the experiment its versions' runs live in is readable to it, as every
+experiment is under a stack's ``default_permission = READ`` (the local server's default is NO_PERMISSIONS).
 """
 
 from __future__ import annotations
@@ -26,8 +29,9 @@ from pipeline.data import make_loans
 from serving.deploy import application_status, deploy_config, wait_running
 from serving.spec import DEFAULT_REGISTRY_POLL_S
 from tests.conftest import ROOT, remove_serve_applications
+from tests.e2e.mlflow_users import grant_experiment, stack_mlflow_user
 from tests.infra.driver import engine_config
-from tests.serving.conftest import SERVE_PORT, register_version
+from tests.serving.conftest import SERVE_PORT, SERVING_EXPERIMENT, register_version
 
 pytestmark = pytest.mark.e2e
 # One poll interval, then loading the version in the replica (its first model brings in MLflow and torch:
@@ -67,6 +71,12 @@ def test_router_starts_without_a_model_and_serves_the_champion_once_registered(
     name = f"fresh-{uuid.uuid4().hex[:6]}"
     config = dev_stack_config(name)
     rendered = local_serve_config(config, champion, tmp_path / "capture")
+    reader = stack_mlflow_user(local_env, "serving", name)
+    rendered["applications"][0]["runtime_env"].setdefault("env_vars", {}).update(reader)
+    experiment = MlflowClient().get_experiment_by_name(SERVING_EXPERIMENT) or MlflowClient().get_experiment(
+        MlflowClient().create_experiment(SERVING_EXPERIMENT)
+    )
+    grant_experiment(local_env, experiment.experiment_id, reader["MLFLOW_TRACKING_USERNAME"], "READ")
     app = rendered["applications"][0]["name"]
     router = rendered["applications"][0]["deployments"][0]["user_config"]
     assert router["registry_poll_s"] == DEFAULT_REGISTRY_POLL_S, "the stack's own poll interval"

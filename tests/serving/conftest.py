@@ -25,6 +25,9 @@ from tests.conftest import ROOT, SESSION_SERVE_PORT, remove_serve_applications
 SERVE_PORT = SESSION_SERVE_PORT
 
 
+SERVING_EXPERIMENT = "serving-tests"  # where register_version logs its runs
+
+
 def register_version(
     name: str, seed: int, fail_rate: float = 0.0, delay_s: float = 0.0, tags: dict[str, str] | None = None
 ) -> ModelRef:
@@ -37,7 +40,7 @@ def register_version(
     data = encode_training_data(frame, config)
     torch.manual_seed(seed)
     network = build_mlp(data.encoder.width, config.model.hidden_units, config.model.dropout)
-    mlflow.set_experiment("serving-tests")
+    mlflow.set_experiment(SERVING_EXPERIMENT)
     example = frame[list(config.features)].head(5)
     with mlflow.start_run():
         info = log_model(data.encoder, network.state_dict(), example)
