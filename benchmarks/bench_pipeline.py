@@ -63,6 +63,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -598,6 +599,18 @@ def print_floor(floor: dict[str, Any], floors: list[dict[str, Any]]) -> None:
     )
 
 
+def pipeline_round(
+    env: Any, config_path: Path, i: int, repeats: int, detail: Callable[[dict[str, Any]], str]
+) -> dict[str, Any]:
+    """One timed pipeline run of round ``i``, its progress line ending with ``detail(sample)``."""
+    sample = run_pipeline_once(env, config_path)
+    progress(
+        f"pipeline {i + 1}/{repeats}: {sample['wall_s']:.2f}s, {sample['outcome']} "
+        f"(exit {sample['exit_code']}), {detail(sample)}"
+    )
+    return sample
+
+
 def bench_pipeline(
     root: Path, config_path: Path, repeats: int
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -608,12 +621,9 @@ def bench_pipeline(
     try:
         env.up(log=log_env)
         for i in range(repeats):
-            sample = run_pipeline_once(env, config_path)
-            progress(
-                f"pipeline {i + 1}/{repeats}: {sample['wall_s']:.2f}s, {sample['outcome']} "
-                f"(exit {sample['exit_code']}), test.auc {sample['test_auc']}"
+            samples.append(
+                pipeline_round(env, config_path, i, repeats, lambda s: f"test.auc {s['test_auc']}")
             )
-            samples.append(sample)
             bench_floor(env, config_path, floors, i)
     finally:
         stop_env(env)
@@ -640,12 +650,11 @@ def interleaved_rounds(
                 progress(f"bare {i + 1}/{repeats}: {sample['wall_s']:.2f}s, {result}")
                 bare.append(sample)
             else:
-                sample = run_pipeline_once(env, config_path)
-                progress(
-                    f"pipeline {i + 1}/{repeats}: {sample['wall_s']:.2f}s, {sample['outcome']} "
-                    f"(exit {sample['exit_code']}), stages {fmt_stages(sample['stages_s'])}"
+                runs.append(
+                    pipeline_round(
+                        env, config_path, i, repeats, lambda s: f"stages {fmt_stages(s['stages_s'])}"
+                    )
                 )
-                runs.append(sample)
         bench_floor(env, config_path, floors, i)
     return bare, runs, floors
 
