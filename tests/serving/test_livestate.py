@@ -332,3 +332,38 @@ def test_a_second_rollout_of_a_model_is_refused_naming_the_running_candidate(tmp
     # then nothing of the running one changed.
     state, _ = store.read("m")
     assert (state.candidate, state.lease.owner if state.lease else None) == ("2", "pipeline-run-1"), state
+
+
+@pytest.mark.parametrize("how", ["weight pinned in the serving file", "rollout paused in the store"])
+def test_a_pin_set_after_the_last_steps_final_look_yields_instead_of_promoting(
+    tmp_path: Path, how: str
+) -> None:
+    from dataclasses import replace
+
+    from serving.live import LeasedRolloutController, RolloutTarget, live_effects
+    from tests.serving.test_rollout_analysis import POLICY, World
+
+    serving = tmp_path / "serving.yaml"
+    serving.write_text("model_name: m\n")
+    store = LocalStateStore(tmp_path / "rollout")
+    # Given a healthy candidate's rollout whose metrics pass every step (the controller's own looks see no pin),
+    world = World(candidate_errors_per_tick=0)
+    target = RolloutTarget(metrics_url="http://127.0.0.1:1/metrics", local_router=False)
+    live = live_effects(target, serving, store, ("1", "2"), lambda *event: None, "controller-1")
+
+    def person_pins_then_promote() -> None:
+        # when a person pins the weight (or pauses) between the last step's final look and the promotion,
+        if how.startswith("weight"):
+            serving.write_text("model_name: m\ntraffic:\n  candidate_weight: 0\n")
+        else:
+            store.update("m", lambda state: state.model_copy(update={"paused": True}))
+        live.promote()  # the real promotion: it looks for a pin first; an alias move would need Ray here
+
+    effects = replace(world.effects(), promote=person_pins_then_promote)
+    result = LeasedRolloutController(POLICY, ("1", "2"), effects, store, "m", "controller-1").run()
+    # then automation yields to the pin (outcome pinned, no alias moved), the candidate keeps its weight for the
+    # person to look at, and the lease is released for a later run to resume.
+    assert result.outcome == "pinned", f"expected the rollout to yield, got {result}"
+    assert ("event", "promotion") not in world.actions, world.actions
+    state = store.read("m")[0]
+    assert (state.candidate, state.lease) == ("2", None), state
