@@ -266,13 +266,6 @@ def _plain(label: Any) -> Any:
     return label.item() if hasattr(label, "item") else label
 
 
-def current_alias_version(client: Any, name: str, alias: str) -> str | None:
-    """The version an alias points at, or None when the model or alias does not exist."""
-    from serving.scoring import alias_version
-
-    return alias_version(client, name, alias)
-
-
 def point_new_version(name: str, version: str, first_model_alias: str) -> str:
     """Point an alias at a new version through the single alias writer; the alias it got.
 

@@ -251,9 +251,9 @@ class MlflowTracker:
 
     def alias_version(self, model_name: str, alias: str) -> str | None:
         """The version an alias of a registered model points at, or None."""
-        from pipeline.register import current_alias_version
+        from serving.scoring import alias_version
 
-        return current_alias_version(self.client, model_name, alias)
+        return alias_version(self.client, model_name, alias)
 
     def register(
         self, model_name: str, model_uri: str, tags: dict[str, str], first_model_alias: str

@@ -49,7 +49,12 @@ def grant_experiment(local_env: Any, experiment_id: str, username: str, permissi
         "MLFLOW_TRACKING_PASSWORD": creds["mlflow_password"],
     }
     with pytest.MonkeyPatch.context() as patch:
-        for variable, value in admin.items():
-            patch.setenv(variable, value)
+        sign_in(patch, admin)
         client = get_app_client("basic-auth", tracking_uri=local_env.mlflow_url)
         client.grant_user_permission(username, "experiment", experiment_id, permission)
+
+
+def sign_in(patch: pytest.MonkeyPatch, user: dict[str, str]) -> None:
+    """This process's MLflow calls go as ``user`` (its client variables, as ``stack_mlflow_user`` returns them)."""
+    for variable, value in user.items():
+        patch.setenv(variable, value)

@@ -36,7 +36,7 @@ from pipeline.run import EXIT_OK
 from pipeline.store import StateStore
 from serving.capture import CaptureBuffer
 from tests.conftest import PORT_OFFSET, write_pipeline
-from tests.e2e.mlflow_users import grant_experiment, stack_mlflow_user
+from tests.e2e.mlflow_users import grant_experiment, sign_in, stack_mlflow_user
 from tests.infra.conftest import crd_errors
 
 pytestmark = pytest.mark.e2e
@@ -500,8 +500,7 @@ def test_a_drift_triggered_run_rolls_out_in_cluster_mode(
 
     other = f"{name}-other"
     mlflow.MlflowClient().create_registered_model(other)
-    for variable, value in trainer.items():
-        monkeypatch.setenv(variable, value)
+    sign_in(monkeypatch, trainer)
     with pytest.raises(MlflowException) as refused:
         mlflow.MlflowClient().set_registered_model_tag(other, "lockgate.rollout", "rejected")
     assert refused.value.error_code == "PERMISSION_DENIED", f"expected a refusal, got {refused.value}"
@@ -553,8 +552,7 @@ def test_a_run_in_an_experiment_its_user_did_not_create_fails_naming_the_grant(
     name = f"grant-{uuid.uuid4().hex[:6]}"
     experiment_id = mlflow.MlflowClient().create_experiment(name)
     trainer = stack_mlflow_user(local_env, "training", name)
-    for variable, value in trainer.items():
-        monkeypatch.setenv(variable, value)
+    sign_in(monkeypatch, trainer)
     # When a run starts there as the training user, then it fails naming the user, the experiment and the grant
     user = trainer["MLFLOW_TRACKING_USERNAME"]
     with pytest.raises(PermissionError) as refused:
@@ -576,18 +574,17 @@ def test_a_run_in_an_experiment_its_user_did_not_create_fails_naming_the_grant(
 def test_a_user_who_is_no_admin_finds_no_alias_on_a_model_not_registered_yet(local_env, monkeypatch) -> None:
     from mlflow.exceptions import MlflowException
 
-    from pipeline.register import current_alias_version
+    from pipeline.tracking import MlflowTracker
     from serving.scoring import registry_version
     from serving.spec import AliasRef
 
     # Given the stack's router user (READ on a model not registered yet): MLflow answers its alias lookup 403
     name = f"absent-{uuid.uuid4().hex[:6]}"
-    for variable, value in stack_mlflow_user(local_env, "serving", name).items():
-        monkeypatch.setenv(variable, value)
+    sign_in(monkeypatch, stack_mlflow_user(local_env, "serving", name))
     client = mlflow.MlflowClient()
     with pytest.raises(MlflowException) as refused:
         client.get_model_version_by_alias(name, "champion")
     assert refused.value.error_code == "PERMISSION_DENIED", "MLflow's answer changed: re-check alias_version"
     # When the pipeline and the router ask which version the champion alias names, then: none yet
-    assert current_alias_version(client, name, "champion") is None
+    assert MlflowTracker().alias_version(name, "champion") is None
     assert registry_version(AliasRef(name=name, alias="champion")) is None

@@ -18,6 +18,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import pytest
 import requests
 from mlflow.tracking import MlflowClient
@@ -73,9 +74,7 @@ def test_router_starts_without_a_model_and_serves_the_champion_once_registered(
     rendered = local_serve_config(config, champion, tmp_path / "capture")
     reader = stack_mlflow_user(local_env, "serving", name)
     rendered["applications"][0]["runtime_env"].setdefault("env_vars", {}).update(reader)
-    experiment = MlflowClient().get_experiment_by_name(SERVING_EXPERIMENT) or MlflowClient().get_experiment(
-        MlflowClient().create_experiment(SERVING_EXPERIMENT)
-    )
+    experiment = mlflow.set_experiment(SERVING_EXPERIMENT)  # made if no earlier test made it
     grant_experiment(local_env, experiment.experiment_id, reader["MLFLOW_TRACKING_USERNAME"], "READ")
     app = rendered["applications"][0]["name"]
     router = rendered["applications"][0]["deployments"][0]["user_config"]
